@@ -1,0 +1,8 @@
+// Each subcommand registers itself on the CLI11 app; main.cpp calls these.
+#pragma once
+namespace CLI { class App; }
+
+namespace st {
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+}  // namespace st
