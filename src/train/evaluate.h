@@ -1,0 +1,25 @@
+// Validation loss and attention sparsity over the first windows of a shard.
+#pragma once
+#include <vector>
+
+#include "data/shard.h"
+#include "model/transformer.h"
+#include "train/runtime.h"
+
+namespace st {
+
+struct EvalResult {
+  double loss = 0;
+  int64_t tokens = 0;
+  std::vector<AttentionStats> layers;  // per layer, summed over the evaluated batches
+  double sparsity() const;             // over all layers
+  std::vector<double> layer_sparsity() const;
+};
+
+EvalResult evaluate(Transformer& model, const TokenShard& shard, const Runtime& rt, int64_t seq_len,
+                    int64_t micro_batch, int64_t batches);
+
+// Mean next-token cross-entropy of logits [B, T, V] against targets [B, T], in fp32.
+torch::Tensor next_token_loss(const torch::Tensor& logits, const torch::Tensor& targets);
+
+}  // namespace st

@@ -1,0 +1,36 @@
+#include "train/runtime.h"
+
+#include <ATen/autocast_mode.h>
+#include <fmt/format.h>
+#include <torch/cuda.h>
+
+namespace st {
+
+std::string Runtime::describe() const { return fmt::format("{} ({})", device.str(), precision); }
+
+Runtime make_runtime(const TrainConfig& cfg) {
+  Runtime rt;
+  const bool cuda = torch::cuda::is_available();
+  if (cfg.device == "cuda" && !cuda) throw ConfigError("train.device: 'cuda' requested but no CUDA device is visible");
+  if (cfg.device == "cuda" || (cfg.device == "auto" && cuda)) {
+    rt.device = torch::Device(torch::kCUDA, 0);
+    rt.device_kind = "cuda";
+  }
+  rt.precision = cfg.precision == "auto" ? (rt.device_kind == "cuda" ? "bf16" : "fp32") : cfg.precision;
+  return rt;
+}
+
+AutocastScope::AutocastScope(const Runtime& rt)
+    : enabled_(rt.precision == "bf16"), type_(rt.device.type()) {
+  if (!enabled_) return;
+  at::autocast::set_autocast_dtype(type_, at::kBFloat16);
+  at::autocast::set_autocast_enabled(type_, true);
+}
+
+AutocastScope::~AutocastScope() {
+  if (!enabled_) return;
+  at::autocast::set_autocast_enabled(type_, false);
+  at::autocast::clear_cache();
+}
+
+}  // namespace st

@@ -1,0 +1,215 @@
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include "data/loader.h"
+#include "train/activation_checkpoint.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+#include "train/flops.h"
+#include "train/model_state.h"
+#include "train/optimizer.h"
+#include "train/progress.h"
+#include "train/runtime.h"
+#include "train/schedule.h"
+#include "util/json.h"
+
+namespace st {
+namespace fs = std::filesystem;
+namespace {
+
+// SIGINT / SIGTERM finish the current step, write a checkpoint and return.
+std::atomic<bool> g_stop_requested{false};
+void request_stop(int) { g_stop_requested = true; }
+
+struct SignalGuard {
+  using Handler = void (*)(int);
+  Handler old_int, old_term;
+  SignalGuard() : old_int(std::signal(SIGINT, request_stop)), old_term(std::signal(SIGTERM, request_stop)) {
+    g_stop_requested = false;
+  }
+  ~SignalGuard() {
+    std::signal(SIGINT, old_int);
+    std::signal(SIGTERM, old_term);
+  }
+};
+
+int64_t total_steps(const Recipe& r) {
+  if (r.train.steps > 0) return r.train.steps;
+  const int64_t per_step = r.train.micro_batch * r.train.grad_accum * r.train.seq_len;
+  return (r.train.tokens + per_step - 1) / per_step;
+}
+
+std::shared_ptr<TokenShard> open_shard(const std::string& path, const ModelConfig& m, const char* key) {
+  auto shard = std::make_shared<TokenShard>(path);
+  if (shard->vocab_size() > uint64_t(m.vocab_size))
+    throw ConfigError(fmt::format("{}: {}'s tokenizer vocabulary ({}) is larger than model.vocab_size ({})", path, key,
+                                  shard->vocab_size(), m.vocab_size));
+  return shard;
+}
+
+TensorMap rng_state(const Runtime& rt) {
+  TensorMap s;
+  s["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
+  return s;
+}
+
+}  // namespace
+
+TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
+  const Runtime rt = make_runtime(recipe.train);
+  const int64_t steps = total_steps(recipe);
+  const fs::path run_dir = recipe.run_dir();
+  const std::string ckpt_root = (run_dir / "ckpt").string();
+  const TrainConfig& tc = recipe.train;
+
+  // Everything that can fail on bad input is checked before the run folder is created.
+  auto train_shard = open_shard(recipe.data.train, recipe.model, "data.train");
+  std::shared_ptr<TokenShard> eval_shard;
+  if (!recipe.data.eval.empty()) eval_shard = open_shard(recipe.data.eval, recipe.model, "data.eval");
+  Loader loader(train_shard, {tc.seq_len, tc.micro_batch, tc.grad_accum, tc.seed, 0, 1});
+
+  std::string resume = options.resume;
+  if (resume == "auto") resume = fs::exists(fs::path(ckpt_root) / "latest") ? ckpt_root : "";
+  std::optional<CheckpointData> resumed;
+  if (!resume.empty()) resumed = load_checkpoint(resume, /*with_optimizer=*/true);
+
+  torch::manual_seed(uint64_t(tc.seed));
+  Transformer model(recipe.model);
+  model->init_weights(uint64_t(tc.seed));
+  Progress progress(recipe.logging.progress, recipe.logging.every);
+  if (!resumed && !tc.init_from.empty()) {
+    CheckpointData init = load_checkpoint(tc.init_from, /*with_optimizer=*/false);
+    auto fresh = load_model_state(model, init.model, /*allow_new_variant_params=*/true, tc.init_from);
+    progress.message(fmt::format("initialised from {} (step {}); newly initialised: {}", tc.init_from, init.step,
+                                 fresh.empty() ? "none" : fmt::format("{}", fmt::join(fresh, ", "))));
+  }
+  model->to(rt.device);
+
+  std::vector<NamedParameter> params;
+  for (auto& p : model->named_parameters()) params.push_back({p.key(), p.value()});
+  AdamW optimizer(params, recipe.optim);
+  int64_t start_step = 0, tokens = 0;
+  if (resumed) {
+    load_model_state(model, resumed->model, /*allow_new_variant_params=*/false, resume);
+    if (resumed->optim.empty()) throw IoError(fmt::format("{}: has no optimizer state to resume from", resume));
+    optimizer.load_state(resumed->optim);
+    if (auto it = resumed->state.find("rng.cpu"); it != resumed->state.end()) at::detail::getDefaultCPUGenerator().set_state(it->second);
+    start_step = resumed->step;
+    tokens = resumed->tokens;
+    progress.message(fmt::format("resumed from {} at step {}", resolve_checkpoint(resume), start_step));
+  }
+
+  fs::create_directories(run_dir);
+  const std::string recipe_yaml = recipe_to_yaml(recipe);
+  { std::ofstream(run_dir / "recipe.resolved.yaml") << recipe_yaml; }
+  std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::app);
+
+  const double flops_per_token = training_flops_per_token(recipe.model, tc.seq_len);
+  const double peak = peak_flops(rt.device_kind, rt.precision, recipe.logging.peak_tflops);
+  const int64_t tokens_per_step = tc.micro_batch * tc.grad_accum * tc.seq_len;
+  progress.message(fmt::format("run {}: {} parameters, {} steps x {} tokens on {}, {}", recipe.run.name,
+                               parameter_count(recipe.model), steps, tokens_per_step, rt.describe(), run_dir.string()));
+
+  const BlockRunner runner = tc.activation_checkpointing ? BlockRunner(checkpointed_block) : BlockRunner();
+  auto checkpoint = [&](int64_t step_done) {
+    CheckpointData c{step_done, tokens, 1, recipe_yaml, model_state(model), optimizer.state(), rng_state(rt)};
+    std::string dir = save_checkpoint(ckpt_root, c, recipe.checkpoint.keep);
+    progress.message(fmt::format("checkpoint {}", dir));
+    return dir;
+  };
+  auto run_eval = [&](int64_t step_done) {
+    EvalResult e = evaluate(model, *eval_shard, rt, tc.seq_len, tc.micro_batch, tc.eval_batches);
+    metrics << JsonObject().add("step", step_done).add("eval_loss", e.loss).add("eval_ppl", std::exp(e.loss))
+                   .add("sparsity", e.sparsity()).add("layer_sparsity", e.layer_sparsity()).str() << "\n" << std::flush;
+    progress.message(fmt::format("eval step {}: loss {:.4f} ppl {:.2f} sparsity {:.4f}", step_done, e.loss, std::exp(e.loss), e.sparsity()));
+    return e.loss;
+  };
+
+  SignalGuard signals;
+  TrainSummary summary;
+  summary.run_dir = run_dir.string();
+  summary.eval_loss = std::nan("");
+  int64_t bad_in_a_row = 0, skipped = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t step = start_step;
+  const int64_t end = options.stop_after > 0 ? std::min(steps, options.stop_after) : steps;
+  model->train();
+  auto variants = model->attention_variants();
+  while (step < end) {
+    const auto ts = std::chrono::steady_clock::now();
+    const double lr = learning_rate(recipe.schedule, recipe.optim.lr, step, steps);
+    double loss_sum = 0;
+    AttentionStats attn;
+    const bool record = recipe.model.attention.variant != "dense";
+    for (auto& v : variants) v->record_stats = record;
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      Batch b = loader.batch(step, micro);
+      torch::Tensor loss;
+      {
+        AutocastScope autocast(rt);
+        loss = next_token_loss(model(b.inputs.to(rt.device), runner), b.targets.to(rt.device));
+      }
+      (loss / double(tc.grad_accum)).backward();
+      loss_sum += loss.item<double>();
+      if (record) for (auto& v : variants) attn += v->stats;
+    }
+    const double loss = loss_sum / double(tc.grad_accum);
+    double grad_norm = 0;
+    {
+      std::vector<torch::Tensor> with_grad;
+      for (auto& p : params) if (p.param.grad().defined()) with_grad.push_back(p.param);
+      grad_norm = torch::nn::utils::clip_grad_norm_(with_grad, tc.grad_clip > 0 ? tc.grad_clip : INFINITY);
+    }
+    ++step;
+    tokens += tokens_per_step;
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+      optimizer.zero_grad();
+      ++skipped;
+      progress.message(fmt::format("step {}: non-finite loss {} / grad norm {}; update skipped ({} in a row)", step, loss,
+                                   grad_norm, ++bad_in_a_row));
+      if (bad_in_a_row >= tc.max_bad_steps)
+        throw TrainingError(fmt::format("{} non-finite steps in a row (train.max_bad_steps); stopping at step {}. "
+                                        "Lower optim.lr or check the data; the last checkpoint is in {}",
+                                        bad_in_a_row, step, ckpt_root));
+    } else {
+      bad_in_a_row = 0;
+      optimizer.step(lr);
+      optimizer.zero_grad();
+    }
+    if (rt.device_kind == "cuda") torch::cuda::synchronize();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double tps = double(tokens_per_step) / dt;
+    const double mfu = tps * flops_per_token / peak;
+    JsonObject line;
+    line.add("step", step).add("loss", loss).add("lr", lr).add("grad_norm", grad_norm).add("tokens", tokens)
+        .add("tokens_per_s", tps).add("mfu", mfu).add("step_time_s", dt).add("skipped_steps", skipped);
+    if (record) line.add("sparsity", attn.sparsity());
+    metrics << line.str() << "\n" << std::flush;
+    summary.last_loss = loss;
+    progress.step({step, steps, loss, lr, grad_norm, tps, mfu, elapsed});
+
+    const bool last = step == end || g_stop_requested;
+    if (eval_shard && ((tc.eval_every > 0 && step % tc.eval_every == 0) || (step == steps)))
+      summary.eval_loss = run_eval(step);
+    if (last || (recipe.checkpoint.every > 0 && step % recipe.checkpoint.every == 0)) summary.checkpoint = checkpoint(step);
+    if (g_stop_requested) {
+      progress.message(fmt::format("stopped by signal after step {}; resume with --resume auto", step));
+      break;
+    }
+  }
+  progress.finish();
+  summary.steps_done = step;
+  return summary;
+}
+
+}  // namespace st
