@@ -12,5 +12,7 @@ if [ "$SPARSETRAIN_PYTHON" = "$ROOT/.venv/bin/python" ]; then
     "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check numpy entmax transformers tokenizers safetensors >&2 ||
     echo "[test] warning: could not install the python test oracles" >&2
 fi
+# The quickstart corpus, which the training tests use.
+SPARSETRAIN_BIN="${BUILD_DIR:-$ROOT/build}/sparsetrain" "$ROOT/data/kjv.sh"
 cd "${BUILD_DIR:-$ROOT/build}"
 ctest --output-on-failure -j "${TEST_JOBS:-2}" "$@"

@@ -10,6 +10,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "io/atomic_file.h"
+#include "io/json_reader.h"
 #include "util/json.h"
 
 namespace st {
@@ -18,19 +20,6 @@ namespace {
 
 constexpr const char* kFormat = "sparsetrain-checkpoint";
 constexpr int kVersion = 1;
-
-void write_file_synced(const fs::path& path, const std::string& text) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw IoError(fmt::format("{}: cannot create: {}", path.string(), std::strerror(errno)));
-  size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n <= 0) { ::close(fd); throw IoError(fmt::format("{}: write failed: {}", path.string(), std::strerror(errno))); }
-    done += size_t(n);
-  }
-  ::fsync(fd);
-  ::close(fd);
-}
 
 void sync_dir(const fs::path& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
@@ -76,7 +65,7 @@ std::string save_checkpoint(const std::string& root, const CheckpointData& ckpt,
     save_safetensors((tmp / "optim.safetensors").string(), ckpt.optim);
     files.push_back("optim.safetensors");
   }
-  write_file_synced(tmp / "recipe.yaml", ckpt.recipe_yaml);
+  write_file_atomic((tmp / "recipe.yaml").string(), ckpt.recipe_yaml);
 
   JsonObject sums;
   for (const auto& f : files) {
@@ -85,16 +74,13 @@ std::string save_checkpoint(const std::string& root, const CheckpointData& ckpt,
   JsonObject manifest;
   manifest.add("format", kFormat).add("version", kVersion).add("step", ckpt.step).add("tokens", ckpt.tokens)
       .add("world_size", ckpt.world_size).add("files", sums);
-  write_file_synced(tmp / "manifest.json", manifest.str() + "\n");
+  write_file_atomic((tmp / "manifest.json").string(), manifest.str() + "\n");
   sync_dir(tmp);
 
   fs::remove_all(final_dir);  // a re-save of the same step replaces it
   fs::rename(tmp, final_dir);
   sync_dir(root);
-  const fs::path latest_tmp = fs::path(root) / ".latest.tmp";
-  write_file_synced(latest_tmp, name + "\n");
-  fs::rename(latest_tmp, fs::path(root) / "latest");
-  sync_dir(root);
+  write_file_atomic((fs::path(root) / "latest").string(), name + "\n");
 
   // Prune: keep the newest `keep` step folders; never the one `latest` names.
   std::vector<std::string> steps;
@@ -125,12 +111,7 @@ std::string resolve_checkpoint(const std::string& path) {
 
 CheckpointData load_checkpoint(const std::string& path, bool with_optimizer) {
   const fs::path dir = resolve_checkpoint(path);
-  YAML::Node manifest;
-  try {
-    manifest = YAML::Load(read_file(dir / "manifest.json"));
-  } catch (const YAML::Exception& e) {
-    throw IoError(fmt::format("{}: manifest.json is not valid JSON: {}", dir.string(), e.msg));
-  }
+  const YAML::Node manifest = load_json_file((dir / "manifest.json").string());
   if (!manifest.IsMap() || !manifest["format"] || manifest["format"].as<std::string>() != kFormat)
     throw IoError(fmt::format("{}: manifest.json is not a sparsetrain checkpoint manifest", dir.string()));
   if (manifest["version"].as<int>() > kVersion)
