@@ -1,0 +1,102 @@
+// GQA-grouped block-sparse flash attention: the one core kernel behind DashAttention, NSA
+// selection, InfLLMv2 and sliding-window attention (DESIGN.md §3).
+//
+// Plain C++ interface: raw device pointers, sizes and a stream. Nothing here knows LibTorch;
+// src/attention/cuda/ wraps these launchers in autograd Functions.
+//
+// Layouts (all contiguous, row-major):
+//   q, o, do, dq      [B, Hq,  T, d]   bf16 or fp16
+//   k, v, dk, dv      [B, Hkv, T, d]   same dtype
+//   lse, delta        [B, Hq,  T]      fp32 (lse in natural-log units of the scaled logits)
+//   row lists (CSR over rows r = (b*Hkv + hkv)*T + t, i.e. one list per query position
+//   shared by the G = Hq/Hkv heads of the group):
+//     row_ptr [B*Hkv*T + 1] int64, blocks [nnz] int32, bias [nnz] fp32 (optional).
+//   Block j holds keys [64 j, 64 j + 64). A row's list names the selected blocks strictly
+//   before the row's own (diagonal) block t/64, sorted ascending, without duplicates
+//   (bsa_rows_from_topk builds such lists). The diagonal block is always attended, bias 0,
+//   with the token-level causal mask (key <= t). window > 0 additionally masks keys
+//   <= t - window (sliding-window attention: pair it with bsa_rows_window).
+//
+// Logits: s = scale * q.k + bias(row, block); o = softmax(s) v over the attended keys.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace st::kernels {
+
+constexpr int kBsaBlock = 64;  // keys per KV block and MMA rows per query tile
+
+enum class BsaDtype { kBf16, kFp16 };
+
+struct BsaShape {
+  int64_t B = 0, Hq = 0, Hkv = 0, T = 0, d = 0;
+  int64_t group() const { return Hq / Hkv; }
+  // Query positions per tile: the tile packs all G heads of a group for P positions.
+  int64_t tile_positions() const { return kBsaBlock / group(); }
+  int64_t tiles_per_head() const { return (T + tile_positions() - 1) / tile_positions(); }
+  int64_t n_blocks() const { return (T + kBsaBlock - 1) / kBsaBlock; }
+};
+
+// Per-row lists as described above. bias may be null (all zero).
+struct BsaRows {
+  const int64_t* row_ptr = nullptr;
+  const int32_t* blocks = nullptr;
+  const float* bias = nullptr;
+  int64_t nnz = 0;
+  int window = 0;  // 0: off
+};
+
+// The plan: per-tile union lists (forward and dQ) and the reverse index (dK/dV), built on
+// the GPU from the row lists. Lives in one caller-owned workspace of bsa_plan_bytes bytes.
+struct BsaPlan {
+  int64_t* tile_ptr = nullptr;     // [n_tiles + 1], n_tiles = B*Hkv*tiles_per_head
+  int32_t* tile_blocks = nullptr;  // union of the tile's rows' blocks + its diagonal block(s)
+  int64_t* rev_ptr = nullptr;      // [B*Hkv*n_blocks + 1]
+  int32_t* rev_tiles = nullptr;    // tile index within its (b, hkv), per KV block
+  int64_t capacity = 0;            // entries tile_blocks / rev_tiles can hold
+};
+
+// Status codes: 0 ok; otherwise a cudaError_t value or one of these.
+constexpr int kBsaBadShape = -1;
+
+size_t bsa_plan_bytes(const BsaShape& s, int64_t nnz);
+// Carves the workspace into a BsaPlan and fills it. Asynchronous on stream.
+int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* plan,
+             cudaStream_t stream);
+
+// Forward: o and lse.
+int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
+                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, float* lse,
+                cudaStream_t stream);
+
+// Backward: dq, dk, dv, dbias ([nnz], may be null when rows.bias is null or unused) and the
+// scratch delta = rowsum(do * o) [B, Hq, T] fp32. dk/dv are accumulated in fp32 inside a
+// block and written once; no atomics on dq/dk/dv. dbias is written for every list entry.
+int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
+                 const void* o, const float* lse, const void* dout, const BsaRows& rows,
+                 const BsaPlan& plan, float scale, void* dq, void* dk, void* dv, float* dbias,
+                 float* delta, cudaStream_t stream);
+
+// Row lists from a dense top-k style tensor ids [B, Hkv, T, k] int32 padded with -1 (what
+// NSA/InfLLMv2 selection produce). Entries outside [0, t/64) (the diagonal block is implicit)
+// and duplicates are dropped; each list is sorted. Two passes: counts, then fill.
+//   bsa_rows_count: writes row_ptr (exclusive prefix sum, row_ptr[rows] = nnz).
+//   bsa_rows_fill:  writes blocks (row_ptr must be complete; read nnz back from
+//                   row_ptr[rows] to size blocks, or size it rows*k).
+// scan_tmp: bsa_scan_bytes(B*Hkv*T) bytes of scratch.
+size_t bsa_scan_bytes(int64_t n);
+int bsa_rows_count(const BsaShape& s, const int32_t* ids, int k, int64_t* row_ptr,
+                   void* scan_tmp, cudaStream_t stream);
+int bsa_rows_fill(const BsaShape& s, const int32_t* ids, int k, const int64_t* row_ptr,
+                  int32_t* blocks, cudaStream_t stream);
+
+// Row lists for a sliding window of w keys: blocks covering (t - w, t] before the diagonal.
+// Pair with BsaRows::window = w. Same two passes.
+int bsa_rows_window_count(const BsaShape& s, int window, int64_t* row_ptr, void* scan_tmp,
+                          cudaStream_t stream);
+int bsa_rows_window_fill(const BsaShape& s, int window, const int64_t* row_ptr,
+                         int32_t* blocks, cudaStream_t stream);
+
+}  // namespace st::kernels

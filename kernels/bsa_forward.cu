@@ -1,0 +1,195 @@
+// Forward of block-sparse attention: one CTA (4 warps) per query tile of 64 MMA rows; each
+// warp owns 16 rows. The CTA walks the tile's union of selected KV blocks (built by
+// bsa_plan), double-buffering K/V blocks through cp.async, and runs the flash online softmax
+// in fp32 with mma.sync m16n8k16. A row that did not select a block gets -inf for it; a warp
+// none of whose rows selected the block skips its MMAs.
+#include "bsa_tile.cuh"
+
+namespace st::kernels {
+namespace {
+using namespace dev;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int kTile = 64 * D * 2;  // bytes of one 64 x D tile
+  const uint32_t sQ = smem_addr(smem);
+  // Stage s of K at sQ + (1 + s) * kTile, of V at sQ + (3 + s) * kTile (arithmetic, not an
+  // array: a run-time index into a register array would go to local memory).
+  auto sK = [&](int stage) { return sQ + (1 + stage) * kTile; };
+  auto sV = [&](int stage) { return sQ + (3 + stage) * kTile; };
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tile_t = p.tiles_per_head - 1 - blockIdx.x;  // longest (latest) tiles first
+  const int hkv = blockIdx.y, b = blockIdx.z;
+  const int64_t bh = static_cast<int64_t>(b) * p.Hkv + hkv;
+  const int64_t tile = bh * p.tiles_per_head + tile_t;
+  const T* q = static_cast<const T*>(p.q);
+  const T* kbase = static_cast<const T*>(p.k) + bh * p.T * D;
+  const T* vbase = static_cast<const T*>(p.v) + bh * p.T * D;
+  const int64_t ubeg = p.tile_ptr[tile];
+  const int n_union = static_cast<int>(p.tile_ptr[tile + 1] - ubeg);
+
+  auto load_kv = [&](int j, int stage) {
+    const int64_t key0 = static_cast<int64_t>(j) * kBsaBlock;
+    load_tile_async<D>(sK(stage), [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
+    load_tile_async<D>(sV(stage), [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
+  };
+
+  load_tile_async<D>(sQ, [&](int r) {
+    const TileRow x = tile_row<D>(p, b, hkv, tile_t, r);
+    return x.valid ? q + x.off : nullptr;
+  }, q, tid);
+  int j_next = p.tile_blocks[ubeg];
+  load_kv(j_next, 0);
+  cp_async_commit();
+
+  // This thread's two rows (g and g + 8 of its warp's 16).
+  const int g = lane >> 2, c = lane & 3;
+  RowCursor cursor[2];
+  int t_row[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const TileRow x = tile_row<D>(p, b, hkv, tile_t, warp * 16 + g + 8 * i);
+    cursor[i].init(p, x);
+    t_row[i] = static_cast<int>(x.t);
+  }
+
+  float acc[D / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  uint32_t qf[D / 16][4];
+
+  for (int u = 0; u < n_union; ++u) {
+    const int j = j_next;
+    cp_async_wait_all();
+    __syncthreads();  // stage u&1 landed; every warp is done with stage (u+1)&1
+    if (u == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qf[kk], sQ, warp * 16, kk * 16, lane);
+    }
+    if (u + 1 < n_union) {
+      j_next = p.tile_blocks[ubeg + u + 1];
+      load_kv(j_next, (u + 1) & 1);
+      cp_async_commit();
+    }
+    float bias2[2];
+    int64_t unused;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) bias2[i] = cursor[i].step(p, j, &unused);
+    if (!__any_sync(0xffffffffu, bias2[0] != -INFINITY || bias2[1] != -INFINITY)) continue;
+
+    // S = Q K^T for this warp's 16 rows x 64 keys.
+    const uint32_t k_s = sK(u & 1), v_s = sV(u & 1);
+    float s[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int nn = 0; nn < 4; ++nn) {
+        uint32_t bf[4];
+        load_b_nk<D>(bf, k_s, nn * 16, kk * 16, lane);
+        mma<T>(s[2 * nn], qf[kk], bf[0], bf[1]);
+        mma<T>(s[2 * nn + 1], qf[kk], bf[2], bf[3]);
+      }
+    }
+    // Scale, bias, mask; online softmax in base 2.
+    const int key0 = j * kBsaBlock + 2 * c;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const bool need_mask = j == cursor[i].diag || p.window > 0;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float x = s[nt][2 * i + e] * p.scale_log2 + bias2[i];
+          if (need_mask && key_masked(key0 + nt * 8 + e, t_row[i], p.window)) x = -INFINITY;
+          s[nt][2 * i + e] = x;
+          mx = fmaxf(mx, x);
+        }
+      }
+      const float m_new = fmaxf(m[i], quad_max(mx));
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(m[i] - m_use);
+      float rs = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pe = exp2f(s[nt][2 * i + e] - m_use);
+          s[nt][2 * i + e] = pe;
+          rs += pe;
+        }
+      }
+      l[i] = l[i] * alpha + rs;
+      m[i] = m_new;
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd) {
+        acc[nd][2 * i] *= alpha;
+        acc[nd][2 * i + 1] *= alpha;
+      }
+    }
+    // O += P V.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t pa[4];
+      c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int nd = 0; nd < D / 16; ++nd) {
+        uint32_t bf[4];
+        load_b_kn<D>(bf, v_s, kk * 16, nd * 16, lane);
+        mma<T>(acc[2 * nd], pa, bf[0], bf[1]);
+        mma<T>(acc[2 * nd + 1], pa, bf[2], bf[3]);
+      }
+    }
+  }
+
+  // Normalise and write O and the log-sum-exp (natural log).
+  T* o = static_cast<T*>(p.out);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float lsum = quad_sum(l[i]);
+    const TileRow row = tile_row<D>(p, b, hkv, tile_t, warp * 16 + g + 8 * i);
+    if (!row.valid) continue;
+    const float inv = 1.f / lsum;
+    uint32_t* orow = reinterpret_cast<uint32_t*>(o + row.off);
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd)
+      orow[nd * 4 + c] = Elem<T>::pack(acc[nd][2 * i] * inv, acc[nd][2 * i + 1] * inv);
+    if (c == 0) p.lse[row.lrow] = (m[i] + log2f(lsum)) * 0.6931471805599453f;
+  }
+}
+
+template <typename T, int D>
+int launch(const BsaParams& p, int64_t B, cudaStream_t stream) {
+  constexpr int kSmem = 5 * 64 * D * 2;
+  auto kernel = bsa_fwd_kernel<T, D>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(p.tiles_per_head, p.Hkv, static_cast<unsigned>(B));
+  kernel<<<grid, 128, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
+                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, float* lse,
+                cudaStream_t stream) {
+  if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || (s.d != 64 && s.d != 128) || s.T <= 0 ||
+      s.B <= 0 || s.T > INT32_MAX / 2 || s.tiles_per_head() > INT32_MAX / 2 || s.Hkv > 65535 || s.B > 65535)
+    return kBsaBadShape;
+  dev::BsaParams p{};
+  p.q = q; p.k = k; p.v = v; p.out = o; p.lse = lse;
+  p.row_ptr = rows.row_ptr; p.blocks = rows.blocks; p.bias = rows.bias; p.window = rows.window;
+  p.tile_ptr = plan.tile_ptr; p.tile_blocks = plan.tile_blocks;
+  p.T = s.T; p.Hq = static_cast<int>(s.Hq); p.Hkv = static_cast<int>(s.Hkv);
+  p.G = static_cast<int>(s.group()); p.P = static_cast<int>(s.tile_positions());
+  p.tiles_per_head = static_cast<int>(s.tiles_per_head());
+  p.n_blocks = static_cast<int>(s.n_blocks());
+  p.scale = scale; p.scale_log2 = scale * dev::kLog2e;
+  const bool bf = dt == BsaDtype::kBf16;
+  if (s.d == 64) return bf ? launch<__nv_bfloat16, 64>(p, s.B, stream) : launch<__half, 64>(p, s.B, stream);
+  return bf ? launch<__nv_bfloat16, 128>(p, s.B, stream) : launch<__half, 128>(p, s.B, stream);
+}
+
+}  // namespace st::kernels
