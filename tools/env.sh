@@ -10,7 +10,6 @@ log() { echo "[setup] $*" >&2; }
 need_apt=()
 [ -f /usr/include/yaml-cpp/yaml.h ] || need_apt+=(libyaml-cpp-dev)
 [ -f /usr/include/CLI/CLI.hpp ] || need_apt+=(libcli11-dev)
-[ -f /usr/include/fmt/format.h ] || need_apt+=(libfmt-dev)
 [ -f /usr/include/gtest/gtest.h ] || need_apt+=(libgtest-dev)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v ninja >/dev/null || need_apt+=(ninja-build)
@@ -18,10 +17,11 @@ command -v g++ >/dev/null || need_apt+=(g++)
 command -v ccache >/dev/null || need_apt+=(ccache)
 command -v bible >/dev/null || need_apt+=(bible-kjv)   # the quickstart corpus
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
-if [ ${#need_apt[@]} -gt 0 ]; then
+# SPARSETRAIN_NO_INSTALL=1 skips installing (offline machines that already have the essentials).
+if [ ${#need_apt[@]} -gt 0 ] && [ -z "${SPARSETRAIN_NO_INSTALL:-}" ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     log "installing ${need_apt[*]}"
-    apt-get update -qq >/dev/null 2>&1 || true
+    timeout 300 apt-get update -qq >/dev/null 2>&1 || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
       || log "warning: apt-get could not install all of: ${need_apt[*]}"
   else

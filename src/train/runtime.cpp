@@ -3,6 +3,9 @@
 #include <ATen/autocast_mode.h>
 #include <fmt/format.h>
 #include <torch/cuda.h>
+#ifdef SPARSETRAIN_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace st {
 
@@ -18,6 +21,16 @@ Runtime make_runtime(const TrainConfig& cfg) {
   }
   rt.precision = cfg.precision == "auto" ? (rt.device_kind == "cuda" ? "bf16" : "fp32") : cfg.precision;
   return rt;
+}
+
+int64_t peak_device_memory(const Runtime& rt) {
+#ifdef SPARSETRAIN_CUDA
+  if (rt.device_kind == "cuda") {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(rt.device.index());
+    return stats.allocated_bytes[size_t(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  }
+#endif
+  return 0;
 }
 
 AutocastScope::AutocastScope(const Runtime& rt)

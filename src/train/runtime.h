@@ -20,6 +20,9 @@ struct Runtime {
 // for and not available.
 Runtime make_runtime(const TrainConfig& cfg);
 
+// Peak bytes the caching allocator has handed out on the run's GPU since start (0 on CPU).
+int64_t peak_device_memory(const Runtime& rt);
+
 // Enables bf16 autocast for its lifetime when the runtime says so.
 class AutocastScope {
  public:

@@ -102,7 +102,10 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
     load_model_state(model, resumed->model, /*allow_new_variant_params=*/false, resume);
     if (resumed->optim.empty()) throw IoError(fmt::format("{}: has no optimizer state to resume from", resume));
     optimizer.load_state(resumed->optim);
-    if (auto it = resumed->state.find("rng.cpu"); it != resumed->state.end()) at::detail::getDefaultCPUGenerator().set_state(it->second);
+    if (auto it = resumed->state.find("rng.cpu"); it != resumed->state.end()) {
+      at::Generator cpu = at::detail::getDefaultCPUGenerator();  // a handle to the global one
+      cpu.set_state(it->second);
+    }
     start_step = resumed->step;
     tokens = resumed->tokens;
     progress.message(fmt::format("resumed from {} at step {}", resolve_checkpoint(resume), start_step));
@@ -194,6 +197,7 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
     line.add("step", step).add("loss", loss).add("lr", lr).add("grad_norm", grad_norm).add("tokens", tokens)
         .add("tokens_per_s", tps).add("mfu", mfu).add("step_time_s", dt).add("skipped_steps", skipped);
     if (record) line.add("sparsity", attn.sparsity());
+    if (rt.device_kind == "cuda") line.add("peak_mem_gib", double(peak_device_memory(rt)) / double(1ll << 30));
     metrics << line.str() << "\n" << std::flush;
     summary.last_loss = loss;
     progress.step({step, steps, loss, lr, grad_norm, tps, mfu, elapsed});
