@@ -66,10 +66,13 @@ size_t bsa_plan_bytes(const BsaShape& s, int64_t nnz);
 int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* plan,
              cudaStream_t stream);
 
-// Forward: o and lse.
+// Forward: o and lse. rows_per_warp 16 (default): one 16-row MMA block per warp, Q held in
+// registers. 32: each K/V fragment feeds two row blocks (half the shared-memory fragment
+// traffic per MMA) but spills at d = 128; measured 7% slower on H200 (2026-11-23), kept as
+// the experiment to revisit with a register-lean softmax or wgmma.
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                 const BsaRows& rows, const BsaPlan& plan, float scale, void* o, float* lse,
-                cudaStream_t stream);
+                cudaStream_t stream, int rows_per_warp = 16);
 
 // Backward: dq, dk, dv, dbias ([nnz], may be null when rows.bias is null or unused) and the
 // scratch delta = rowsum(do * o) [B, Hq, T] fp32. dk/dv are accumulated in fp32 inside a

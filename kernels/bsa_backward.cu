@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(128) bsa_dq_kernel(const BsaParams p) {
           for (int e = 0; e < 2; ++e) {
             float x = s[nt][2 * i + e] * p.scale_log2 + bias2[i] - lse2[i];
             if (need_mask && key_masked(key0 + nt * 8 + e, t_row[i], p.window)) x = -INFINITY;
-            const float ds = exp2f(x) * (dp[nt][2 * i + e] - dl[i]);
+            const float ds = fast_exp2(x) * (dp[nt][2 * i + e] - dl[i]);
             s[nt][2 * i + e] = ds;
             rsum += ds;
           }
@@ -287,7 +287,7 @@ __global__ void __launch_bounds__(128) bsa_dkv_kernel(const BsaParams p) {
         const int key = static_cast<int>(key0) + kw + g + 8 * (e >> 1);
         float x = s[nt][e] * p.scale_log2 + s_bias[st][n] - s_lse[st][n];
         if (key_masked(key, s_t[st][n], p.window)) x = -INFINITY;
-        const float pe = exp2f(x);
+        const float pe = fast_exp2(x);
         s[nt][e] = pe;
         dp[nt][e] = pe * (dp[nt][e] - s_delta[st][n]);
       }

@@ -1,6 +1,7 @@
 // Device harness for the block-sparse attention kernels.
 //   kernel_check parity [--quick]     kernel vs an fp32 ATen reference over a shape grid
 //   kernel_check bench [--json FILE] [--max-t N]   timing vs LibTorch SDPA (flash), dense causal
+//   kernel_check profile              one forward/backward at 16K for ncu
 // Exit status is non-zero when any parity case misses its tolerance.
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
@@ -167,7 +168,7 @@ void report(const Case& c, const char* what, const Err& e, double tol, bool abs_
   const double m = abs_metric ? e.max_abs : e.rel;
   const bool ok = !e.nan && m <= tol;
   if (!ok) ++g_fail;
-  std::printf("  %-6s max_abs %.3e  rel %.3e  tol(%s) %.0e  %s\n", what, e.max_abs, e.rel,
+  std::printf("  %-8s max_abs %.3e  rel %.3e  tol(%s) %.0e  %s\n", what, e.max_abs, e.rel,
               abs_metric ? "abs" : "rel", tol, ok ? "ok" : "FAIL");
 }
 
@@ -212,6 +213,11 @@ void run_case(const Case& c, std::mt19937& rng) {
   CK(kn::bsa_forward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
                      plan.view, static_cast<float>(scale), o.data_ptr(), lse.data_ptr<float>(),
                      cur_stream()));
+  // The 32-rows-per-warp schedule too.
+  Tensor o16 = torch::full_like(q, NAN), lse16 = torch::full_like(lse, NAN);
+  CK(kn::bsa_forward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
+                     plan.view, static_cast<float>(scale), o16.data_ptr(), lse16.data_ptr<float>(),
+                     cur_stream(), 32));
   Tensor dq = torch::full_like(q, NAN), dk = torch::full_like(k, NAN), dv = torch::full_like(v, NAN);
   Tensor dbias, delta = torch::full_like(lse, NAN);
   if (c.grads) {
@@ -228,6 +234,8 @@ void run_case(const Case& c, std::mt19937& rng) {
   const double tol_o = bf ? 1e-2 : 3e-3, tol_g = bf ? 2e-2 : 6e-3;
   report(c, "O", compare(o, ref.o), tol_o);
   report(c, "LSE", compare(lse, ref.lse), 2e-3, true);
+  report(c, "O(r32)", compare(o16, ref.o), tol_o);
+  report(c, "LSE(r32)", compare(lse16, ref.lse), 2e-3, true);
   if (c.grads) {
     report(c, "dQ", compare(dq, ref.dq), tol_g);
     report(c, "dK", compare(dk, ref.dk), tol_g);
@@ -362,9 +370,9 @@ int bench(const std::string& json_path, int64_t max_t) {
   std::FILE* js = json_path.empty() ? nullptr : std::fopen(json_path.c_str(), "w");
   if (js) std::fprintf(js, "{\"device\": \"%s\", \"rows\": [\n", prop.name);
   bool first_row = true;
-  std::printf("\n%-6s %-4s %-8s %-7s | %9s %9s %7s | %9s %9s %7s | %7s %7s %6s | %6s\n", "T", "Hkv",
+  std::printf("\n%-6s %-4s %-8s %-7s | %9s %9s %7s | %9s %9s %7s | %7s %7s %6s | %6s %8s\n", "T", "Hkv",
               "target", "meas.", "fwd ms", "fwd TF/s", "vsSDPA", "f+b ms", "bwd TF/s", "vsSDPA",
-              "spd fwd", "spd f+b", "ideal", "plan");
+              "spd fwd", "spd f+b", "ideal", "plan", "fwd r32");
   for (int64_t T : {8192, 16384, 32768, 65536, 131072}) {
     if (T > max_t) continue;
     const int reps = T <= 32768 ? 10 : (T <= 65536 ? 5 : 3);
@@ -404,11 +412,13 @@ int bench(const std::string& json_path, int64_t max_t) {
                dv = torch::empty_like(v);
         Tensor lse = torch::empty({1, Hq, T}, opt.dtype(torch::kFloat32)), delta = torch::empty_like(lse);
         const kn::BsaRows rows = rows_of(lists, Tensor());
-        auto fwd = [&] {
+        auto fwd_rows = [&](int rows_per_warp) {
           CK(kn::bsa_forward(plan.shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(),
                              rows, plan.view, 1.f / std::sqrt(float(d)), o.data_ptr(),
-                             lse.data_ptr<float>(), cur_stream()));
+                             lse.data_ptr<float>(), cur_stream(), rows_per_warp));
         };
+        auto fwd = [&] { fwd_rows(16); };
+        const double f32_ms = time_ms([&] { fwd_rows(32); }, reps);
         auto bwd = [&] {
           CK(kn::bsa_backward(plan.shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(),
                               o.data_ptr(), lse.data_ptr<float>(), dout.data_ptr(), rows, plan.view,
@@ -420,19 +430,19 @@ int bench(const std::string& json_path, int64_t max_t) {
         const double f_tf = 4.0 * d * pairs / f_ms / 1e9;
         const double b_tf = 10.0 * d * pairs / (fb_ms - f_ms) / 1e9;
         const double ideal = 1.0 / (1.0 - measured);
-        std::printf("%-6ld %-4ld %-8.4f %-7.4f | %9.2f %9.1f %6.0f%% | %9.2f %9.1f %6.0f%% | %7.2f %7.2f %6.2f | %6.2f\n",
+        std::printf("%-6ld %-4ld %-8.4f %-7.4f | %9.2f %9.1f %6.0f%% | %9.2f %9.1f %6.0f%% | %7.2f %7.2f %6.2f | %6.2f %8.2f\n",
                     T, Hkv, sp, measured, f_ms, f_tf, 100 * f_tf / sdpa_f_tf, fb_ms, b_tf,
-                    100 * b_tf / sdpa_b_tf, sdpa_f / f_ms, sdpa_fb / fb_ms, ideal, plan_ms);
+                    100 * b_tf / sdpa_b_tf, sdpa_f / f_ms, sdpa_fb / fb_ms, ideal, plan_ms, f32_ms);
         std::fflush(stdout);
         if (js) {
           std::fprintf(js,
                        "%s  {\"T\": %ld, \"Hq\": %ld, \"Hkv\": %ld, \"d\": %ld, \"target_sparsity\": %.4f, "
                        "\"measured_sparsity\": %.6f, \"attended_pairs\": %.0f, \"fwd_ms\": %.4f, "
-                       "\"fwd_bwd_ms\": %.4f, \"plan_ms\": %.4f, \"fwd_tflops\": %.2f, \"bwd_tflops\": %.2f, "
+                       "\"fwd_bwd_ms\": %.4f, \"plan_ms\": %.4f, \"fwd_ms_rows32\": %.4f, \"fwd_tflops\": %.2f, \"bwd_tflops\": %.2f, "
                        "\"sdpa_fwd_ms\": %.4f, \"sdpa_fwd_bwd_ms\": %.4f, \"sdpa_fwd_tflops\": %.2f, "
                        "\"sdpa_bwd_tflops\": %.2f, \"speedup_fwd\": %.3f, \"speedup_fwd_bwd\": %.3f, "
                        "\"ideal_speedup\": %.3f}",
-                       first_row ? "" : ",\n", T, Hq, Hkv, d, sp, measured, pairs, f_ms, fb_ms, plan_ms,
+                       first_row ? "" : ",\n", T, Hq, Hkv, d, sp, measured, pairs, f_ms, fb_ms, plan_ms, f32_ms,
                        f_tf, b_tf, sdpa_f, sdpa_fb, sdpa_f_tf, sdpa_b_tf, sdpa_f / f_ms, sdpa_fb / fb_ms,
                        ideal);
           first_row = false;
@@ -444,6 +454,35 @@ int bench(const std::string& json_path, int64_t max_t) {
     std::fprintf(js, "\n]}\n");
     std::fclose(js);
   }
+  return 0;
+}
+
+// One forward (both schedules) and one backward at T = 16384, Hq 32, Hkv 8, d 128, 87.5%
+// sparsity: a short run for ncu to profile (ncu --clock-control none -k regex:bsa_ ...).
+int profile() {
+  std::mt19937 rng(11);
+  const int64_t Hq = 32, Hkv = 8, T = 16384, d = 128;
+  const auto opt = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  double measured;
+  int64_t att;
+  st::cuda::BlockLists lists = bench_lists(Hkv, T, 0.875, rng, &measured, &att);
+  st::cuda::Plan plan = st::cuda::make_plan(lists, 1, Hq, Hkv, T, d);
+  Tensor q = torch::randn({1, Hq, T, d}, opt), k = torch::randn({1, Hkv, T, d}, opt),
+         v = torch::randn({1, Hkv, T, d}, opt), dout = torch::randn({1, Hq, T, d}, opt);
+  Tensor o = torch::empty_like(q), dq = torch::empty_like(q), dk = torch::empty_like(k),
+         dv = torch::empty_like(v);
+  Tensor lse = torch::empty({1, Hq, T}, opt.dtype(torch::kFloat32)), delta = torch::empty_like(lse);
+  const kn::BsaRows rows = rows_of(lists, Tensor());
+  const float scale = 1.f / std::sqrt(float(d));
+  for (int rpw : {32, 16})
+    CK(kn::bsa_forward(plan.shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows,
+                       plan.view, scale, o.data_ptr(), lse.data_ptr<float>(), cur_stream(), rpw));
+  CK(kn::bsa_backward(plan.shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                      o.data_ptr(), lse.data_ptr<float>(), dout.data_ptr(), rows, plan.view, scale,
+                      dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), nullptr, delta.data_ptr<float>(),
+                      cur_stream()));
+  CK(cudaDeviceSynchronize());
+  std::printf("profile: done (measured sparsity %.4f)\n", measured);
   return 0;
 }
 
@@ -462,6 +501,7 @@ int main(int argc, char** argv) {
     if (a == "parity") do_parity = true;
     else if (a == "bench") do_bench = true;
     else if (a == "--quick") quick = true;
+    else if (a == "profile") return profile();
     else if (a == "--json" && i + 1 < argc) json = argv[++i];
     else if (a == "--max-t" && i + 1 < argc) max_t = std::stoll(argv[++i]);
     else {

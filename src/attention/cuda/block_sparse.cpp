@@ -32,7 +32,7 @@ kn::BsaRows rows_of(const BlockLists& l, const torch::Tensor& bias) {
   kn::BsaRows r;
   r.row_ptr = l.row_ptr.data_ptr<int64_t>();
   r.blocks = l.blocks.data_ptr<int32_t>();
-  r.bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  r.bias = bias.defined() && bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
   r.nnz = l.blocks.numel();
   r.window = l.window;
   return r;
@@ -150,9 +150,8 @@ Grads backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
 
 namespace {
 
-// Inputs: q, k, v, bias (may be undefined). The lists and plan ride in ctx->saved_data-free
-// members: a custom Function may keep non-tensor state in its ctx via an IValue capsule, but
-// the plan is simplest kept alive by the tensors saved here (workspace) and a copy of the view.
+// Inputs q, k, v, bias (empty: none). The plan is built once in forward and reused by the
+// backward: its workspace is saved as a tensor, its device pointers as integers.
 struct BlockSparseFn : public torch::autograd::Function<BlockSparseFn> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
                                torch::Tensor k, torch::Tensor v, torch::Tensor bias,
@@ -163,7 +162,7 @@ struct BlockSparseFn : public torch::autograd::Function<BlockSparseFn> {
     ctx->save_for_backward({q, k, v, o, lse, bias, lists->row_ptr, lists->blocks, plan.workspace});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["window"] = static_cast<int64_t>(lists->window);
-    ctx->saved_data["has_bias"] = bias.defined();
+    ctx->saved_data["has_bias"] = bias.numel() > 0;
     // The plan's view is a set of device pointers into plan.workspace, which is saved above;
     // store them as integers so the backward can rebuild the view without re-planning.
     ctx->saved_data["tile_ptr"] = reinterpret_cast<int64_t>(plan.view.tile_ptr);
@@ -202,7 +201,9 @@ torch::Tensor block_sparse_attention(const torch::Tensor& q, const torch::Tensor
                                      const torch::Tensor& v, const torch::Tensor& bias,
                                      const BlockLists& lists, double scale) {
   if (scale <= 0) scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-  torch::Tensor b = bias.defined() ? bias.to(torch::kFloat32).contiguous() : bias;
+  // Function::apply needs defined tensors: "no bias" travels as an empty one.
+  torch::Tensor b = bias.defined() ? bias.to(torch::kFloat32).contiguous()
+                                   : torch::empty({0}, q.options().dtype(torch::kFloat32));
   return BlockSparseFn::apply(q.contiguous(), k.contiguous(), v.contiguous(), b, &lists, scale);
 }
 
