@@ -5,4 +5,5 @@ namespace CLI { class App; }
 namespace st {
 void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+void add_data_command(CLI::App& app);
 }  // namespace st

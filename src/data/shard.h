@@ -15,11 +15,14 @@
 // example and [answer_begin, answer_end) is the answer scored by exact match.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace st {
+
+class MappedFile;
 
 struct DataError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -44,22 +47,23 @@ class TokenShard {
   uint64_t size() const { return n_tokens_; }
   uint64_t vocab_size() const { return vocab_size_; }
   int bytes_per_token() const { return width_; }
-  uint32_t operator[](uint64_t i) const;
-  // Copies tokens [begin, begin + n) into out as int64 (the dtype models take).
+  uint32_t operator[](uint64_t i) const;  // i < size(), unchecked
+  // Copies tokens [begin, begin + n) into out as int64 (the dtype models take); throws
+  // DataError when the range leaves the shard.
   void read(uint64_t begin, uint64_t n, int64_t* out) const;
   const std::vector<AnswerSpan>& spans() const { return spans_; }
 
  private:
   std::string path_;
-  void* map_ = nullptr;
-  size_t map_bytes_ = 0;
+  std::unique_ptr<MappedFile> file_;
   const unsigned char* tokens_ = nullptr;
   uint64_t n_tokens_ = 0, vocab_size_ = 0;
   int width_ = 0;
   std::vector<AnswerSpan> spans_;
 };
 
-// Writes a shard atomically (temp file + rename); uint16 when vocab_size <= 65536.
+// Writes a shard atomically (temp file + rename); uint16 when vocab_size <= 65536. Throws
+// DataError when a token is >= vocab_size or a span is out of range.
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens,
                  uint64_t vocab_size, const std::vector<AnswerSpan>& spans = {});
 
