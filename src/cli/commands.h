@@ -6,4 +6,5 @@ namespace st {
 void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_data_command(CLI::App& app);
+void add_hf_commands(CLI::App& app);  // import hf, export --format hf
 }  // namespace st

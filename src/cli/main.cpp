@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   st::add_train_command(app);
   st::add_eval_command(app);
   st::add_data_command(app);
+  st::add_hf_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
