@@ -1,0 +1,35 @@
+// The one attention computation every sparse variant reduces to (DESIGN §3's core op, here
+// in plain ATen): causal softmax attention over selected key blocks with an additive
+// per-(query, block) bias, shared by the query heads of a GQA group, optionally joined by a
+// token-level sliding window. Plus the sparsity count of what it attended (DESIGN §2.5).
+#pragma once
+#include <torch/types.h>
+
+namespace st {
+
+// The reference computes in fp32 (fp64 when given fp64), whatever the activation dtype.
+torch::ScalarType reference_dtype(const torch::Tensor& t);
+
+// Softmax over the last dim restricted to `mask` (broadcast to logits). A row with nothing
+// allowed gives 0, with gradient 0, instead of NaN.
+torch::Tensor masked_softmax(const torch::Tensor& logits, const torch::Tensor& mask);
+
+// q [B, Hq, T, d]; k, v [B, Hkv, T, d] with query head h reading kv head h / (Hq / Hkv).
+// Keys are cut into blocks of `block` positions (the last one may be short). bias
+// [B, Hkv, T, ceil(T / block)] selects: query i reads block c when bias[i, c] is finite, and
+// adds it to the logits of that block's keys; -inf leaves the block out. An undefined bias
+// selects nothing. Independently of the bias, query i also reads keys j with i - j < window
+// (window 0: none). Always causal (j <= i). Returns [B, Hq, T, d] in q's dtype.
+// Queries go in tiles of `query_tile` rows against the union of the blocks that tile needs,
+// so memory grows with T x (keys selected per tile), not T^2.
+torch::Tensor block_sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     const torch::Tensor& bias, int64_t block, int64_t window,
+                                     int64_t query_tile = 128);
+
+// (query, key) pairs block_sparse_attention attends for a selection `selected`
+// [B, Hkv, T, n_blocks] (bool, causal blocks only) plus the window, counted over queries at
+// positions >= offset and summed over batch and the `group` query heads of each kv head.
+int64_t attended_pairs(const torch::Tensor& selected, int64_t block, int64_t window, int64_t offset,
+                       int64_t group);
+
+}  // namespace st
