@@ -346,6 +346,8 @@ Recipe parse_recipe_node(const YAML::Node& root, const std::string& origin) {
   YAML::Node config = model && model.IsMap() ? model["config"] : YAML::Node();
   if (config && config.IsScalar() && !config.Scalar().empty()) {
     std::string cfg_path = resolve_path(config.Scalar(), origin);
+    if (!fs::is_regular_file(cfg_path))
+      throw ConfigError(fmt::format("{}: model.config: cannot open model config file '{}'", origin, config.Scalar()));
     YAML::Node cfg = parse_yaml(read_text(cfg_path, "model config (model.config)"), cfg_path);
     Reader arch(cfg, cfg_path, "");
     visit_architecture(arch, r.model);
