@@ -4,6 +4,7 @@
 
 #include "cli.h"
 #include "data/bpe_tokenizer.h"
+#include "data/nfc.h"
 #include "data/pretokenize.h"
 #include "data/shard.h"
 #include "oracle.h"
@@ -63,7 +64,7 @@ void expect_same_ids_as_tokenizers(const std::string& kind) {
   for (const char* json : {"tokenizer.json", "legacy/tokenizer.json"}) {
     SCOPED_TRACE(std::string(kind) + " " + json);
     auto tok = load_bpe_tokenizer(dir.file(json));
-    EXPECT_EQ(tok->vocab_size(), 3000u);
+    EXPECT_EQ(tok->vocab_size(), kind == "qwen2nfc" ? 3001u : 3000u);  // + one added token
     EXPECT_EQ(tok->eos(), 0u);  // <|endoftext|>, the first special token
     std::vector<uint32_t> got = tok->encode(text);
     size_t first_diff = 0;
@@ -76,13 +77,26 @@ void expect_same_ids_as_tokenizers(const std::string& kind) {
       ADD_FAILURE() << "ids differ at " << first_diff << " of " << want.size() << "\nours:   [" << context(got)
                     << "]\ntheirs: [" << context(want) << "]";
     }
-    EXPECT_EQ(tok->decode(want), text);
+    EXPECT_EQ(tok->decode(want), kind == "qwen2nfc" ? read_bytes(dir.file("nfc.txt")) : text);
   }
 }
 
 TEST(BpeTokenizer, Gpt2StyleMatchesTokenizersLibrary) { expect_same_ids_as_tokenizers("gpt2"); }
 TEST(BpeTokenizer, Llama3StyleMatchesTokenizersLibrary) { expect_same_ids_as_tokenizers("llama3"); }
 TEST(BpeTokenizer, Qwen2StyleMatchesTokenizersLibrary) { expect_same_ids_as_tokenizers("qwen2"); }
+TEST(BpeTokenizer, Qwen2WithNfcMatchesTokenizersLibrary) { expect_same_ids_as_tokenizers("qwen2nfc"); }
+
+// NFC against Python's unicodedata on the same text: every canonically decomposable
+// character up to U+3000 in both forms, reordering cases, Hangul, exclusions, singletons.
+TEST(Nfc, MatchesUnicodedata) {
+  test::TempDir dir;
+  ASSERT_EQ(test::run_oracle("bpe_oracle.py", dir.path().string() + " gpt2"), 0);
+  const std::string want = read_bytes(dir.file("nfc.txt"));
+  EXPECT_NE(want, read_bytes(dir.file("text.txt")));
+  EXPECT_TRUE(nfc(read_bytes(dir.file("text.txt"))) == want);
+  EXPECT_EQ(nfc("A\u030a \u212b \u1100\u1161\u11a8 a\u0307\u0323"), "\u00c5 \u00c5 \uac01 \u1ea1\u0307");
+  EXPECT_EQ(nfc("\xff\xfe caf\u00e9"), "\xff\xfe caf\u00e9");  // invalid bytes pass through
+}
 
 TEST(BpeTokenizer, EosAndUnsupportedFeatures) {
   test::TempDir dir;
@@ -108,7 +122,7 @@ TEST(BpeTokenizer, EosAndUnsupportedFeatures) {
       EXPECT_NE(std::string(e.what()).find("bad/tokenizer.json"), std::string::npos) << e.what();
     }
   };
-  expect_refused("\"normalizer\": null", "\"normalizer\": {\"type\": \"NFC\"}", "normalizer 'NFC'");
+  expect_refused("\"normalizer\": null", "\"normalizer\": {\"type\": \"NFKC\"}", "normalizer 'NFKC'");
   expect_refused("\"type\": \"BPE\"", "\"type\": \"WordPiece\"", "model type 'WordPiece'");
   expect_refused("\"byte_fallback\": false", "\"byte_fallback\": true", "byte_fallback");
   expect_refused("\\\\p{N}{1,3}", "\\\\p{N}{1,4}", "Split regex");

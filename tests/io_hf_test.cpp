@@ -119,7 +119,9 @@ TEST(HfInterop, SparseVariantExportKeepsParametersAndSettings) {
   for (const auto& kv : hf) variant_params += kv.first.find("model.layers.1.self_attn.variant.") == 0;
   EXPECT_GT(variant_params, 0u);
   const std::string config = read_text(dir.file("out/config.json"));
-  EXPECT_NE(config.find("\"sparsetrain_attention\": {"), std::string::npos) << config;
+  EXPECT_NE(config.find("\"sparsetrain_attention\": {\"variant\": \"dash\""), std::string::npos) << config;
+  EXPECT_NE(config.find("\"temperature\": 2.5"), std::string::npos) << config;
+  EXPECT_EQ(config.find("\"nsa\""), std::string::npos) << config;  // only the variant in use
 
   import_hf(dir.file("out"), dir.file("back"));
   CheckpointData back = load_checkpoint(dir.file("back"), false);

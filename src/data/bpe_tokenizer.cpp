@@ -10,28 +10,15 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "data/nfc.h"
 #include "data/pretokenize.h"
 #include "data/shard.h"
+#include "data/utf8.h"
 #include "io/json_reader.h"
 
 namespace st {
 
 namespace {
-
-std::string utf8(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s += char(cp);
-  } else if (cp < 0x800) {
-    s += char(0xC0 | (cp >> 6));
-    s += char(0x80 | (cp & 0x3F));
-  } else {
-    s += char(0xE0 | (cp >> 12));
-    s += char(0x80 | ((cp >> 6) & 0x3F));
-    s += char(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
 
 // GPT-2's reversible byte alphabet: printable Latin-1 bytes stand for themselves, the other
 // 68 bytes for U+0100 onwards, so every byte string becomes printable text.
@@ -40,7 +27,7 @@ std::array<std::string, 256> byte_alphabet() {
   uint32_t next = 256;
   for (uint32_t b = 0; b < 256; ++b) {
     bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    chars[b] = utf8(printable ? b : next++);
+    append_utf8(chars[b], printable ? b : next++);
   }
   return chars;
 }
@@ -63,6 +50,7 @@ class BpeTokenizer : public Tokenizer {
   void set_bytes(uint32_t id, std::string bytes);
   std::string to_alphabet(std::string_view bytes) const;
   void encode_plain(std::string_view text, std::vector<uint32_t>& out) const;
+  void encode_pieces(std::string_view text, std::vector<uint32_t>& out) const;
   void encode_piece(std::string_view piece, std::vector<uint32_t>& out) const;
 
   struct Merge {
@@ -72,6 +60,14 @@ class BpeTokenizer : public Tokenizer {
     std::string content;
     uint32_t id;
   };
+  // Added tokens matched in one pass: leftmost first, longest first at a position.
+  struct AddedSet {
+    std::vector<Added> tokens;
+    std::array<std::vector<size_t>, 256> by_first_byte;
+    void index();
+    template <class Plain>
+    void split(std::string_view text, std::vector<uint32_t>& out, Plain plain) const;
+  };
 
   std::string path_;
   std::array<std::string, 256> alphabet_ = byte_alphabet();
@@ -79,8 +75,9 @@ class BpeTokenizer : public Tokenizer {
   std::unordered_map<uint64_t, Merge> merges_;        // (left id << 32 | right id) -> merge
   std::array<int64_t, 256> byte_id_;                  // a byte's own token, -1 if none
   std::vector<std::string> id_bytes_;                 // what each id decodes to
-  std::vector<Added> added_;                          // longest first
-  std::array<std::vector<size_t>, 256> added_by_first_byte_;
+  AddedSet raw_added_;         // "normalized": false, matched in the raw text
+  AddedSet normalized_added_;  // "normalized": true, matched after the normalizer
+  bool nfc_ = false;           // the normalizer: none or NFC
   std::optional<SplitPattern> pattern_;  // none: each text segment is one piece
   bool add_prefix_space_ = false;
   bool ignore_merges_ = false;
@@ -97,8 +94,11 @@ BpeTokenizer::BpeTokenizer(const std::string& path) : path_(path) {
     throw DataError(e.what());
   }
   if (!root.IsMap()) fail("not a tokenizer.json object");
-  if (!is_null(root["normalizer"]))
-    fail(fmt::format("normalizer '{}' is not supported (only none)", root["normalizer"]["type"].as<std::string>("?")));
+  if (!is_null(root["normalizer"])) {
+    const std::string type = root["normalizer"]["type"].as<std::string>("?");
+    if (type != "NFC") fail(fmt::format("normalizer '{}' is not supported (only none and NFC)", type));
+    nfc_ = true;
+  }
   load_model(root["model"]);
   load_added_tokens(root["added_tokens"]);
   load_pre_tokenizer(root["pre_tokenizer"]);
@@ -138,7 +138,8 @@ void BpeTokenizer::load_model(const YAML::Node& model) {
     // alphabet (rare literal specials) decode as themselves.
     std::string bytes;
     for (size_t i = 0; i < token.size();) {
-      size_t len = (static_cast<unsigned char>(token[i]) < 0x80) ? 1 : (static_cast<unsigned char>(token[i]) < 0xE0) ? 2 : 3;
+      size_t len = 0;
+      decode_utf8(token, i, &len);
       auto it = from_alphabet.find(token.substr(i, len));
       if (it == from_alphabet.end()) {
         bytes = token;
@@ -177,6 +178,36 @@ void BpeTokenizer::load_model(const YAML::Node& model) {
   }
 }
 
+void BpeTokenizer::AddedSet::index() {
+  std::stable_sort(tokens.begin(), tokens.end(),
+                   [](const Added& a, const Added& b) { return a.content.size() > b.content.size(); });
+  for (size_t i = 0; i < tokens.size(); ++i) by_first_byte[static_cast<unsigned char>(tokens[i].content[0])].push_back(i);
+}
+
+// Appends the ids of the set's tokens found in text and calls plain(segment, out) for the
+// text between them.
+template <class Plain>
+void BpeTokenizer::AddedSet::split(std::string_view text, std::vector<uint32_t>& out, Plain plain) const {
+  size_t plain_begin = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    const Added* hit = nullptr;
+    for (size_t i : by_first_byte[static_cast<unsigned char>(text[pos])])
+      if (text.compare(pos, tokens[i].content.size(), tokens[i].content) == 0) {
+        hit = &tokens[i];
+        break;
+      }
+    if (!hit) {
+      ++pos;
+      continue;
+    }
+    plain(text.substr(plain_begin, pos - plain_begin), out);
+    out.push_back(hit->id);
+    pos += hit->content.size();
+    plain_begin = pos;
+  }
+  plain(text.substr(plain_begin), out);
+}
+
 void BpeTokenizer::load_added_tokens(const YAML::Node& added) {
   if (is_null(added)) return;
   if (!added.IsSequence()) fail("added_tokens is not a list");
@@ -186,13 +217,15 @@ void BpeTokenizer::load_added_tokens(const YAML::Node& added) {
     for (const char* flag : {"single_word", "lstrip", "rstrip"})
       if (t[flag].as<bool>(false)) fail(fmt::format("added token '{}': {} is not supported", content, flag));
     const uint32_t id = t["id"].as<uint32_t>();
-    added_.push_back({content, id});
     set_bytes(id, content);
+    // As the tokenizers library does: normalized tokens are matched in normalized form.
+    if (t["normalized"].as<bool>(!t["special"].as<bool>(false)))
+      normalized_added_.tokens.push_back({nfc_ ? nfc(content) : content, id});
+    else
+      raw_added_.tokens.push_back({content, id});
   }
-  std::stable_sort(added_.begin(), added_.end(),
-                   [](const Added& a, const Added& b) { return a.content.size() > b.content.size(); });
-  for (size_t i = 0; i < added_.size(); ++i)
-    added_by_first_byte_[static_cast<unsigned char>(added_[i].content[0])].push_back(i);
+  raw_added_.index();
+  normalized_added_.index();
 }
 
 void BpeTokenizer::load_pre_tokenizer(const YAML::Node& pre) {
@@ -225,8 +258,9 @@ void BpeTokenizer::load_pre_tokenizer(const YAML::Node& pre) {
 
 uint32_t BpeTokenizer::find_eos() const {
   auto id_of = [&](const std::string& content) -> std::optional<uint32_t> {
-    for (const Added& a : added_)
-      if (a.content == content) return a.id;
+    for (const AddedSet* set : {&raw_added_, &normalized_added_})
+      for (const Added& a : set->tokens)
+        if (a.content == content) return a.id;
     auto it = vocab_.find(to_alphabet(content));
     if (it != vocab_.end()) return it->second;
     return std::nullopt;
@@ -252,28 +286,20 @@ uint32_t BpeTokenizer::find_eos() const {
 
 std::vector<uint32_t> BpeTokenizer::encode(std::string_view text) const {
   std::vector<uint32_t> out;
-  size_t plain_begin = 0;
-  for (size_t pos = 0; pos < text.size();) {
-    const Added* hit = nullptr;
-    for (size_t i : added_by_first_byte_[static_cast<unsigned char>(text[pos])])
-      if (text.compare(pos, added_[i].content.size(), added_[i].content) == 0) {
-        hit = &added_[i];
-        break;
-      }
-    if (!hit) {
-      ++pos;
-      continue;
-    }
-    encode_plain(text.substr(plain_begin, pos - plain_begin), out);
-    out.push_back(hit->id);
-    pos += hit->content.size();
-    plain_begin = pos;
-  }
-  encode_plain(text.substr(plain_begin), out);
+  raw_added_.split(text, out, [this](std::string_view segment, std::vector<uint32_t>& ids) { encode_plain(segment, ids); });
   return out;
 }
 
+// Text between raw added tokens: normalized, then split on normalized added tokens, then
+// pre-tokenized.
 void BpeTokenizer::encode_plain(std::string_view text, std::vector<uint32_t>& out) const {
+  if (text.empty()) return;
+  const std::string normalized = nfc_ ? nfc(text) : std::string();
+  normalized_added_.split(nfc_ ? std::string_view(normalized) : text, out,
+                          [this](std::string_view segment, std::vector<uint32_t>& ids) { encode_pieces(segment, ids); });
+}
+
+void BpeTokenizer::encode_pieces(std::string_view text, std::vector<uint32_t>& out) const {
   if (text.empty()) return;
   std::string prefixed;
   if (add_prefix_space_ && text[0] != ' ') {

@@ -3,12 +3,11 @@
 #include <algorithm>
 
 #include "data/unicode_tables.h"
+#include "data/utf8.h"
 
 namespace st {
 
 namespace {
-
-constexpr uint32_t kInvalid = 0xFFFFFFFF;  // a byte that starts no valid UTF-8 sequence
 
 const char* const kGpt2Regex =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
@@ -25,12 +24,12 @@ bool in_ranges(uint32_t cp, const CodeRange* ranges, size_t n) {
 
 bool is_letter(uint32_t cp) {
   if (cp < 0x80) return (cp | 0x20) >= 'a' && (cp | 0x20) <= 'z';
-  return cp != kInvalid && in_ranges(cp, kLetterRanges, kLetterRangeCount);
+  return cp != kInvalidUtf8 && in_ranges(cp, kLetterRanges, kLetterRangesCount);
 }
 
 bool is_number(uint32_t cp) {
   if (cp < 0x80) return cp >= '0' && cp <= '9';
-  return cp != kInvalid && in_ranges(cp, kNumberRanges, kNumberRangeCount);
+  return cp != kInvalidUtf8 && in_ranges(cp, kNumberRanges, kNumberRangesCount);
 }
 
 bool is_space(uint32_t cp) {
@@ -41,27 +40,6 @@ bool is_space(uint32_t cp) {
 
 bool is_newline(uint32_t cp) { return cp == '\r' || cp == '\n'; }
 bool is_other(uint32_t cp) { return !is_space(cp) && !is_letter(cp) && !is_number(cp); }
-
-// Decodes one UTF-8 character at s[i]; sets len to its byte count (1 for an invalid byte).
-uint32_t decode_utf8(std::string_view s, size_t i, size_t* len) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
-  const unsigned char c = b(0);
-  *len = 1;
-  if (c < 0x80) return c;
-  size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
-  if (n == 0 || c > 0xF4 || i + n > s.size()) return kInvalid;
-  uint32_t cp = c & (0xFF >> (n + 1));
-  for (size_t k = 1; k < n; ++k) {
-    if ((b(k) & 0xC0) != 0x80) return kInvalid;
-    cp = (cp << 6) | (b(k) & 0x3F);
-  }
-  // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
-  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-      (cp >= 0xD800 && cp <= 0xDFFF))
-    return kInvalid;
-  *len = n;
-  return cp;
-}
 
 // The regex alternatives, each returning the end (a character index) of its match at i or
 // i itself when it does not match. They mirror a backtracking engine: greedy, first

@@ -257,10 +257,13 @@ std::string hf_config_json(const ModelConfig& m, int64_t max_position, const std
           .add("original_max_position_embeddings", s.original_max_position);
     fields.push_back({"rope_scaling", rope.str()});
   }
-  if (m.attention.variant != "dense") {
+  if (m.attention.variant != "dense") {  // the variant, its knobs, and the shared settings
     Recipe r;
     r.model.attention = m.attention;
-    fields.push_back({kAttentionKey, yaml_to_json(YAML::Load(recipe_to_yaml(r))["model"]["attention"])});
+    YAML::Node attention = YAML::Load(recipe_to_yaml(r))["model"]["attention"];
+    for (const char* other : {"dash", "nsa", "infllmv2"})
+      if (m.attention.variant != other) attention.remove(other);
+    fields.push_back({kAttentionKey, yaml_to_json(attention)});
   }
   std::string out = "{\n";
   for (size_t i = 0; i < fields.size(); ++i)

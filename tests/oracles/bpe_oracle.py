@@ -1,10 +1,11 @@
 """Trains a small byte-level BPE with the `tokenizers` library and encodes a few MB of
 varied text with it, for the C++ tokenizer to reproduce id for id.
 
-usage: bpe_oracle.py OUT_DIR gpt2|llama3|qwen2
+usage: bpe_oracle.py OUT_DIR gpt2|llama3|qwen2|qwen2nfc
 writes OUT_DIR/tokenizer.json (merges as [a, b] pairs), OUT_DIR/legacy/tokenizer.json (the
-same tokenizer with merges as "a b" strings), OUT_DIR/text.txt (UTF-8) and OUT_DIR/ids.bin
-(the ids of text.txt, uint32 little-endian, no special tokens added).
+same tokenizer with merges as "a b" strings), OUT_DIR/text.txt (UTF-8), OUT_DIR/nfc.txt
+(its NFC form) and OUT_DIR/ids.bin (the ids of text.txt, uint32 little-endian, no special
+tokens added). qwen2nfc is qwen2 with the NFC normalizer and a normalized added token.
 """
 import json
 import os
@@ -13,8 +14,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import unicodedata
+
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -40,7 +43,13 @@ SCRIPTS = [
     "Math ∑∫√∞ ≤ ≥ ≠ ² ³ ½ Ⅻ ⅷ ⑳. ",
     "Spaces:\u00a0nbsp,\u2003em,\u3000ideographic,\u2028line-sep,\u0085nel. ",
     "ﬁligature ſtraße ǅ Dž ῼ ᾈ. ",
+    # canonical (de)composition and reordering, for NFC
+    "Ohm \u2126 angstrom \u212b e\u0301\u0301 a\u0323\u0307 a\u0307\u0323 e\u0323\u0302 \u0958 \u0344 "
+    "\u1100\u1161\u11a8 \uac00\u11a8 \u1100\u1161 Hello world q\u0307\u0323 \u0f73 \u0cca. ",
 ]
+# Every character with a canonical decomposition up to U+3000, precomposed and decomposed.
+COMPOSED = "".join(chr(c) for c in range(0xC0, 0x3000) if unicodedata.decomposition(chr(c))[:1] not in ("", "<"))
+DECOMPOSED = unicodedata.normalize("NFD", COMPOSED)
 CONTRACTIONS = ["don't", "I'M", "we'LL", "it'S", "they're", "you'VE", "she'd", "'tis", "O'Neil", "rock'n'roll",
                 "can'T", "x'", "'", "''", "ſ'ſ", "it\u017fs", "it'\u017f"]
 
@@ -94,9 +103,11 @@ def main():
     rng = random.Random(1234)
     text = "".join([
         prose(rng, 250_000), code_text(900_000), whitespace_runs(rng, 20_000), "".join(SCRIPTS) * 400,
-        "   trailing spaces   ", "\n\n\n",
+        COMPOSED, " ", DECOMPOSED, "   trailing spaces   ", "\n\n\n",
     ])
     tok = Tokenizer(models.BPE(ignore_merges=(kind == "llama3")))
+    if kind == "qwen2nfc":
+        tok.normalizer = normalizers.NFC()
     if kind == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
@@ -110,6 +121,8 @@ def main():
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     train_text = text[: len(text) // 2]
     tok.train_from_iterator([train_text[i:i + 10000] for i in range(0, len(train_text), 10000)], trainer)
+    if kind == "qwen2nfc":
+        tok.add_tokens(["Hello world"])  # not special: matched after normalization
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
 
@@ -120,6 +133,7 @@ def main():
 
     ids = tok.encode(text, add_special_tokens=False).ids
     (out / "text.txt").write_bytes(text.encode("utf-8"))
+    (out / "nfc.txt").write_bytes(unicodedata.normalize("NFC", text).encode("utf-8"))
     np.asarray(ids, dtype="<u4").tofile(out / "ids.bin")
     print(f"{kind}: {len(text.encode('utf-8'))} bytes -> {len(ids)} ids", file=sys.stderr)
 
