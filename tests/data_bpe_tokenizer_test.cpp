@@ -7,18 +7,14 @@
 #include "data/nfc.h"
 #include "data/pretokenize.h"
 #include "data/shard.h"
+#include "io/read_file.h"
 #include "oracle.h"
 
 namespace st {
 namespace {
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
 std::vector<uint32_t> read_ids(const std::string& path) {
-  std::string b = read_bytes(path);
+  std::string b = read_file(path);
   std::vector<uint32_t> ids(b.size() / 4);
   std::memcpy(ids.data(), b.data(), ids.size() * 4);
   return ids;
@@ -58,7 +54,7 @@ TEST(Pretokenize, Llama3AndQwen2Patterns) {
 void expect_same_ids_as_tokenizers(const std::string& kind) {
   test::TempDir dir;
   ASSERT_EQ(test::run_oracle("bpe_oracle.py", dir.path().string() + " " + kind), 0);
-  const std::string text = read_bytes(dir.file("text.txt"));
+  const std::string text = read_file(dir.file("text.txt"));
   const std::vector<uint32_t> want = read_ids(dir.file("ids.bin"));
   ASSERT_GT(text.size(), 3000000u);
   for (const char* json : {"tokenizer.json", "legacy/tokenizer.json"}) {
@@ -77,7 +73,7 @@ void expect_same_ids_as_tokenizers(const std::string& kind) {
       ADD_FAILURE() << "ids differ at " << first_diff << " of " << want.size() << "\nours:   [" << context(got)
                     << "]\ntheirs: [" << context(want) << "]";
     }
-    EXPECT_EQ(tok->decode(want), kind == "qwen2nfc" ? read_bytes(dir.file("nfc.txt")) : text);
+    EXPECT_EQ(tok->decode(want), kind == "qwen2nfc" ? read_file(dir.file("nfc.txt")) : text);
   }
 }
 
@@ -91,9 +87,9 @@ TEST(BpeTokenizer, Qwen2WithNfcMatchesTokenizersLibrary) { expect_same_ids_as_to
 TEST(Nfc, MatchesUnicodedata) {
   test::TempDir dir;
   ASSERT_EQ(test::run_oracle("bpe_oracle.py", dir.path().string() + " gpt2"), 0);
-  const std::string want = read_bytes(dir.file("nfc.txt"));
-  EXPECT_NE(want, read_bytes(dir.file("text.txt")));
-  EXPECT_TRUE(nfc(read_bytes(dir.file("text.txt"))) == want);
+  const std::string want = read_file(dir.file("nfc.txt"));
+  EXPECT_NE(want, read_file(dir.file("text.txt")));
+  EXPECT_TRUE(nfc(read_file(dir.file("text.txt"))) == want);
   EXPECT_EQ(nfc("A\u030a \u212b \u1100\u1161\u11a8 a\u0307\u0323"), "\u00c5 \u00c5 \uac01 \u1ea1\u0307");
   EXPECT_EQ(nfc("\xff\xfe caf\u00e9"), "\xff\xfe caf\u00e9");  // invalid bytes pass through
 }
@@ -101,7 +97,7 @@ TEST(Nfc, MatchesUnicodedata) {
 TEST(BpeTokenizer, EosAndUnsupportedFeatures) {
   test::TempDir dir;
   ASSERT_EQ(test::run_oracle("bpe_oracle.py", dir.path().string() + " llama3"), 0);
-  const std::string json = read_bytes(dir.file("tokenizer.json"));
+  const std::string json = read_file(dir.file("tokenizer.json"));
   std::ofstream(dir.file("tokenizer_config.json")) << R"({"eos_token": {"content": "<tool>"}})";
   EXPECT_EQ(load_bpe_tokenizer(dir.file("tokenizer.json"))->eos(), 2u);
   std::ofstream(dir.file("tokenizer_config.json")) << R"({"eos_token": "<nope>"})";

@@ -4,21 +4,13 @@
 #include <fstream>
 
 #include "data/shard.h"
+#include "io/read_file.h"
 #include "oracle.h"
 
 namespace st {
 namespace {
 
 using test::TempDir;
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
 
 // The message names the file and contains `needle`.
 void expect_data_error(const std::string& path, const std::string& needle) {
@@ -49,7 +41,7 @@ TEST(Shard, RoundTripUint16WithSpans) {
   EXPECT_EQ(shard.spans()[1].example_begin, 4u);
   EXPECT_EQ(shard.spans()[1].answer_begin, 6u);
   EXPECT_EQ(shard.spans()[1].answer_end, 7u);
-  EXPECT_EQ(read_bytes(dir.file("a.bin")).size(), 64 + 2 * tokens.size() + 24 * spans.size());
+  EXPECT_EQ(read_file(dir.file("a.bin")).size(), 64 + 2 * tokens.size() + 24 * spans.size());
   EXPECT_THROW(shard.read(5, 3, out.data()), DataError);
 }
 
@@ -74,7 +66,7 @@ TEST(Shard, WriterRefusesBadTokensAndSpans) {
 TEST(Shard, CorruptedShardsGiveClearErrors) {
   TempDir dir;
   write_shard(dir.file("good.bin"), {1, 2, 3, 4, 5}, 257, {{0, 3, 5}});
-  const std::string good = read_bytes(dir.file("good.bin"));
+  const std::string good = read_file(dir.file("good.bin"));
   const std::string path = dir.file("bad.bin");
   auto with = [&](size_t offset, const void* value, size_t n) {
     std::string b = good;
@@ -82,33 +74,33 @@ TEST(Shard, CorruptedShardsGiveClearErrors) {
     return b;
   };
 
-  write_bytes(path, good.substr(0, good.size() - 1));
+  test::write_file(path, good.substr(0, good.size() - 1));
   expect_data_error(path, "truncated or corrupted");
-  write_bytes(path, good.substr(0, 40));
+  test::write_file(path, good.substr(0, 40));
   expect_data_error(path, "truncated: 40 bytes");
-  write_bytes(path, good + "x");
+  test::write_file(path, good + "x");
   expect_data_error(path, "but the file has");
-  write_bytes(path, with(0, "NOTTOKEN", 8));
+  test::write_file(path, with(0, "NOTTOKEN", 8));
   expect_data_error(path, "bad magic");
   uint32_t v = 2;
-  write_bytes(path, with(8, &v, 4));
+  test::write_file(path, with(8, &v, 4));
   expect_data_error(path, "version 2");
   v = 3;
-  write_bytes(path, with(12, &v, 4));
+  test::write_file(path, with(12, &v, 4));
   expect_data_error(path, "3 bytes per token");
   uint64_t n = 6;
-  write_bytes(path, with(16, &n, 8));
+  test::write_file(path, with(16, &n, 8));
   expect_data_error(path, "header says 6 tokens");
   n = uint64_t(1) << 62;  // a size that overflows when multiplied out
-  write_bytes(path, with(16, &n, 8));
+  test::write_file(path, with(16, &n, 8));
   expect_data_error(path, "truncated or corrupted");
   n = 70000;
-  write_bytes(path, with(24, &n, 8));
+  test::write_file(path, with(24, &n, 8));
   expect_data_error(path, "vocab size 70000 does not fit 2-byte tokens");
   n = 9;
-  write_bytes(path, with(64 + 10 + 8, &n, 8));  // the span's answer_begin
+  test::write_file(path, with(64 + 10 + 8, &n, 8));  // the span's answer_begin
   expect_data_error(path, "span 0");
-  write_bytes(path, with(50, "\x01", 1));
+  test::write_file(path, with(50, "\x01", 1));
   expect_data_error(path, "reserved header byte 50");
   expect_data_error(dir.file("missing.bin"), "cannot open");
 }

@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "io/hf.h"
+#include "io/read_file.h"
 #include "model/transformer.h"
 #include "oracle.h"
 #include "train/checkpoint.h"
@@ -17,11 +18,6 @@ namespace st {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
 
 // Logits of a checkpoint for `tokens`, computed by our model.
 torch::Tensor our_logits(const std::string& ckpt_path, const torch::Tensor& tokens, ModelConfig* cfg_out = nullptr) {
@@ -59,7 +55,7 @@ void round_trip(const std::string& kind) {
   EXPECT_LE((ours - ref.at("logits")).abs().max().item<double>(), 1e-4);
   EXPECT_EQ(cfg.tie_embeddings, kind == "tied");
   EXPECT_EQ(cfg.rope_scaling.type, kind == "tied" ? "linear" : "llama3");
-  EXPECT_EQ(read_text(ckpt + "/tokenizer.json"), read_text(hf + "/tokenizer.json"));
+  EXPECT_EQ(read_file(ckpt + "/tokenizer.json"), read_file(hf + "/tokenizer.json"));
 
   // model.yaml is a model config a continual-pretraining recipe can name.
   std::ofstream(dir.file("cpt.yaml")) << "run: {name: cpt}\nmodel: {config: " << ckpt << "/model.yaml}\n"
@@ -83,7 +79,7 @@ void round_trip(const std::string& kind) {
   torch::Tensor theirs = load_safetensors(dir.file("theirs.safetensors")).at("logits");
   EXPECT_LE((theirs - ours).abs().max().item<double>(), 1e-4);
   expect_bit_equal(load_safetensors_dir(hf), load_safetensors_dir(out));
-  EXPECT_EQ(read_text(out + "/tokenizer.json"), read_text(hf + "/tokenizer.json"));
+  EXPECT_EQ(read_file(out + "/tokenizer.json"), read_file(hf + "/tokenizer.json"));
   EXPECT_EQ(model_config_from_hf(out + "/config.json").rope_scaling.type, cfg.rope_scaling.type);
 }
 
@@ -118,7 +114,7 @@ TEST(HfInterop, SparseVariantExportKeepsParametersAndSettings) {
   size_t variant_params = 0;
   for (const auto& kv : hf) variant_params += kv.first.find("model.layers.1.self_attn.variant.") == 0;
   EXPECT_GT(variant_params, 0u);
-  const std::string config = read_text(dir.file("out/config.json"));
+  const std::string config = read_file(dir.file("out/config.json"));
   EXPECT_NE(config.find("\"sparsetrain_attention\": {\"variant\": \"dash\""), std::string::npos) << config;
   EXPECT_NE(config.find("\"temperature\": 2.5"), std::string::npos) << config;
   EXPECT_EQ(config.find("\"nsa\""), std::string::npos) << config;  // only the variant in use
@@ -135,7 +131,7 @@ TEST(HfInterop, SparseVariantExportKeepsParametersAndSettings) {
 TEST(HfInterop, UnsupportedConfigsNameTheField) {
   test::TempDir dir;
   ASSERT_EQ(test::run_oracle("hf_llama_oracle.py", "make " + dir.file("hf") + " tied"), 0);
-  const std::string good = read_text(dir.file("hf/config.json"));
+  const std::string good = read_file(dir.file("hf/config.json"));
   auto expect_refused = [&](const std::string& from, const std::string& to, const std::string& needle) {
     std::string edited = good;
     size_t at = edited.find(from);

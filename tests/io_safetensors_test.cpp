@@ -6,6 +6,7 @@
 #include <fstream>
 #include <random>
 
+#include "io/read_file.h"
 #include "io/safetensors.h"
 #include "oracle.h"
 
@@ -13,15 +14,6 @@ namespace st {
 namespace {
 
 using test::TempDir;
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
 
 // A file with the given header text and n data bytes, bypassing the writer.
 std::string craft(const std::string& header, size_t data_bytes, uint64_t declared_len = 0) {
@@ -82,7 +74,7 @@ TEST(Safetensors, HeaderIsPaddedAndTensorsAligned) {
   TensorMap t{{"a", torch::ones({3}, torch::kUInt8)}, {"b", torch::ones({2}, torch::kFloat64)},
               {"c", torch::ones({1}, torch::kInt16)}};
   save_safetensors(dir.file("a.safetensors"), t);
-  std::string bytes = read_bytes(dir.file("a.safetensors"));
+  std::string bytes = read_file(dir.file("a.safetensors"));
   uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);
   EXPECT_EQ(n % 8, 0u);
@@ -129,7 +121,7 @@ TEST(Safetensors, ShardedSaveWritesIndexAndLoadsBack) {
   for (int k = 1; k <= 3; ++k)
     EXPECT_TRUE(std::filesystem::exists(
         dir.file(fmt::format("m/model-{:05d}-of-00003.safetensors", k))));
-  std::string index = read_bytes(dir.file("m/model.safetensors.index.json"));
+  std::string index = read_file(dir.file("m/model.safetensors.index.json"));
   EXPECT_NE(index.find("\"total_size\": 2000"), std::string::npos) << index;
   EXPECT_NE(index.find("\"w4\": \"model-00003-of-00003.safetensors\""), std::string::npos);
   expect_same(tensors, load_safetensors_dir(dir.file("m")));
@@ -146,9 +138,9 @@ TEST(Safetensors, ShardIndexMustAgreeWithShards) {
   TensorMap tensors{{"a", torch::ones({100})}, {"b", torch::ones({100})}};
   save_safetensors_sharded(dir.file("m"), tensors, 400);
   std::string index_path = dir.file("m/model.safetensors.index.json");
-  std::string index = read_bytes(index_path);
+  std::string index = read_file(index_path);
   auto expect_error = [&](const std::string& text, const std::string& needle) {
-    write_bytes(index_path, text);
+    test::write_file(index_path, text);
     try {
       load_safetensors_dir(dir.file("m"));
       ADD_FAILURE() << "expected IoError for " << text;
@@ -170,7 +162,7 @@ TEST(Safetensors, MalformedFilesGiveClearErrors) {
   TempDir dir;
   std::string path = dir.file("bad.safetensors");
   auto expect_error = [&](const std::string& bytes, const std::string& needle) {
-    write_bytes(path, bytes);
+    test::write_file(path, bytes);
     try {
       load_safetensors(path);
       ADD_FAILURE() << "expected IoError mentioning '" << needle << "'";
@@ -230,9 +222,9 @@ TEST(Safetensors, TruncationAtEveryLengthIsAnIoError) {
   TensorMap t{{"a", torch::arange(6, torch::kFloat32).view({2, 3})},
               {"b", torch::tensor({1, 2}, torch::kInt64)}};
   save_safetensors(dir.file("ok.safetensors"), t);
-  std::string good = read_bytes(dir.file("ok.safetensors"));
+  std::string good = read_file(dir.file("ok.safetensors"));
   for (size_t len = 0; len < good.size(); ++len) {
-    write_bytes(dir.file("cut.safetensors"), good.substr(0, len));
+    test::write_file(dir.file("cut.safetensors"), good.substr(0, len));
     EXPECT_THROW(load_safetensors(dir.file("cut.safetensors")), IoError) << "length " << len;
   }
 }
@@ -245,7 +237,7 @@ TEST(Safetensors, RandomHeaderCorruptionNeverCrashes) {
               {"mask", torch::ones({5}, torch::kBool)},
               {"step", torch::tensor(int64_t(3))}};
   save_safetensors(dir.file("ok.safetensors"), t, {{"note", "x"}});
-  const std::string good = read_bytes(dir.file("ok.safetensors"));
+  const std::string good = read_file(dir.file("ok.safetensors"));
   uint64_t header_len = 0;
   std::memcpy(&header_len, good.data(), 8);
   std::mt19937 rng(1234);
@@ -259,7 +251,7 @@ TEST(Safetensors, RandomHeaderCorruptionNeverCrashes) {
       bytes[pos] = (rng() % 2) ? static_cast<char>(rng() % 256)
                                : interesting[rng() % (sizeof(interesting) - 1)];
     }
-    write_bytes(dir.file("fuzz.safetensors"), bytes);
+    test::write_file(dir.file("fuzz.safetensors"), bytes);
     try {
       TensorMap back = load_safetensors(dir.file("fuzz.safetensors"));
       size_t bytes_loaded = 0;

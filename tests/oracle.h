@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 namespace st::test {
@@ -30,6 +31,10 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+inline void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
 
 // Runs `python tests/oracles/<script> <args>` with $SPARSETRAIN_PYTHON (else python3) and
 // returns its exit status. The oracles exit non-zero, with a message, when their Python

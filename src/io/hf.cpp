@@ -2,14 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "io/atomic_file.h"
 #include "io/json_reader.h"
+#include "io/read_file.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "train/model_state.h"
@@ -133,13 +133,6 @@ std::string dtype_name(torch::ScalarType t) {
   throw ConfigError(fmt::format("export dtype {} is not supported (fp32, bf16, fp16)", c10::toString(t)));
 }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // Copies whichever tokenizer files `from` has into `to`; returns how many.
 int copy_tokenizer_files(const fs::path& from, const fs::path& to) {
   int n = 0;
@@ -160,7 +153,7 @@ std::string find_tokenizer_dir(std::string ckpt_dir, Recipe recipe) {
     if (recipe.train.init_from.empty()) break;
     try {
       ckpt_dir = resolve_checkpoint(recipe.train.init_from);
-      recipe = parse_recipe(read_text(fs::path(ckpt_dir) / "recipe.yaml"), ckpt_dir + "/recipe.yaml");
+      recipe = parse_recipe(read_file(ckpt_dir + "/recipe.yaml"), ckpt_dir + "/recipe.yaml");
     } catch (const std::exception&) {
       break;  // the run's starting point moved or is gone: no tokenizer to find there
     }

@@ -2,8 +2,7 @@
 
 #include <fmt/format.h>
 
-#include <fstream>
-#include <sstream>
+#include "io/read_file.h"
 
 namespace st {
 
@@ -54,12 +53,6 @@ YAML::Node parse_json(std::string_view text, const std::string& origin, int max_
   }
 }
 
-YAML::Node load_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_json(ss.str(), path);
-}
+YAML::Node load_json_file(const std::string& path) { return parse_json(read_file(path), path); }
 
 }  // namespace st
