@@ -76,6 +76,16 @@ TEST(Model, Llama3ScalingKeepsHighFrequenciesAndSlowsLowOnes) {
   EXPECT_NEAR(scaled[-1].item<double>(), plain[-1].item<double>() / 8, 1e-15);
 }
 
+TEST(Model, RMSNormMatchesItsFormula) {
+  RMSNorm norm(16, 1e-5);
+  torch::NoGradGuard ng;
+  norm->weight.uniform_(0.5, 1.5);
+  auto x = torch::randn({3, 5, 16}, torch::kFloat64).to(torch::kFloat32);
+  auto xd = x.to(torch::kFloat64);
+  auto expected = xd / torch::sqrt(xd.pow(2).mean(-1, true) + 1e-5) * norm->weight.to(torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(norm(x).to(torch::kFloat64), expected, 1e-5, 1e-6));
+}
+
 TEST(Model, CausalAndDeterministicInit) {
   Transformer a(tiny()), b(tiny());
   a->init_weights(3);

@@ -1,5 +1,7 @@
 #include "model/transformer.h"
 
+#include <ATen/ATen.h>
+
 #include <cmath>
 
 namespace st {
@@ -9,10 +11,9 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  // Normalise in fp32 whatever the activation dtype: bf16 sums of squares lose precision.
-  auto xf = x.to(torch::kFloat32);
-  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
-  return (y * weight.to(torch::kFloat32)).to(x.scalar_type());
+  // ATen's rms_norm: one fused kernel each way on CUDA, the composite math on CPU. The
+  // residual stream is fp32 (autocast leaves additions alone), so this normalises in fp32.
+  return at::rms_norm(x, {weight.size(0)}, weight, eps_);
 }
 
 SelfAttentionImpl::SelfAttentionImpl(const ModelConfig& cfg)

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <ATen/ATen.h>
+
 #include <cmath>
 
 namespace st {
@@ -22,17 +24,23 @@ AdamW::AdamW(std::vector<NamedParameter> params, const OptimConfig& cfg) : cfg_(
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
   ++steps_;
-  const double bc1 = 1 - std::pow(cfg_.beta1, double(steps_));
-  const double bc2 = 1 - std::pow(cfg_.beta2, double(steps_));
-  for (auto& s : slots_) {
-    auto& p = s.p.param;
-    if (!p.grad().defined()) continue;
-    auto g = p.grad().to(torch::kFloat32);
-    s.exp_avg.lerp_(g, 1 - cfg_.beta1);
-    s.exp_avg_sq.mul_(cfg_.beta2).addcmul_(g, g, 1 - cfg_.beta2);
-    if (s.decay && cfg_.weight_decay > 0) p.mul_(1 - lr * cfg_.weight_decay);
-    auto denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(cfg_.eps);
-    p.addcdiv_(s.exp_avg, denom, -lr / bc1);
+  // One multi-tensor kernel per decay group (ATen's fused AdamW, CPU and CUDA) instead of
+  // eight elementwise passes per parameter: on a 1B model this is most of the step's
+  // optimizer time. The step count is read, not incremented, by the kernel.
+  for (bool decay : {true, false}) {
+    std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
+    for (auto& s : slots_) {
+      if (s.decay != decay || !s.p.param.grad().defined()) continue;
+      params.push_back(s.p.param);
+      grads.push_back(s.p.param.grad());
+      exp_avgs.push_back(s.exp_avg);
+      exp_avg_sqs.push_back(s.exp_avg_sq);
+    }
+    if (params.empty()) continue;
+    auto step = torch::full({}, double(steps_), params[0].options().dtype(torch::kFloat32));
+    steps.assign(params.size(), step);
+    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr, cfg_.beta1, cfg_.beta2,
+                      decay ? cfg_.weight_decay : 0.0, cfg_.eps, /*amsgrad=*/false, /*maximize=*/false);
   }
 }
 
