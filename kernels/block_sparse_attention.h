@@ -66,21 +66,23 @@ size_t bsa_plan_bytes(const BsaShape& s, int64_t nnz);
 int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* plan,
              cudaStream_t stream);
 
-// Forward: o and lse. rows_per_warp 16 (default): one 16-row MMA block per warp, Q held in
-// registers. 32: each K/V fragment feeds two row blocks (half the shared-memory fragment
-// traffic per MMA) but spills at d = 128; measured 7% slower on H200 (2026-11-23), kept as
-// the experiment to revisit with a register-lean softmax or wgmma.
+// Forward: o and lse.
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                 const BsaRows& rows, const BsaPlan& plan, float scale, void* o, float* lse,
-                cudaStream_t stream, int rows_per_warp = 16);
+                cudaStream_t stream);
 
-// Backward: dq, dk, dv, dbias ([nnz], may be null when rows.bias is null or unused) and the
-// scratch delta = rowsum(do * o) [B, Hq, T] fp32. dk/dv are accumulated in fp32 inside a
-// block and written once; no atomics on dq/dk/dv. dbias is written for every list entry.
+// Backward: dq, dk, dv and dbias ([nnz], may be null when rows.bias is null or unused).
+// scratch: bsa_backward_scratch_bytes(s) bytes (fp32 dQ/dK/dV accumulators and delta =
+// rowsum(do * o)). One CTA per (b, hkv, KV block, window of query tiles) walks that part of
+// the block's reverse list with dK/dV in registers; dQ (per tile) and dK/dV (per CTA) are
+// added into the fp32 scratch with atomics. Not bitwise deterministic: the summation order of
+// dQ, dK and dV follows the atomics (differences at fp32 rounding level). dbias is written
+// once per list entry, no atomics.
+size_t bsa_backward_scratch_bytes(const BsaShape& s);
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                  const void* o, const float* lse, const void* dout, const BsaRows& rows,
                  const BsaPlan& plan, float scale, void* dq, void* dk, void* dv, float* dbias,
-                 float* delta, cudaStream_t stream);
+                 void* scratch, cudaStream_t stream);
 
 // Row lists from a dense top-k style tensor ids [B, Hkv, T, k] int32 padded with -1 (what
 // NSA/InfLLMv2 selection produce). Entries outside [0, t/64) (the diagonal block is implicit)

@@ -1,251 +1,170 @@
-// Backward of block-sparse attention, two kernels, no atomics on gradients:
-//   dq kernel:   one CTA per query tile (the forward's tiling), walks the tile's union of
-//                blocks: recomputes P from the saved log-sum-exp, dP = dO V^T,
-//                dS = P (dP - delta), dQ += dS K, and d(bias) for each selected (row, block) =
-//                the sum of dS over the block's keys and the group's G heads. It first
-//                computes delta = rowsum(dO * O) for its rows and stores it for the next kernel.
-//   dkv kernel:  one CTA per (b, hkv, KV block), walks the block's reverse list (the query
-//                tiles whose union holds it, built by bsa_plan): S^T = K Q^T, P^T, dV += P^T dO,
-//                dP^T = V dO^T, dS^T, dK += dS^T Q. Each warp owns 16 keys of the block.
-// Both use mma.sync m16n8k16 with fp32 accumulation and double-buffered cp.async tiles.
+// Backward of block-sparse attention, FlashAttention-2 style: five matmuls per (query tile,
+// KV block) pair, dQ through fp32 atomics.
+//   prep kernel:    delta = rowsum(dO * O) per query row; zeroes the fp32 dQ accumulator.
+//   main kernel:    one CTA per (b, hkv, query window w, KV block j) takes the tiles of j's
+//                   reverse list (the query tiles whose union holds j, built by bsa_plan) that
+//                   lie in window w. Each warp owns 16 keys of the block. Per tile: S^T = K Q^T
+//                   and dP^T = V dO^T, P^T from the saved log-sum-exp, dS^T = P^T (dP^T -
+//                   delta); dV += P^T dO and dK += dS^T Q stay in registers. dS^T also goes to
+//                   shared memory, and after a barrier each warp computes dQ of 16 tile rows
+//                   over all 64 keys (dS K) and adds it into the accumulator with atomics. At
+//                   the end dK/dV are added into fp32 accumulators (one add per CTA). d(bias) of
+//                   a selected (position, block) is dS summed over the block's keys and the
+//                   group's G heads: a column sum of dS^T in each warp (shuffles), then across
+//                   the 4 warps in shared memory.
+//   convert kernel: dq, dk, dv from the accumulators, in the input dtype.
+// Why windows: the CTAs resident at one time are the blocks of one (b, hkv, window), so the
+// Q/dO tiles they read and the dQ rows they add to (64 KB per tile, kWindowTiles tiles) stay
+// in L2. Walking whole reverse lists instead (v4 in NOTES.md) touched the whole sequence at
+// once: Q/dO re-read from HBM and every dQ atomic a miss.
+// All matmuls are mma.sync m16n8k16 with fp32 accumulation; tiles come double-buffered
+// through cp.async. The previous schedule (NOTES.md, v3) had a separate dQ kernel that
+// recomputed S and dP: seven matmuls per pair, no atomics.
 #include "bsa_tile.cuh"
 
 namespace st::kernels {
 namespace {
 using namespace dev;
 
+constexpr int kPrepThreads = 256;
+constexpr int kWindowTiles = 512;  // 512 x 64 KB of Q, dO and dQ rows: 32 MB of the 50 MB L2
+
 template <typename T, int D>
-__global__ void __launch_bounds__(128) bsa_dq_kernel(const BsaParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  constexpr int kTile = 64 * D * 2;
-  const uint32_t sQ = smem_addr(smem), sdO = sQ + kTile;
-  auto sK = [&](int stage) { return sQ + (2 + stage) * kTile; };
-  auto sV = [&](int stage) { return sQ + (4 + stage) * kTile; };
-  __shared__ float s_lse[64], s_delta[64], s_rowsum[64];
-  __shared__ int64_t s_entry[64];
-
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int tile_t = p.tiles_per_head - 1 - blockIdx.x;
-  const int hkv = blockIdx.y, b = blockIdx.z;
-  const int64_t bh = static_cast<int64_t>(b) * p.Hkv + hkv;
-  const int64_t tile = bh * p.tiles_per_head + tile_t;
-  const T* q = static_cast<const T*>(p.q);
-  const T* dout = static_cast<const T*>(p.dout);
-  const T* kbase = static_cast<const T*>(p.k) + bh * p.T * D;
-  const T* vbase = static_cast<const T*>(p.v) + bh * p.T * D;
-  const int64_t ubeg = p.tile_ptr[tile];
-  const int n_union = static_cast<int>(p.tile_ptr[tile + 1] - ubeg);
-
-  auto load_kv = [&](int j, int stage) {
-    const int64_t key0 = static_cast<int64_t>(j) * kBsaBlock;
-    load_tile_async<D>(sK(stage), [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
-    load_tile_async<D>(sV(stage), [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
-  };
-  auto row_of = [&](int r) { return tile_row<D>(p, b, hkv, tile_t, r); };
-  load_tile_async<D>(sQ, [&](int r) { const TileRow x = row_of(r); return x.valid ? q + x.off : nullptr; }, q, tid);
-  load_tile_async<D>(sdO, [&](int r) { const TileRow x = row_of(r); return x.valid ? dout + x.off : nullptr; }, dout, tid);
-  int j_next = p.tile_blocks[ubeg];
-  load_kv(j_next, 0);
-  cp_async_commit();
-
-  // delta = rowsum(dO * O): two threads per row, 16-byte loads.
-  {
-    const int r = tid >> 1, half = tid & 1;
-    const TileRow x = row_of(r);
-    float acc = 0.f;
-    if (x.valid) {
-      const uint4* o4 = reinterpret_cast<const uint4*>(static_cast<const T*>(p.o) + x.off) + half * (D / 16);
-      const uint4* d4 = reinterpret_cast<const uint4*>(dout + x.off) + half * (D / 16);
+__global__ void __launch_bounds__(kPrepThreads) bsa_bwd_prep_kernel(const BsaParams p, int64_t rows) {
+  constexpr int kLanes = D / 8;  // threads per row, 16 bytes of O and dO each
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kPrepThreads + threadIdx.x;
+  const int64_t row = i / kLanes;
+  float acc = 0.f;
+  if (row < rows) {
+    const int64_t off = i * 8;  // == row * D + (i % kLanes) * 8
+    const uint4 a = *reinterpret_cast<const uint4*>(static_cast<const T*>(p.o) + off);
+    const uint4 d = *reinterpret_cast<const uint4*>(static_cast<const T*>(p.dout) + off);
+    const uint32_t av[4] = {a.x, a.y, a.z, a.w}, dv[4] = {d.x, d.y, d.z, d.w};
 #pragma unroll
-      for (int i = 0; i < D / 16; ++i) {
-        const uint4 a = o4[i], d = d4[i];
-        const uint32_t av[4] = {a.x, a.y, a.z, a.w}, dv[4] = {d.x, d.y, d.z, d.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 fa = Elem<T>::unpack(av[e]), fd = Elem<T>::unpack(dv[e]);
-          acc += fa.x * fd.x + fa.y * fd.y;
-        }
-      }
+    for (int e = 0; e < 4; ++e) {
+      const float2 fa = Elem<T>::unpack(av[e]), fd = Elem<T>::unpack(dv[e]);
+      acc += fa.x * fd.x + fa.y * fd.y;
     }
-    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-    if (half == 0) {
-      s_delta[r] = acc;
-      s_lse[r] = x.valid ? p.lse[x.lrow] * kLog2e : 0.f;
-      if (x.valid) p.delta[x.lrow] = acc;
-    }
+    float4* z = reinterpret_cast<float4*>(p.dq_accum + off);
+    z[0] = make_float4(0.f, 0.f, 0.f, 0.f);
+    z[1] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
-
-  const int g = lane >> 2, c = lane & 3;
-  RowCursor cursor[2];
-  int t_row[2];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const TileRow x = row_of(warp * 16 + g + 8 * i);
-    cursor[i].init(p, x);
-    t_row[i] = static_cast<int>(x.t);
-  }
-  float dq[D / 8][4] = {};
-  uint32_t qf[D / 16][4];
-  float lse2[2], dl[2];
-
-  for (int u = 0; u < n_union; ++u) {
-    const int j = j_next;
-    cp_async_wait_all();
-    __syncthreads();
-    if (u == 0) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qf[kk], sQ, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        lse2[i] = s_lse[warp * 16 + g + 8 * i];
-        dl[i] = s_delta[warp * 16 + g + 8 * i];
-      }
-    }
-    if (u + 1 < n_union) {
-      j_next = p.tile_blocks[ubeg + u + 1];
-      load_kv(j_next, (u + 1) & 1);
-      cp_async_commit();
-    }
-    float bias2[2];
-    int64_t entry[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      bias2[i] = cursor[i].step(p, j, &entry[i]);
-      const int r = warp * 16 + g + 8 * i;
-      if (p.dbias && c == 0 && r < p.P * p.G && r % p.G == 0) s_entry[r / p.G] = entry[i];
-    }
-    const uint32_t k_s = sK(u & 1), v_s = sV(u & 1);
-    if (__any_sync(0xffffffffu, bias2[0] != -INFINITY || bias2[1] != -INFINITY)) {
-      float s[8][4] = {}, dp[8][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t da[4];
-        load_a<D>(da, sdO, warp * 16, kk * 16, lane);
-#pragma unroll
-        for (int nn = 0; nn < 4; ++nn) {
-          uint32_t bk[4], bv[4];
-          load_b_nk<D>(bk, k_s, nn * 16, kk * 16, lane);
-          load_b_nk<D>(bv, v_s, nn * 16, kk * 16, lane);
-          mma<T>(s[2 * nn], qf[kk], bk[0], bk[1]);
-          mma<T>(s[2 * nn + 1], qf[kk], bk[2], bk[3]);
-          mma<T>(dp[2 * nn], da, bv[0], bv[1]);
-          mma<T>(dp[2 * nn + 1], da, bv[2], bv[3]);
-        }
-      }
-      const int key0 = j * kBsaBlock + 2 * c;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const bool need_mask = j == cursor[i].diag || p.window > 0;
-        float rsum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float x = s[nt][2 * i + e] * p.scale_log2 + bias2[i] - lse2[i];
-            if (need_mask && key_masked(key0 + nt * 8 + e, t_row[i], p.window)) x = -INFINITY;
-            const float ds = fast_exp2(x) * (dp[nt][2 * i + e] - dl[i]);
-            s[nt][2 * i + e] = ds;
-            rsum += ds;
-          }
-        }
-        rsum = quad_sum(rsum);
-        if (p.dbias && c == 0) s_rowsum[warp * 16 + g + 8 * i] = rsum;
-      }
-      // dQ += dS K  (the softmax scale is applied once at the end)
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        uint32_t a[4];
-        c_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-        for (int nd = 0; nd < D / 16; ++nd) {
-          uint32_t bk[4];
-          load_b_kn<D>(bk, k_s, kk * 16, nd * 16, lane);
-          mma<T>(dq[2 * nd], a, bk[0], bk[1]);
-          mma<T>(dq[2 * nd + 1], a, bk[2], bk[3]);
-        }
-      }
-    }
-    if (p.dbias) {
-      // A position that selected block j has all its G rows attending it, so every row
-      // summed below was written by a warp that did not skip.
-      __syncthreads();
-      if (tid < p.P) {
-        const int64_t e = s_entry[tid];
-        if (e >= 0) {
-          float sum = 0.f;
-          for (int h = 0; h < p.G; ++h) sum += s_rowsum[tid * p.G + h];
-          p.dbias[e] = sum;
-        }
-      }
-    }
-  }
-
-  T* dqo = static_cast<T*>(p.out);
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const TileRow x = row_of(warp * 16 + g + 8 * i);
-    if (!x.valid) continue;
-    uint32_t* drow = reinterpret_cast<uint32_t*>(dqo + x.off);
-#pragma unroll
-    for (int nd = 0; nd < D / 8; ++nd)
-      drow[nd * 4 + c] = Elem<T>::pack(dq[nd][2 * i] * p.scale, dq[nd][2 * i + 1] * p.scale);
-  }
+  for (int o = kLanes / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (row < rows && i % kLanes == 0) p.delta[row] = acc;
 }
 
-// Bias (base 2) of tile row x for KV block j: 0 on the diagonal, the list's bias when x
-// selected j (binary search in the row's sorted list), -inf otherwise.
-__device__ __forceinline__ float row_block_bias(const BsaParams& p, const TileRow& x, int j) {
-  if (!x.valid) return -INFINITY;
-  const int diag = static_cast<int>(x.t / kBsaBlock);
+template <typename T>
+__global__ void __launch_bounds__(256) bsa_convert_kernel(const float* acc, T* dq, float scale,
+                                                          int64_t n8) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
+  if (i >= n8) return;
+  const float4 a = reinterpret_cast<const float4*>(acc)[2 * i];
+  const float4 b = reinterpret_cast<const float4*>(acc)[2 * i + 1];
+  uint4 out;
+  out.x = Elem<T>::pack(a.x * scale, a.y * scale);
+  out.y = Elem<T>::pack(a.z * scale, a.w * scale);
+  out.z = Elem<T>::pack(b.x * scale, b.y * scale);
+  out.w = Elem<T>::pack(b.z * scale, b.w * scale);
+  reinterpret_cast<uint4*>(dq)[i] = out;
+}
+
+// Bias (base 2) and list entry of position t (row list `list`) for KV block j: 0 and -1 on
+// the diagonal; the list's bias and entry when t selected j (binary search in the sorted
+// list); -inf and -1 otherwise.
+__device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, int64_t t, int j,
+                                            int64_t* entry) {
+  *entry = -1;
+  const int diag = static_cast<int>(t / kBsaBlock);
   if (j == diag) return 0.f;
   if (j > diag) return -INFINITY;
-  int64_t lo = p.row_ptr[x.list], hi = p.row_ptr[x.list + 1];
+  const int64_t end = p.row_ptr[list + 1];
+  int64_t lo = p.row_ptr[list], hi = end;
   while (lo < hi) {
     const int64_t mid = (lo + hi) >> 1;
     if (p.blocks[mid] < j) lo = mid + 1; else hi = mid;
   }
-  if (lo == p.row_ptr[x.list + 1] || p.blocks[lo] != j) return -INFINITY;
+  if (lo == end || p.blocks[lo] != j) return -INFINITY;
+  *entry = lo;
   return p.bias ? p.bias[lo] * kLog2e : 0.f;
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(128) bsa_dkv_kernel(const BsaParams p) {
+__global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kTile = 64 * D * 2;
-  const uint32_t sK = smem_addr(smem), sV = sK + kTile;
+  constexpr int kdS = 6 * kTile;  // byte offset of dS^T: 64 keys x 64 tile rows, swizzled
+  const uint32_t sK = smem_addr(smem), sV = sK + kTile, sdS = sK + kdS;
   auto sQ = [&](int stage) { return sK + (2 + stage) * kTile; };
   auto sdO = [&](int stage) { return sK + (4 + stage) * kTile; };
-  __shared__ float s_bias[2][64], s_lse[2][64], s_delta[2][64];
+  // Per stage and tile row: bias - lse for block j (base 2; -inf where the row does not attend
+  // j), delta, position (-1: padding row) and element offset in dq_accum (-1: padding row).
+  __shared__ float s_bl[2][64], s_delta[2][64];
   __shared__ int s_t[2][64];
+  __shared__ int64_t s_off[2][64];
+  // Per stage and tile position: bias (base 2) and list entry for block j; first position.
+  __shared__ float s_pbias[2][64];
+  __shared__ int64_t s_entry[2][64];
+  __shared__ int s_t0[2];
+  __shared__ float s_colsum[4][64];  // per warp: dS summed over its 16 keys, per tile row
+  __shared__ int s_tiles[kWindowTiles], s_n_tiles;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int j = blockIdx.x, hkv = blockIdx.y, b = blockIdx.z;
+  const int j = blockIdx.x, w = blockIdx.y;
+  const int b = blockIdx.z / p.Hkv, hkv = blockIdx.z % p.Hkv;
   const int64_t bh = static_cast<int64_t>(b) * p.Hkv + hkv;
+  const int w0 = w * kWindowTiles, w1 = min(w0 + kWindowTiles, p.tiles_per_head);
+  // Tiles before the block's first position never select it: nothing to do.
+  if ((static_cast<int64_t>(j) * kBsaBlock) / p.P >= w1) return;
+  // This window's part of the reverse list, in shared memory (order does not matter).
   const int64_t slot = bh * p.n_blocks + j;
-  const int64_t rbeg = p.rev_ptr[slot];
-  const int n_tiles = static_cast<int>(p.rev_ptr[slot + 1] - rbeg);
+  const int64_t rbeg = p.rev_ptr[slot], rend = p.rev_ptr[slot + 1];
+  if (tid == 0) s_n_tiles = 0;
+  __syncthreads();
+  for (int64_t i = rbeg + tid; i < rend; i += 128) {
+    const int tile_t = p.rev_tiles[i];
+    if (tile_t >= w0 && tile_t < w1) s_tiles[atomicAdd(&s_n_tiles, 1)] = tile_t;
+  }
+  __syncthreads();
+  const int n_tiles = s_n_tiles;
+  if (n_tiles == 0) return;
   const T* q = static_cast<const T*>(p.q);
   const T* dout = static_cast<const T*>(p.dout);
   const T* kbase = static_cast<const T*>(p.k) + bh * p.T * D;
   const T* vbase = static_cast<const T*>(p.v) + bh * p.T * D;
-  const int64_t key0 = static_cast<int64_t>(j) * kBsaBlock;
+  const int key0 = j * kBsaBlock;
 
   load_tile_async<D>(sK, [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
   load_tile_async<D>(sV, [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
+  // Warps 0-1 fetch the per-row values; warps 2-3 search the positions' lists (G times fewer
+  // searches than one per row; their dependent loads stall only those warps).
   auto load_tile = [&](int tile_t, int stage) {
     auto row_of = [&](int r) { return tile_row<D>(p, b, hkv, tile_t, r); };
     load_tile_async<D>(sQ(stage), [&](int r) { const TileRow x = row_of(r); return x.valid ? q + x.off : nullptr; }, q, tid);
     load_tile_async<D>(sdO(stage), [&](int r) { const TileRow x = row_of(r); return x.valid ? dout + x.off : nullptr; }, dout, tid);
     if (tid < 64) {
       const TileRow x = row_of(tid);
-      s_bias[stage][tid] = row_block_bias(p, x, j);
-      s_lse[stage][tid] = x.valid ? p.lse[x.lrow] * kLog2e : 0.f;
+      s_bl[stage][tid] = x.valid ? -p.lse[x.lrow] * kLog2e : -INFINITY;
       s_delta[stage][tid] = x.valid ? p.delta[x.lrow] : 0.f;
       s_t[stage][tid] = x.valid ? static_cast<int>(x.t) : -1;
+      s_off[stage][tid] = x.valid ? x.off : -1;
+    } else if (tid - 64 < p.P) {
+      const int pos = tid - 64;
+      const int64_t t = static_cast<int64_t>(tile_t) * p.P + pos;
+      int64_t entry = -1;
+      s_pbias[stage][pos] = t < p.T ? block_bias(p, bh * p.T + t, t, j, &entry) : -INFINITY;
+      s_entry[stage][pos] = entry;
+      if (pos == 0) s_t0[stage] = tile_t * p.P;
     }
   };
-  if (n_tiles > 0) load_tile(p.rev_tiles[rbeg], 0);
+  // After a barrier that follows load_tile: row r's bias is its position's (r / G).
+  auto add_bias = [&](int stage) {
+    if (tid < 64) s_bl[stage][tid] += tid < p.P * p.G ? s_pbias[stage][tid / p.G] : -INFINITY;
+  };
+  load_tile(s_tiles[0], 0);
   cp_async_commit();
+  __syncthreads();
+  add_bias(0);
 
   const int g = lane >> 2, c = lane & 3;
   const int kw = warp * 16;  // this warp's keys within the block
@@ -254,9 +173,9 @@ __global__ void __launch_bounds__(128) bsa_dkv_kernel(const BsaParams p) {
   for (int u = 0; u < n_tiles; ++u) {
     const int st = u & 1;
     cp_async_wait_all();
-    __syncthreads();
+    __syncthreads();  // stage st landed and s_bl[st] is complete; stage st^1 and dS^T are free
     if (u + 1 < n_tiles) {
-      load_tile(p.rev_tiles[rbeg + u + 1], st ^ 1);
+      load_tile(s_tiles[u + 1], st ^ 1);
       cp_async_commit();
     }
     const uint32_t q_s = sQ(st), do_s = sdO(st);
@@ -278,26 +197,49 @@ __global__ void __launch_bounds__(128) bsa_dkv_kernel(const BsaParams p) {
         mma<T>(dp[2 * nn + 1], va, bo[2], bo[3]);
       }
     }
-    // P^T and dS^T; column n of the C fragment is tile row n.
+    // P^T and dS^T; column n of the C fragment is tile row n. Only the diagonal block (or a
+    // window) needs the token mask.
+    if (p.window > 0 || key0 + kBsaBlock - 1 > s_t0[st]) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (key_masked(key0 + kw + g + 8 * (e >> 1), s_t[st][nt * 8 + 2 * c + (e & 1)], p.window))
+            s[nt][e] = -INFINITY;
+    }
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int n = nt * 8 + 2 * c + (e & 1);
-        const int key = static_cast<int>(key0) + kw + g + 8 * (e >> 1);
-        float x = s[nt][e] * p.scale_log2 + s_bias[st][n] - s_lse[st][n];
-        if (key_masked(key, s_t[st][n], p.window)) x = -INFINITY;
-        const float pe = fast_exp2(x);
+        const float pe = fast_exp2(s[nt][e] * p.scale_log2 + s_bl[st][n]);
         s[nt][e] = pe;
         dp[nt][e] = pe * (dp[nt][e] - s_delta[st][n]);
       }
     }
-    // dV += P^T dO and dK += dS^T Q (k-steps over the tile's rows).
+    if (p.dbias) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float x = dp[nt][e] + dp[nt][e + 2];
+          x += __shfl_xor_sync(0xffffffffu, x, 4);
+          x += __shfl_xor_sync(0xffffffffu, x, 8);
+          x += __shfl_xor_sync(0xffffffffu, x, 16);
+          if (g == 0) s_colsum[warp][nt * 8 + 2 * c + e] = x;
+        }
+      }
+    }
+    // dV += P^T dO and dK += dS^T Q (k-steps over the tile's rows); dS^T to shared memory.
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       uint32_t pa[4], da[4];
       c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
       c_to_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
+      // da: (key g, rows kk*16 + 2c..), (key g + 8, same), then the same 8 rows further.
+#pragma unroll
+      for (int x = 0; x < 4; ++x)
+        *reinterpret_cast<uint32_t*>(smem + kdS + tile_offset<64>(kw + g + 8 * (x & 1), kk * 16 + 8 * (x >> 1)) + 4 * c) = da[x];
 #pragma unroll
       for (int nd = 0; nd < D / 16; ++nd) {
         uint32_t bo[4], bq[4];
@@ -309,44 +251,119 @@ __global__ void __launch_bounds__(128) bsa_dkv_kernel(const BsaParams p) {
         mma<T>(dk[2 * nd + 1], da, bq[2], bq[3]);
       }
     }
+    __syncthreads();  // dS^T, the column sums and the next tile's positions are visible
+    if (u + 1 < n_tiles) add_bias(st ^ 1);
+    if (p.dbias && tid < p.P) {
+      const int64_t e = s_entry[st][tid];
+      if (e >= 0) {
+        float sum = 0.f;
+        for (int h = 0; h < p.G; ++h)
+          sum += s_colsum[0][tid * p.G + h] + s_colsum[1][tid * p.G + h] +
+                 s_colsum[2][tid * p.G + h] + s_colsum[3][tid * p.G + h];
+        p.dbias[e] = sum;
+      }
+    }
+    // dQ of this warp's 16 tile rows += dS K over the block's 64 keys, 16 columns at a time,
+    // into the fp32 accumulator. Rows that do not attend block j have dS = 0: skipped.
+    const int r0 = warp * 16;
+    if (__any_sync(0xffffffffu, s_bl[st][r0 + (lane & 15)] != -INFINITY)) {
+      uint32_t a[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) load_a_t<64>(a[kk], sdS, r0, kk * 16, lane);
+      const int64_t off0 = s_off[st][r0 + g], off1 = s_off[st][r0 + g + 8];
+#pragma unroll
+      for (int nd = 0; nd < D / 16; ++nd) {
+        float acc[2][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          uint32_t bk[4];
+          load_b_kn<D>(bk, sK, kk * 16, nd * 16, lane);
+          mma<T>(acc[0], a[kk], bk[0], bk[1]);
+          mma<T>(acc[1], a[kk], bk[2], bk[3]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int col = nd * 16 + h * 8 + 2 * c;
+          if (off0 >= 0) atomic_add2(p.dq_accum + off0 + col, acc[h][0], acc[h][1]);
+          if (off1 >= 0) atomic_add2(p.dq_accum + off1 + col, acc[h][2], acc[h][3]);
+        }
+      }
+    }
   }
 
-  T* dko = static_cast<T*>(p.dk);
-  T* dvo = static_cast<T*>(p.dv);
+  // Other windows' CTAs add to the same keys.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int64_t key = key0 + kw + g + 8 * i;
     if (key >= p.T) continue;
-    uint32_t* krow = reinterpret_cast<uint32_t*>(dko + (bh * p.T + key) * D);
-    uint32_t* vrow = reinterpret_cast<uint32_t*>(dvo + (bh * p.T + key) * D);
+    float* krow = p.dk_accum + (bh * p.T + key) * D;
+    float* vrow = p.dv_accum + (bh * p.T + key) * D;
 #pragma unroll
     for (int nd = 0; nd < D / 8; ++nd) {
-      krow[nd * 4 + c] = Elem<T>::pack(dk[nd][2 * i] * p.scale, dk[nd][2 * i + 1] * p.scale);
-      vrow[nd * 4 + c] = Elem<T>::pack(dv[nd][2 * i], dv[nd][2 * i + 1]);
+      atomic_add2(krow + nd * 8 + 2 * c, dk[nd][2 * i], dk[nd][2 * i + 1]);
+      atomic_add2(vrow + nd * 8 + 2 * c, dv[nd][2 * i], dv[nd][2 * i + 1]);
     }
   }
 }
 
+template <typename T>
+cudaError_t convert(const float* acc, void* out, float scale, int64_t n, cudaStream_t stream) {
+  const int64_t n8 = n / 8;
+  bsa_convert_kernel<T><<<static_cast<unsigned>((n8 + 255) / 256), 256, 0, stream>>>(
+      acc, static_cast<T*>(out), scale, n8);
+  return cudaGetLastError();
+}
+
 template <typename T, int D>
 int launch(const BsaParams& p, int64_t B, cudaStream_t stream) {
-  constexpr int kSmem = 6 * 64 * D * 2;
+  constexpr int kSmem = 6 * 64 * D * 2 + 64 * 64 * 2;  // K, V, 2 x (Q, dO), dS^T
+  const int64_t rows = B * p.Hq * p.T, kv_elems = B * p.Hkv * p.T * D;
   cudaError_t e;
-  if ((e = cudaFuncSetAttribute(bsa_dq_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem))) return e;
-  if ((e = cudaFuncSetAttribute(bsa_dkv_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem))) return e;
-  bsa_dq_kernel<T, D><<<dim3(p.tiles_per_head, p.Hkv, static_cast<unsigned>(B)), 128, kSmem, stream>>>(p);
+  if ((e = cudaMemsetAsync(p.dk_accum, 0, 2 * kv_elems * sizeof(float), stream))) return e;
+  const int64_t prep_threads = rows * (D / 8);
+  bsa_bwd_prep_kernel<T, D><<<static_cast<unsigned>((prep_threads + kPrepThreads - 1) / kPrepThreads),
+                              kPrepThreads, 0, stream>>>(p, rows);
   if ((e = cudaGetLastError())) return e;
-  bsa_dkv_kernel<T, D><<<dim3(p.n_blocks, p.Hkv, static_cast<unsigned>(B)), 128, kSmem, stream>>>(p);
-  return cudaGetLastError();
+  auto kernel = bsa_bwd_kernel<T, D>;
+  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem))) return e;
+  // Two CTAs per SM need nearly all of the 228 KB: ask for the largest shared-memory carveout.
+  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
+  const unsigned windows = static_cast<unsigned>((p.tiles_per_head + kWindowTiles - 1) / kWindowTiles);
+  kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), 128, kSmem, stream>>>(p);
+  if ((e = cudaGetLastError())) return e;
+  if ((e = convert<T>(p.dq_accum, p.out, p.scale, rows * D, stream))) return e;
+  if ((e = convert<T>(p.dk_accum, p.dk, p.scale, kv_elems, stream))) return e;
+  return convert<T>(p.dv_accum, p.dv, 1.f, kv_elems, stream);
+}
+
+size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
+
+// Scratch layout: dq_accum [B,Hq,T,d], dk_accum and dv_accum [B,Hkv,T,d] (adjacent, one
+// memset), delta [B,Hq,T]; all fp32.
+struct Scratch {
+  size_t dk, dv, delta, total;
+};
+Scratch scratch_layout(const BsaShape& s) {
+  const size_t q_elems = static_cast<size_t>(s.B * s.Hq * s.T * s.d);
+  const size_t kv_elems = static_cast<size_t>(s.B * s.Hkv * s.T * s.d);
+  Scratch l;
+  l.dk = align256(q_elems * sizeof(float));
+  l.dv = l.dk + kv_elems * sizeof(float);
+  l.delta = align256(l.dv + kv_elems * sizeof(float));
+  l.total = l.delta + align256(static_cast<size_t>(s.B * s.Hq * s.T) * sizeof(float));
+  return l;
 }
 
 }  // namespace
 
+size_t bsa_backward_scratch_bytes(const BsaShape& s) { return scratch_layout(s).total; }
+
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                  const void* o, const float* lse, const void* dout, const BsaRows& rows,
                  const BsaPlan& plan, float scale, void* dq, void* dk, void* dv, float* dbias,
-                 float* delta, cudaStream_t stream) {
+                 void* scratch, cudaStream_t stream) {
   if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || (s.d != 64 && s.d != 128) || s.T <= 0 ||
-      s.B <= 0 || s.T > INT32_MAX / 2 || s.Hkv > 65535 || s.B > 65535)
+      s.B <= 0 || s.T > INT32_MAX / 2 || s.B * s.Hkv > 65535)
     return kBsaBadShape;
   if (dbias && rows.nnz > 0) {
     // Entries that no tile visits (invalid ids) keep a defined zero gradient.
@@ -355,7 +372,13 @@ int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, c
   }
   dev::BsaParams p{};
   p.q = q; p.k = k; p.v = v; p.o = o; p.dout = dout; p.out = dq; p.dk = dk; p.dv = dv;
-  p.lse = const_cast<float*>(lse); p.delta = delta; p.dbias = dbias;
+  p.lse = const_cast<float*>(lse); p.dbias = dbias;
+  const Scratch l = scratch_layout(s);
+  char* base = static_cast<char*>(scratch);
+  p.dq_accum = reinterpret_cast<float*>(base);
+  p.dk_accum = reinterpret_cast<float*>(base + l.dk);
+  p.dv_accum = reinterpret_cast<float*>(base + l.dv);
+  p.delta = reinterpret_cast<float*>(base + l.delta);
   p.row_ptr = rows.row_ptr; p.blocks = rows.blocks; p.bias = rows.bias; p.window = rows.window;
   p.tile_ptr = plan.tile_ptr; p.tile_blocks = plan.tile_blocks;
   p.rev_ptr = plan.rev_ptr; p.rev_tiles = plan.rev_tiles;

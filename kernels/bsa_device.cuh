@@ -116,6 +116,15 @@ __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], uint32_t tile, int k
                     tile + tile_offset<D>(k0 + (lane & 7) + ((m & 1) << 3), n0 + ((m >> 1) << 3)));
 }
 
+// A fragment (16x16 at rows r0.., cols k0..) of a tile that stores A transposed (row = k,
+// W halves per row): dS from the dS^T tile in the backward.
+template <int W>
+__device__ __forceinline__ void load_a_t(uint32_t (&a)[4], uint32_t tile, int r0, int k0,
+                                         int lane) {
+  const int m = lane >> 3;
+  ldmatrix_x4_trans(a, tile + tile_offset<W>(k0 + (lane & 7) + ((m >> 1) << 3), r0 + ((m & 1) << 3)));
+}
+
 // Accumulator pair (n-tiles 2kk, 2kk+1 of a 16 x 64 C) -> A fragment for k-step kk.
 template <typename T>
 __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
@@ -149,6 +158,17 @@ __device__ __forceinline__ float quad_max(float x) {
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// *p += (x, y) in fp32 with device-scope atomics (no return value: a reduction in L2). sm_90
+// has a two-float form, one instruction and one L2 transaction instead of two.
+__device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
+#if __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+#else
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#endif
 }
 
 constexpr float kLog2e = 1.4426950408889634f;

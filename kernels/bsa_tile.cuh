@@ -27,6 +27,9 @@ struct BsaParams {
   void* dv;
   float* lse;
   float* delta;
+  float* dq_accum;  // [B, Hq, T, d] fp32, dQ / scale summed by atomics
+  float* dk_accum;  // [B, Hkv, T, d] fp32, dK / scale, likewise
+  float* dv_accum;  // [B, Hkv, T, d] fp32, dV, likewise
   float* dbias;
   // lists
   const int64_t* row_ptr;
@@ -82,13 +85,11 @@ struct RowCursor {
     end = valid ? p.row_ptr[r.list + 1] : 0;
     next = cur < end ? p.blocks[cur] : INT_MAX;
   }
-  // Returns the bias for block j and, when the row selected j, its list entry (else -1).
-  __device__ __forceinline__ float step(const BsaParams& p, int j, int64_t* entry) {
-    *entry = -1;
+  // Returns the bias for block j.
+  __device__ __forceinline__ float step(const BsaParams& p, int j) {
     if (!valid || j > diag) return -INFINITY;
     if (j == diag) return 0.f;
     if (next != j) return -INFINITY;
-    *entry = cur;
     const float b = p.bias ? p.bias[cur] * kLog2e : 0.f;
     ++cur;
     next = cur < end ? p.blocks[cur] : INT_MAX;

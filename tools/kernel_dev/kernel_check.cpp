@@ -1,23 +1,22 @@
 // Device harness for the block-sparse attention kernels.
 //   kernel_check parity [--quick]     kernel vs an fp32 ATen reference over a shape grid
-//   kernel_check bench [--json FILE] [--max-t N]   timing vs LibTorch SDPA (flash), dense causal
+//   kernel_check bench [--json FILE] [--lengths N,N,..]   timing vs LibTorch SDPA: the same code
+//                                     as `sparsetrain bench attention` (attention_bench.h)
 //   kernel_check profile              one forward/backward at 16K for ncu
 // Exit status is non-zero when any parity case misses its tolerance.
-#include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <numeric>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "attention/cuda/attention_bench.h"
 #include "attention/cuda/block_sparse.h"
 #include "block_sparse_attention.h"
 
@@ -213,20 +212,30 @@ void run_case(const Case& c, std::mt19937& rng) {
   CK(kn::bsa_forward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
                      plan.view, static_cast<float>(scale), o.data_ptr(), lse.data_ptr<float>(),
                      cur_stream()));
-  // The 32-rows-per-warp schedule too.
-  Tensor o16 = torch::full_like(q, NAN), lse16 = torch::full_like(lse, NAN);
-  CK(kn::bsa_forward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
-                     plan.view, static_cast<float>(scale), o16.data_ptr(), lse16.data_ptr<float>(),
-                     cur_stream(), 32));
   Tensor dq = torch::full_like(q, NAN), dk = torch::full_like(k, NAN), dv = torch::full_like(v, NAN);
-  Tensor dbias, delta = torch::full_like(lse, NAN);
+  Tensor dbias;
   if (c.grads) {
     if (c.bias) dbias = torch::full({lists.blocks.numel()}, NAN, opt.dtype(torch::kFloat32));
+    // Scratch poisoned too: the backward must zero its dQ accumulator itself.
+    Tensor scratch = torch::full({static_cast<int64_t>(kn::bsa_backward_scratch_bytes(plan.shape))}, 0xff,
+                                 opt.dtype(torch::kUInt8));
     CK(kn::bsa_backward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
                         lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
                         static_cast<float>(scale), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                        c.bias ? dbias.data_ptr<float>() : nullptr, delta.data_ptr<float>(),
-                        cur_stream()));
+                        c.bias ? dbias.data_ptr<float>() : nullptr, scratch.data_ptr(), cur_stream()));
+    if (c.T >= 1000) {
+      // Same inputs again: only the atomics' summation order may differ (rounding-level
+      // changes); anything larger is a race.
+      Tensor dq2 = torch::full_like(q, NAN), dk2 = torch::full_like(k, NAN), dv2 = torch::full_like(v, NAN);
+      CK(kn::bsa_backward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+                          lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
+                          static_cast<float>(scale), dq2.data_ptr(), dk2.data_ptr(), dv2.data_ptr(),
+                          nullptr, scratch.data_ptr(), cur_stream()));
+      CK(cudaDeviceSynchronize());
+      report(c, "dQ rerun", compare(dq2, dq), 2e-3);
+      report(c, "dK rerun", compare(dk2, dk), 2e-3);
+      report(c, "dV rerun", compare(dv2, dv), 2e-3);
+    }
   }
   CK(cudaDeviceSynchronize());
   const RefOut ref = reference(q, k, v, bias, lists, dout, scale, c.grads);
@@ -234,8 +243,6 @@ void run_case(const Case& c, std::mt19937& rng) {
   const double tol_o = bf ? 1e-2 : 3e-3, tol_g = bf ? 2e-2 : 6e-3;
   report(c, "O", compare(o, ref.o), tol_o);
   report(c, "LSE", compare(lse, ref.lse), 2e-3, true);
-  report(c, "O(r32)", compare(o16, ref.o), tol_o);
-  report(c, "LSE(r32)", compare(lse16, ref.lse), 2e-3, true);
   if (c.grads) {
     report(c, "dQ", compare(dq, ref.dq), tol_g);
     report(c, "dK", compare(dk, ref.dk), tol_g);
@@ -297,193 +304,12 @@ int parity(bool quick) {
   return g_fail ? 1 : 0;
 }
 
-// ---- bench ----------------------------------------------------------------------------------
-
-// Median over reps of fn, in ms, with CUDA events.
-template <typename F>
-double time_ms(F fn, int reps) {
-  fn();  // warm-up
-  std::vector<double> ts;
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(a, cur_stream());
-    fn();
-    cudaEventRecord(b, cur_stream());
-    cudaEventSynchronize(b);
-    float ms;
-    cudaEventElapsedTime(&ms, a, b);
-    ts.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
-}
-
-// Lists shared by the 64 positions of each query block (as block-level selection produces),
-// random past blocks, count chosen so attended/causal pairs ~ 1 - sparsity. Built on the host.
-st::cuda::BlockLists bench_lists(int64_t Hkv, int64_t T, double sparsity, std::mt19937& rng,
-                                 double* measured, int64_t* attended_pairs) {
-  const int64_t nb = (T + 63) / 64;
-  std::vector<int64_t> row_ptr(Hkv * T + 1, 0);
-  std::vector<int32_t> blocks;
-  std::vector<int32_t> pool;
-  int64_t att = 0, causal = 0;
-  for (int64_t h = 0; h < Hkv; ++h)
-    for (int64_t qb = 0; qb < nb; ++qb) {
-      const double want = (1.0 - sparsity) * (qb + 0.508) - 0.508;
-      const int64_t n = std::clamp<int64_t>(std::llround(want), 0, qb);
-      pool.resize(qb);
-      std::iota(pool.begin(), pool.end(), 0);
-      for (int64_t i = 0; i < n; ++i) std::swap(pool[i], pool[i + rng() % (qb - i)]);
-      std::sort(pool.begin(), pool.begin() + n);
-      for (int64_t t = qb * 64; t < std::min(T, qb * 64 + 64); ++t) {
-        blocks.insert(blocks.end(), pool.begin(), pool.begin() + n);
-        row_ptr[h * T + t + 1] = static_cast<int64_t>(blocks.size());
-        att += 64 * n + (t % 64) + 1;
-        causal += t + 1;
-      }
-    }
-  st::cuda::BlockLists l;
-  l.row_ptr = torch::from_blob(row_ptr.data(), {(int64_t)row_ptr.size()}, torch::kInt64).to(torch::kCUDA);
-  l.blocks = torch::from_blob(blocks.data(), {(int64_t)blocks.size()}, torch::kInt32).to(torch::kCUDA);
-  *measured = 1.0 - double(att) / double(causal);
-  *attended_pairs = att;  // per KV head's query positions; x G heads later
-  return l;
-}
-
-int bench(const std::string& json_path, int64_t max_t) {
-  std::mt19937 rng(7);
-  torch::manual_seed(7);
-  auto& ctx = at::globalContext();
-  ctx.setSDPUseFlash(true);
-  ctx.setSDPUseFA3(false);
-  ctx.setSDPUseMemEfficient(false);
-  ctx.setSDPUseMath(false);
-  ctx.setSDPUseCuDNN(false);
-  const int64_t Hq = 32, d = 128;
-  const auto opt = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
-  cudaDeviceProp prop;
-  cudaGetDeviceProperties(&prop, 0);
-  std::FILE* js = json_path.empty() ? nullptr : std::fopen(json_path.c_str(), "w");
-  if (js) std::fprintf(js, "{\"device\": \"%s\", \"rows\": [\n", prop.name);
-  bool first_row = true;
-  std::printf("\n%-6s %-4s %-8s %-7s | %9s %9s %7s | %9s %9s %7s | %7s %7s %6s | %6s %8s\n", "T", "Hkv",
-              "target", "meas.", "fwd ms", "fwd TF/s", "vsSDPA", "f+b ms", "bwd TF/s", "vsSDPA",
-              "spd fwd", "spd f+b", "ideal", "plan", "fwd r32");
-  for (int64_t T : {8192, 16384, 32768, 65536, 131072}) {
-    if (T > max_t) continue;
-    const int reps = T <= 32768 ? 10 : (T <= 65536 ? 5 : 3);
-    // SDPA dense causal, flash backend; K/V expanded to Hq heads (same FLOPs as GQA).
-    Tensor q = torch::randn({1, Hq, T, d}, opt), dout = torch::randn({1, Hq, T, d}, opt);
-    Tensor kx = torch::randn({1, Hq, T, d}, opt), vx = torch::randn({1, Hq, T, d}, opt);
-    const double dense_pairs = double(Hq) * T * (T + 1) / 2;
-    double sdpa_f, sdpa_fb;
-    {
-      torch::NoGradGuard ng;
-      sdpa_f = time_ms([&] { at::scaled_dot_product_attention(q, kx, vx, {}, 0.0, true); }, reps);
-    }
-    {
-      Tensor qg = q.detach().requires_grad_(true), kg = kx.detach().requires_grad_(true),
-             vg = vx.detach().requires_grad_(true);
-      sdpa_fb = time_ms([&] {
-        Tensor o = at::scaled_dot_product_attention(qg, kg, vg, {}, 0.0, true);
-        o.backward(dout);
-      }, reps);
-    }
-    const double sdpa_f_tf = 4.0 * d * dense_pairs / sdpa_f / 1e9;
-    const double sdpa_b_tf = 10.0 * d * dense_pairs / (sdpa_fb - sdpa_f) / 1e9;
-    std::printf("%-6ld %-4s %-8s %-7s | %9.2f %9.1f %7s | %9.2f %9.1f %7s |\n", T, "SDPA", "dense",
-                "0", sdpa_f, sdpa_f_tf, "", sdpa_fb, sdpa_b_tf, "");
-    kx = Tensor();
-    vx = Tensor();
-    for (int64_t Hkv : {2, 8}) {
-      Tensor k = torch::randn({1, Hkv, T, d}, opt), v = torch::randn({1, Hkv, T, d}, opt);
-      for (double sp : {0.75, 0.875, 0.9375}) {
-        double measured;
-        int64_t att_kv;
-        st::cuda::BlockLists lists = bench_lists(Hkv, T, sp, rng, &measured, &att_kv);
-        const double pairs = double(att_kv) * (Hq / Hkv);
-        st::cuda::Plan plan;
-        const double plan_ms = time_ms([&] { plan = st::cuda::make_plan(lists, 1, Hq, Hkv, T, d); }, reps);
-        Tensor o = torch::empty_like(q), dq = torch::empty_like(q), dk = torch::empty_like(k),
-               dv = torch::empty_like(v);
-        Tensor lse = torch::empty({1, Hq, T}, opt.dtype(torch::kFloat32)), delta = torch::empty_like(lse);
-        const kn::BsaRows rows = rows_of(lists, Tensor());
-        auto fwd_rows = [&](int rows_per_warp) {
-          CK(kn::bsa_forward(plan.shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                             rows, plan.view, 1.f / std::sqrt(float(d)), o.data_ptr(),
-                             lse.data_ptr<float>(), cur_stream(), rows_per_warp));
-        };
-        auto fwd = [&] { fwd_rows(16); };
-        const double f32_ms = time_ms([&] { fwd_rows(32); }, reps);
-        auto bwd = [&] {
-          CK(kn::bsa_backward(plan.shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                              o.data_ptr(), lse.data_ptr<float>(), dout.data_ptr(), rows, plan.view,
-                              1.f / std::sqrt(float(d)), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                              nullptr, delta.data_ptr<float>(), cur_stream()));
-        };
-        const double f_ms = time_ms(fwd, reps);
-        const double fb_ms = time_ms([&] { fwd(); bwd(); }, reps);
-        const double f_tf = 4.0 * d * pairs / f_ms / 1e9;
-        const double b_tf = 10.0 * d * pairs / (fb_ms - f_ms) / 1e9;
-        const double ideal = 1.0 / (1.0 - measured);
-        std::printf("%-6ld %-4ld %-8.4f %-7.4f | %9.2f %9.1f %6.0f%% | %9.2f %9.1f %6.0f%% | %7.2f %7.2f %6.2f | %6.2f %8.2f\n",
-                    T, Hkv, sp, measured, f_ms, f_tf, 100 * f_tf / sdpa_f_tf, fb_ms, b_tf,
-                    100 * b_tf / sdpa_b_tf, sdpa_f / f_ms, sdpa_fb / fb_ms, ideal, plan_ms, f32_ms);
-        std::fflush(stdout);
-        if (js) {
-          std::fprintf(js,
-                       "%s  {\"T\": %ld, \"Hq\": %ld, \"Hkv\": %ld, \"d\": %ld, \"target_sparsity\": %.4f, "
-                       "\"measured_sparsity\": %.6f, \"attended_pairs\": %.0f, \"fwd_ms\": %.4f, "
-                       "\"fwd_bwd_ms\": %.4f, \"plan_ms\": %.4f, \"fwd_ms_rows32\": %.4f, \"fwd_tflops\": %.2f, \"bwd_tflops\": %.2f, "
-                       "\"sdpa_fwd_ms\": %.4f, \"sdpa_fwd_bwd_ms\": %.4f, \"sdpa_fwd_tflops\": %.2f, "
-                       "\"sdpa_bwd_tflops\": %.2f, \"speedup_fwd\": %.3f, \"speedup_fwd_bwd\": %.3f, "
-                       "\"ideal_speedup\": %.3f}",
-                       first_row ? "" : ",\n", T, Hq, Hkv, d, sp, measured, pairs, f_ms, fb_ms, plan_ms, f32_ms,
-                       f_tf, b_tf, sdpa_f, sdpa_fb, sdpa_f_tf, sdpa_b_tf, sdpa_f / f_ms, sdpa_fb / fb_ms,
-                       ideal);
-          first_row = false;
-        }
-      }
-    }
-  }
-  if (js) {
-    std::fprintf(js, "\n]}\n");
-    std::fclose(js);
-  }
-  return 0;
-}
-
-// One forward (both schedules) and one backward at T = 16384, Hq 32, Hkv 8, d 128, 87.5%
-// sparsity: a short run for ncu to profile (ncu --clock-control none -k regex:bsa_ ...).
-int profile() {
-  std::mt19937 rng(11);
-  const int64_t Hq = 32, Hkv = 8, T = 16384, d = 128;
-  const auto opt = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
-  double measured;
-  int64_t att;
-  st::cuda::BlockLists lists = bench_lists(Hkv, T, 0.875, rng, &measured, &att);
-  st::cuda::Plan plan = st::cuda::make_plan(lists, 1, Hq, Hkv, T, d);
-  Tensor q = torch::randn({1, Hq, T, d}, opt), k = torch::randn({1, Hkv, T, d}, opt),
-         v = torch::randn({1, Hkv, T, d}, opt), dout = torch::randn({1, Hq, T, d}, opt);
-  Tensor o = torch::empty_like(q), dq = torch::empty_like(q), dk = torch::empty_like(k),
-         dv = torch::empty_like(v);
-  Tensor lse = torch::empty({1, Hq, T}, opt.dtype(torch::kFloat32)), delta = torch::empty_like(lse);
-  const kn::BsaRows rows = rows_of(lists, Tensor());
-  const float scale = 1.f / std::sqrt(float(d));
-  for (int rpw : {32, 16})
-    CK(kn::bsa_forward(plan.shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows,
-                       plan.view, scale, o.data_ptr(), lse.data_ptr<float>(), cur_stream(), rpw));
-  CK(kn::bsa_backward(plan.shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                      o.data_ptr(), lse.data_ptr<float>(), dout.data_ptr(), rows, plan.view, scale,
-                      dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), nullptr, delta.data_ptr<float>(),
-                      cur_stream()));
-  CK(cudaDeviceSynchronize());
-  std::printf("profile: done (measured sparsity %.4f)\n", measured);
-  return 0;
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  for (size_t e; (e = s.find(',', b)) != std::string::npos; b = e + 1) out.push_back(s.substr(b, e - b));
+  out.push_back(s.substr(b));
+  return out;
 }
 
 }  // namespace
@@ -494,18 +320,32 @@ int main(int argc, char** argv) {
     return 0;
   }
   bool do_parity = false, do_bench = false, quick = false;
-  std::string json;
-  int64_t max_t = 131072;
+  st::cuda::AttentionBenchConfig bench;
+  bench.command = "kernel_check";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "parity") do_parity = true;
-    else if (a == "bench") do_bench = true;
-    else if (a == "--quick") quick = true;
-    else if (a == "profile") return profile();
-    else if (a == "--json" && i + 1 < argc) json = argv[++i];
-    else if (a == "--max-t" && i + 1 < argc) max_t = std::stoll(argv[++i]);
-    else {
-      std::printf("usage: kernel_check [parity [--quick]] [bench [--json FILE] [--max-t N]]\n");
+    bench.command += " " + a;
+    if (a == "parity") {
+      do_parity = true;
+    } else if (a == "bench") {
+      do_bench = true;
+    } else if (a == "profile") {
+      // One row (16K, Hkv 8, 87.5%) for ncu: ncu --clock-control none -k regex:bsa_ ...
+      do_bench = true;
+      bench.lengths = {16384};
+      bench.kv_heads = {8};
+      bench.sparsities = {0.875};
+    } else if (a == "--quick") {
+      quick = true;
+    } else if (a == "--json" && i + 1 < argc) {
+      bench.json_path = argv[++i];
+      bench.command += std::string(" ") + argv[i];
+    } else if (a == "--lengths" && i + 1 < argc) {
+      bench.command += std::string(" ") + argv[i + 1];
+      bench.lengths.clear();
+      for (const std::string& n : split(argv[++i])) bench.lengths.push_back(std::stoll(n));
+    } else {
+      std::printf("usage: kernel_check [parity [--quick]] [bench [--json FILE] [--lengths N,N,..]] [profile]\n");
       return 2;
     }
   }
@@ -514,6 +354,6 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs, torch %s\n", prop.name, prop.multiProcessorCount, TORCH_VERSION);
   int rc = 0;
   if (do_parity) rc |= parity(quick);
-  if (do_bench) rc |= bench(json, max_t);
+  if (do_bench) st::cuda::run_attention_bench(bench);
   return rc;
 }

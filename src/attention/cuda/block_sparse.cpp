@@ -137,13 +137,13 @@ Grads backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
   g.dk = torch::empty_like(k);
   g.dv = torch::empty_like(v);
   if (want_dbias) g.dbias = torch::empty({lists.blocks.numel()}, q.options().dtype(torch::kFloat32));
-  torch::Tensor delta = torch::empty_like(lse);
+  torch::Tensor tmp = scratch(kn::bsa_backward_scratch_bytes(plan.shape), q.device());
   check(kn::bsa_backward(plan.shape, dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                          o.data_ptr(), lse.data_ptr<float>(), dout.data_ptr(),
                          rows_of(lists, bias), plan.view, static_cast<float>(scale),
                          g.dq.data_ptr(), g.dk.data_ptr(), g.dv.data_ptr(),
-                         want_dbias ? g.dbias.data_ptr<float>() : nullptr,
-                         delta.data_ptr<float>(), stream()),
+                         want_dbias ? g.dbias.data_ptr<float>() : nullptr, tmp.data_ptr(),
+                         stream()),
         "block_sparse_attention backward");
   return g;
 }
