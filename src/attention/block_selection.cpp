@@ -9,6 +9,20 @@ namespace st {
 
 using torch::Tensor;
 
+namespace {
+
+// Softmax over the last dim restricted to `mask`. A row with nothing allowed (a query before
+// the first complete compressed block) gives 0, with gradient 0, instead of NaN.
+Tensor masked_softmax(const Tensor& logits, const Tensor& mask) {
+  auto x = logits.masked_fill(~mask, -std::numeric_limits<double>::infinity());
+  auto max = std::get<0>(x.max(-1, /*keepdim=*/true)).detach();
+  auto e = (x - torch::where(torch::isfinite(max), max, torch::zeros_like(max))).exp();
+  auto sum = e.sum(-1, /*keepdim=*/true);
+  return e / torch::where(sum > 0, sum, torch::ones_like(sum));
+}
+
+}  // namespace
+
 Tensor compression_blocks(const Tensor& x, int64_t length, int64_t stride) {
   if (x.size(2) < length) return x.new_zeros({x.size(0), x.size(1), 0, length, x.size(3)});
   return x.unfold(2, length, stride).transpose(-1, -2);  // unfold puts the window last
