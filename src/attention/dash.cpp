@@ -35,8 +35,11 @@ Tensor DashAttention::chunk_bias(const Tensor& q, const Tensor& k) const {
 
   auto own = torch::arange(T, ints).div(C, "floor").view({T, 1});
   auto c = torch::arange(n_chunks, ints).view({1, n_chunks});
+  // Forced sink and local chunks are read like the diagonal chunk, with b = 0, and left out
+  // of the routing: entmax spends its mass only on the chunks it decides about, and a forced
+  // chunk's bias does not jump when the router drops it from its support.
   auto forced = (c < own) & ((c < cfg_.sink_chunks) | (c >= own - cfg_.local_chunks));
-  auto always = forced | (c == own);  // read with bias 0, the prior of the diagonal chunk
+  auto always = forced | (c == own);
   // Routing candidates: complete chunks strictly before the query's own, not already forced.
   auto candidate = ((c < own) & ~forced).narrow(1, 0, n_full);
 
