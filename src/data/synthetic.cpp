@@ -142,22 +142,22 @@ class Planner {
   Plan mqar(Rng& rng, int64_t length) const {
     Plan p;
     p.head = ids("Remember the value of every key.\n");
-    const Ids recall = ids("\nRecall the values.\n"), newline = ids("\n");
+    const char* const recall = "\nRecall the values.\n";
+    const size_t newline = ids("\n").size();
     std::set<std::string> used;
     std::vector<std::string> keys, values;
-    std::vector<size_t> query_cost;  // tokens of "key=", the value and a newline
-    size_t used_tokens = p.head.size() + recall.size(), max_query = 0;
+    size_t used_tokens = p.head.size() + ids(recall).size();
+    size_t max_query = 0;  // tokens of the longest query: "key=", the value, a newline
     while (keys.size() < kMqarMaxPairs) {
       std::string key = rng.letters(4, 'a'), value = std::to_string(1000 + rng.below(9000));
       if (!used.insert(key).second) continue;
       Ids pair = ids(key + "=" + value + "\n");
-      size_t cost = ids(key + "=").size() + ids(value).size() + newline.size();
+      size_t cost = ids(key + "=").size() + ids(value).size() + newline;
       size_t reserve = kMqarQueries * std::max(max_query, cost);
       if (keys.size() >= kMqarQueries && used_tokens + pair.size() + reserve > size_t(length))
         break;
       keys.push_back(key);
       values.push_back(value);
-      query_cost.push_back(cost);
       max_query = std::max(max_query, cost);
       used_tokens += pair.size();
       p.needles.push_back(std::move(pair));
@@ -167,7 +167,7 @@ class Planner {
     std::vector<size_t> order(keys.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     for (size_t i = 0; i < kMqarQueries; ++i) std::swap(order[i], order[i + rng.below(order.size() - i)]);
-    tail(p, "\nRecall the values.\n");
+    tail(p, recall);
     for (size_t i = 0; i < kMqarQueries; ++i) {
       if (i > 0) tail(p, "\n");
       tail(p, keys[order[i]] + "=");
