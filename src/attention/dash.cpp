@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "attention/block_sparse.h"
+#include "attention/block_sparse_dispatch.h"
 #include "attention/entmax.h"
 
 namespace st {
@@ -11,7 +12,7 @@ namespace st {
 using torch::Tensor;
 
 DashAttention::DashAttention(const ModelConfig& cfg)
-    : cfg_(cfg.attention.dash), sparsity_offset_(cfg.attention.sparsity_offset) {
+    : cfg_(cfg.attention.dash), impl_(cfg.attention.impl), sparsity_offset_(cfg.attention.sparsity_offset) {
   // Zero makes every chunk summary the plain mean of its keys (DESIGN §2.2): a neutral start
   // for continual pretraining, and the pooling query still gets a gradient there (the
   // derivative of a softmax-weighted mean at uniform weights is the keys' covariance).
@@ -72,7 +73,8 @@ Tensor DashAttention::forward(const AttentionInputs& in) {
     stats = {attended_pairs(torch::isfinite(bias), cfg_.chunk, 0, sparsity_offset_, Hq / in.k.size(1)),
              B * Hq * causal_pairs(T, sparsity_offset_)};
   }
-  return block_sparse_attention(in.q, in.k, in.v, bias, cfg_.chunk, /*window=*/0);
+  // The diagonal chunk is always read at b = 0, as the kernels do: with C = 64 they run it.
+  return attend_blocks(in.q, in.k, in.v, bias, cfg_.chunk, /*window=*/0, impl_);
 }
 
 }  // namespace st

@@ -22,6 +22,7 @@ class DashAttention : public AttentionVariant {
 
  private:
   DashConfig cfg_;
+  std::string impl_;  // model.attention.impl
   int64_t sparsity_offset_;
 };
 

@@ -4,6 +4,7 @@
 
 #include "attention/block_selection.h"
 #include "attention/block_sparse.h"
+#include "attention/block_sparse_dispatch.h"
 #include "attention/dense.h"
 
 namespace st {
@@ -11,7 +12,7 @@ namespace st {
 using torch::Tensor;
 
 InfllmV2Attention::InfllmV2Attention(const ModelConfig& cfg)
-    : cfg_(cfg.attention.infllmv2), sparsity_offset_(cfg.attention.sparsity_offset) {}
+    : cfg_(cfg.attention.infllmv2), impl_(cfg.attention.impl), sparsity_offset_(cfg.attention.sparsity_offset) {}
 
 Tensor InfllmV2Attention::block_scores(const Tensor& q, const Tensor& k) const {
   torch::NoGradGuard no_grad;  // selection is a discrete choice; no gradient flows through it
@@ -32,12 +33,14 @@ Tensor InfllmV2Attention::forward(const AttentionInputs& in) {
     if (record_stats) stats = {causal, causal};
     return dense_causal_attention(in.q, in.k, in.v);
   }
-  // One softmax over the union of the selected blocks and the sliding window.
+  // One softmax over the union of the selected blocks and the sliding window. The kernels
+  // cannot express that union yet (their window masks listed blocks too): impl auto runs the
+  // reference here, impl cuda says so.
   auto selected = selection(in.q, in.k);
   if (record_stats)
     stats = {attended_pairs(selected, cfg_.block, cfg_.window, sparsity_offset_, Hq / in.k.size(1)), causal};
   auto bias = torch::where(selected, 0.0, -std::numeric_limits<double>::infinity()).to(reference_dtype(in.q));
-  return block_sparse_attention(in.q, in.k, in.v, bias, cfg_.block, cfg_.window);
+  return attend_blocks(in.q, in.k, in.v, bias, cfg_.block, cfg_.window, impl_);
 }
 
 }  // namespace st

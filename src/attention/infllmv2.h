@@ -18,6 +18,7 @@ class InfllmV2Attention : public AttentionVariant {
 
  private:
   InfllmConfig cfg_;
+  std::string impl_;  // model.attention.impl
   int64_t sparsity_offset_;
 };
 

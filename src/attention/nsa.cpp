@@ -5,6 +5,7 @@
 
 #include "attention/block_selection.h"
 #include "attention/block_sparse.h"
+#include "attention/block_sparse_dispatch.h"
 #include "model/rope.h"
 
 namespace st {
@@ -30,6 +31,7 @@ Tensor BlockCompressorImpl::forward(const Tensor& blocks) {
 
 NsaAttention::NsaAttention(const ModelConfig& cfg)
     : cfg_(cfg.attention.nsa),
+      impl_(cfg.attention.impl),
       sparsity_offset_(cfg.attention.sparsity_offset),
       n_kv_heads_(cfg.n_kv_heads),
       head_dim_(cfg.head_dim_or_default()) {
@@ -98,12 +100,14 @@ Tensor NsaAttention::forward(const AttentionInputs& in) {
   auto probs = compressed_attention_probs(in.q, compress(cmp.k, compress_k), cfg_.cmp_block, cfg_.cmp_stride);
   auto o_cmp = torch::matmul(probs, compress(cmp.v, compress_v).unsqueeze(2)).view({B, Hq, T, d});
 
+  // The forced local blocks include the query's own, so the selection reads its diagonal
+  // block at bias 0 as the kernels need (local_blocks 0 leaves impl auto on the reference).
   auto selected = select(probs);
   auto slc_bias = torch::where(selected, 0.0, -inf).to(dtype);
-  auto o_slc = block_sparse_attention(in.q, in.k, in.v, slc_bias, cfg_.sel_block, /*window=*/0).to(dtype);
+  auto o_slc = attend_blocks(in.q, in.k, in.v, slc_bias, cfg_.sel_block, /*window=*/0, impl_).to(dtype);
 
   auto win = branch_kv(in, win_kv);
-  auto o_win = block_sparse_attention(in.q, win.k, win.v, /*bias=*/{}, cfg_.sel_block, cfg_.window).to(dtype);
+  auto o_win = attend_blocks(in.q, win.k, win.v, /*bias=*/{}, cfg_.sel_block, cfg_.window, impl_).to(dtype);
 
   auto g = torch::sigmoid(gate(in.x).to(dtype)).view({B, T, 3, Hq}).permute({2, 0, 3, 1}).unsqueeze(-1);
   if (record_stats) {

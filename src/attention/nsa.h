@@ -42,6 +42,7 @@ class NsaAttention : public AttentionVariant {
   torch::Tensor select(const torch::Tensor& probs) const;
 
   NsaConfig cfg_;
+  std::string impl_;  // model.attention.impl
   int64_t sparsity_offset_, n_kv_heads_, head_dim_;
 };
 

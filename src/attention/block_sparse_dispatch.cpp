@@ -1,0 +1,120 @@
+#include "attention/block_sparse_dispatch.h"
+
+#include <ATen/autocast_mode.h>
+#include <fmt/format.h>
+
+#include <optional>
+
+#include "attention/block_sparse.h"
+#include "config/recipe.h"
+#ifdef SPARSETRAIN_CUDA
+#include "attention/cuda/block_sparse.h"
+#endif
+
+namespace st {
+
+using torch::Tensor;
+
+namespace {
+
+#ifdef SPARSETRAIN_CUDA
+constexpr int64_t kKernelBlock = 64;  // st::kernels::kBsaBlock
+
+bool half_precision(torch::ScalarType t) { return t == torch::kBFloat16 || t == torch::kHalf; }
+
+// The dtype the kernels compute in: the inputs' own when they are all one 16-bit type; under
+// CUDA autocast to a 16-bit type, that type (the residual stream is fp32, so q/k/v can reach
+// the variant in fp32 while autocast says the matmuls run in bf16).
+std::optional<torch::ScalarType> kernel_dtype(const Tensor& q, const Tensor& k, const Tensor& v) {
+  const auto t = q.scalar_type();
+  if (half_precision(t) && k.scalar_type() == t && v.scalar_type() == t) return t;
+  if (at::autocast::is_autocast_enabled(at::kCUDA) && half_precision(at::autocast::get_autocast_dtype(at::kCUDA)))
+    return at::autocast::get_autocast_dtype(at::kCUDA);
+  return std::nullopt;
+}
+#endif
+
+// Why the kernels cannot run this call, judged from shapes, dtypes and flags; "" when they can.
+std::string kernel_unsupported(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, int64_t block,
+                               int64_t window) {
+#ifndef SPARSETRAIN_CUDA
+  return "this build has no CUDA kernels (LibTorch without CUDA)";
+#else
+  const int64_t Hq = q.size(1), Hkv = k.size(1), d = q.size(3);
+  if (!q.is_cuda() || !k.is_cuda() || !v.is_cuda() || (bias.defined() && !bias.is_cuda()))
+    return fmt::format("the attention inputs are on {}, not a CUDA device", q.device().str());
+  if (d != 64 && d != 128) return fmt::format("head dim {} (the kernels take 64 or 128)", d);
+  if (Hq % Hkv != 0 || Hq / Hkv > 16)
+    return fmt::format("{} query heads over {} KV heads (the kernels take GQA groups of at most 16)", Hq, Hkv);
+  if (!kernel_dtype(q, k, v))
+    return fmt::format("q/k/v are {}/{}/{} outside CUDA autocast (the kernels take bf16 or fp16)",
+                       c10::toString(q.scalar_type()), c10::toString(k.scalar_type()), c10::toString(v.scalar_type()));
+  if (bias.defined() && window > 0)
+    return "one softmax over selected blocks and a sliding window (InfLLMv2) is not expressible in the kernels' "
+           "block lists, whose window masks every listed block";
+  if (bias.defined() && block != kKernelBlock)
+    return fmt::format("selection block {} (the kernels use {})", block, kKernelBlock);
+  if (!bias.defined() && window <= 0) return "neither a bias nor a window: the reference attends nothing";
+  return "";
+#endif
+}
+
+#ifdef SPARSETRAIN_CUDA
+struct BiasLists {
+  cuda::BlockLists lists;
+  Tensor entries;  // [nnz] the bias of each list entry, differentiable back into the dense bias
+};
+
+// The kernels' lists from the dense bias [B, Hkv, T, n_blocks], built where the bias lives:
+// one entry per finite bias strictly before the row's own block. nonzero walks the flat mask
+// in row-major order, which is the lists' order (rows in turn, blocks ascending). nullopt when
+// some row's own block has a bias other than 0 (or is not read): the kernels always read the
+// diagonal block at bias 0, so they would compute something else.
+std::optional<BiasLists> lists_from_bias(const Tensor& bias) {
+  const int64_t B = bias.size(0), Hkv = bias.size(1), T = bias.size(2), n_blocks = bias.size(3);
+  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(bias.device());
+  auto own = torch::arange(T, ints).div(kKernelBlock, "floor");
+  auto listed = torch::isfinite(bias) & (torch::arange(n_blocks, ints).view({1, n_blocks}) < own.view({T, 1}));
+  auto diagonal = bias.gather(3, own.view({1, 1, T, 1}).expand({B, Hkv, T, 1}));
+  auto counts = listed.sum(-1).flatten();
+  // One device-to-host read serves the entry count and the diagonal check.
+  auto host = torch::stack({counts.sum(), (diagonal != 0).sum()}).cpu();
+  if (host[1].item<int64_t>() > 0) return std::nullopt;
+  const int64_t nnz = host[0].item<int64_t>();
+  auto flat = torch::nonzero_static(listed.flatten(), nnz).view({nnz});
+  BiasLists r;
+  r.lists.row_ptr = torch::cat({torch::zeros({1}, ints), counts.cumsum(0)});
+  r.lists.blocks = flat.remainder(n_blocks).to(torch::kInt32);
+  r.entries = bias.reshape({-1}).index_select(0, flat);
+  return r;
+}
+
+Tensor run_kernels(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& entries,
+                   const cuda::BlockLists& lists) {
+  const auto dtype = *kernel_dtype(q, k, v);
+  return cuda::block_sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), entries, lists).to(q.scalar_type());
+}
+#endif
+
+}  // namespace
+
+Tensor attend_blocks(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, int64_t block,
+                     int64_t window, const std::string& impl) {
+  if (impl != "reference" && impl != "cuda" && impl != "auto")
+    throw ConfigError(fmt::format("model.attention.impl: '{}' is not one of auto, reference, cuda", impl));
+  if (impl == "reference") return block_sparse_attention(q, k, v, bias, block, window);
+  std::string why = kernel_unsupported(q, k, v, bias, block, window);
+#ifdef SPARSETRAIN_CUDA
+  if (why.empty()) {
+    if (!bias.defined())
+      return run_kernels(q, k, v, Tensor(),
+                         cuda::lists_window(q.size(0), k.size(1), q.size(2), static_cast<int>(window), q.device()));
+    if (auto l = lists_from_bias(bias)) return run_kernels(q, k, v, l->entries, l->lists);
+    why = "some query does not read its own block at bias 0, which the kernels always do";
+  }
+#endif
+  if (impl == "cuda") throw ConfigError(fmt::format("model.attention.impl: cuda cannot run this attention: {}", why));
+  return block_sparse_attention(q, k, v, bias, block, window);
+}
+
+}  // namespace st

@@ -1,0 +1,199 @@
+// DashAttention and NSA with model.attention.impl: cuda (the block-sparse kernels, fed by
+// attend_blocks' lists built from the variants' dense bias) against impl: reference on the same
+// module and inputs: the output and the gradients of q, k, v and every parameter (Dash's
+// pooling query, NSA's gates and compressors). The selection stages run the same ATen code on
+// both sides, so what differs is the attention core and its bias gradient. Skips without a GPU.
+#ifdef SPARSETRAIN_CUDA
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <ATen/autocast_mode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "config/recipe.h"
+#include "model/attention.h"
+#include "model/rope.h"
+
+namespace st {
+namespace {
+
+// ||got - want|| / ||want||, the denominator floored at 1e-3 per sqrt(element) so a gradient
+// that is zero in exact arithmetic does not compare rounding noise with rounding noise.
+double rel_err(const torch::Tensor& got, const torch::Tensor& want) {
+  const auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
+  const double floor = 1e-3 * std::sqrt(static_cast<double>(w.numel()));
+  return (g - w).norm().item<double>() / std::max(w.norm().item<double>(), floor);
+}
+
+struct Case {
+  std::string variant;
+  int64_t Hkv, G, T, d;
+};
+
+ModelConfig config(const Case& c, const std::string& impl) {
+  ModelConfig cfg;
+  cfg.n_heads = c.Hkv * c.G;
+  cfg.n_kv_heads = c.Hkv;
+  cfg.head_dim = c.d;
+  cfg.dim = 64;
+  cfg.attention.variant = c.variant;
+  cfg.attention.impl = impl;
+  // Sparse at these lengths: random keys make near-equal chunk scores, which entmax at s = 1
+  // would route almost all; NSA keeps 6 of up to 64 blocks and a 256-key window.
+  cfg.attention.dash.temperature = 8.0;
+  cfg.attention.nsa.top_n = 6;
+  cfg.attention.nsa.window = 256;
+  return cfg;
+}
+
+// The same random module for either impl: every parameter off its init, so the zero-started
+// pooling query, gates and compressor output layers all carry signal.
+std::shared_ptr<AttentionVariant> build(const Case& c, const std::string& impl) {
+  torch::manual_seed(17);
+  auto m = make_attention(config(c, impl));
+  torch::NoGradGuard no_grad;
+  for (auto& p : m->parameters()) p.normal_(0, 0.05);
+  m->to(torch::kCUDA);
+  return m;
+}
+
+struct Result {
+  torch::Tensor out, dq, dk, dv;
+  std::vector<std::pair<std::string, torch::Tensor>> param_grads;
+  double sparsity = 0;
+};
+
+Result run(const Case& c, const std::string& impl, torch::ScalarType dtype) {
+  auto m = build(c, impl);
+  m->record_stats = true;
+  torch::manual_seed(c.T * 131 + c.G * 7 + c.d);
+  const auto opt = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
+  auto q = torch::randn({1, c.Hkv * c.G, c.T, c.d}, opt).requires_grad_(true);
+  auto k = torch::randn({1, c.Hkv, c.T, c.d}, opt).requires_grad_(true);
+  auto v = torch::randn({1, c.Hkv, c.T, c.d}, opt).requires_grad_(true);
+  auto x = torch::randn({1, c.T, 64}, opt.dtype(torch::kFloat32));
+  auto dout = torch::randn({1, c.Hkv * c.G, c.T, c.d}, opt);
+  auto rope = rope_tables(config(c, impl), c.T, torch::kCUDA);
+  Result r;
+  r.out = m->forward({q, k, v, x, rope.cos, rope.sin});
+  r.out.backward(dout.to(r.out.scalar_type()));
+  r.dq = q.grad(), r.dk = k.grad(), r.dv = v.grad();
+  for (const auto& p : m->named_parameters()) r.param_grads.emplace_back(p.key(), p.value().grad());
+  r.sparsity = m->stats.sparsity();
+  return r;
+}
+
+// Forward 1e-2 and gradients 2e-2 relative: the kernels round P and dS to bf16 (8 mantissa
+// bits) before their MMAs, the reference computes in fp32 from the same bf16 inputs.
+void expect_close(const Case& c, const Result& got, const Result& want) {
+  double worst_grad = 0;
+  auto grad = [&](const std::string& what, const torch::Tensor& g, const torch::Tensor& w) {
+    ASSERT_EQ(g.defined(), w.defined()) << what;
+    if (!g.defined()) return;  // no path to it at all (Dash's pooling query when T < one chunk)
+    const double e = rel_err(g, w);
+    worst_grad = std::max(worst_grad, e);
+    EXPECT_LT(e, 2e-2) << what;
+  };
+  const double e_out = rel_err(got.out, want.out);
+  EXPECT_LT(e_out, 1e-2) << "output";
+  EXPECT_EQ(got.out.scalar_type(), want.out.scalar_type());
+  grad("dq", got.dq, want.dq);
+  grad("dk", got.dk, want.dk);
+  grad("dv", got.dv, want.dv);
+  ASSERT_EQ(got.param_grads.size(), want.param_grads.size());
+  for (size_t i = 0; i < got.param_grads.size(); ++i)
+    grad("d " + got.param_grads[i].first, got.param_grads[i].second, want.param_grads[i].second);
+  std::printf("  %s Hkv %ld G %ld T %ld d %ld: sparsity %.3f, out %.2e, worst grad %.2e\n", c.variant.c_str(),
+              long(c.Hkv), long(c.G), long(c.T), long(c.d), want.sparsity, e_out, worst_grad);
+}
+
+class GpuVariants : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GpuVariants, CudaMatchesReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const Case c = GetParam();
+  const Result got = run(c, "cuda", torch::kBFloat16), want = run(c, "reference", torch::kBFloat16);
+  expect_close(c, got, want);
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> all;
+  for (const std::string variant : {"dash", "nsa"})
+    for (int64_t T : {63, 1000, 4096})
+      for (int64_t G : {1, 4, 16})
+        for (int64_t d : {64, 128}) all.push_back({variant, G == 16 ? 1 : 2, G, T, d});
+  return all;
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, GpuVariants, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) {
+                           const Case& c = i.param;
+                           return c.variant + "_Hkv" + std::to_string(c.Hkv) + "_G" + std::to_string(c.G) + "_T" +
+                                  std::to_string(c.T) + "_d" + std::to_string(c.d);
+                         });
+
+// Training's case: fp32 q/k/v (the residual stream) under bf16 autocast. The kernel path casts
+// to bf16 and returns fp32, like the reference.
+TEST(GpuVariantsAutocast, Fp32InputsUnderBf16Autocast) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const bool was_enabled = at::autocast::is_autocast_enabled(at::kCUDA);
+  const auto was_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  at::autocast::set_autocast_enabled(at::kCUDA, true);
+  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  for (const std::string variant : {"dash", "nsa"}) {
+    const Case c{variant, 2, 4, 1000, 64};
+    const Result got = run(c, "cuda", torch::kFloat32), want = run(c, "reference", torch::kFloat32);
+    EXPECT_EQ(got.out.scalar_type(), torch::kFloat32);
+    expect_close(c, got, want);
+  }
+  at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(at::kCUDA, was_enabled);
+  at::autocast::set_autocast_dtype(at::kCUDA, was_dtype);
+}
+
+// What the kernels cannot express: impl cuda refuses, naming the key; impl auto falls back.
+TEST(GpuVariantsFallback, InexpressibleCallsRefuseUnderCudaAndFallBackUnderAuto) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto forward = [](ModelConfig cfg) {
+    torch::manual_seed(3);
+    auto m = make_attention(cfg);
+    m->to(torch::kCUDA);
+    const auto opt = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+    const int64_t T = 700, d = cfg.head_dim;
+    auto rope = rope_tables(cfg, T, torch::kCUDA);
+    return m->forward({torch::randn({1, cfg.n_heads, T, d}, opt), torch::randn({1, cfg.n_kv_heads, T, d}, opt),
+                       torch::randn({1, cfg.n_kv_heads, T, d}, opt),
+                       torch::randn({1, T, cfg.dim}, opt.dtype(torch::kFloat32)), rope.cos, rope.sin});
+  };
+  // InfLLMv2: selected blocks and window keys in one softmax. NSA with no forced local block:
+  // a query may skip its own block, which the kernels always read.
+  ModelConfig infllm = config({"infllmv2", 2, 4, 0, 64}, "cuda");
+  infllm.attention.infllmv2.dense_len = 0;
+  infllm.attention.infllmv2.window = 128;
+  ModelConfig nsa = config({"nsa", 2, 4, 0, 64}, "cuda");
+  nsa.attention.nsa.local_blocks = 0;
+  nsa.attention.nsa.top_n = 3;
+  for (ModelConfig cfg : {infllm, nsa}) {
+    std::string error;
+    try {
+      forward(cfg);
+    } catch (const ConfigError& e) {
+      error = e.what();
+    }
+    EXPECT_NE(error.find("model.attention.impl"), std::string::npos) << cfg.attention.variant << ": " << error;
+    // Under auto only the inexpressible call falls back (NSA's window branch still runs the
+    // kernels), so auto matches the reference to bf16 tolerance, InfLLMv2's exactly.
+    auto ref = cfg, autod = cfg;
+    ref.attention.impl = "reference";
+    autod.attention.impl = "auto";
+    EXPECT_LT(rel_err(forward(autod), forward(ref)), 1e-2) << cfg.attention.variant;
+  }
+}
+
+}  // namespace
+}  // namespace st
+#endif  // SPARSETRAIN_CUDA
