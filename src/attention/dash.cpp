@@ -74,7 +74,11 @@ Tensor DashAttention::forward(const AttentionInputs& in) {
              B * Hq * causal_pairs(T, sparsity_offset_)};
   }
   // The diagonal chunk is always read at b = 0, as the kernels do: with C = 64 they run it.
-  return attend_blocks(in.q, in.k, in.v, bias, cfg_.chunk, /*window=*/0, impl_);
+  // `auto` stays on the reference for now: on an H200 the kernel's bf16 d(bias), divided by
+  // small routing weights on its way through log(pbar), put dq/dk/pool_query up to 0.6
+  // (relative) off the reference under sparse routing (tests/gpu_variants_test.cpp).
+  // `impl: cuda` still runs the kernel (forward and dv match to 2e-3).
+  return attend_blocks(in.q, in.k, in.v, bias, cfg_.chunk, /*window=*/0, impl_ == "auto" ? "reference" : impl_);
 }
 
 }  // namespace st

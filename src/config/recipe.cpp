@@ -2,12 +2,13 @@
 // writing, so the YAML schema, the defaults and the resolved dump cannot drift apart.
 #include "config/recipe.h"
 
+#include "io/read_file.h"
+
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <limits>
 #include <set>
@@ -307,11 +308,11 @@ YAML::Node parse_yaml(const std::string& text, const std::string& origin) {
 }
 
 std::string read_text(const std::string& path, const std::string& what) {
-  std::ifstream in(path);
-  if (!in) throw ConfigError(fmt::format("{}: cannot open {}", path, what));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  try {
+    return read_file(path);
+  } catch (const IoError&) {
+    throw ConfigError(fmt::format("{}: cannot open {}", path, what));
+  }
 }
 
 // Applies "a.b.c=value" by creating or replacing the scalar at that path.

@@ -8,10 +8,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "io/atomic_file.h"
 #include "io/json_reader.h"
+#include "io/read_file.h"
 #include "util/json.h"
 
 namespace st {
@@ -24,14 +24,6 @@ constexpr int kVersion = 1;
 void sync_dir(const fs::path& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (fd >= 0) { ::fsync(fd); ::close(fd); }
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(fmt::format("{}: cannot open", path.string()));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 std::string step_name(int64_t step) { return fmt::format("step-{:08d}", step); }
@@ -99,7 +91,7 @@ std::string resolve_checkpoint(const std::string& path) {
   if (fs::is_directory(p) && fs::exists(p / "ckpt" / "latest")) p = p / "ckpt" / "latest";
   else if (fs::is_directory(p) && fs::exists(p / "latest")) p = p / "latest";
   if (fs::is_regular_file(p)) {
-    std::string name = read_file(p);
+    std::string name = read_file(p.string());
     name.erase(name.find_last_not_of(" \n\r\t") + 1);
     fs::path dir = p.parent_path() / name;
     if (name.empty() || !fs::exists(dir / "manifest.json"))
@@ -132,7 +124,7 @@ CheckpointData load_checkpoint(const std::string& path, bool with_optimizer) {
   c.step = manifest["step"].as<int64_t>();
   c.tokens = manifest["tokens"].as<int64_t>();
   c.world_size = manifest["world_size"].as<int64_t>();
-  c.recipe_yaml = read_file(dir / "recipe.yaml");
+  c.recipe_yaml = read_file((dir / "recipe.yaml").string());
   c.model = load_safetensors((dir / "model.safetensors").string());
   c.state = load_safetensors((dir / "state.safetensors").string());
   if (with_optimizer && fs::exists(dir / "optim.safetensors")) c.optim = load_safetensors((dir / "optim.safetensors").string());
