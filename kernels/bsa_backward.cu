@@ -379,14 +379,7 @@ int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, c
   p.dk_accum = reinterpret_cast<float*>(base + l.dk);
   p.dv_accum = reinterpret_cast<float*>(base + l.dv);
   p.delta = reinterpret_cast<float*>(base + l.delta);
-  p.row_ptr = rows.row_ptr; p.blocks = rows.blocks; p.bias = rows.bias; p.window = rows.window;
-  p.tile_ptr = plan.tile_ptr; p.tile_blocks = plan.tile_blocks;
-  p.rev_ptr = plan.rev_ptr; p.rev_tiles = plan.rev_tiles;
-  p.T = s.T; p.Hq = static_cast<int>(s.Hq); p.Hkv = static_cast<int>(s.Hkv);
-  p.G = static_cast<int>(s.group()); p.P = static_cast<int>(s.tile_positions());
-  p.tiles_per_head = static_cast<int>(s.tiles_per_head());
-  p.n_blocks = static_cast<int>(s.n_blocks());
-  p.scale = scale; p.scale_log2 = scale * dev::kLog2e;
+  dev::set_lists_and_sizes(p, s, rows, plan, scale);
   const bool bf = dt == BsaDtype::kBf16;
   if (s.d == 64) return bf ? launch<__nv_bfloat16, 64>(p, s.B, stream) : launch<__half, 64>(p, s.B, stream);
   return bf ? launch<__nv_bfloat16, 128>(p, s.B, stream) : launch<__half, 128>(p, s.B, stream);

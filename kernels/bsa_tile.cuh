@@ -46,6 +46,19 @@ struct BsaParams {
   float scale_log2;  // scale * log2(e): the kernels work in base 2
 };
 
+// The list and size fields, which the forward and backward launchers fill alike.
+inline void set_lists_and_sizes(BsaParams& p, const BsaShape& s, const BsaRows& rows, const BsaPlan& plan,
+                                float scale) {
+  p.row_ptr = rows.row_ptr; p.blocks = rows.blocks; p.bias = rows.bias; p.window = rows.window;
+  p.tile_ptr = plan.tile_ptr; p.tile_blocks = plan.tile_blocks;
+  p.rev_ptr = plan.rev_ptr; p.rev_tiles = plan.rev_tiles;
+  p.T = s.T; p.Hq = static_cast<int>(s.Hq); p.Hkv = static_cast<int>(s.Hkv);
+  p.G = static_cast<int>(s.group()); p.P = static_cast<int>(s.tile_positions());
+  p.tiles_per_head = static_cast<int>(s.tiles_per_head());
+  p.n_blocks = static_cast<int>(s.n_blocks());
+  p.scale = scale; p.scale_log2 = scale * kLog2e;
+}
+
 // One MMA row of a tile.
 struct TileRow {
   int64_t t;    // query position

@@ -14,19 +14,12 @@
 
 #include "attention/block_sparse.h"
 #include "attention/cuda/block_sparse.h"
+#include "relative_error.h"
 
 namespace st {
 namespace {
 
-// ||got - want|| / ||want||, with a floor of 1e-3 per sqrt(element) on the denominator: a
-// gradient that is zero in exact arithmetic (dQ, dK of a query with a single attended key)
-// comes out as rounding noise (~1e-6) from kernel and reference alike, and noise over noise
-// is no measure of error.
-double rel_err(const torch::Tensor& got, const torch::Tensor& want) {
-  const auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
-  const double floor = 1e-3 * std::sqrt(static_cast<double>(w.numel()));
-  return (g - w).norm().item<double>() / std::max(w.norm().item<double>(), floor);
-}
+using test::rel_err;
 
 // The reference's dense per-(query, block) bias from the kernel's lists: the entry's bias on
 // a selected block (differentiable through `entries`), 0 on the diagonal block, -inf elsewhere.

@@ -17,17 +17,12 @@
 #include "config/recipe.h"
 #include "model/attention.h"
 #include "model/rope.h"
+#include "relative_error.h"
 
 namespace st {
 namespace {
 
-// ||got - want|| / ||want||, the denominator floored at 1e-3 per sqrt(element) so a gradient
-// that is zero in exact arithmetic does not compare rounding noise with rounding noise.
-double rel_err(const torch::Tensor& got, const torch::Tensor& want) {
-  const auto g = got.to(torch::kFloat64), w = want.to(torch::kFloat64);
-  const double floor = 1e-3 * std::sqrt(static_cast<double>(w.numel()));
-  return (g - w).norm().item<double>() / std::max(w.norm().item<double>(), floor);
-}
+using test::rel_err;
 
 struct Case {
   std::string variant;
