@@ -36,8 +36,9 @@ double peak_flops(const std::string& device, const std::string& precision, doubl
     else bf16 = 2.0 * p->multiProcessorCount * 1024 * 1.5e9;  // rough: 1024 FLOP/clk/SM at 1.5 GHz
     return low ? bf16 : bf16 / 2;
   }
-  // CPU: 2 AVX2 FMA units x 8 fp32 lanes x 2 FLOPs per cycle at ~3 GHz per core.
-  return double(std::max(1u, std::thread::hardware_concurrency())) * 32 * 3e9;
+  // CPU: 2 FMA units x (16 fp32 lanes with AVX-512, else 8) x 2 FLOPs per cycle at ~3 GHz.
+  const double flops_per_cycle = __builtin_cpu_supports("avx512f") ? 64 : 32;
+  return double(std::max(1u, std::thread::hardware_concurrency())) * flops_per_cycle * 3e9;
 }
 
 }  // namespace st

@@ -14,8 +14,8 @@ int64_t parameter_count(const ModelConfig& cfg);
 // backward). Sparse variants are charged the dense attention term, so their MFU is
 // comparable with the dense model's.
 double training_flops_per_token(const ModelConfig& cfg, int64_t seq_len);
-// Peak dense FLOP/s of the device the run uses (bf16 tensor cores on GPU; an AVX2 fp32
-// estimate on CPU), unless logging.peak_tflops is set.
+// Peak dense FLOP/s of the device the run uses (bf16 tensor cores on GPU; an AVX2/AVX-512
+// fp32 estimate on CPU), unless logging.peak_tflops is set.
 double peak_flops(const std::string& device, const std::string& precision, double configured_tflops);
 
 }  // namespace st
