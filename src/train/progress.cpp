@@ -26,6 +26,7 @@ void Progress::step(const StepReport& r) {
   const std::string line = fmt::format("step {}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | ETA {}",
                                        r.step, r.total, r.loss, r.lr, r.grad_norm, r.tokens_per_s, 100 * r.mfu, format_duration(eta));
   if (bar_) {
+    bar_line_ = line;
     fmt::print("\r\033[K{}", line);
     bar_drawn_ = true;
     std::fflush(stdout);
@@ -37,9 +38,11 @@ void Progress::step(const StepReport& r) {
 
 void Progress::message(const std::string& line) {
   if (off_) return;
-  if (bar_drawn_) fmt::print("\r\033[K");
-  fmt::print("{}\n", line);
-  bar_drawn_ = false;
+  if (!bar_drawn_) {
+    fmt::print("{}\n", line);
+  } else {
+    fmt::print("\r\033[K{}\n{}", line, bar_line_);
+  }
   std::fflush(stdout);
 }
 

@@ -21,6 +21,7 @@ class Progress {
 
  private:
   bool bar_ = false, off_ = false, bar_drawn_ = false;
+  std::string bar_line_;  // redrawn under messages, so the live line stays the last one
   int64_t every_;
 };
 
