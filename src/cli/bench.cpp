@@ -3,8 +3,6 @@
 // attention_bench.h); a build or machine without CUDA says so and exits non-zero.
 #include <CLI/CLI.hpp>
 
-#include <cctype>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -14,24 +12,6 @@
 #endif
 
 namespace st {
-namespace {
-
-// "65536", "64K" or "64k" -> 65536.
-int64_t parse_length(const std::string& s) {
-  size_t used = 0;
-  int64_t n = 0;
-  try {
-    n = std::stoll(s, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  const std::string rest = s.substr(used);
-  if (used == 0 || !(rest.empty() || rest == "K" || rest == "k") || n <= 0)
-    throw CLI::ValidationError("--lengths", "expected positive lengths like 8192 or 8K, got '" + s + "'");
-  return rest.empty() ? n : n * 1024;
-}
-
-}  // namespace
 
 void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Speed benchmarks");

@@ -59,6 +59,16 @@ struct Plan {
   std::vector<bool> answer;
 };
 
+// Moves needle i to depth d, keeping needles in depth order.
+void move_needle(Plan& p, size_t i, double d) {
+  Ids needle = std::move(p.needles[i]);
+  p.needles.erase(p.needles.begin() + long(i));
+  p.depths.erase(p.depths.begin() + long(i));
+  const auto at = std::upper_bound(p.depths.begin(), p.depths.end(), d) - p.depths.begin();
+  p.needles.insert(p.needles.begin() + at, std::move(needle));
+  p.depths.insert(p.depths.begin() + at, d);
+}
+
 class Planner {
  public:
   explicit Planner(const Tokenizer& tok) : tok_(tok) {}
@@ -68,19 +78,20 @@ class Planner {
     p.answer.push_back(is_answer);
   }
 
-  Plan passkey(Rng& rng) const {
+  Plan passkey(Rng& rng, std::optional<double> depth) const {
     Plan p;
     std::string key = std::to_string(10000 + rng.below(90000));
     p.head = ids("There is a pass key hidden inside a lot of irrelevant text. Find it and "
                  "remember it.\n");
     p.needles = {ids(fmt::format("The pass key is {0}. Remember it. {0} is the pass key. ", key))};
     p.depths = {rng.unit()};
+    if (depth) move_needle(p, 0, *depth);
     tail(p, "\nWhat is the pass key? The pass key is ");
     tail(p, key, true);
     return p;
   }
 
-  Plan niah(Rng& rng) const {
+  Plan niah(Rng& rng, std::optional<double> depth) const {
     Plan p;
     p.head = ids("Some special magic numbers are hidden inside the text below. Remember them.\n");
     std::set<std::string> used;
@@ -97,6 +108,7 @@ class Planner {
     }
     std::sort(p.depths.begin(), p.depths.end());
     size_t q = rng.below(keys.size());
+    if (depth) move_needle(p, q, *depth);
     tail(p, fmt::format("\nWhat is the special magic number for {0}? The special magic number "
                         "for {0} is: ",
                         keys[q]));
@@ -228,8 +240,11 @@ const std::vector<std::string>& synthetic_task_names() {
   return names;
 }
 
+bool synthetic_task_has_depth(const std::string& task) { return task == "passkey" || task == "niah"; }
+
 SyntheticTasks make_synthetic(const std::string& task, int64_t length, int64_t count,
-                              uint64_t seed, const Tokenizer& tokenizer) {
+                              uint64_t seed, const Tokenizer& tokenizer,
+                              std::optional<double> depth) {
   const auto& names = synthetic_task_names();
   auto known = std::find(names.begin(), names.end(), task);
   if (known == names.end())
@@ -238,6 +253,10 @@ SyntheticTasks make_synthetic(const std::string& task, int64_t length, int64_t c
   if (length < 1 || count < 0)
     throw DataError(fmt::format("synthetic task {}: length {} and count {} must be positive",
                                 task, length, count));
+  if (depth && !synthetic_task_has_depth(task))
+    throw DataError(fmt::format("synthetic task {} has no single needle to place at a depth", task));
+  if (depth && !(*depth >= 0 && *depth <= 1))
+    throw DataError(fmt::format("synthetic task {}: depth {} is outside [0, 1]", task, *depth));
   Planner planner(tokenizer);
   std::vector<Ids> filler;
   for (const char* s : kFillerSentences) filler.push_back(tokenizer.encode(s));
@@ -247,8 +266,8 @@ SyntheticTasks make_synthetic(const std::string& task, int64_t length, int64_t c
   const uint64_t task_id = uint64_t(known - names.begin());
   for (int64_t k = 0; k < count; ++k) {
     Rng rng(splitmix64(splitmix64(splitmix64(seed) ^ task_id) ^ uint64_t(k)));
-    Plan p = task == "passkey" ? planner.passkey(rng)
-             : task == "niah"  ? planner.niah(rng)
+    Plan p = task == "passkey" ? planner.passkey(rng, depth)
+             : task == "niah"  ? planner.niah(rng, depth)
              : task == "vt"    ? planner.vt(rng)
                                : planner.mqar(rng, length);
     render(p, task, length, filler, out);

@@ -15,6 +15,7 @@
 // concatenated, so lengths are exact for any tokenizer.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,10 +29,17 @@ struct SyntheticTasks {
   std::vector<AnswerSpan> spans;  // in token order; one per answer
 };
 
-// Throws DataError for an unknown task or a length too short for the task (the message
-// says the minimum).
+// `depth`, a fraction of the filler in [0, 1], places the needle that is asked for (passkey,
+// niah) at that depth instead of a random one; everything else about each example stays as
+// without it, so one seed at several depths moves only the needle. Throws DataError for an
+// unknown task, a length too short for the task (the message says the minimum), or a depth
+// out of range or given for a task without one needle asked for.
 SyntheticTasks make_synthetic(const std::string& task, int64_t length, int64_t count,
-                              uint64_t seed, const Tokenizer& tokenizer);
+                              uint64_t seed, const Tokenizer& tokenizer,
+                              std::optional<double> depth = std::nullopt);
+
+// Whether make_synthetic can place the task's asked-for needle at a depth.
+bool synthetic_task_has_depth(const std::string& task);
 
 const std::vector<std::string>& synthetic_task_names();
 

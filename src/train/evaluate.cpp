@@ -9,13 +9,13 @@
 
 namespace st {
 
-double EvalResult::sparsity() const {
+double sparsity_of_all(const std::vector<AttentionStats>& layers) {
   AttentionStats total;
   for (const auto& l : layers) total += l;
   return total.sparsity();
 }
 
-std::vector<double> EvalResult::layer_sparsity() const {
+std::vector<double> sparsity_per_layer(const std::vector<AttentionStats>& layers) {
   std::vector<double> out;
   for (const auto& l : layers) out.push_back(l.sparsity());
   return out;
