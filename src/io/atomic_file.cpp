@@ -57,10 +57,14 @@ void AtomicFile::commit() {
     throw IoError(path_ + ": rename failed: " + std::strerror(err));
   }
   // The rename itself is durable only once the directory entry is on disk.
-  int dir = ::open(parent_dir(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
+  sync_directory(parent_dir(path_));
+}
+
+void sync_directory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
   }
 }
 

@@ -26,4 +26,7 @@ class AtomicFile {
 
 void write_file_atomic(const std::string& path, const std::string& content);
 
+// fsync a directory, making renames and creations inside it durable (best effort).
+void sync_directory(const std::string& dir);
+
 }  // namespace st

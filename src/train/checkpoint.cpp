@@ -1,6 +1,5 @@
 #include "train/checkpoint.h"
 
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -20,11 +19,6 @@ namespace {
 
 constexpr const char* kFormat = "sparsetrain-checkpoint";
 constexpr int kVersion = 1;
-
-void sync_dir(const fs::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) { ::fsync(fd); ::close(fd); }
-}
 
 std::string step_name(int64_t step) { return fmt::format("step-{:08d}", step); }
 
@@ -67,11 +61,11 @@ std::string save_checkpoint(const std::string& root, const CheckpointData& ckpt,
   manifest.add("format", kFormat).add("version", kVersion).add("step", ckpt.step).add("tokens", ckpt.tokens)
       .add("world_size", ckpt.world_size).add("files", sums);
   write_file_atomic((tmp / "manifest.json").string(), manifest.str() + "\n");
-  sync_dir(tmp);
+  sync_directory(tmp.string());
 
   fs::remove_all(final_dir);  // a re-save of the same step replaces it
   fs::rename(tmp, final_dir);
-  sync_dir(root);
+  sync_directory(root);
   write_file_atomic((fs::path(root) / "latest").string(), name + "\n");
 
   // Prune: keep the newest `keep` step folders; never the one `latest` names.

@@ -56,7 +56,7 @@ std::shared_ptr<TokenShard> open_shard(const std::string& path, const ModelConfi
   return shard;
 }
 
-TensorMap rng_state(const Runtime& rt) {
+TensorMap rng_state() {
   TensorMap s;
   s["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
   return s;
@@ -124,7 +124,7 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
 
   const BlockRunner runner = tc.activation_checkpointing ? BlockRunner(checkpointed_block) : BlockRunner();
   auto checkpoint = [&](int64_t step_done) {
-    CheckpointData c{step_done, tokens, 1, recipe_yaml, model_state(model), optimizer.state(), rng_state(rt)};
+    CheckpointData c{step_done, tokens, 1, recipe_yaml, model_state(model), optimizer.state(), rng_state()};
     std::string dir = save_checkpoint(ckpt_root, c, recipe.checkpoint.keep);
     progress.message(fmt::format("checkpoint {}", dir));
     return dir;
@@ -147,13 +147,13 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
   const int64_t end = options.stop_after > 0 ? std::min(steps, options.stop_after) : steps;
   model->train();
   auto variants = model->attention_variants();
+  const bool record = recipe.model.attention.variant != "dense";
   while (step < end) {
     const auto ts = std::chrono::steady_clock::now();
     const double lr = learning_rate(recipe.schedule, recipe.optim.lr, step, steps);
     double loss_sum = 0;
     AttentionStats attn;
-    const bool record = recipe.model.attention.variant != "dense";
-    for (auto& v : variants) v->record_stats = record;
+    for (auto& v : variants) v->record_stats = record;  // evaluate() switches it off after itself
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       Batch b = loader.batch(step, micro);
       torch::Tensor loss;
