@@ -66,12 +66,19 @@ size_t bsa_plan_bytes(const BsaShape& s, int64_t nnz);
 int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* plan,
              cudaStream_t stream);
 
-// Forward: o and lse.
+// Forward: o and lse; and, when o_lo is not null, o's rounding residual o_lo = o32 - o (o32
+// the fp32 output before rounding, o_lo in o's dtype), which the backward adds back for an
+// exact delta.
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
-                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, float* lse,
-                cudaStream_t stream);
+                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, void* o_lo,
+                float* lse, cudaStream_t stream);
 
 // Backward: dq, dk, dv and dbias ([nnz], may be null when rows.bias is null or unused).
+// o_lo: the forward's residual or null. delta = rowsum(dO * O) is the row's sum of P dP, so
+// every row's dS sums to 0; from the 16-bit O alone it is off by dO . (o32 - o), which adds
+// delta's error times the block's probability mass to each d(bias). A caller that
+// differentiates a bias that was itself computed (DashAttention's log prior, whose gradient
+// divides by small routing weights) passes o_lo; d(bias) then matches an fp32 reference.
 // scratch: bsa_backward_scratch_bytes(s) bytes (fp32 dQ/dK/dV accumulators and delta =
 // rowsum(do * o)). One CTA per (b, hkv, KV block, window of query tiles) walks that part of
 // the block's reverse list with dK/dV in registers; dQ (per tile) and dK/dV (per CTA) are
@@ -80,7 +87,7 @@ int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, co
 // once per list entry, no atomics.
 size_t bsa_backward_scratch_bytes(const BsaShape& s);
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
-                 const void* o, const float* lse, const void* dout, const BsaRows& rows,
+                 const void* o, const void* o_lo, const float* lse, const void* dout, const BsaRows& rows,
                  const BsaPlan& plan, float scale, void* dq, void* dk, void* dv, float* dbias,
                  void* scratch, cudaStream_t stream);
 

@@ -1,6 +1,7 @@
 // Backward of block-sparse attention, FlashAttention-2 style: five matmuls per (query tile,
 // KV block) pair, dQ through fp32 atomics.
-//   prep kernel:    delta = rowsum(dO * O) per query row; zeroes the fp32 dQ accumulator.
+//   prep kernel:    delta = rowsum(dO * O) per query row (O plus the forward's rounding
+//                   residual when given); zeroes the fp32 dQ accumulator.
 //   main kernel:    one CTA per (b, hkv, query window w, KV block j) takes the tiles of j's
 //                   reverse list (the query tiles whose union holds j, built by bsa_plan) that
 //                   lie in window w. Each warp owns 16 keys of the block. Per tile: S^T = K Q^T
@@ -44,6 +45,15 @@ __global__ void __launch_bounds__(kPrepThreads) bsa_bwd_prep_kernel(const BsaPar
     for (int e = 0; e < 4; ++e) {
       const float2 fa = Elem<T>::unpack(av[e]), fd = Elem<T>::unpack(dv[e]);
       acc += fa.x * fd.x + fa.y * fd.y;
+    }
+    if (p.o_lo) {
+      const uint4 r = *reinterpret_cast<const uint4*>(static_cast<const T*>(p.o_lo) + off);
+      const uint32_t rv[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 fr = Elem<T>::unpack(rv[e]), fd = Elem<T>::unpack(dv[e]);
+        acc += fr.x * fd.x + fr.y * fd.y;
+      }
     }
     float4* z = reinterpret_cast<float4*>(p.dq_accum + off);
     z[0] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -359,7 +369,7 @@ Scratch scratch_layout(const BsaShape& s) {
 size_t bsa_backward_scratch_bytes(const BsaShape& s) { return scratch_layout(s).total; }
 
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
-                 const void* o, const float* lse, const void* dout, const BsaRows& rows,
+                 const void* o, const void* o_lo, const float* lse, const void* dout, const BsaRows& rows,
                  const BsaPlan& plan, float scale, void* dq, void* dk, void* dv, float* dbias,
                  void* scratch, cudaStream_t stream) {
   if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || (s.d != 64 && s.d != 128) || s.T <= 0 ||
@@ -371,7 +381,7 @@ int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, c
     if (e) return e;
   }
   dev::BsaParams p{};
-  p.q = q; p.k = k; p.v = v; p.o = o; p.dout = dout; p.out = dq; p.dk = dk; p.dv = dv;
+  p.q = q; p.k = k; p.v = v; p.o = o; p.o_lo = const_cast<void*>(o_lo); p.dout = dout; p.out = dq; p.dk = dk; p.dv = dv;
   p.lse = const_cast<float*>(lse); p.dbias = dbias;
   const Scratch l = scratch_layout(s);
   char* base = static_cast<char*>(scratch);

@@ -166,9 +166,17 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
     if (!row.valid) continue;
     const float inv = 1.f / lsum;
     uint32_t* orow = reinterpret_cast<uint32_t*>(o + row.off);
+    uint32_t* lorow = p.o_lo ? reinterpret_cast<uint32_t*>(static_cast<T*>(p.o_lo) + row.off) : nullptr;
 #pragma unroll
-    for (int nd = 0; nd < D / 8; ++nd)
-      orow[nd * 4 + c] = Elem<T>::pack(acc[nd][2 * i] * inv, acc[nd][2 * i + 1] * inv);
+    for (int nd = 0; nd < D / 8; ++nd) {
+      const float x0 = acc[nd][2 * i] * inv, x1 = acc[nd][2 * i + 1] * inv;
+      const uint32_t hi = Elem<T>::pack(x0, x1);
+      orow[nd * 4 + c] = hi;
+      if (lorow) {
+        const float2 r = Elem<T>::unpack(hi);
+        lorow[nd * 4 + c] = Elem<T>::pack(x0 - r.x, x1 - r.y);
+      }
+    }
     if (c == 0) p.lse[row.lrow] = (m_run[i] + log2f(lsum)) * 0.6931471805599453f;
   }
 }
@@ -186,13 +194,13 @@ int launch(const BsaParams& p, int64_t B, cudaStream_t stream) {
 }  // namespace
 
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
-                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, float* lse,
-                cudaStream_t stream) {
+                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, void* o_lo,
+                float* lse, cudaStream_t stream) {
   if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || (s.d != 64 && s.d != 128) || s.T <= 0 ||
       s.B <= 0 || s.T > INT32_MAX / 2 || s.tiles_per_head() > INT32_MAX / 2 || s.Hkv > 65535 || s.B > 65535)
     return kBsaBadShape;
   dev::BsaParams p{};
-  p.q = q; p.k = k; p.v = v; p.out = o; p.lse = lse;
+  p.q = q; p.k = k; p.v = v; p.out = o; p.o_lo = o_lo; p.lse = lse;
   dev::set_lists_and_sizes(p, s, rows, plan, scale);
   const bool bf = dt == BsaDtype::kBf16;
   if (s.d == 64) return bf ? launch<__nv_bfloat16, 64>(p, s.B, stream) : launch<__half, 64>(p, s.B, stream);

@@ -21,6 +21,7 @@ struct BsaParams {
   const void* k;
   const void* v;
   const void* o;
+  void* o_lo;  // o's rounding residual (may be null): written by the forward, read by the prep
   const void* dout;
   void* out;  // o (forward) or dq (backward)
   void* dk;

@@ -178,6 +178,43 @@ TEST(DashAttention, GradientsMatchFiniteDifferencesThroughTheEntmaxPrior) {
   }
 }
 
+// The routing is built one tile of query rows per KV group at a time and recomputed tile by
+// tile in the backward: any tiling gives the dense chunk_bias's lists, and the same output and
+// gradients as one tile per group.
+TEST(DashAttention, TiledRoutingMatchesOneTile) {
+  Case c{2, 4, 2, 45, 4, dash_knobs(4, 1.5, 3.0, 1.0, "normalized", 1, 1)};
+  auto dash = make_dash(c);
+  auto in = inputs_for(c, torch::kFloat64, 5);
+  struct Run {
+    torch::Tensor out, dq, dk, dh;
+  };
+  auto run = [&](int64_t tile_rows) {
+    dash->routing_tile_rows = tile_rows;
+    dash->zero_grad();
+    auto q = in.q.clone().requires_grad_(true), k = in.k.clone().requires_grad_(true);
+    auto rows = dash->routing(q, dash->chunk_summaries(k));
+    // Lists against the dense bias: the same selection and the same values.
+    auto dense = dense_bias(rows, c.B, c.Hkv, c.T, c.dash.chunk);
+    auto want = dash->chunk_bias(in.q, in.k);
+    EXPECT_TRUE(torch::equal(torch::isfinite(dense), torch::isfinite(want)));
+    EXPECT_TRUE(torch::allclose(dense.masked_select(torch::isfinite(want)), want.masked_select(torch::isfinite(want)),
+                                0, 1e-12));
+    auto out = dash->forward({q, k, in.v, in.x, in.cos, in.sin});
+    (out * out).sum().backward();
+    return Run{out.detach(), q.grad(), k.grad(), dash->pool_query.grad().clone()};
+  };
+  const Run whole = run(c.T);
+  for (int64_t tile_rows : {1, 7, 16}) {
+    SCOPED_TRACE("tile rows " + std::to_string(tile_rows));
+    const Run tiled = run(tile_rows);
+    EXPECT_TRUE(torch::allclose(tiled.out, whole.out, 0, 1e-12));
+    EXPECT_TRUE(torch::allclose(tiled.dq, whole.dq, 0, 1e-10));
+    EXPECT_TRUE(torch::allclose(tiled.dk, whole.dk, 0, 1e-10));
+    EXPECT_TRUE(torch::allclose(tiled.dh, whole.dh, 0, 1e-10));
+  }
+  EXPECT_GT(whole.dh.abs().max().item<double>(), 1e-3);
+}
+
 TEST(DashAttention, SparsityCountMatchesBruteForce) {
   Case c{2, 8, 2, 50, 4, dash_knobs(4, 1.5, 3.0, 1.0, "normalized", 1, 1)};
   for (int64_t offset : {0, 21}) {

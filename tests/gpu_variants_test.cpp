@@ -47,12 +47,12 @@ ModelConfig config(const Case& c, const std::string& impl) {
 
 // The same random module for either impl: every parameter off its init, so the zero-started
 // pooling query, gates and compressor output layers all carry signal.
-std::shared_ptr<AttentionVariant> build(const Case& c, const std::string& impl) {
+std::shared_ptr<AttentionVariant> build(const Case& c, const std::string& impl, torch::ScalarType param_dtype) {
   torch::manual_seed(17);
   auto m = make_attention(config(c, impl));
   torch::NoGradGuard no_grad;
   for (auto& p : m->parameters()) p.normal_(0, 0.05);
-  m->to(torch::kCUDA);
+  m->to(torch::kCUDA, param_dtype);
   return m;
 }
 
@@ -62,17 +62,22 @@ struct Result {
   double sparsity = 0;
 };
 
-Result run(const Case& c, const std::string& impl, torch::ScalarType dtype) {
-  auto m = build(c, impl);
+// Inputs are drawn in fp32 and rounded to `values` (bf16 unless fp32 inputs are the point),
+// then held in `dtype`: an fp64 run sees exactly the bf16 run's numbers.
+Result run(const Case& c, const std::string& impl, torch::ScalarType dtype,
+           torch::ScalarType values = torch::kBFloat16) {
+  auto m = build(c, impl, dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
   m->record_stats = true;
   torch::manual_seed(c.T * 131 + c.G * 7 + c.d);
-  const auto opt = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
-  auto q = torch::randn({1, c.Hkv * c.G, c.T, c.d}, opt).requires_grad_(true);
-  auto k = torch::randn({1, c.Hkv, c.T, c.d}, opt).requires_grad_(true);
-  auto v = torch::randn({1, c.Hkv, c.T, c.d}, opt).requires_grad_(true);
-  auto x = torch::randn({1, c.T, 64}, opt.dtype(torch::kFloat32));
-  auto dout = torch::randn({1, c.Hkv * c.G, c.T, c.d}, opt);
+  const auto opt = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  auto draw = [&](torch::IntArrayRef shape) { return torch::randn(shape, opt).to(values).to(dtype); };
+  auto q = draw({1, c.Hkv * c.G, c.T, c.d}).requires_grad_(true);
+  auto k = draw({1, c.Hkv, c.T, c.d}).requires_grad_(true);
+  auto v = draw({1, c.Hkv, c.T, c.d}).requires_grad_(true);
+  auto x = torch::randn({1, c.T, 64}, opt).to(dtype == torch::kFloat64 ? dtype : torch::kFloat32);
+  auto dout = draw({1, c.Hkv * c.G, c.T, c.d});
   auto rope = rope_tables(config(c, impl), c.T, torch::kCUDA);
+  if (dtype == torch::kFloat64) rope = {rope.cos.to(dtype), rope.sin.to(dtype)};
   Result r;
   r.out = m->forward({q, k, v, x, rope.cos, rope.sin});
   r.out.backward(dout.to(r.out.scalar_type()));
@@ -85,10 +90,12 @@ Result run(const Case& c, const std::string& impl, torch::ScalarType dtype) {
 // Forward 1e-2 and gradients 2e-2 relative: the kernels round P and dS to bf16 (8 mantissa
 // bits) before their MMAs, the reference computes in fp32 from the same bf16 inputs.
 // Dash's dq, dk and pool_query also carry d(bias) back through log(pbar) and the
-// normalisation: dL/dpbar_c has a term mean(d bias) / pbar_c, so the bf16 error of d(bias)
-// is amplified on chunks with a small prior. On the H200 (2026-11-23) these three miss 2e-2
-// wherever routing is sparse (up to 0.6 at d 128, G 1); on the CPU, noise of 2^-8 of each
-// row's largest d(bias) moves them by 0.1 at T 1000, G 1. Output and dv stay at 2e-3.
+// normalisation: dL/dpbar_c has a term mean(d bias) / pbar_c, so an error of d(bias) is
+// amplified ~50x on chunks with a small prior. The kernels' d(bias) used to take delta =
+// rowsum(dO O) from the bf16 O: 2.7e-3 relative off in d(bias), 0.17 in dq (CPU emulation
+// against fp64, T 1000, G 1, d 128), up to 0.6 on the H200. With the forward's rounding
+// residual added back (bsa_backward's o_lo) the emulation gives 1.2e-3; DashFp64Oracle below
+// measures both paths against fp64 on the GPU.
 void expect_close(const Case& c, const Result& got, const Result& want) {
   double worst_grad = 0;
   auto grad = [&](const std::string& what, const torch::Tensor& g, const torch::Tensor& w) {
@@ -136,6 +143,32 @@ INSTANTIATE_TEST_SUITE_P(Grid, GpuVariants, ::testing::ValuesIn(cases()),
                                   std::to_string(c.T) + "_d" + std::to_string(c.d);
                          });
 
+// Both impls against the reference run in fp64 on the same bf16-rounded inputs and parameters:
+// which of the two sides a cuda/reference difference comes from.
+TEST(GpuVariantsDash, Fp64Oracle) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (const Case& c : {Case{"dash", 2, 1, 1000, 128}, Case{"dash", 2, 4, 4096, 128}, Case{"dash", 1, 16, 4096, 64}}) {
+    const Result oracle = run(c, "reference", torch::kFloat64);
+    for (const std::string impl : {"reference", "cuda"}) {
+      const Result r = run(c, impl, impl == "cuda" ? torch::kBFloat16 : torch::kFloat32);
+      double worst = 0;
+      std::string worst_name;
+      auto grad = [&](const std::string& what, const torch::Tensor& g, const torch::Tensor& w) {
+        const double e = rel_err(g, w);
+        if (e > worst) worst = e, worst_name = what;
+        EXPECT_LT(e, 2e-2) << impl << " " << what;
+      };
+      grad("dq", r.dq, oracle.dq);
+      grad("dk", r.dk, oracle.dk);
+      grad("dv", r.dv, oracle.dv);
+      for (size_t i = 0; i < r.param_grads.size(); ++i)
+        grad("d " + r.param_grads[i].first, r.param_grads[i].second, oracle.param_grads[i].second);
+      std::printf("  dash Hkv %ld G %ld T %ld d %ld, %s vs fp64: out %.2e, worst grad %.2e (%s)\n", long(c.Hkv),
+                  long(c.G), long(c.T), long(c.d), impl.c_str(), rel_err(r.out, oracle.out), worst, worst_name.c_str());
+    }
+  }
+}
+
 // Training's case: fp32 q/k/v (the residual stream) under bf16 autocast. The kernel path casts
 // to bf16 and returns fp32, like the reference.
 TEST(GpuVariantsAutocast, Fp32InputsUnderBf16Autocast) {
@@ -146,7 +179,8 @@ TEST(GpuVariantsAutocast, Fp32InputsUnderBf16Autocast) {
   at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
   for (const std::string variant : {"dash", "nsa"}) {
     const Case c{variant, 2, 4, 1000, 64};
-    const Result got = run(c, "cuda", torch::kFloat32), want = run(c, "reference", torch::kFloat32);
+    const Result got = run(c, "cuda", torch::kFloat32, torch::kFloat32);
+    const Result want = run(c, "reference", torch::kFloat32, torch::kFloat32);
     EXPECT_EQ(got.out.scalar_type(), torch::kFloat32);
     expect_close(c, got, want);
   }

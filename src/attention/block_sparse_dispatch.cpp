@@ -3,6 +3,7 @@
 #include <ATen/autocast_mode.h>
 #include <fmt/format.h>
 
+#include <limits>
 #include <optional>
 
 #include "attention/block_sparse.h"
@@ -35,6 +36,7 @@ std::optional<torch::ScalarType> kernel_dtype(const Tensor& q, const Tensor& k, 
 #endif
 
 // Why the kernels cannot run this call, judged from shapes, dtypes and flags; "" when they can.
+// `bias` stands for the selection (the dense bias or the lists' row_ptr; undefined: none).
 std::string kernel_unsupported(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, int64_t block,
                                int64_t window) {
 #ifndef SPARSETRAIN_CUDA
@@ -96,12 +98,16 @@ Tensor run_kernels(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
 }
 #endif
 
+void check_impl(const std::string& impl) {
+  if (impl != "reference" && impl != "cuda" && impl != "auto")
+    throw ConfigError(fmt::format("model.attention.impl: '{}' is not one of auto, reference, cuda", impl));
+}
+
 }  // namespace
 
 Tensor attend_blocks(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, int64_t block,
                      int64_t window, const std::string& impl) {
-  if (impl != "reference" && impl != "cuda" && impl != "auto")
-    throw ConfigError(fmt::format("model.attention.impl: '{}' is not one of auto, reference, cuda", impl));
+  check_impl(impl);
   if (impl == "reference") return block_sparse_attention(q, k, v, bias, block, window);
   std::string why = kernel_unsupported(q, k, v, bias, block, window);
 #ifdef SPARSETRAIN_CUDA
@@ -115,6 +121,43 @@ Tensor attend_blocks(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 #endif
   if (impl == "cuda") throw ConfigError(fmt::format("model.attention.impl: cuda cannot run this attention: {}", why));
   return block_sparse_attention(q, k, v, bias, block, window);
+}
+
+Tensor attend_rows(const Tensor& q, const Tensor& k, const Tensor& v, const BlockRows& rows, int64_t block,
+                   const std::string& impl) {
+  check_impl(impl);
+  if (impl != "reference") {
+    const std::string why = kernel_unsupported(q, k, v, rows.row_ptr, block, /*window=*/0);
+#ifdef SPARSETRAIN_CUDA
+    if (why.empty()) return run_kernels(q, k, v, rows.bias, {rows.row_ptr, rows.blocks});
+#endif
+    if (impl == "cuda")
+      throw ConfigError(fmt::format("model.attention.impl: cuda cannot run this attention: {}", why));
+  }
+  const int64_t T = q.size(2), B = q.size(0), Hkv = k.size(1);
+  return block_sparse_attention(q, k, v, dense_bias(rows, B, Hkv, T, block), block, /*window=*/0);
+}
+
+int64_t attended_pairs(const BlockRows& rows, int64_t T, int64_t block, int64_t offset, int64_t group) {
+  if (offset >= T) return 0;
+  const auto ints = rows.row_ptr.options();
+  auto counts = rows.row_ptr.diff().view({-1, T}).narrow(1, offset, T - offset);
+  auto own_keys = torch::arange(offset, T, ints).remainder(block) + 1;  // causal keys of the own block
+  return ((counts * block).sum() + own_keys.sum() * counts.size(0)).item<int64_t>() * group;
+}
+
+Tensor dense_bias(const BlockRows& rows, int64_t B, int64_t Hkv, int64_t T, int64_t block) {
+  const int64_t n_blocks = (T + block - 1) / block, n_rows = B * Hkv * T;
+  const auto ints = rows.row_ptr.options();
+  auto row = torch::repeat_interleave(torch::arange(n_rows, ints), rows.row_ptr.diff());
+  auto flat = row * n_blocks + rows.blocks.to(torch::kInt64);
+  const auto dtype = rows.bias.defined() ? rows.bias.scalar_type() : torch::kFloat32;
+  auto values = rows.bias.defined() ? rows.bias : torch::zeros({flat.numel()}, ints.dtype(dtype));
+  auto dense = torch::full({n_rows * n_blocks}, -std::numeric_limits<double>::infinity(), ints.dtype(dtype))
+                   .index_put({flat}, values)
+                   .view({B, Hkv, T, n_blocks});
+  auto own = torch::arange(T, ints).div(block, "floor").view({T, 1}) == torch::arange(n_blocks, ints).view({1, n_blocks});
+  return torch::where(own, torch::zeros({}, dense.options()), dense);
 }
 
 }  // namespace st

@@ -25,4 +25,26 @@ namespace st {
 torch::Tensor attend_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                             const torch::Tensor& bias, int64_t block, int64_t window, const std::string& impl);
 
+// A selection as per-row lists, the kernels' own format, for selections built one query tile
+// at a time (nothing of size T x n_blocks per query head, nor per KV group). Row
+// r = (b * Hkv + hkv) * T + t lists the blocks it reads strictly before its own, ascending, in
+// blocks[row_ptr[r] .. row_ptr[r + 1]), with bias[i] on block blocks[i] (undefined: all 0).
+// The row's own block is always read, at bias 0, with the causal mask.
+struct BlockRows {
+  torch::Tensor row_ptr;  // [B * Hkv * T + 1] int64
+  torch::Tensor blocks;   // [nnz] int32
+  torch::Tensor bias;     // [nnz] float, differentiable, or undefined
+};
+
+// attend_blocks over such lists, window 0. The reference path expands them into the dense bias.
+torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const BlockRows& rows, int64_t block, const std::string& impl);
+
+// attended_pairs (block_sparse.h) of such lists: the listed blocks lie wholly before their row.
+int64_t attended_pairs(const BlockRows& rows, int64_t T, int64_t block, int64_t offset, int64_t group);
+
+// The dense bias [B, Hkv, T, ceil(T / block)] the lists describe: the entries' bias on listed
+// blocks, 0 on each row's own block, -inf elsewhere. Differentiable in rows.bias.
+torch::Tensor dense_bias(const BlockRows& rows, int64_t B, int64_t Hkv, int64_t T, int64_t block);
+
 }  // namespace st

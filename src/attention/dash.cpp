@@ -3,6 +3,9 @@
 #include <cmath>
 #include <limits>
 
+#include <ATen/autocast_mode.h>
+#include <torch/autograd.h>
+
 #include "attention/block_sparse.h"
 #include "attention/block_sparse_dispatch.h"
 #include "attention/entmax.h"
@@ -28,57 +31,191 @@ Tensor DashAttention::chunk_summaries(const Tensor& k) const {
 }
 
 Tensor DashAttention::chunk_bias(const Tensor& q, const Tensor& k) const {
-  const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), d = q.size(3), Hkv = k.size(1);
-  const int64_t C = cfg_.chunk, n_full = T / C, n_chunks = (T + C - 1) / C;
-  const double inf = std::numeric_limits<double>::infinity();
-  const auto dtype = reference_dtype(q);
-  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
+  return bias_rows(q, chunk_summaries(k.to(reference_dtype(q))), 0, q.size(2));
+}
 
-  auto own = torch::arange(T, ints).div(C, "floor").view({T, 1});
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// DashAttention::bias_rows for a configuration (the routing's backward has the configuration,
+// not the module, which may be gone by then).
+Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+  const int64_t B = q_rows.size(0), Hq = q_rows.size(1), n = q_rows.size(2), d = q_rows.size(3);
+  const int64_t Hkv = kbar.size(1), C = cfg.chunk, n_full = T / C, n_chunks = (T + C - 1) / C;
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto dtype = reference_dtype(q_rows);
+  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(q_rows.device());
+
+  auto own = torch::arange(t0, t0 + n, ints).div(C, "floor").view({n, 1});
   auto c = torch::arange(n_chunks, ints).view({1, n_chunks});
   // Forced sink and local chunks are read like the diagonal chunk, with b = 0, and left out
   // of the routing: entmax spends its mass only on the chunks it decides about, and a forced
   // chunk's bias does not jump when the router drops it from its support.
-  auto forced = (c < own) & ((c < cfg_.sink_chunks) | (c >= own - cfg_.local_chunks));
+  auto forced = (c < own) & ((c < cfg.sink_chunks) | (c >= own - cfg.local_chunks));
   auto always = forced | (c == own);
   // Routing candidates: complete chunks strictly before the query's own, not already forced.
   auto candidate = ((c < own) & ~forced).narrow(1, 0, n_full);
 
   // z = s (q . kbar) / sqrt(d) per query head, alpha-entmax over the candidates.
-  auto kbar = chunk_summaries(k.to(dtype));
-  auto q_groups = q.to(dtype).view({B, Hkv, Hq / Hkv, T, d});
-  auto z = torch::matmul(q_groups, kbar.unsqueeze(2).transpose(-1, -2)) * (cfg_.temperature / std::sqrt(double(d)));
-  auto p = entmax(z.masked_fill(~candidate, -inf), cfg_.alpha, -1);
+  auto q_groups = q_rows.to(dtype).reshape({B, Hkv, Hq / Hkv, n, d});
+  auto z = torch::matmul(q_groups, kbar.to(dtype).unsqueeze(2).transpose(-1, -2)) * (cfg.temperature / std::sqrt(double(d)));
+  auto p = entmax(z.masked_fill(~candidate, -inf), cfg.alpha, -1);
   // GQA: the group reads the union of its heads' supports, weighted by their mean.
-  auto pbar = p.mean(2);  // [B, Hkv, T, n_full]
+  auto pbar = p.mean(2);  // [B, Hkv, n, n_full]
   auto routed = pbar > 0;
   auto log_p = torch::log(torch::where(routed, pbar, torch::ones_like(pbar)));  // 0 off the support
   auto prior = log_p;
-  if (cfg_.prior == "normalized") {
+  if (cfg.prior == "normalized") {
     // Subtract the mean log prior of the row's routed chunks (the log of their geometric
     // mean g), so the diagonal chunk at b = 0 sits in the middle of what was routed.
     auto count = routed.sum(-1, /*keepdim=*/true).clamp_min(1);
     prior = log_p - log_p.sum(-1, /*keepdim=*/true) / count;
   }
-  auto bias = torch::where(routed, prior / cfg_.sigma, -inf);
+  auto bias = torch::where(routed, prior / cfg.sigma, -inf);
   bias = torch::constant_pad_nd(bias, {0, n_chunks - n_full}, -inf);
   return torch::where(always, torch::zeros_like(bias), bias);
 }
 
+// The configuration through autograd's saved_data, and back.
+void save_config(AutogradContext* ctx, const DashConfig& c) {
+  ctx->saved_data["chunk"] = c.chunk;
+  ctx->saved_data["alpha"] = c.alpha;
+  ctx->saved_data["temperature"] = c.temperature;
+  ctx->saved_data["sigma"] = c.sigma;
+  ctx->saved_data["prior"] = c.prior;
+  ctx->saved_data["sink_chunks"] = c.sink_chunks;
+  ctx->saved_data["local_chunks"] = c.local_chunks;
+}
+
+DashConfig saved_config(AutogradContext* ctx) {
+  DashConfig c;
+  c.chunk = ctx->saved_data["chunk"].toInt();
+  c.alpha = ctx->saved_data["alpha"].toDouble();
+  c.temperature = ctx->saved_data["temperature"].toDouble();
+  c.sigma = ctx->saved_data["sigma"].toDouble();
+  c.prior = ctx->saved_data["prior"].toStringRef();
+  c.sink_chunks = ctx->saved_data["sink_chunks"].toInt();
+  c.local_chunks = ctx->saved_data["local_chunks"].toInt();
+  return c;
+}
+
+// One routing tile: query rows [t0, t0 + n) of KV group (b, hkv).
+struct RoutingTile {
+  int64_t b, hkv, t0, n;
+  Tensor q_rows(const Tensor& q, int64_t G) const { return q.narrow(0, b, 1).narrow(1, hkv * G, G).narrow(2, t0, n); }
+  Tensor kbar_rows(const Tensor& kbar) const { return kbar.narrow(0, b, 1).narrow(1, hkv, 1); }
+  int64_t first_row(int64_t Hkv, int64_t T) const { return (b * Hkv + hkv) * T + t0; }  // in the lists
+};
+
+std::vector<RoutingTile> routing_tiles(int64_t B, int64_t Hkv, int64_t T, int64_t rows) {
+  std::vector<RoutingTile> tiles;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hkv; ++h)
+      for (int64_t t0 = 0; t0 < T; t0 += rows) tiles.push_back({b, h, t0, std::min(rows, T - t0)});
+  return tiles;
+}
+
+// Which of the tile's bias rows [n, n_chunks] the lists hold: finite, strictly before the
+// row's own chunk (the kernels read that one by themselves).
+Tensor listed(const Tensor& bias, int64_t t0, int64_t C) {
+  const int64_t n = bias.size(0), n_chunks = bias.size(1);
+  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(bias.device());
+  auto own = torch::arange(t0, t0 + n, ints).div(C, "floor").view({n, 1});
+  return torch::isfinite(bias) & (torch::arange(n_chunks, ints).view({1, n_chunks}) < own);
+}
+
+// Inputs q [B, Hq, T, d] and kbar [B, Hkv, n_full, d]; outputs the entries' bias
+// (differentiable), row_ptr and blocks. Only q, kbar and the lists are saved; the backward
+// recomputes each tile, with the caller's autocast state (autograd's thread has none).
+struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& kbar, const DashConfig& cfg,
+                               int64_t tile_rows) {
+    const int64_t G = q.size(1) / kbar.size(1), T = q.size(2);
+    std::vector<Tensor> counts, blocks, entries;
+    std::vector<int64_t> offsets{0};  // each tile's first entry
+    for (const auto& t : routing_tiles(q.size(0), kbar.size(1), T, tile_rows)) {
+      auto bias = routing_bias(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T).view({t.n, -1});
+      auto mask = listed(bias, t.t0, cfg.chunk);
+      auto idx = mask.flatten().nonzero().flatten();  // row-major: the lists' order
+      counts.push_back(mask.sum(-1));
+      blocks.push_back(idx.remainder(bias.size(1)).to(torch::kInt32));
+      entries.push_back(bias.flatten().index_select(0, idx));
+      offsets.push_back(offsets.back() + idx.numel());
+    }
+    auto row_ptr = torch::cat({torch::zeros({1}, q.options().dtype(torch::kInt64)), torch::cat(counts).cumsum(0)});
+    auto block_ids = torch::cat(blocks);
+    ctx->save_for_backward({q, kbar, row_ptr, block_ids});
+    save_config(ctx, cfg);
+    ctx->saved_data["tile_rows"] = tile_rows;
+    ctx->saved_data["offsets"] = offsets;
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
+    ctx->mark_non_differentiable({row_ptr, block_ids});
+    return {torch::cat(entries), row_ptr, block_ids};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &q = saved[0], &kbar = saved[1], &row_ptr = saved[2], &block_ids = saved[3];
+    const DashConfig cfg = saved_config(ctx);
+    const auto offsets = ctx->saved_data["offsets"].toIntVector();
+    const int64_t Hkv = kbar.size(1), G = q.size(1) / Hkv, T = q.size(2);
+    auto dq = torch::zeros_like(q), dkbar = torch::zeros_like(kbar);
+    if (!grads[0].defined()) return {dq, dkbar, Tensor(), Tensor()};
+    torch::AutoGradMode grad_mode(true);
+    const bool was = at::autocast::is_autocast_enabled(at::kCUDA);
+    at::autocast::set_autocast_enabled(at::kCUDA, ctx->saved_data["autocast"].toBool());
+    const auto tiles = routing_tiles(q.size(0), Hkv, T, ctx->saved_data["tile_rows"].toInt());
+    for (size_t i = 0; i < tiles.size(); ++i) {
+      const auto& t = tiles[i];
+      const int64_t m = offsets[i + 1] - offsets[i];
+      if (m == 0) continue;
+      auto q_rows = t.q_rows(q, G).detach().requires_grad_(true);
+      auto kbar_rows = t.kbar_rows(kbar).detach().requires_grad_(true);
+      auto bias = routing_bias(cfg, q_rows, kbar_rows, t.t0, T).view({t.n, -1});
+      // The forward's entries, found from the saved lists rather than the recomputed bias, so a
+      // recomputation that rounds differently cannot shift them.
+      auto counts = row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1).diff();
+      auto row = torch::repeat_interleave(torch::arange(t.n, counts.options()), counts, /*dim=*/0, m);
+      auto idx = row * bias.size(1) + block_ids.narrow(0, offsets[i], m).to(torch::kInt64);
+      auto g = torch::autograd::grad({bias.flatten().index_select(0, idx)}, {q_rows, kbar_rows},
+                                     {grads[0].narrow(0, offsets[i], m).to(bias.scalar_type())},
+                                     /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+      if (g[0].defined()) t.q_rows(dq, G).copy_(g[0]);
+      if (g[1].defined()) t.kbar_rows(dkbar).add_(g[1]);
+    }
+    at::autocast::set_autocast_enabled(at::kCUDA, was);
+    return {dq, dkbar, Tensor(), Tensor()};
+  }
+};
+
+}  // namespace
+
+Tensor DashAttention::bias_rows(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) const {
+  return routing_bias(cfg_, q_rows, kbar, t0, T);
+}
+
+BlockRows DashAttention::routing(const Tensor& q, const Tensor& kbar) const {
+  int64_t rows = routing_tile_rows;
+  if (rows <= 0) {
+    // ~2^25 fp32 scores per tile (128 MB; entmax's sort holds a few times that).
+    const int64_t per_row = std::max<int64_t>(q.size(1) / kbar.size(1) * kbar.size(2), 1);
+    rows = std::max<int64_t>((int64_t(1) << 25) / per_row, cfg_.chunk);
+  }
+  auto out = DashRoutingFunction::apply(q, kbar, cfg_, rows);
+  return {out[1], out[2], out[0]};
+}
+
 Tensor DashAttention::forward(const AttentionInputs& in) {
-  auto bias = chunk_bias(in.q, in.k);
+  const int64_t B = in.q.size(0), Hq = in.q.size(1), T = in.q.size(2), G = Hq / in.k.size(1);
+  auto rows = routing(in.q, chunk_summaries(in.k.to(reference_dtype(in.q))));
   if (record_stats) {
     torch::NoGradGuard no_grad;
-    const int64_t B = in.q.size(0), Hq = in.q.size(1), T = in.q.size(2);
-    stats = {attended_pairs(torch::isfinite(bias), cfg_.chunk, 0, sparsity_offset_, Hq / in.k.size(1)),
-             B * Hq * causal_pairs(T, sparsity_offset_)};
+    stats = {attended_pairs(rows, T, cfg_.chunk, sparsity_offset_, G), B * Hq * causal_pairs(T, sparsity_offset_)};
   }
   // The diagonal chunk is always read at b = 0, as the kernels do: with C = 64 they run it.
-  // `auto` stays on the reference for now: on an H200 the kernel's bf16 d(bias), divided by
-  // small routing weights on its way through log(pbar), put dq/dk/pool_query up to 0.6
-  // (relative) off the reference under sparse routing (tests/gpu_variants_test.cpp).
-  // `impl: cuda` still runs the kernel (forward and dv match to 2e-3).
-  return attend_blocks(in.q, in.k, in.v, bias, cfg_.chunk, /*window=*/0, impl_ == "auto" ? "reference" : impl_);
+  return attend_rows(in.q, in.k, in.v, rows, cfg_.chunk, impl_);
 }
 
 }  // namespace st

@@ -2,6 +2,7 @@
 // Chunk summaries from a learned pooling query, alpha-entmax routing over past chunks, and a
 // softmax over the routed chunks biased by the log routing prior, differentiable end to end.
 #pragma once
+#include "attention/block_sparse_dispatch.h"
 #include "model/attention.h"
 
 namespace st {
@@ -17,6 +18,16 @@ class DashAttention : public AttentionVariant {
   // KV group: the normalised (or raw) log prior / sigma on routed chunks, 0 on the diagonal
   // and forced chunks, -inf on chunks the query does not read.
   torch::Tensor chunk_bias(const torch::Tensor& q, const torch::Tensor& k) const;
+  // Rows [t0, t0 + n) of chunk_bias from those queries' rows q_rows [B, Hq, n, d] and kbar, for a
+  // sequence of length T: [B, Hkv, n, ceil(T / C)].
+  torch::Tensor bias_rows(const torch::Tensor& q_rows, const torch::Tensor& kbar, int64_t t0, int64_t T) const;
+  // The same routing as per-row lists (block_sparse_dispatch.h), built one tile of queries of
+  // one KV group at a time, so the per-head scores over all chunks exist for one tile only;
+  // the backward recomputes each tile. Differentiable in q and kbar through rows.bias.
+  BlockRows routing(const torch::Tensor& q, const torch::Tensor& kbar) const;
+
+  // Query rows per routing tile; 0 sizes tiles to ~128 MB of fp32 scores (tests set it small).
+  int64_t routing_tile_rows = 0;
 
   torch::Tensor pool_query;  // h [Hkv, d], zero-initialised
 

@@ -210,7 +210,7 @@ void run_case(const Case& c, std::mt19937& rng) {
   // Outputs poisoned with NaN: any element the kernels fail to write shows up.
   Tensor o = torch::full_like(q, NAN), lse = torch::full({c.B, Hq, c.T}, NAN, opt.dtype(torch::kFloat32));
   CK(kn::bsa_forward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
-                     plan.view, static_cast<float>(scale), o.data_ptr(), lse.data_ptr<float>(),
+                     plan.view, static_cast<float>(scale), o.data_ptr(), nullptr, lse.data_ptr<float>(),
                      cur_stream()));
   Tensor dq = torch::full_like(q, NAN), dk = torch::full_like(k, NAN), dv = torch::full_like(v, NAN);
   Tensor dbias;
@@ -220,7 +220,7 @@ void run_case(const Case& c, std::mt19937& rng) {
     Tensor scratch = torch::full({static_cast<int64_t>(kn::bsa_backward_scratch_bytes(plan.shape))}, 0xff,
                                  opt.dtype(torch::kUInt8));
     CK(kn::bsa_backward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                        lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
+                        nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
                         static_cast<float>(scale), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
                         c.bias ? dbias.data_ptr<float>() : nullptr, scratch.data_ptr(), cur_stream()));
     if (c.T >= 1000) {
@@ -228,7 +228,7 @@ void run_case(const Case& c, std::mt19937& rng) {
       // changes); anything larger is a race.
       Tensor dq2 = torch::full_like(q, NAN), dk2 = torch::full_like(k, NAN), dv2 = torch::full_like(v, NAN);
       CK(kn::bsa_backward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                          lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
+                          nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
                           static_cast<float>(scale), dq2.data_ptr(), dk2.data_ptr(), dv2.data_ptr(),
                           nullptr, scratch.data_ptr(), cur_stream()));
       CK(cudaDeviceSynchronize());

@@ -172,12 +172,12 @@ void run_attention_bench(const AttentionBenchConfig& cfg) {
         Plan plan = make_plan(lists, 1, Hq, Hkv, T, d);
         auto fwd = [&] {
           check(kn::bsa_forward(shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_k,
-                                plan.view, scale, o.data_ptr(), lse.data_ptr<float>(), cur_stream()),
+                                plan.view, scale, o.data_ptr(), nullptr, lse.data_ptr<float>(), cur_stream()),
                 "bsa_forward");
         };
         auto bwd = [&] {
           check(kn::bsa_backward(shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                                 lse.data_ptr<float>(), dout.data_ptr(), rows_k, plan.view, scale, dq.data_ptr(),
+                                 nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_k, plan.view, scale, dq.data_ptr(),
                                  dk.data_ptr(), dv.data_ptr(), nullptr, scratch.data_ptr(), cur_stream()),
                 "bsa_backward");
         };
