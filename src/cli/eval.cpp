@@ -50,9 +50,6 @@ void run_perplexity(const Args& args, Transformer& model, const Recipe& recipe, 
   }
 }
 
-// JSON keys and table cells name a depth by its value; tasks without one say "random".
-std::string depth_name(std::optional<double> depth) { return depth ? fmt::format("{}", *depth) : "random"; }
-
 void run_task(const Args& args, Transformer& model, const Recipe& recipe, const Runtime& rt, int64_t step) {
   TaskEvalConfig cfg{args.task, {}, args.depths, args.count, args.seed};
   for (const std::string& s : args.lengths) cfg.lengths.push_back(parse_length(s));
@@ -75,21 +72,9 @@ void run_task(const Args& args, Transformer& model, const Recipe& recipe, const 
                fmt::join(sparsity_per_layer(s.layers), " "));
 
   if (args.json.empty()) return;
-  JsonObject by_length;
-  for (const TaskLengthSparsity& s : r.sparsity) {
-    JsonObject accuracy, correct;
-    for (const TaskCell& c : r.cells)
-      if (c.length == s.length) {
-        accuracy.add(depth_name(c.depth), c.accuracy());
-        correct.add(depth_name(c.depth), c.correct);
-      }
-    by_length.add(std::to_string(s.length), JsonObject().add("accuracy", accuracy).add("correct", correct)
-                                                 .add("sparsity", sparsity_of_all(s.layers))
-                                                 .add("layer_sparsity", sparsity_per_layer(s.layers)));
-  }
   std::ofstream(args.json) << JsonObject().add("step", step).add("task", args.task).add("count", args.count)
                                   .add("seed", int64_t(args.seed)).add("tokenizer", args.tokenizer)
-                                  .add("variant", recipe.model.attention.variant).add("lengths", by_length).str() << "\n";
+                                  .add("variant", recipe.model.attention.variant).add("lengths", lengths_json(r)).str() << "\n";
 }
 
 }  // namespace

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   st::add_data_command(app);
   st::add_hf_commands(app);
   st::add_bench_command(app);
+  st::add_sweep_command(app);
   st::add_launch_command(app);
   try {
     app.parse(argc, argv);

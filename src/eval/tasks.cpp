@@ -1,6 +1,9 @@
 #include "eval/tasks.h"
 
+#include <fmt/format.h>
+
 #include "data/synthetic.h"
+#include "train/evaluate.h"
 
 namespace st {
 
@@ -62,6 +65,33 @@ TaskEvalResult evaluate_task(Transformer& model, const Tokenizer& tokenizer, con
   for (auto& v : variants) v->record_stats = false;
   model->train();
   return r;
+}
+
+std::string depth_name(std::optional<double> depth) { return depth ? fmt::format("{}", *depth) : "random"; }
+
+double overall_accuracy(const TaskEvalResult& r) {
+  int64_t correct = 0, total = 0;
+  for (const TaskCell& c : r.cells) {
+    correct += c.correct;
+    total += c.total;
+  }
+  return total > 0 ? double(correct) / double(total) : 0.0;
+}
+
+JsonObject lengths_json(const TaskEvalResult& r) {
+  JsonObject by_length;
+  for (const TaskLengthSparsity& s : r.sparsity) {
+    JsonObject accuracy, correct;
+    for (const TaskCell& c : r.cells)
+      if (c.length == s.length) {
+        accuracy.add(depth_name(c.depth), c.accuracy());
+        correct.add(depth_name(c.depth), c.correct);
+      }
+    by_length.add(std::to_string(s.length), JsonObject().add("accuracy", accuracy).add("correct", correct)
+                                                 .add("sparsity", sparsity_of_all(s.layers))
+                                                 .add("layer_sparsity", sparsity_per_layer(s.layers)));
+  }
+  return by_length;
 }
 
 }  // namespace st

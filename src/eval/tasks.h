@@ -12,6 +12,7 @@
 #include "data/tokenizer.h"
 #include "model/transformer.h"
 #include "train/runtime.h"
+#include "util/json.h"
 
 namespace st {
 
@@ -47,5 +48,13 @@ bool answers_match(const torch::Tensor& logits, const torch::Tensor& tokens, con
 // Throws DataError (unknown task, a length too short for it, a depth outside [0, 1]).
 TaskEvalResult evaluate_task(Transformer& model, const Tokenizer& tokenizer, const Runtime& rt,
                              const TaskEvalConfig& cfg);
+
+// JSON keys and table cells name a depth by its value; tasks without one say "random".
+std::string depth_name(std::optional<double> depth);
+// Correct answers over all cells, as a fraction.
+double overall_accuracy(const TaskEvalResult& r);
+// {"<length>": {"accuracy": {"<depth>": a}, "correct": {"<depth>": n}, "sparsity": s,
+//  "layer_sparsity": [..]}, ...}: what `eval --task --json` writes under "lengths".
+JsonObject lengths_json(const TaskEvalResult& r);
 
 }  // namespace st
