@@ -68,15 +68,16 @@ int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* p
 
 // Forward: o and lse; and, when o_lo is not null, o's rounding residual o_lo = o32 - o (o32
 // the fp32 output before rounding, o_lo in o's dtype), which the backward adds back for an
-// exact delta.
+// exact delta. With o_lo the P V product also takes P as hi + lo 16-bit parts (one more MMA
+// per step), so that o32 is the output of the fp32 P and not of P rounded to 16 bits.
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                 const BsaRows& rows, const BsaPlan& plan, float scale, void* o, void* o_lo,
                 float* lse, cudaStream_t stream);
 
 // Backward: dq, dk, dv and dbias ([nnz], may be null when rows.bias is null or unused).
 // o_lo: the forward's residual or null. delta = rowsum(dO * O) is the row's sum of P dP, so
-// every row's dS sums to 0; from the 16-bit O alone it is off by dO . (o32 - o), which adds
-// delta's error times the block's probability mass to each d(bias). A caller that
+// every row's dS sums to 0; from the 16-bit O (and a P V product of 16-bit P) it is ~2^-9
+// relative off, which adds delta's error times the block's probability mass to each d(bias). A caller that
 // differentiates a bias that was itself computed (DashAttention's log prior, whose gradient
 // divides by small routing weights) passes o_lo; d(bias) then matches an fp32 reference.
 // scratch: bsa_backward_scratch_bytes(s) bytes (fp32 dQ/dK/dV accumulators and delta =

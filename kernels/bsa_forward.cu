@@ -4,6 +4,11 @@
 // blocks through cp.async, and runs the flash online softmax in fp32 with mma.sync m16n8k16.
 // A row that did not select a block gets -inf for it; a warp none of whose rows selected the
 // block skips its MMAs.
+// kExact (when the caller asks for o's rounding residual, i.e. d(bias) matters): P goes into
+// P V as two 16-bit parts, hi + lo, so that the fp32 O and with it the backward's delta =
+// dO . O are those of the fp32 P, not of P rounded to 8 mantissa bits. That rounding put
+// delta 2^-9-relative off, which reaches every d(bias) times the block's probability mass
+// (NOTES.md, Dash gradient). Costs one more MMA per P V step.
 //
 // Measured and dropped (H200, 2026-11-23, NOTES.md v2b): 32 rows per warp, so that each K/V
 // fragment feeds two row blocks. Half the ldmatrix traffic per MMA, but it spilled at d = 128
@@ -14,7 +19,7 @@ namespace st::kernels {
 namespace {
 using namespace dev;
 
-template <typename T, int D>
+template <typename T, int D, bool kExact>
 __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
   constexpr int kTile = 64 * D * 2;        // bytes of one 64 x D tile
   extern __shared__ __align__(128) unsigned char smem[];
@@ -145,14 +150,19 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
     // O += P V.
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      uint32_t pa[4];
+      uint32_t pa[4], pl[4];
       c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+      if constexpr (kExact) c_to_a_residual<T>(pl, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
       for (int nd = 0; nd < D / 16; ++nd) {
         uint32_t bf[4];
         load_b_kn<D>(bf, v_s, kk * 16, nd * 16, lane);
         mma<T>(acc[2 * nd], pa, bf[0], bf[1]);
         mma<T>(acc[2 * nd + 1], pa, bf[2], bf[3]);
+        if constexpr (kExact) {
+          mma<T>(acc[2 * nd], pl, bf[0], bf[1]);
+          mma<T>(acc[2 * nd + 1], pl, bf[2], bf[3]);
+        }
       }
     }
   }
@@ -166,13 +176,13 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
     if (!row.valid) continue;
     const float inv = 1.f / lsum;
     uint32_t* orow = reinterpret_cast<uint32_t*>(o + row.off);
-    uint32_t* lorow = p.o_lo ? reinterpret_cast<uint32_t*>(static_cast<T*>(p.o_lo) + row.off) : nullptr;
+    [[maybe_unused]] uint32_t* lorow = kExact ? reinterpret_cast<uint32_t*>(static_cast<T*>(p.o_lo) + row.off) : nullptr;
 #pragma unroll
     for (int nd = 0; nd < D / 8; ++nd) {
       const float x0 = acc[nd][2 * i] * inv, x1 = acc[nd][2 * i + 1] * inv;
       const uint32_t hi = Elem<T>::pack(x0, x1);
       orow[nd * 4 + c] = hi;
-      if (lorow) {
+      if constexpr (kExact) {
         const float2 r = Elem<T>::unpack(hi);
         lorow[nd * 4 + c] = Elem<T>::pack(x0 - r.x, x1 - r.y);
       }
@@ -184,7 +194,7 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
 template <typename T, int D>
 int launch(const BsaParams& p, int64_t B, cudaStream_t stream) {
   constexpr int kSmem = 5 * 64 * D * 2;  // Q + two K and two V stages
-  auto kernel = bsa_fwd_kernel<T, D>;
+  auto kernel = p.o_lo ? bsa_fwd_kernel<T, D, true> : bsa_fwd_kernel<T, D, false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   kernel<<<dim3(p.tiles_per_head, p.Hkv, static_cast<unsigned>(B)), 128, kSmem, stream>>>(p);

@@ -77,7 +77,9 @@ TEST_P(GpuBlockSparse, MatchesReferenceForwardAndGradients) {
   EXPECT_LT(rel_err(qg.grad(), qr.grad()), tol_g);
   EXPECT_LT(rel_err(kg.grad(), kr.grad()), tol_g);
   EXPECT_LT(rel_err(vg.grad(), vr.grad()), tol_g);
-  if (bias.numel() > 0) EXPECT_LT(rel_err(bg.grad(), br.grad()), tol_g);
+  if (bias.numel() > 0) {
+    EXPECT_LT(rel_err(bg.grad(), br.grad()), tol_g);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

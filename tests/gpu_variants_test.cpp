@@ -92,10 +92,11 @@ Result run(const Case& c, const std::string& impl, torch::ScalarType dtype,
 // Dash's dq, dk and pool_query also carry d(bias) back through log(pbar) and the
 // normalisation: dL/dpbar_c has a term mean(d bias) / pbar_c, so an error of d(bias) is
 // amplified ~50x on chunks with a small prior. The kernels' d(bias) used to take delta =
-// rowsum(dO O) from the bf16 O: 2.7e-3 relative off in d(bias), 0.17 in dq (CPU emulation
-// against fp64, T 1000, G 1, d 128), up to 0.6 on the H200. With the forward's rounding
-// residual added back (bsa_backward's o_lo) the emulation gives 1.2e-3; DashFp64Oracle below
-// measures both paths against fp64 on the GPU.
+// rowsum(dO O) from the bf16 O, itself the product of P rounded to bf16: each rounding alone
+// put dq 0.08-0.17 off fp64 in a CPU emulation (T 1000, G 1, d 128), both together 0.19 on the
+// H200. With the exact forward (P V from P's hi + lo parts) and O's rounding residual added
+// back (bsa_forward/bsa_backward's o_lo), the emulation gives 1.2e-3; GpuVariantsDash.Fp64Oracle
+// measures both impls against fp64 on the GPU.
 void expect_close(const Case& c, const Result& got, const Result& want) {
   double worst_grad = 0;
   auto grad = [&](const std::string& what, const torch::Tensor& g, const torch::Tensor& w) {
