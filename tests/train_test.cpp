@@ -9,26 +9,15 @@
 
 #include "cli.h"
 #include "oracle.h"
+#include "run_metrics.h"
 
 namespace st {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<YAML::Node> metrics(const std::string& run_dir) {
-  std::vector<YAML::Node> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) out.push_back(YAML::Load(line));
-  return out;
-}
-
-// Loss values of training steps (not eval lines) as the exact text written.
-std::map<int64_t, std::string> step_losses(const std::string& run_dir) {
-  std::map<int64_t, std::string> out;
-  for (auto& m : metrics(run_dir))
-    if (m["loss"]) out[m["step"].as<int64_t>()] = m["loss"].Scalar();
-  return out;
-}
+using test::metrics;
+using test::step_losses;
 
 std::string tiny(const test::TempDir& dir, const std::string& name, const std::string& extra = "") {
   return "train recipes/tiny.yaml --set run.out_dir=" + dir.file("runs") + " --set run.name=" + name + " " + extra;

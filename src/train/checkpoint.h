@@ -7,9 +7,20 @@
 // A checkpoint is written into a temporary folder and renamed into place; only then does
 // <root>/latest (a one-line file naming the folder) move to it, and old ones are pruned.
 // A kill at any moment leaves the previous checkpoint and `latest` intact.
+//
+// Sharded checkpoints (written by a run of world_size > 1 processes) hold, instead of
+// model.safetensors and optim.safetensors, one file per rank: rank-00001-of-00004.safetensors
+// with that rank's slices of the parameters ("<name>") and of the optimizer state
+// ("exp_avg.<name>", ..., "step"), each a contiguous piece of the flattened tensor; the
+// pieces in rank order make the whole. The manifest adds "layout", every parameter's shape.
+// load_checkpoint() puts the pieces back together, so everything that reads checkpoints
+// (resume at any world size, eval, export, init_from) sees whole tensors.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "io/safetensors.h"
 
@@ -28,6 +39,17 @@ struct CheckpointData {
 // Writes <root>/step-XXXXXXXX and points <root>/latest at it; keeps the newest `keep`.
 // Returns the checkpoint folder.
 std::string save_checkpoint(const std::string& root, const CheckpointData& ckpt, int64_t keep);
+
+struct ShardedSave {
+  int64_t rank = 0;
+  std::map<std::string, std::vector<int64_t>> layout;  // parameter name -> shape
+  std::function<void()> barrier;                        // returns once every rank called it
+};
+
+// Called by every rank with its own slices in ckpt.model and ckpt.optim; rank 0 writes the
+// rest (state, recipe, manifest) once all slices are on disk, then commits as above.
+std::string save_sharded_checkpoint(const std::string& root, const CheckpointData& ckpt, const ShardedSave& shard,
+                                    int64_t keep);
 
 // Accepts a step folder, a `latest` file, a ckpt root (uses its latest) or a run folder
 // (uses <run>/ckpt/latest). Throws IoError when nothing complete is there.

@@ -9,14 +9,18 @@
 
 namespace st {
 
-bool AdamW::decays(const std::string& name, const torch::Tensor& p, const OptimConfig& cfg) {
+bool AdamW::decays(const std::string& name, int64_t dim, const OptimConfig& cfg) {
   if (cfg.decay_norms_and_embeddings) return true;
-  return p.dim() >= 2 && name.rfind("embed_tokens", 0) != 0;
+  return dim >= 2 && name.rfind("embed_tokens", 0) != 0;
+}
+
+bool AdamW::decays(const std::string& name, const torch::Tensor& p, const OptimConfig& cfg) {
+  return decays(name, p.dim(), cfg);
 }
 
 AdamW::AdamW(std::vector<NamedParameter> params, const OptimConfig& cfg) : cfg_(cfg) {
   for (auto& p : params) {
-    bool decay = decays(p.name, p.param, cfg);
+    bool decay = decays(p.name, p.whole_dim ? p.whole_dim : p.param.dim(), cfg);
     slots_.push_back({p, torch::zeros_like(p.param, torch::kFloat32), torch::zeros_like(p.param, torch::kFloat32), decay});
   }
 }

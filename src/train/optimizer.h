@@ -14,6 +14,9 @@ namespace st {
 struct NamedParameter {
   std::string name;
   torch::Tensor param;
+  // When `param` is a flat slice of a parameter (sharded training): the whole parameter's
+  // number of dimensions, which weight decay follows. 0: param's own.
+  int64_t whole_dim = 0;
 };
 
 class AdamW {
@@ -28,6 +31,7 @@ class AdamW {
   void load_state(const TensorMap& state);
   // Whether weight decay applies: matrices other than the embedding, unless configured.
   static bool decays(const std::string& name, const torch::Tensor& p, const OptimConfig& cfg);
+  static bool decays(const std::string& name, int64_t dim, const OptimConfig& cfg);
 
  private:
   struct Slot {

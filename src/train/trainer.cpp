@@ -9,8 +9,11 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "data/loader.h"
+#include "dist/comm.h"
+#include "dist/fsdp.h"
 #include "train/activation_checkpoint.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
@@ -42,9 +45,9 @@ struct SignalGuard {
   }
 };
 
-int64_t total_steps(const Recipe& r) {
+int64_t total_steps(const Recipe& r, int64_t world_size) {
   if (r.train.steps > 0) return r.train.steps;
-  const int64_t per_step = r.train.micro_batch * r.train.grad_accum * r.train.seq_len;
+  const int64_t per_step = r.train.micro_batch * r.train.grad_accum * r.train.seq_len * world_size;
   return (r.train.tokens + per_step - 1) / per_step;
 }
 
@@ -65,8 +68,14 @@ TensorMap rng_state() {
 }  // namespace
 
 TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
-  const Runtime rt = make_runtime(recipe.train);
-  const int64_t steps = total_steps(recipe);
+  const DistEnv env = dist_env_from_environment();
+  const bool lead = env.rank == 0;  // the rank that reports and writes the run's files
+  Runtime rt = make_runtime(recipe.train);
+  if (env.distributed() && rt.device_kind == "cuda") rt.device = torch::Device(torch::kCUDA, env.local_rank);
+  // Ranks sharing a CPU share its cores, as torchrun's OMP_NUM_THREADS default does.
+  if (env.distributed() && rt.device_kind == "cpu" && !std::getenv("OMP_NUM_THREADS"))
+    at::set_num_threads(std::max<int>(1, int(std::thread::hardware_concurrency() / env.local_world_size)));
+  const int64_t steps = total_steps(recipe, env.world_size);
   const fs::path run_dir = recipe.run_dir();
   const std::string ckpt_root = (run_dir / "ckpt").string();
   const TrainConfig& tc = recipe.train;
@@ -75,7 +84,7 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
   auto train_shard = open_shard(recipe.data.train, recipe.model, "data.train");
   std::shared_ptr<TokenShard> eval_shard;
   if (!recipe.data.eval.empty()) eval_shard = open_shard(recipe.data.eval, recipe.model, "data.eval");
-  Loader loader(train_shard, {tc.seq_len, tc.micro_batch, tc.grad_accum, tc.seed, 0, 1});
+  Loader loader(train_shard, {tc.seq_len, tc.micro_batch, tc.grad_accum, tc.seed, env.rank, env.world_size});
 
   std::string resume = options.resume;
   if (resume == "auto") resume = fs::exists(fs::path(ckpt_root) / "latest") ? ckpt_root : "";
@@ -85,23 +94,33 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
   torch::manual_seed(uint64_t(tc.seed));
   Transformer model(recipe.model);
   model->init_weights(uint64_t(tc.seed));
-  Progress progress(recipe.logging.progress, recipe.logging.every);
+  Progress progress(lead ? recipe.logging.progress : "off", recipe.logging.every);
   if (!resumed && !tc.init_from.empty()) {
     CheckpointData init = load_checkpoint(tc.init_from, /*with_optimizer=*/false);
     auto fresh = load_model_state(model, init.model, /*allow_new_variant_params=*/true, tc.init_from);
     progress.message(fmt::format("initialised from {} (step {}); newly initialised: {}", tc.init_from, init.step,
                                  fresh.empty() ? "none" : fmt::format("{}", fmt::join(fresh, ", "))));
   }
+  if (resumed) load_model_state(model, resumed->model, /*allow_new_variant_params=*/false, resume);
   model->to(rt.device);
 
+  // Sharded (world size > 1): every rank holds 1/N of the weights, gradients and optimizer
+  // state, and the optimizer steps on those slices.
+  Comm comm(env, rt.device);
+  std::unique_ptr<ShardedModel> sharded;
   std::vector<NamedParameter> params;
-  for (auto& p : model->named_parameters()) params.push_back({p.key(), p.value()});
+  if (env.distributed()) {
+    sharded = std::make_unique<ShardedModel>(
+        model, comm, ShardingOptions{rt.precision == "bf16" ? at::kBFloat16 : at::kFloat, options.reshard_after_forward});
+    params = sharded->local_parameters();
+  } else {
+    for (auto& p : model->named_parameters()) params.push_back({p.key(), p.value()});
+  }
   AdamW optimizer(params, recipe.optim);
   int64_t start_step = 0, tokens = 0;
   if (resumed) {
-    load_model_state(model, resumed->model, /*allow_new_variant_params=*/false, resume);
     if (resumed->optim.empty()) throw IoError(fmt::format("{}: has no optimizer state to resume from", resume));
-    optimizer.load_state(resumed->optim);
+    optimizer.load_state(sharded ? sharded->local_slices(resumed->optim) : resumed->optim);
     if (auto it = resumed->state.find("rng.cpu"); it != resumed->state.end()) {
       at::Generator cpu = at::detail::getDefaultCPUGenerator();  // a handle to the global one
       cpu.set_state(it->second);
@@ -111,27 +130,45 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
     progress.message(fmt::format("resumed from {} at step {}", resolve_checkpoint(resume), start_step));
   }
 
-  fs::create_directories(run_dir);
   const std::string recipe_yaml = recipe_to_yaml(recipe);
-  { std::ofstream(run_dir / "recipe.resolved.yaml") << recipe_yaml; }
-  std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::app);
+  std::ofstream metrics;
+  if (lead) {
+    fs::create_directories(run_dir);
+    std::ofstream(run_dir / "recipe.resolved.yaml") << recipe_yaml;
+    metrics.open(run_dir / "metrics.jsonl", std::ios::app);
+  }
 
   const double flops_per_token = training_flops_per_token(recipe.model, tc.seq_len);
-  const double peak = peak_flops(rt.device_kind, rt.precision, recipe.logging.peak_tflops);
-  const int64_t tokens_per_step = tc.micro_batch * tc.grad_accum * tc.seq_len;
-  progress.message(fmt::format("run {}: {} parameters, {} steps x {} tokens on {}, {}", recipe.run.name,
-                               parameter_count(recipe.model), steps, tokens_per_step, rt.describe(), run_dir.string()));
+  const double peak = peak_flops(rt.device_kind, rt.precision, recipe.logging.peak_tflops) * double(env.world_size);
+  const int64_t tokens_per_step = tc.micro_batch * tc.grad_accum * tc.seq_len * env.world_size;
+  progress.message(fmt::format("run {}: {} parameters, {} steps x {} tokens on {}{}, {}", recipe.run.name,
+                               parameter_count(recipe.model), steps, tokens_per_step, rt.describe(),
+                               env.distributed() ? fmt::format(" x {} ranks, sharded", env.world_size) : "",
+                               run_dir.string()));
 
-  const BlockRunner runner = tc.activation_checkpointing ? BlockRunner(checkpointed_block) : BlockRunner();
+  BlockRunner runner = tc.activation_checkpointing ? BlockRunner(checkpointed_block) : BlockRunner();
+  if (sharded) runner = sharded->runner(runner);
   auto checkpoint = [&](int64_t step_done) {
-    CheckpointData c{step_done, tokens, 1, recipe_yaml, model_state(model), optimizer.state(), rng_state()};
-    std::string dir = save_checkpoint(ckpt_root, c, recipe.checkpoint.keep);
+    CheckpointData c{step_done, tokens, env.world_size, recipe_yaml, {}, optimizer.state(), rng_state()};
+    std::string dir;
+    if (sharded) {
+      c.model = sharded->local_weights();
+      dir = save_sharded_checkpoint(ckpt_root, c, {env.rank, sharded->shapes(), [&] { comm.barrier(); }},
+                                    recipe.checkpoint.keep);
+    } else {
+      c.model = model_state(model);
+      dir = save_checkpoint(ckpt_root, c, recipe.checkpoint.keep);
+    }
     progress.message(fmt::format("checkpoint {}", dir));
     return dir;
   };
+  // Sharded runs evaluate on every rank with the whole model gathered: the same batches, so
+  // the same result everywhere.
   auto run_eval = [&](int64_t step_done) {
+    if (sharded) sharded->gather_all();
     EvalResult e = evaluate(model, *eval_shard, rt, tc.seq_len, tc.micro_batch, tc.eval_batches);
-    metrics << JsonObject().add("step", step_done).add("eval_loss", e.loss).add("eval_ppl", std::exp(e.loss))
+    if (sharded) sharded->release_all();
+    if (lead) metrics << JsonObject().add("step", step_done).add("eval_loss", e.loss).add("eval_ppl", std::exp(e.loss))
                    .add("sparsity", e.sparsity()).add("layer_sparsity", e.layer_sparsity()).str() << "\n" << std::flush;
     progress.message(fmt::format("eval step {}: loss {:.4f} ppl {:.2f} sparsity {:.4f}", step_done, e.loss, std::exp(e.loss), e.sparsity()));
     return e.loss;
@@ -139,6 +176,7 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
 
   SignalGuard signals;
   TrainSummary summary;
+  summary.lead = lead;
   summary.run_dir = run_dir.string();
   summary.eval_loss = std::nan("");
   int64_t bad_in_a_row = 0, skipped = 0;
@@ -154,6 +192,7 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
     double loss_sum = 0;
     AttentionStats attn;
     for (auto& v : variants) v->record_stats = record;  // evaluate() switches it off after itself
+    if (sharded) sharded->begin_step();
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       Batch b = loader.batch(step, micro);
       torch::Tensor loss;
@@ -165,9 +204,13 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
       loss_sum += loss.item<double>();
       if (record) for (auto& v : variants) attn += v->stats;
     }
-    const double loss = loss_sum / double(tc.grad_accum);
+    double loss = loss_sum / double(tc.grad_accum);
     double grad_norm = 0;
-    {
+    if (sharded) {
+      sharded->reduce_gradients();
+      loss = comm.sum(loss) / double(env.world_size);
+      grad_norm = sharded->clip_grad_norm(tc.grad_clip);
+    } else {
       std::vector<torch::Tensor> with_grad;
       for (auto& p : params) if (p.param.grad().defined()) with_grad.push_back(p.param);
       grad_norm = torch::nn::utils::clip_grad_norm_(with_grad, tc.grad_clip > 0 ? tc.grad_clip : INFINITY);
@@ -198,15 +241,17 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
         .add("tokens_per_s", tps).add("mfu", mfu).add("step_time_s", dt).add("skipped_steps", skipped);
     if (record) line.add("sparsity", attn.sparsity());
     if (rt.device_kind == "cuda") line.add("peak_mem_gib", double(peak_device_memory(rt)) / double(1ll << 30));
-    metrics << line.str() << "\n" << std::flush;
+    if (lead) metrics << line.str() << "\n" << std::flush;
     summary.last_loss = loss;
     progress.step({step, steps, loss, lr, grad_norm, tps, mfu, elapsed});
 
-    const bool last = step == end || g_stop_requested;
+    // Every rank stops at the same step, whichever of them got the signal.
+    const bool stop = env.distributed() ? comm.any(g_stop_requested) : bool(g_stop_requested);
+    const bool last = step == end || stop;
     if (eval_shard && ((tc.eval_every > 0 && step % tc.eval_every == 0) || (step == steps)))
       summary.eval_loss = run_eval(step);
     if (last || (recipe.checkpoint.every > 0 && step % recipe.checkpoint.every == 0)) summary.checkpoint = checkpoint(step);
-    if (g_stop_requested) {
+    if (stop) {
       progress.message(fmt::format("stopped by signal after step {}; resume with --resume auto", step));
       break;
     }

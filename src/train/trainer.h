@@ -1,5 +1,6 @@
-// The single-device training loop: data, forward/backward with gradient accumulation,
-// clipping, the non-finite guard, AdamW, metrics, periodic eval and checkpoints.
+// The training loop: data, forward/backward with gradient accumulation, clipping, the
+// non-finite guard, AdamW, metrics, periodic eval and checkpoints. One process, or one rank
+// of a sharded run (world size from the environment, see dist/comm.h; dist/fsdp.h shards).
 #pragma once
 #include <string>
 
@@ -10,9 +11,11 @@ namespace st {
 struct TrainOptions {
   std::string resume;          // "" | "auto" (latest in the run, if any) | checkpoint path
   int64_t stop_after = 0;      // stop (with a checkpoint) once this many steps are done; 0: run to the end
+  bool reshard_after_forward = true;  // sharded runs; false: ZeRO-2, keep each block gathered until its backward
 };
 
 struct TrainSummary {
+  bool lead = true;            // false on ranks other than 0, which leave the reporting to rank 0
   int64_t steps_done = 0;
   double last_loss = 0;
   double eval_loss = 0;        // NaN when there is no eval data
