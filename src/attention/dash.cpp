@@ -126,13 +126,22 @@ Tensor listed(const Tensor& bias, int64_t t0, int64_t C) {
   return torch::isfinite(bias) & (torch::arange(n_chunks, ints).view({1, n_chunks}) < own);
 }
 
+// CUDA autocast off for a scope, restored after.
+struct AutocastOff {
+  const bool was = at::autocast::is_autocast_enabled(at::kCUDA);
+  AutocastOff() { at::autocast::set_autocast_enabled(at::kCUDA, false); }
+  ~AutocastOff() { at::autocast::set_autocast_enabled(at::kCUDA, was); }
+};
+
 // Inputs q [B, Hq, T, d] and kbar [B, Hkv, n_full, d]; outputs the entries' bias
 // (differentiable), row_ptr and blocks. Only q, kbar and the lists are saved; the backward
-// recomputes each tile, with the caller's autocast state (autograd's thread has none).
+// recomputes each tile. Scores in fp32 with autocast off, in forward and backward alike:
+// the support's edge and log(pbar) near it are where bf16 scores would move the routing.
 struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& kbar, const DashConfig& cfg,
                                int64_t tile_rows) {
     const int64_t G = q.size(1) / kbar.size(1), T = q.size(2);
+    const AutocastOff autocast_off;
     std::vector<Tensor> counts, blocks, entries;
     std::vector<int64_t> offsets{0};  // each tile's first entry
     for (const auto& t : routing_tiles(q.size(0), kbar.size(1), T, tile_rows)) {
@@ -150,7 +159,6 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     save_config(ctx, cfg);
     ctx->saved_data["tile_rows"] = tile_rows;
     ctx->saved_data["offsets"] = offsets;
-    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
     ctx->mark_non_differentiable({row_ptr, block_ids});
     return {torch::cat(entries), row_ptr, block_ids};
   }
@@ -164,8 +172,7 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     auto dq = torch::zeros_like(q), dkbar = torch::zeros_like(kbar);
     if (!grads[0].defined()) return {dq, dkbar, Tensor(), Tensor()};
     torch::AutoGradMode grad_mode(true);
-    const bool was = at::autocast::is_autocast_enabled(at::kCUDA);
-    at::autocast::set_autocast_enabled(at::kCUDA, ctx->saved_data["autocast"].toBool());
+    const AutocastOff autocast_off;
     const auto tiles = routing_tiles(q.size(0), Hkv, T, ctx->saved_data["tile_rows"].toInt());
     for (size_t i = 0; i < tiles.size(); ++i) {
       const auto& t = tiles[i];
@@ -185,7 +192,6 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
       if (g[0].defined()) t.q_rows(dq, G).copy_(g[0]);
       if (g[1].defined()) t.kbar_rows(dkbar).add_(g[1]);
     }
-    at::autocast::set_autocast_enabled(at::kCUDA, was);
     return {dq, dkbar, Tensor(), Tensor()};
   }
 };

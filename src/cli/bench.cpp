@@ -1,6 +1,8 @@
-// sparsetrain bench attention [--lengths 8K,16K,...] [--json FILE]
-// The block-sparse attention core vs LibTorch SDPA on this machine's GPU (src/attention/cuda/
-// attention_bench.h); a build or machine without CUDA says so and exits non-zero.
+// sparsetrain bench attention [--variant dense,dash,nsa,infllmv2] [--lengths 8K,16K,...] [--json FILE]
+// Without --variant: the block-sparse attention core vs LibTorch SDPA on this machine's GPU
+// (src/attention/cuda/attention_bench.h); with it: whole variants, selection included
+// (src/attention/cuda/variant_bench.h). A build or machine without CUDA says so and exits
+// non-zero.
 #include <CLI/CLI.hpp>
 
 #include <string>
@@ -9,6 +11,7 @@
 #include "cli/commands.h"
 #ifdef SPARSETRAIN_CUDA
 #include "attention/cuda/attention_bench.h"
+#include "attention/cuda/variant_bench.h"
 #endif
 
 namespace st {
@@ -18,24 +21,46 @@ void add_bench_command(CLI::App& app) {
   bench->require_subcommand(1);
   struct Args {
     std::vector<std::string> lengths{"8K", "16K", "32K", "64K", "128K"};
+    std::vector<std::string> variants;
     std::string json;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = bench->add_subcommand(
-      "attention", "Block-sparse attention core vs LibTorch SDPA (dense causal): Hq 32, Hkv 2 and 8, d 128, "
-                   "batch 1, bf16, 75/87.5/93.75% sparsity; forward and forward+backward");
+      "attention", "Block-sparse attention core (or with --variant, whole attention variants) vs LibTorch SDPA "
+                   "(dense causal): Hq 32, d 128, batch 1, bf16, 75/87.5/93.75% sparsity; forward and "
+                   "forward+backward");
+  cmd->add_option("--variant", args->variants,
+                  "Time these variants as the model runs them, selection included (Hkv 2; comma-separated)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"dense", "dash", "nsa", "infllmv2"}));
   cmd->add_option("--lengths", args->lengths, "Sequence lengths (comma-separated, K = 1024)")->delimiter(',');
   cmd->add_option("--json", args->json, "Also write the results as JSON to this file");
   cmd->callback([args] {
     std::vector<int64_t> lengths;
     for (const std::string& s : args->lengths) lengths.push_back(parse_length(s));
 #ifdef SPARSETRAIN_CUDA
+    auto joined = [](const std::vector<std::string>& v) {
+      std::string s;
+      for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + v[i];
+      return s;
+    };
+    std::string command = "sparsetrain bench attention";
+    if (!args->variants.empty()) command += " --variant " + joined(args->variants);
+    command += " --lengths " + joined(args->lengths);
+    if (!args->json.empty()) command += " --json " + args->json;
+    if (!args->variants.empty()) {
+      cuda::VariantBenchConfig cfg;
+      cfg.variants = args->variants;
+      cfg.lengths = lengths;
+      cfg.json_path = args->json;
+      cfg.command = command;
+      cuda::run_variant_bench(cfg);
+      return;
+    }
     cuda::AttentionBenchConfig cfg;
     cfg.lengths = lengths;
     cfg.json_path = args->json;
-    cfg.command = "sparsetrain bench attention --lengths";
-    for (size_t i = 0; i < args->lengths.size(); ++i) cfg.command += (i ? "," : " ") + args->lengths[i];
-    if (!args->json.empty()) cfg.command += " --json " + args->json;
+    cfg.command = command;
     cuda::run_attention_bench(cfg);
 #else
     throw std::runtime_error("bench attention needs the CUDA kernels; this build has none (LibTorch without CUDA)");

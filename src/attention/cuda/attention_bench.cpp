@@ -32,31 +32,6 @@ void check(int rc, const char* what) {
                            (rc > 0 ? cudaGetErrorString(static_cast<cudaError_t>(rc)) : "bad shape"));
 }
 
-// Median of reps timed runs of fn after one warm-up, in ms, with CUDA events on the current
-// stream.
-template <typename F>
-double time_ms(F fn, int reps) {
-  fn();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  std::vector<double> ts;
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(a, cur_stream());
-    fn();
-    cudaEventRecord(b, cur_stream());
-    cudaEventSynchronize(b);
-    float ms = 0.f;
-    cudaEventElapsedTime(&ms, a, b);
-    ts.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  check(cudaGetLastError(), "timing");
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
-}
-
 // Lists shared by the 64 positions of each query block (what block-level selection produces):
 // n random past blocks per query block, n chosen so that attended / causal pairs ~ 1 - sparsity.
 // Built on the host. Returns the measured sparsity and the attended pairs of one KV head's
@@ -92,14 +67,33 @@ BlockLists bench_lists(int64_t Hkv, int64_t T, double sparsity, std::mt19937& rn
   return l;
 }
 
-struct Sdpa {
-  double fwd_ms, fwd_bwd_ms, fwd_tflops, bwd_tflops;
-};
+}  // namespace
 
-// Dense causal SDPA through the flash backend; K/V at Hq heads (GQA expanded: same FLOPs).
-Sdpa time_sdpa(const Tensor& q, const Tensor& dout, int64_t T, int64_t d, int reps) {
+double time_ms(const std::function<void()>& fn, int reps) {
+  fn();
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<double> ts;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(a, cur_stream());
+    fn();
+    cudaEventRecord(b, cur_stream());
+    cudaEventSynchronize(b);
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, a, b);
+    ts.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  check(cudaGetLastError(), "timing");
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
+Sdpa time_sdpa(const Tensor& q, const Tensor& dout, int reps) {
   const auto opt = q.options();
-  const int64_t Hq = q.size(1);
+  const int64_t Hq = q.size(1), T = q.size(2), d = q.size(3);
   Tensor k = torch::randn({1, Hq, T, d}, opt), v = torch::randn({1, Hq, T, d}, opt);
   Sdpa s;
   {
@@ -116,17 +110,37 @@ Sdpa time_sdpa(const Tensor& q, const Tensor& dout, int64_t T, int64_t d, int re
   return s;
 }
 
-}  // namespace
-
-void run_attention_bench(const AttentionBenchConfig& cfg) {
-  if (!torch::cuda::is_available())
-    throw std::runtime_error("bench attention needs a CUDA GPU; none is visible to LibTorch");
+void use_flash_sdpa() {
   auto& ctx = at::globalContext();
   ctx.setSDPUseFlash(true);
   ctx.setSDPUseMemEfficient(false);
   ctx.setSDPUseMath(false);
   ctx.setSDPUseCuDNN(false);
   ctx.setSDPUseFA3(false);
+}
+
+int bench_reps(int64_t T) { return T <= 32768 ? 10 : (T <= 65536 ? 5 : 3); }
+
+void write_bench_json(const std::string& path, const std::string& command, const std::vector<std::string>& rows) {
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%MZ", std::gmtime(&now));
+  std::ofstream js(path);
+  if (!js) throw std::runtime_error("cannot write " + path);
+  js << "{\"device\": " << json_quote(prop.name) << ", \"sms\": " << prop.multiProcessorCount
+     << ", \"torch\": " << json_quote(TORCH_VERSION) << ", \"date\": " << json_quote(date)
+     << ", \"command\": " << json_quote(command) << ", \"dtype\": \"bf16\", \"batch\": 1,\n \"rows\": [\n";
+  for (size_t i = 0; i < rows.size(); ++i) js << "  " << rows[i] << (i + 1 < rows.size() ? ",\n" : "\n");
+  js << "]}\n";
+  std::printf("\nwrote %s\n", path.c_str());
+}
+
+void run_attention_bench(const AttentionBenchConfig& cfg) {
+  if (!torch::cuda::is_available())
+    throw std::runtime_error("bench attention needs a CUDA GPU; none is visible to LibTorch");
+  use_flash_sdpa();
   torch::manual_seed(7);
   std::mt19937 rng(7);
   const int64_t Hq = cfg.q_heads, d = cfg.head_dim;
@@ -147,9 +161,9 @@ void run_attention_bench(const AttentionBenchConfig& cfg) {
               "fb/id");
   std::vector<std::string> rows;
   for (const int64_t T : cfg.lengths) {
-    const int reps = T <= 32768 ? 10 : (T <= 65536 ? 5 : 3);
+    const int reps = bench_reps(T);
     Tensor q = torch::randn({1, Hq, T, d}, opt), dout = torch::randn({1, Hq, T, d}, opt);
-    const Sdpa sd = time_sdpa(q, dout, T, d, reps);
+    const Sdpa sd = time_sdpa(q, dout, reps);
     std::printf("%7ld %4s %6s | %8.2f %6.1f %5s | %8.2f %6.1f %5s | %8.2f %6s |\n", T, "SDPA", "dense", sd.fwd_ms,
                 sd.fwd_tflops, "", sd.fwd_bwd_ms - sd.fwd_ms, sd.bwd_tflops, "", sd.fwd_bwd_ms, "");
     std::fflush(stdout);
@@ -209,15 +223,7 @@ void run_attention_bench(const AttentionBenchConfig& cfg) {
       }
     }
   }
-  if (cfg.json_path.empty()) return;
-  std::ofstream js(cfg.json_path);
-  if (!js) throw std::runtime_error("cannot write " + cfg.json_path);
-  js << "{\"device\": " << json_quote(prop.name) << ", \"sms\": " << prop.multiProcessorCount
-     << ", \"torch\": " << json_quote(TORCH_VERSION) << ", \"date\": " << json_quote(date)
-     << ", \"command\": " << json_quote(cfg.command) << ", \"dtype\": \"bf16\", \"batch\": 1,\n \"rows\": [\n";
-  for (size_t i = 0; i < rows.size(); ++i) js << "  " << rows[i] << (i + 1 < rows.size() ? ",\n" : "\n");
-  js << "]}\n";
-  std::printf("\nwrote %s\n", cfg.json_path.c_str());
+  if (!cfg.json_path.empty()) write_bench_json(cfg.json_path, cfg.command, rows);
 }
 
 }  // namespace st::cuda

@@ -3,7 +3,10 @@
 // `sparsetrain bench attention` (src/cli/bench.cpp) and tools/kernel_dev's `kernel_check bench`.
 #pragma once
 #ifdef SPARSETRAIN_CUDA
+#include <ATen/ATen.h>
+
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,6 +24,24 @@ struct AttentionBenchConfig {
 // Prints one table row per measurement as it is taken (stdout), then writes the JSON file.
 // Throws std::runtime_error without a CUDA device.
 void run_attention_bench(const AttentionBenchConfig& cfg);
+
+// Median of reps timed runs of fn after one warm-up, in ms (CUDA events, current stream).
+double time_ms(const std::function<void()>& fn, int reps);
+
+// Dense causal SDPA (flash backend) at q's shape, K/V at Hq heads (GQA expanded: same FLOPs).
+struct Sdpa {
+  double fwd_ms, fwd_bwd_ms, fwd_tflops, bwd_tflops;
+};
+Sdpa time_sdpa(const at::Tensor& q, const at::Tensor& dout, int reps);
+
+// The flash backend alone, as both benches compare against it.
+void use_flash_sdpa();
+
+// Reps per timing at length T: fewer for the long ones.
+int bench_reps(int64_t T);
+
+// One JSON file: the run's header fields, then the rows (each a JSON object).
+void write_bench_json(const std::string& path, const std::string& command, const std::vector<std::string>& rows);
 
 }  // namespace st::cuda
 #endif  // SPARSETRAIN_CUDA
