@@ -8,11 +8,11 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include "cli.h"
 #include "config/sweep.h"
+#include "io/read_file.h"
 #include "oracle.h"
 #include "sweep/calibrate.h"
 #include "sweep/sweep.h"
@@ -25,14 +25,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
 // The shipped tiny sweep with its output redirected to `out_dir`, plus `extra` YAML lines.
 std::string tiny_sweep(const test::TempDir& dir, const std::string& out_dir, const std::string& extra = "") {
-  std::string text = read_text(test::source_path("recipes/sweep-tiny.yaml"));
+  std::string text = read_file(test::source_path("recipes/sweep-tiny.yaml"));
   const std::string set = "set:                                   # every run\n";
   text.replace(text.find(set), set.size(), set + "  run.out_dir: " + out_dir + "\n");
   text.replace(text.find("base: tiny.yaml"), 15, "base: " + test::source_path("recipes/tiny.yaml"));
@@ -81,6 +76,23 @@ TEST_F(Sweep, BadSweepFilesNameTheKey) {
                       "variants.nsa: changes the training budget");
   // Overrides reach the recipe loader, whose errors name the recipe key.
   expect_config_error(ok + "set: {train: {seq_len: -1}}\n", "train.seq_len");
+}
+
+TEST_F(Sweep, EveryShippedSweepLoads) {
+  int sweeps = 0;
+  for (const auto& e : fs::directory_iterator(test::source_path("recipes"))) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("sweep-", 0) != 0) continue;
+    ++sweeps;
+    try {
+      const SweepConfig s = load_sweep(e.path().string());
+      // The paper sweep's tokenizer and checkpoint come from the user's import.
+      if (s.eval.tokenizer == "byte") EXPECT_FALSE(plan_sweep(s).runs.empty()) << name;
+    } catch (const ConfigError& err) {
+      ADD_FAILURE() << err.what();
+    }
+  }
+  EXPECT_GE(sweeps, 3);
 }
 
 TEST_F(Sweep, CalibrationHitsEachTargetWithinTwoPoints) {
@@ -146,7 +158,7 @@ TEST_F(Sweep, TinySweepWritesTheReportAndPlotsAndSkipsFinishedWorkWhenRunAgain) 
     }
   EXPECT_EQ(calibrated, 9);  // nsa, infllmv2, dash x 50, 75, 87.5
 
-  const std::string report = read_text((out / "report.md").string());
+  const std::string report = read_file((out / "report.md").string());
   for (const std::string run : {"dense", "nsa-50", "nsa-75", "nsa-87.5", "infllmv2-50", "infllmv2-75", "infllmv2-87.5",
                                 "dash-50", "dash-75", "dash-87.5"}) {
     EXPECT_NE(report.find("| " + run + " |"), std::string::npos) << run << " row missing:\n" << report;
@@ -159,17 +171,17 @@ TEST_F(Sweep, TinySweepWritesTheReportAndPlotsAndSkipsFinishedWorkWhenRunAgain) 
   EXPECT_EQ(report.find("MISSED"), std::string::npos) << report;
   for (const std::string png : {"pareto.png", "loss.png", "heatmap-passkey.png"}) {
     EXPECT_NE(report.find("(" + png + ")"), std::string::npos) << png << " not in the report:\n" << report;
-    EXPECT_EQ(read_text((out / png).string()).substr(0, 8), "\x89PNG\r\n\x1a\n") << png;
+    EXPECT_EQ(read_file((out / png).string()).substr(0, 8), "\x89PNG\r\n\x1a\n") << png;
   }
 
   // Again: nothing to train, calibrate or evaluate; the report is written anew.
-  const auto metrics_before = read_text((out / "nsa-75/metrics.jsonl").string());
+  const auto metrics_before = read_file((out / "nsa-75/metrics.jsonl").string());
   const auto again = test::run_cli("sweep " + sweep);
   ASSERT_EQ(again.code, 0) << again.output;
   EXPECT_EQ(again.output.find("calibrating"), std::string::npos) << again.output;
   EXPECT_NE(again.output.find("[4/11] nsa @ 75%: done, skipped"), std::string::npos) << again.output;
   EXPECT_EQ(again.output.find("evaluating"), std::string::npos) << again.output;
-  EXPECT_EQ(read_text((out / "nsa-75/metrics.jsonl").string()), metrics_before);
+  EXPECT_EQ(read_file((out / "nsa-75/metrics.jsonl").string()), metrics_before);
 }
 
 pid_t spawn_sweep(const std::string& sweep, const std::string& log) {
@@ -195,7 +207,7 @@ TEST_F(Sweep, KilledSweepResumesWhereItStopped) {
   test::TempDir dir;
   std::string sweep = tiny_sweep(dir, dir.file("runs"));
   // One variant, two targets, checkpoints every step, a short dense start.
-  std::string text = read_text(sweep);
+  std::string text = read_file(sweep);
   auto cut = [&](const std::string& from, const std::string& to) {
     const size_t a = text.find(from), b = text.find(to, a);
     text.replace(a, b - a, "");
@@ -210,25 +222,25 @@ TEST_F(Sweep, KilledSweepResumesWhereItStopped) {
 
   const pid_t pid = spawn_sweep(sweep, dir.file("first.log"));
   ASSERT_GT(pid, 0);
-  ASSERT_TRUE(wait_for(out / "nsa-50/eval.json", pid)) << read_text(dir.file("first.log"));
-  ASSERT_TRUE(wait_for(out / "nsa-87.5/ckpt/latest", pid)) << read_text(dir.file("first.log"));
+  ASSERT_TRUE(wait_for(out / "nsa-50/eval.json", pid)) << read_file(dir.file("first.log"));
+  ASSERT_TRUE(wait_for(out / "nsa-87.5/ckpt/latest", pid)) << read_file(dir.file("first.log"));
   ::kill(pid, SIGTERM);
   int status = 0;
   waitpid(pid, &status, 0);
-  const std::string first = read_text(dir.file("first.log"));
+  const std::string first = read_file(dir.file("first.log"));
   ASSERT_TRUE(fs::exists(out / "nsa-87.5/ckpt/latest"));
   ASSERT_FALSE(fs::exists(out / "nsa-87.5/eval.json")) << "the second run finished before the signal:\n" << first;
   // The trainer catches the signal, checkpoints and returns; the sweep stops with exit code 1.
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << first;
   EXPECT_NE(first.find("sweep: stopped; run the same command again to resume"), std::string::npos) << first;
 
-  const std::string finished_metrics = read_text((out / "nsa-50/metrics.jsonl").string());
+  const std::string finished_metrics = read_file((out / "nsa-50/metrics.jsonl").string());
   const auto second = test::run_cli("sweep " + sweep);
   ASSERT_EQ(second.code, 0) << second.output;
   EXPECT_EQ(second.output.find("calibrating"), std::string::npos) << second.output;
   EXPECT_NE(second.output.find("nsa @ 50%: done, skipped"), std::string::npos) << second.output;
   EXPECT_NE(second.output.find("resumed from"), std::string::npos) << second.output;
-  EXPECT_EQ(read_text((out / "nsa-50/metrics.jsonl").string()), finished_metrics);
+  EXPECT_EQ(read_file((out / "nsa-50/metrics.jsonl").string()), finished_metrics);
   EXPECT_EQ(YAML::LoadFile((out / "nsa-87.5/eval.json").string())["step"].as<int64_t>(), 12);
   EXPECT_TRUE(fs::exists(out / "report.md"));
 }

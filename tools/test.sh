@@ -8,8 +8,8 @@ source "$ROOT/tools/env.sh"
 set -euo pipefail
 # Test oracles (never runtime dependencies): installed into the venv where pip can reach PyPI.
 if [ "$SPARSETRAIN_PYTHON" = "$ROOT/.venv/bin/python" ]; then
-  "$SPARSETRAIN_PYTHON" -c 'import entmax, transformers, tokenizers, safetensors, numpy' 2>/dev/null ||
-    "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check numpy entmax transformers tokenizers safetensors >&2 ||
+  "$SPARSETRAIN_PYTHON" -c 'import entmax, transformers, tokenizers, safetensors, numpy, matplotlib' 2>/dev/null ||
+    "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check numpy entmax transformers tokenizers safetensors matplotlib >&2 ||
     echo "[test] warning: could not install the python test oracles" >&2
 fi
 # The quickstart corpus, which the training tests use.

@@ -1,4 +1,4 @@
-// sparsetrain data tokenize | synth | check: make and inspect token shards.
+// sparsetrain data tokenize | synth | mix | check: make and inspect token shards.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -7,6 +7,7 @@
 #include <iterator>
 
 #include "cli/commands.h"
+#include "data/mix.h"
 #include "data/shard.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
@@ -123,6 +124,50 @@ void add_synth(CLI::App& data) {
   });
 }
 
+// "PATH:WEIGHT" or "PATH" (weight 1).
+MixInput parse_mix_input(const std::string& arg) {
+  const size_t colon = arg.rfind(':');
+  if (colon != std::string::npos) {
+    char* end = nullptr;
+    const std::string w = arg.substr(colon + 1);
+    const double weight = std::strtod(w.c_str(), &end);
+    if (!w.empty() && *end == 0) return {arg.substr(0, colon), weight};
+  }
+  return {arg, 1.0};
+}
+
+void add_mix(CLI::App& data) {
+  struct Args {
+    std::vector<std::string> inputs;
+    std::string out;
+    int64_t window = 0, windows = 0;
+    uint64_t seed = 0;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = data.add_subcommand(
+      "mix", "Mix shards by weight, whole windows at a time (window = train.seq_len + 1 keeps every training "
+             "sequence from one source)");
+  cmd->add_option("inputs", a->inputs, "Shards, each as PATH or PATH:WEIGHT (default weight 1)")->required();
+  cmd->add_option("--out", a->out, "Output shard")->required();
+  cmd->add_option("--window", a->window, "Tokens per window")->required()->check(CLI::PositiveNumber);
+  cmd->add_option("--windows", a->windows, "Windows to write (default: as many as the inputs hold together)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", a->seed, "Random seed of the source order");
+  cmd->callback([a] {
+    std::vector<MixInput> inputs;
+    for (const auto& s : a->inputs) inputs.push_back(parse_mix_input(s));
+    int64_t windows = a->windows;
+    if (windows == 0)
+      for (const auto& in : inputs) windows += int64_t(TokenShard(in.path).size() / uint64_t(a->window));
+    const auto used = mix_shards(inputs, a->out, a->window, windows, a->seed);
+    fmt::print("{}: {} windows of {} tokens\n", a->out, windows, a->window);
+    for (size_t i = 0; i < inputs.size(); ++i)
+      fmt::print("  {}  weight {}  {} windows used of {} ({:.2f} passes)\n", inputs[i].path, inputs[i].weight,
+                 used[i].windows_used, used[i].windows_available,
+                 double(used[i].windows_used) / double(used[i].windows_available));
+  });
+}
+
 void add_check(CLI::App& data) {
   auto path = std::make_shared<std::string>();
   auto* cmd = data.add_subcommand("check", "Validate a shard: header, size, spans, every token < vocab");
@@ -146,6 +191,7 @@ void add_data_command(CLI::App& app) {
   data->require_subcommand(1);
   add_tokenize(*data);
   add_synth(*data);
+  add_mix(*data);
   add_check(*data);
 }
 
