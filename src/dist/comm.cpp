@@ -39,28 +39,29 @@ int64_t env_int(const char* name, int64_t lo, int64_t hi) {
 }  // namespace
 
 DistEnv dist_env_from_environment() {
+  struct Names {
+    const char *rank, *world, *local_rank, *local_world;
+  };
+  const Names torchrun{"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"};
+  const Names srun{"SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"};
   DistEnv e;
-  const bool torchrun = env("RANK"), slurm = !torchrun && env("SLURM_PROCID");
-  const char* rank_var = torchrun ? "RANK" : "SLURM_PROCID";
-  const char* world_var = torchrun ? "WORLD_SIZE" : "SLURM_NTASKS";
-  const char* local_var = torchrun ? "LOCAL_RANK" : "SLURM_LOCALID";
-  if (!torchrun && !slurm) {
+  if (!env("RANK") && !env("SLURM_PROCID")) {
     if (env("WORLD_SIZE") && env_int("WORLD_SIZE", 1, 1 << 20) > 1)
       throw ConfigError(fmt::format("WORLD_SIZE={} but RANK is unset: set both (torchrun and `sparsetrain launch` do)",
                                     env("WORLD_SIZE")));
     return e;
   }
-  if (!env(world_var)) throw ConfigError(fmt::format("{} is set but {} is not", rank_var, world_var));
-  const int64_t max_world = std::numeric_limits<int32_t>::max();
-  e.world_size = env_int(world_var, 1, max_world);
-  e.rank = env_int(rank_var, 0, e.world_size - 1);
-  if (torchrun && env("LOCAL_WORLD_SIZE")) e.local_world_size = env_int("LOCAL_WORLD_SIZE", 1, e.world_size);
-  else e.local_world_size = e.world_size;
-  e.local_rank = env(local_var) ? env_int(local_var, 0, e.local_world_size - 1) : e.rank % e.local_world_size;
+  const Names& n = env("RANK") ? torchrun : srun;
+  if (!env(n.world)) throw ConfigError(fmt::format("{} is set but {} is not", n.rank, n.world));
+  e.world_size = env_int(n.world, 1, std::numeric_limits<int32_t>::max());
+  e.rank = env_int(n.rank, 0, e.world_size - 1);
+  e.local_world_size = env(n.local_world) ? env_int(n.local_world, 1, e.world_size) : e.world_size;
+  e.local_rank = env(n.local_rank) ? env_int(n.local_rank, 0, e.local_world_size - 1) : e.rank % e.local_world_size;
   if (!e.distributed()) return e;
   for (const char* v : {"MASTER_ADDR", "MASTER_PORT"})
-    if (!env(v)) throw ConfigError(fmt::format("{} is unset; a run of {} processes ({}={}) rendezvous there", v,
-                                               e.world_size, world_var, e.world_size));
+    if (!env(v))
+      throw ConfigError(fmt::format("{} is unset; the {} processes ({}={}) rendezvous there", v, e.world_size, n.world,
+                                    e.world_size));
   e.master_addr = env("MASTER_ADDR");
   e.master_port = env_int("MASTER_PORT", 1, 65535);
   return e;

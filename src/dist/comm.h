@@ -19,8 +19,9 @@ struct DistEnv {
 };
 
 // From RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT (torchrun,
-// `sparsetrain launch`), or, when RANK is unset, SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID
-// (srun; MASTER_ADDR and MASTER_PORT still come from the job script). Nothing set: one
+// `sparsetrain launch`), or, when RANK is unset, SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
+// SLURM_NTASKS_PER_NODE (srun; MASTER_ADDR and MASTER_PORT still come from the job script).
+// A missing local rank is the rank modulo the local world size. Nothing set: one
 // process. Throws ConfigError naming the variable that is malformed, out of range, or
 // missing while the others are set.
 DistEnv dist_env_from_environment();

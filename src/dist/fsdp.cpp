@@ -26,36 +26,23 @@ void deallocate(const at::Tensor& t) { t.storage().unsafeGetStorageImpl()->reset
 // begins (the gradient of its output arrives: gather the unit) and where it ends (the
 // gradient of its input is complete, so every use of the unit's parameters is done: release).
 struct UnitHooks {
-  static void remember(torch::autograd::AutogradContext* ctx, ShardedModel* m, size_t unit) {
-    // The trainer's sharded model outlives every graph built through it.
-    ctx->saved_data["model"] = int64_t(reinterpret_cast<intptr_t>(m));
-    ctx->saved_data["unit"] = int64_t(unit);
-  }
-  static ShardedModel* model(torch::autograd::AutogradContext* ctx) {
-    return reinterpret_cast<ShardedModel*>(intptr_t(ctx->saved_data["model"].toInt()));
-  }
-  static size_t unit(torch::autograd::AutogradContext* ctx) { return size_t(ctx->saved_data["unit"].toInt()); }
-
-  struct OnInput : torch::autograd::Function<OnInput> {
+  template <bool kBegins>
+  struct Hook : torch::autograd::Function<Hook<kBegins>> {
     static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, ShardedModel* m, size_t u) {
-      remember(ctx, m, u);
+      // The trainer's sharded model outlives every graph built through it.
+      ctx->saved_data["model"] = int64_t(reinterpret_cast<intptr_t>(m));
+      ctx->saved_data["unit"] = int64_t(u);
       return x;
     }
     static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
-      model(ctx)->backward_ends(unit(ctx));
+      auto* m = reinterpret_cast<ShardedModel*>(intptr_t(ctx->saved_data["model"].toInt()));
+      const auto u = size_t(ctx->saved_data["unit"].toInt());
+      kBegins ? m->backward_begins(u) : m->backward_ends(u);
       return {g[0], torch::Tensor(), torch::Tensor()};
     }
   };
-  struct OnOutput : torch::autograd::Function<OnOutput> {
-    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor y, ShardedModel* m, size_t u) {
-      remember(ctx, m, u);
-      return y;
-    }
-    static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
-      model(ctx)->backward_begins(unit(ctx));
-      return {g[0], torch::Tensor(), torch::Tensor()};
-    }
-  };
+  using OnOutput = Hook<true>;
+  using OnInput = Hook<false>;
 };
 
 ShardedModel::ShardedModel(Transformer& model, Comm& comm, ShardingOptions opt) : comm_(comm), opt_(opt) {
