@@ -139,6 +139,18 @@ TEST_F(Sweep, CalibrationHitsEachTargetWithinTwoPoints) {
   EXPECT_LT(miss.sparsity, 97.0);
 }
 
+// Runs the sweep again: it must calibrate nothing and skip the finished run in `done_dir`
+// (`done_label` in the progress lines) without touching its files.
+test::CliResult run_again(const std::string& sweep, const fs::path& done_dir, const std::string& done_label) {
+  const std::string metrics = read_file((done_dir / "metrics.jsonl").string());
+  auto r = test::run_cli("sweep " + sweep);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("calibrating"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(done_label + ": done, skipped"), std::string::npos) << r.output;
+  EXPECT_EQ(read_file((done_dir / "metrics.jsonl").string()), metrics);
+  return r;
+}
+
 // The shipped tiny sweep: pretraining, calibration, 10 continual runs, evaluation, report.
 TEST_F(Sweep, TinySweepWritesTheReportAndPlotsAndSkipsFinishedWorkWhenRunAgain) {
   test::TempDir dir;
@@ -175,13 +187,10 @@ TEST_F(Sweep, TinySweepWritesTheReportAndPlotsAndSkipsFinishedWorkWhenRunAgain) 
   }
 
   // Again: nothing to train, calibrate or evaluate; the report is written anew.
-  const auto metrics_before = read_file((out / "nsa-75/metrics.jsonl").string());
-  const auto again = test::run_cli("sweep " + sweep);
-  ASSERT_EQ(again.code, 0) << again.output;
-  EXPECT_EQ(again.output.find("calibrating"), std::string::npos) << again.output;
-  EXPECT_NE(again.output.find("[4/11] nsa @ 75%: done, skipped"), std::string::npos) << again.output;
+  fs::remove(out / "report.md");
+  const auto again = run_again(sweep, out / "nsa-75", "[4/11] nsa @ 75%");
   EXPECT_EQ(again.output.find("evaluating"), std::string::npos) << again.output;
-  EXPECT_EQ(read_file((out / "nsa-75/metrics.jsonl").string()), metrics_before);
+  EXPECT_TRUE(fs::exists(out / "report.md"));
 }
 
 pid_t spawn_sweep(const std::string& sweep, const std::string& log) {
@@ -234,13 +243,8 @@ TEST_F(Sweep, KilledSweepResumesWhereItStopped) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << first;
   EXPECT_NE(first.find("sweep: stopped; run the same command again to resume"), std::string::npos) << first;
 
-  const std::string finished_metrics = read_file((out / "nsa-50/metrics.jsonl").string());
-  const auto second = test::run_cli("sweep " + sweep);
-  ASSERT_EQ(second.code, 0) << second.output;
-  EXPECT_EQ(second.output.find("calibrating"), std::string::npos) << second.output;
-  EXPECT_NE(second.output.find("nsa @ 50%: done, skipped"), std::string::npos) << second.output;
+  const auto second = run_again(sweep, out / "nsa-50", "nsa @ 50%");
   EXPECT_NE(second.output.find("resumed from"), std::string::npos) << second.output;
-  EXPECT_EQ(read_file((out / "nsa-50/metrics.jsonl").string()), finished_metrics);
   EXPECT_EQ(YAML::LoadFile((out / "nsa-87.5/eval.json").string())["step"].as<int64_t>(), 12);
   EXPECT_TRUE(fs::exists(out / "report.md"));
 }

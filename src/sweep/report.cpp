@@ -93,7 +93,7 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
     if (run.target) {
       const Calibration& c = calibrations.at(run.variant).at(*run.target);
       target = fmt::format("{}%", *run.target);
-      knob = fmt::format("{} = {}", c.knob.substr(c.knob.rfind('.') + 1), c.value);
+      knob = fmt::format("{} = {:.4g}", c.knob.substr(c.knob.rfind('.') + 1), c.value);
       calibrated = pct(c.sparsity);
       if (!c.within_tolerance) {
         calibrated = fmt::format("**{} MISSED**", calibrated);
@@ -126,7 +126,7 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
     std::map<double, double> all;
     for (const auto& [target, c] : by_target) all.insert(c.probes.begin(), c.probes.end());
     std::vector<std::string> probes;
-    for (const auto& [value, sparsity] : all) probes.push_back(fmt::format("{} -> {:.2f}", value, sparsity));
+    for (const auto& [value, sparsity] : all) probes.push_back(fmt::format("{:.4g} -> {:.2f}", value, sparsity));
     md += fmt::format("- {} (`{}`): {}\n", variant, by_target.begin()->second.knob, fmt::join(probes, ", "));
   }
 

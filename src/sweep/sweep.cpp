@@ -100,7 +100,7 @@ Calibrations load_calibrations(const std::string& path, const SweepConfig& s) {
 }
 
 std::string describe(const Calibration& c) {
-  return fmt::format("{} = {} gives {:.2f}% (target {}%, {:+.2f} points{})", c.knob, c.value, c.sparsity, c.target,
+  return fmt::format("{} = {:.4g} gives {:.2f}% (target {}%, {:+.2f} points{})", c.knob, c.value, c.sparsity, c.target,
                      c.error(), c.within_tolerance ? "" : ", OUTSIDE THE TOLERANCE");
 }
 
@@ -129,7 +129,7 @@ void calibrate_all(const SweepConfig& s, const SweepPlan& plan, Calibrations& al
     const Knob knob = sparsity_knob(first.recipe.model.attention, s.calibration.length);
     for (double target : missing) {
       const Calibration c = calibrator.calibrate(target, s.calibration.tolerance, [&](double value, double sparsity) {
-        say(fmt::format("  {} {} = {} -> {:.2f}%", v.name, knob.key, value, sparsity));
+        say(fmt::format("  {} {} = {:.4g} -> {:.2f}%", v.name, knob.key, value, sparsity));
       });
       all[v.name][target] = c;
       save_calibrations(path, s, all);
