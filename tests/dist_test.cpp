@@ -187,7 +187,7 @@ TEST(ShardedModel, PlainGradientsWithOnlyTheRunningBlocksGathered) {
       const std::string what = std::string(reshard ? "ZeRO-3" : "ZeRO-2") + (recompute ? ", recompute" : "");
       Transformer model(c);
       model->init_weights(5);
-      ShardedModel sharded(model, comm, {at::kFloat, reshard});
+      ShardedModel sharded(model, comm, {torch::kCPU, at::kFloat, reshard});
       auto held = [&](int64_t layer) {
         return model->layers[layer]->as<BlockImpl>()->mlp->up_proj->weight.storage().nbytes() > 0;
       };

@@ -59,12 +59,13 @@ ShardedModel::ShardedModel(Transformer& model, Comm& comm, ShardingOptions opt) 
     numel[u] += p.value().numel();
     numel_[name] = p.value().numel();
   }
+  for (auto& b : model->buffers()) b.set_data(b.to(opt.device));
   const int64_t world = comm.world_size(), rank = comm.rank();
   for (size_t u = 0; u < units_.size(); ++u) {
     Unit& x = units_[u];
     const int64_t per_rank = (numel[u] + world - 1) / world;
     x.padded = per_rank * world;
-    x.full = at::zeros({x.padded}, x.params.at(0).tensor.options().dtype(at::kFloat));
+    x.full = at::zeros({x.padded}, at::TensorOptions().dtype(at::kFloat).device(opt.device));
     for (auto& p : x.params) {
       const auto shape = p.tensor.sizes().vec();
       at::Tensor view = x.full.narrow(0, p.offset, p.tensor.numel());

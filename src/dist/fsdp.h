@@ -28,14 +28,16 @@
 namespace st {
 
 struct ShardingOptions {
+  at::Device device = at::kCPU;              // where the run computes
   at::ScalarType gather_dtype = at::kFloat;  // bf16 when the run computes in bf16
   bool reshard_after_forward = true;         // false: ZeRO-2, keep each unit from forward to backward
 };
 
 class ShardedModel {
  public:
-  // Takes over the model's parameters, whose current values (initialised or loaded, on
-  // the run's device) become the shards. From here on they hold data only while gathered.
+  // Takes over the model's parameters, whose current values (initialised or loaded, on the
+  // CPU or the device) become the shards, on the device: the whole model is never there at
+  // once. From here on the parameters hold data only while gathered.
   ShardedModel(Transformer& model, Comm& comm, ShardingOptions opt);
 
   // Runs each block with its unit gathered (and `inner` inside: plain or checkpointed).

@@ -102,7 +102,6 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
                                  fresh.empty() ? "none" : fmt::format("{}", fmt::join(fresh, ", "))));
   }
   if (resumed) load_model_state(model, resumed->model, /*allow_new_variant_params=*/false, resume);
-  model->to(rt.device);
 
   // Sharded (world size > 1): every rank holds 1/N of the weights, gradients and optimizer
   // state, and the optimizer steps on those slices.
@@ -110,10 +109,11 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
   std::unique_ptr<ShardedModel> sharded;
   std::vector<NamedParameter> params;
   if (env.distributed()) {
-    sharded = std::make_unique<ShardedModel>(
-        model, comm, ShardingOptions{rt.precision == "bf16" ? at::kBFloat16 : at::kFloat, options.reshard_after_forward});
+    const ShardingOptions so{rt.device, rt.precision == "bf16" ? at::kBFloat16 : at::kFloat, options.reshard_after_forward};
+    sharded = std::make_unique<ShardedModel>(model, comm, so);
     params = sharded->local_parameters();
   } else {
+    model->to(rt.device);
     for (auto& p : model->named_parameters()) params.push_back({p.key(), p.value()});
   }
   AdamW optimizer(params, recipe.optim);
