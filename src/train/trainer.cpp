@@ -210,6 +210,7 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
       sharded->reduce_gradients();
       loss = comm.sum(loss) / double(env.world_size);
       grad_norm = sharded->clip_grad_norm(tc.grad_clip);
+      if (record) attn = {int64_t(comm.sum(double(attn.attended))), int64_t(comm.sum(double(attn.causal)))};
     } else {
       std::vector<torch::Tensor> with_grad;
       for (auto& p : params) if (p.param.grad().defined()) with_grad.push_back(p.param);
