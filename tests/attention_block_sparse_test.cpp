@@ -119,6 +119,31 @@ TEST(SelectBlocks, MatchesBruteForceIncludingTiesAndForcedBlocks) {
   }
 }
 
+// The compression branch and the selection run one tile of queries at a time: every tiling
+// gives the untiled math (softmax over the visible compressed blocks, then P v), forward and
+// gradients, and the same selected blocks.
+TEST(CompressedAttention, TiledMatchesWholeForwardGradientsAndSelection) {
+  torch::manual_seed(9);
+  const int64_t B = 2, Hkv = 2, G = 3, T = 70, d = 8, length = 8, stride = 4, n = (T - length) / stride + 1;
+  auto q = torch::randn({B, Hkv * G, T, d}, torch::kFloat64).requires_grad_(true);
+  auto k = torch::randn({B, Hkv, n, d}, torch::kFloat64).requires_grad_(true);
+  auto v = torch::randn({B, Hkv, n, d}, torch::kFloat64).requires_grad_(true);
+  auto w = torch::randn({B, Hkv * G, T, d}, torch::kFloat64);
+  auto whole = torch::matmul(compressed_attention_probs(q, k, length, stride), v.unsqueeze(2)).view({B, Hkv * G, T, d});
+  auto grads = torch::autograd::grad({(whole * w).sum()}, {q, k, v});
+  const SelectionKnobs knobs{length, stride, 16, 3, 1, 1, Pool::Sum};
+  auto selected = select_from_compressed(q, k, knobs, T);
+  EXPECT_GT(selected.sum().item<int64_t>(), 0);
+  for (int64_t tile_rows : {1, 9, 32}) {
+    SCOPED_TRACE("tile rows " + std::to_string(tile_rows));
+    auto out = compressed_attention(q, k, v, length, stride, tile_rows);
+    EXPECT_TRUE(torch::allclose(out, whole, 0, 1e-12));
+    auto g = torch::autograd::grad({(out * w).sum()}, {q, k, v});
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(g[i], grads[i], 0, 1e-11)) << "input " << i;
+    EXPECT_TRUE(torch::equal(select_from_compressed(q, k, knobs, tile_rows), selected));
+  }
+}
+
 TEST(PoolToBlocks, SumsAndMaxesTheOverlappingCompressedBlocks) {
   torch::manual_seed(5);
   struct Geometry {

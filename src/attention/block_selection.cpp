@@ -1,7 +1,11 @@
 #include "attention/block_selection.h"
 
+#include <torch/autograd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "attention/block_sparse.h"
 
@@ -28,15 +32,81 @@ Tensor compression_blocks(const Tensor& x, int64_t length, int64_t stride) {
   return x.unfold(2, length, stride).transpose(-1, -2);  // unfold puts the window last
 }
 
-Tensor compressed_attention_probs(const Tensor& q, const Tensor& k_cmp, int64_t length, int64_t stride) {
+Tensor compressed_attention_probs(const Tensor& q, const Tensor& k_cmp, int64_t length, int64_t stride, int64_t t0) {
   const int64_t B = q.size(0), T = q.size(2), d = q.size(3), Hkv = k_cmp.size(1), n = k_cmp.size(2);
   const auto dtype = reference_dtype(q);
   auto q_groups = q.to(dtype).view({B, Hkv, q.size(1) / Hkv, T, d});
   auto logits = torch::matmul(q_groups, k_cmp.to(dtype).unsqueeze(2).transpose(-1, -2)) / std::sqrt(double(d));
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
   auto block_end = torch::arange(n, ints) * stride + length - 1;
-  auto visible = block_end.view({1, n}) <= torch::arange(T, ints).view({T, 1});
+  auto visible = block_end.view({1, n}) <= torch::arange(t0, t0 + T, ints).view({T, 1});
   return masked_softmax(logits, visible);
+}
+
+int64_t query_tile_rows(int64_t per_row, int64_t T) {
+  return std::clamp<int64_t>((int64_t(1) << 26) / std::max<int64_t>(per_row, 1), 1, std::max<int64_t>(T, 1));
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Flash-attention style over the compressed keys: the forward keeps q, k_cmp and v_cmp only,
+// the backward recomputes each tile's P and takes dS = P (dP - rowsum(P dP)).
+struct CompressedAttentionFunction : torch::autograd::Function<CompressedAttentionFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp,
+                        int64_t length, int64_t stride, int64_t tile_rows) {
+    const AutocastOff fp32;
+    const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), d = q.size(3), Hkv = k_cmp.size(1);
+    auto v = v_cmp.to(reference_dtype(q)).unsqueeze(2);
+    std::vector<Tensor> out;
+    for (int64_t t0 = 0; t0 < T; t0 += tile_rows) {
+      const int64_t n = std::min(tile_rows, T - t0);
+      out.push_back(torch::matmul(compressed_attention_probs(q.narrow(2, t0, n), k_cmp, length, stride, t0), v));
+    }
+    ctx->save_for_backward({q, k_cmp, v_cmp});
+    ctx->saved_data["length"] = length;
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["tile_rows"] = tile_rows;
+    return torch::cat(out, 3).view({B, Hq, T, d});
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const AutocastOff fp32;
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &q = saved[0], &k_cmp = saved[1], &v_cmp = saved[2];
+    const int64_t length = ctx->saved_data["length"].toInt(), stride = ctx->saved_data["stride"].toInt();
+    const int64_t tile_rows = ctx->saved_data["tile_rows"].toInt();
+    const int64_t B = q.size(0), T = q.size(2), d = q.size(3), Hkv = k_cmp.size(1), G = q.size(1) / Hkv;
+    const auto dtype = reference_dtype(q);
+    const double scale = 1.0 / std::sqrt(double(d));
+    auto k = k_cmp.to(dtype).unsqueeze(2), v = v_cmp.to(dtype).unsqueeze(2);  // [B, Hkv, 1, n, d]
+    auto q_groups = q.to(dtype).view({B, Hkv, G, T, d});
+    auto do_groups = grads[0].to(dtype).reshape({B, Hkv, G, T, d});
+    auto dk = torch::zeros_like(k_cmp, dtype), dv = torch::zeros_like(v_cmp, dtype);
+    std::vector<Tensor> dq;
+    for (int64_t t0 = 0; t0 < T; t0 += tile_rows) {
+      const int64_t n = std::min(tile_rows, T - t0);
+      auto p = compressed_attention_probs(q.narrow(2, t0, n), k_cmp, length, stride, t0);  // [B, Hkv, G, n, n_cmp]
+      auto q_t = q_groups.narrow(3, t0, n), do_t = do_groups.narrow(3, t0, n);
+      auto dp = torch::matmul(do_t, v.transpose(-1, -2));
+      auto ds = p * (dp - (p * dp).sum(-1, /*keepdim=*/true));
+      dq.push_back(torch::matmul(ds, k) * scale);
+      dk += (torch::matmul(ds.transpose(-1, -2), q_t) * scale).sum(2);
+      dv += torch::matmul(p.transpose(-1, -2), do_t).sum(2);
+    }
+    return {torch::cat(dq, 3).view(q.sizes()).to(q.scalar_type()), dk.to(k_cmp.scalar_type()),
+            dv.to(v_cmp.scalar_type()), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+}  // namespace
+
+Tensor compressed_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, int64_t length, int64_t stride,
+                            int64_t tile_rows) {
+  if (tile_rows <= 0) tile_rows = query_tile_rows(q.size(1) / k_cmp.size(1) * k_cmp.size(2), q.size(2));
+  return CompressedAttentionFunction::apply(q, k_cmp, v_cmp, length, stride, tile_rows);
 }
 
 Tensor pool_to_blocks(const Tensor& cmp_scores, int64_t length, int64_t stride, int64_t block, int64_t n_blocks,
@@ -57,11 +127,12 @@ Tensor pool_to_blocks(const Tensor& cmp_scores, int64_t length, int64_t stride, 
   return pooled.view(shape);
 }
 
-Tensor select_blocks(const Tensor& scores, int64_t block, int64_t top_k, int64_t init_blocks, int64_t local_blocks) {
+Tensor select_blocks(const Tensor& scores, int64_t block, int64_t top_k, int64_t init_blocks, int64_t local_blocks,
+                     int64_t t0) {
   const int64_t T = scores.size(2), n_blocks = scores.size(3);
   const double inf = std::numeric_limits<double>::infinity();
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(scores.device());
-  auto own = torch::arange(T, ints).div(block, "floor").view({T, 1});
+  auto own = torch::arange(t0, t0 + T, ints).div(block, "floor").view({T, 1});
   auto c = torch::arange(n_blocks, ints).view({1, n_blocks});
   auto causal = c <= own;
   auto forced = causal & ((c < init_blocks) | (c > own - local_blocks));
@@ -69,6 +140,21 @@ Tensor select_blocks(const Tensor& scores, int64_t block, int64_t top_k, int64_t
   auto order = std::get<1>(ranked.sort(/*stable=*/true, -1, /*descending=*/true));
   auto top = order.narrow(-1, 0, std::min(top_k, n_blocks));
   return torch::zeros_like(ranked, ranked.options().dtype(torch::kBool)).scatter(-1, top, true) & causal;
+}
+
+Tensor select_from_compressed(const Tensor& q, const Tensor& k_cmp, const SelectionKnobs& kn, int64_t tile_rows) {
+  torch::NoGradGuard no_grad;
+  const AutocastOff fp32;
+  const int64_t T = q.size(2), n_blocks = (T + kn.block - 1) / kn.block;
+  if (tile_rows <= 0) tile_rows = query_tile_rows(q.size(1) / k_cmp.size(1) * k_cmp.size(2), T);
+  std::vector<Tensor> selected;
+  for (int64_t t0 = 0; t0 < T; t0 += tile_rows) {
+    const int64_t n = std::min(tile_rows, T - t0);
+    auto probs = compressed_attention_probs(q.narrow(2, t0, n), k_cmp, kn.length, kn.stride, t0).sum(2);
+    auto scores = pool_to_blocks(probs, kn.length, kn.stride, kn.block, n_blocks, kn.pool);
+    selected.push_back(select_blocks(scores, kn.block, kn.top_k, kn.init_blocks, kn.local_blocks, t0));
+  }
+  return torch::cat(selected, 2);
 }
 
 }  // namespace st

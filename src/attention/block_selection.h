@@ -13,9 +13,20 @@ torch::Tensor compression_blocks(const torch::Tensor& x, int64_t length, int64_t
 // Attention probabilities of q [B, Hq, T, d] over compressed keys k_cmp [B, Hkv, n, d]
 // (block i covers positions [i stride, i stride + length)): softmax of q . k / sqrt(d) over
 // the blocks that lie wholly at or before the query. Returns [B, Hkv, G, T, n]; a query that
-// sees no complete block gets a zero row.
+// sees no complete block gets a zero row. q may hold only the rows of queries [t0, t0 + T).
 torch::Tensor compressed_attention_probs(const torch::Tensor& q, const torch::Tensor& k_cmp, int64_t length,
-                                         int64_t stride);
+                                         int64_t stride, int64_t t0 = 0);
+
+// Query rows per tile so that a tile's [.., rows, per_row] fp32 scores stay near 2^26 elements
+// (256 MB): the tiled functions below hold one tile's scores at a time, never [G, T, n].
+int64_t query_tile_rows(int64_t per_row, int64_t T);
+
+// The compression branch: softmax(q . k_cmp / sqrt(d)) v_cmp over the visible compressed blocks,
+// [B, Hq, T, d] in the reference dtype, computed tile_rows queries at a time (0: by
+// query_tile_rows); the backward recomputes each tile's probabilities, so what stays alive is
+// O(T d). Differentiable in q, k_cmp and v_cmp.
+torch::Tensor compressed_attention(const torch::Tensor& q, const torch::Tensor& k_cmp, const torch::Tensor& v_cmp,
+                                   int64_t length, int64_t stride, int64_t tile_rows = 0);
 
 // Scores over compressed blocks [..., n] -> scores over n_blocks selection blocks of `block`
 // positions [..., n_blocks]: each selection block pools the compressed blocks overlapping it,
@@ -29,7 +40,19 @@ torch::Tensor pool_to_blocks(const torch::Tensor& cmp_scores, int64_t length, in
 // the top_k causal blocks (block start <= query) by score, where the first init_blocks blocks
 // and the local_blocks blocks ending with the query's own always count as chosen, inside
 // top_k. Ties go to the earlier block. Returns bool [B, Hkv, T, n_blocks].
+// scores may hold only the rows of queries [t0, t0 + T).
 torch::Tensor select_blocks(const torch::Tensor& scores, int64_t block, int64_t top_k, int64_t init_blocks,
-                            int64_t local_blocks);
+                            int64_t local_blocks, int64_t t0 = 0);
+
+// NSA's and InfLLMv2's selection end to end, tile_rows queries at a time (0: by
+// query_tile_rows), without gradient: compressed_attention_probs of q over k_cmp, summed over
+// each group's heads, pool_to_blocks onto selection blocks of `block`, select_blocks. Returns
+// bool [B, Hkv, T, ceil(T / block)].
+struct SelectionKnobs {
+  int64_t length, stride, block, top_k, init_blocks, local_blocks;
+  Pool pool;
+};
+torch::Tensor select_from_compressed(const torch::Tensor& q, const torch::Tensor& k_cmp, const SelectionKnobs& knobs,
+                                     int64_t tile_rows = 0);
 
 }  // namespace st

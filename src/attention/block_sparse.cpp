@@ -1,5 +1,6 @@
 #include "attention/block_sparse.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 
 #include <cmath>
@@ -12,6 +13,11 @@ using torch::Tensor;
 torch::ScalarType reference_dtype(const Tensor& t) {
   return t.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
 }
+
+AutocastOff::AutocastOff() : was(at::autocast::is_autocast_enabled(at::kCUDA)) {
+  at::autocast::set_autocast_enabled(at::kCUDA, false);
+}
+AutocastOff::~AutocastOff() { at::autocast::set_autocast_enabled(at::kCUDA, was); }
 
 namespace {
 

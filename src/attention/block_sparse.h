@@ -10,6 +10,16 @@ namespace st {
 // The reference computes in fp32 (fp64 when given fp64), whatever the activation dtype.
 torch::ScalarType reference_dtype(const torch::Tensor& t);
 
+// CUDA autocast off for a scope, restored after: selection scores stay in fp32 under
+// training's bf16 autocast, in a forward and in the recomputation of its backward alike.
+struct AutocastOff {
+  AutocastOff();
+  ~AutocastOff();
+  AutocastOff(const AutocastOff&) = delete;
+  AutocastOff& operator=(const AutocastOff&) = delete;
+  const bool was;
+};
+
 // q [B, Hq, T, d]; k, v [B, Hkv, T, d] with query head h reading kv head h / (Hq / Hkv).
 // Keys are cut into blocks of `block` positions (the last one may be short). bias
 // [B, Hkv, T, ceil(T / block)] selects: query i reads block c when bias[i, c] is finite, and

@@ -3,7 +3,6 @@
 #include <cmath>
 #include <limits>
 
-#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 
 #include "attention/block_sparse.h"
@@ -125,13 +124,6 @@ Tensor listed(const Tensor& bias, int64_t t0, int64_t C) {
   auto own = torch::arange(t0, t0 + n, ints).div(C, "floor").view({n, 1});
   return torch::isfinite(bias) & (torch::arange(n_chunks, ints).view({1, n_chunks}) < own);
 }
-
-// CUDA autocast off for a scope, restored after.
-struct AutocastOff {
-  const bool was = at::autocast::is_autocast_enabled(at::kCUDA);
-  AutocastOff() { at::autocast::set_autocast_enabled(at::kCUDA, false); }
-  ~AutocastOff() { at::autocast::set_autocast_enabled(at::kCUDA, was); }
-};
 
 // Inputs q [B, Hq, T, d] and kbar [B, Hkv, n_full, d]; outputs the entries' bias
 // (differentiable), row_ptr and blocks. Only q, kbar and the lists are saved; the backward

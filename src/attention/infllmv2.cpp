@@ -14,16 +14,14 @@ using torch::Tensor;
 InfllmV2Attention::InfllmV2Attention(const ModelConfig& cfg)
     : cfg_(cfg.attention.infllmv2), impl_(cfg.attention.impl), sparsity_offset_(cfg.attention.sparsity_offset) {}
 
-Tensor InfllmV2Attention::block_scores(const Tensor& q, const Tensor& k) const {
-  torch::NoGradGuard no_grad;  // selection is a discrete choice; no gradient flows through it
-  auto k_cmp = compression_blocks(k.to(reference_dtype(k)), cfg_.pool_kernel, cfg_.pool_stride).mean(-2);
-  auto probs = compressed_attention_probs(q, k_cmp, cfg_.pool_kernel, cfg_.pool_stride).sum(2);
-  const int64_t n_blocks = (q.size(2) + cfg_.block - 1) / cfg_.block;
-  return pool_to_blocks(probs, cfg_.pool_kernel, cfg_.pool_stride, cfg_.block, n_blocks, Pool::Max);
-}
-
 Tensor InfllmV2Attention::selection(const Tensor& q, const Tensor& k) const {
-  return select_blocks(block_scores(q, k), cfg_.block, cfg_.top_k, cfg_.init_blocks, cfg_.local_blocks);
+  torch::NoGradGuard no_grad;  // selection is a discrete choice; no gradient flows through it
+  // Block scores: the group-summed softmax over mean-pooled keys, max-pooled onto selection
+  // blocks, one query tile at a time.
+  auto k_cmp = compression_blocks(k.to(reference_dtype(k)), cfg_.pool_kernel, cfg_.pool_stride).mean(-2);
+  return select_from_compressed(
+      q, k_cmp,
+      {cfg_.pool_kernel, cfg_.pool_stride, cfg_.block, cfg_.top_k, cfg_.init_blocks, cfg_.local_blocks, Pool::Max});
 }
 
 Tensor InfllmV2Attention::forward(const AttentionInputs& in) {

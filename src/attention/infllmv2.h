@@ -10,10 +10,7 @@ class InfllmV2Attention : public AttentionVariant {
   explicit InfllmV2Attention(const ModelConfig& cfg);
   torch::Tensor forward(const AttentionInputs& in) override;
 
-  // Block scores [B, Hkv, T, ceil(T / block)]: the group-summed softmax over mean-pooled keys,
-  // max-pooled onto selection blocks.
-  torch::Tensor block_scores(const torch::Tensor& q, const torch::Tensor& k) const;
-  // Which blocks each query reads (the window comes on top): bool, same shape.
+  // Which blocks each query reads (the window comes on top): bool [B, Hkv, T, ceil(T / block)].
   torch::Tensor selection(const torch::Tensor& q, const torch::Tensor& k) const;
 
  private:

@@ -76,19 +76,17 @@ Tensor NsaAttention::compress(const Tensor& x, BlockCompressor& phi) const {
   return (phi ? phi(blocks) : blocks.mean(-2)).to(reference_dtype(x));
 }
 
-Tensor NsaAttention::select(const Tensor& probs) const {
+Tensor NsaAttention::select(const Tensor& q, const Tensor& k_cmp) const {
   // Importance of a selection block: the compression probabilities of the compressed blocks
   // overlapping it, summed over them and over the group's heads (one choice per group).
-  const int64_t n_blocks = (probs.size(3) + cfg_.sel_block - 1) / cfg_.sel_block;
-  auto importance = pool_to_blocks(probs.detach().sum(2), cfg_.cmp_block, cfg_.cmp_stride, cfg_.sel_block,
-                                   n_blocks, Pool::Sum);
-  return select_blocks(importance, cfg_.sel_block, cfg_.top_n, cfg_.init_blocks, cfg_.local_blocks);
+  return select_from_compressed(q, k_cmp.detach(),
+                                {cfg_.cmp_block, cfg_.cmp_stride, cfg_.sel_block, cfg_.top_n, cfg_.init_blocks,
+                                 cfg_.local_blocks, Pool::Sum});
 }
 
 Tensor NsaAttention::selection(const AttentionInputs& in) {
   torch::NoGradGuard no_grad;
-  auto k_cmp = compress(branch_kv(in, cmp_kv).k, compress_k);
-  return select(compressed_attention_probs(in.q, k_cmp, cfg_.cmp_block, cfg_.cmp_stride));
+  return select(in.q, compress(branch_kv(in, cmp_kv).k, compress_k));
 }
 
 Tensor NsaAttention::forward(const AttentionInputs& in) {
@@ -96,13 +94,15 @@ Tensor NsaAttention::forward(const AttentionInputs& in) {
   const double inf = std::numeric_limits<double>::infinity();
   const auto dtype = reference_dtype(in.q);
 
+  // Compression branch and selection each take the compressed attention one query tile at a
+  // time (block_selection.h): its probabilities over all compressed blocks never exist whole.
   auto cmp = branch_kv(in, cmp_kv);
-  auto probs = compressed_attention_probs(in.q, compress(cmp.k, compress_k), cfg_.cmp_block, cfg_.cmp_stride);
-  auto o_cmp = torch::matmul(probs, compress(cmp.v, compress_v).unsqueeze(2)).view({B, Hq, T, d});
+  auto k_cmp = compress(cmp.k, compress_k);
+  auto o_cmp = compressed_attention(in.q, k_cmp, compress(cmp.v, compress_v), cfg_.cmp_block, cfg_.cmp_stride);
 
   // The forced local blocks include the query's own, so the selection reads its diagonal
   // block at bias 0 as the kernels need (local_blocks 0 leaves impl auto on the reference).
-  auto selected = select(probs);
+  auto selected = select(in.q, k_cmp);
   auto slc_bias = torch::where(selected, 0.0, -inf).to(dtype);
   auto o_slc = attend_blocks(in.q, in.k, in.v, slc_bias, cfg_.sel_block, /*window=*/0, impl_).to(dtype);
 

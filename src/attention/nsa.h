@@ -39,7 +39,7 @@ class NsaAttention : public AttentionVariant {
   };
   KV branch_kv(const AttentionInputs& in, torch::nn::Linear& delta) const;
   torch::Tensor compress(const torch::Tensor& x, BlockCompressor& phi) const;
-  torch::Tensor select(const torch::Tensor& probs) const;
+  torch::Tensor select(const torch::Tensor& q, const torch::Tensor& k_cmp) const;
 
   NsaConfig cfg_;
   std::string impl_;  // model.attention.impl
