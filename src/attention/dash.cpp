@@ -1,5 +1,6 @@
 #include "attention/dash.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -42,7 +43,10 @@ using torch::autograd::variable_list;
 // not the module, which may be gone by then).
 Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
   const int64_t B = q_rows.size(0), Hq = q_rows.size(1), n = q_rows.size(2), d = q_rows.size(3);
-  const int64_t Hkv = kbar.size(1), C = cfg.chunk, n_full = T / C, n_chunks = (T + C - 1) / C;
+  const int64_t Hkv = kbar.size(1), C = cfg.chunk, n_chunks = (T + C - 1) / C;
+  // Chunks some row of these queries may route to: complete ones strictly before the last
+  // row's own (a tile early in the sequence scores few chunks).
+  const int64_t n_seen = std::min(T / C, (t0 + n - 1) / C);
   const double inf = std::numeric_limits<double>::infinity();
   const auto dtype = reference_dtype(q_rows);
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(q_rows.device());
@@ -55,14 +59,15 @@ Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& k
   auto forced = (c < own) & ((c < cfg.sink_chunks) | (c >= own - cfg.local_chunks));
   auto always = forced | (c == own);
   // Routing candidates: complete chunks strictly before the query's own, not already forced.
-  auto candidate = ((c < own) & ~forced).narrow(1, 0, n_full);
+  auto candidate = ((c < own) & ~forced).narrow(1, 0, n_seen);
 
   // z = s (q . kbar) / sqrt(d) per query head, alpha-entmax over the candidates.
   auto q_groups = q_rows.to(dtype).reshape({B, Hkv, Hq / Hkv, n, d});
-  auto z = torch::matmul(q_groups, kbar.to(dtype).unsqueeze(2).transpose(-1, -2)) * (cfg.temperature / std::sqrt(double(d)));
+  auto kbar_seen = kbar.narrow(2, 0, n_seen).to(dtype).unsqueeze(2);
+  auto z = torch::matmul(q_groups, kbar_seen.transpose(-1, -2)) * (cfg.temperature / std::sqrt(double(d)));
   auto p = entmax(z.masked_fill(~candidate, -inf), cfg.alpha, -1);
   // GQA: the group reads the union of its heads' supports, weighted by their mean.
-  auto pbar = p.mean(2);  // [B, Hkv, n, n_full]
+  auto pbar = p.mean(2);  // [B, Hkv, n, n_seen]
   auto routed = pbar > 0;
   auto log_p = torch::log(torch::where(routed, pbar, torch::ones_like(pbar)));  // 0 off the support
   auto prior = log_p;
@@ -73,7 +78,7 @@ Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& k
     prior = log_p - log_p.sum(-1, /*keepdim=*/true) / count;
   }
   auto bias = torch::where(routed, prior / cfg.sigma, -inf);
-  bias = torch::constant_pad_nd(bias, {0, n_chunks - n_full}, -inf);
+  bias = torch::constant_pad_nd(bias, {0, n_chunks - n_seen}, -inf);
   return torch::where(always, torch::zeros_like(bias), bias);
 }
 
