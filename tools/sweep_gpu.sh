@@ -26,8 +26,8 @@ mix() {  # SEQ_LEN WINDOWS EXAMPLES_PER_TASK OUT
   "$BIN" data mix data/cache/kjv/train.bin:2 "$D/passkey-$1.bin:1" "$D/niah-$1.bin:1" \
     --window "$window" --windows "$2" --seed 7 --out "$4"
 }
-mix 4096 8000 2000 "$D/mix-4k.bin"
-mix 16384 200 50 "$D/mix-16k.bin"
+mix 4096 8000 2100 "$D/mix-4k.bin"
+mix 16384 200 60 "$D/mix-16k.bin"
 
 "${SPARSETRAIN_PYTHON:-python3}" -c 'import matplotlib' 2>/dev/null ||
   echo "sweep_gpu.sh: matplotlib is missing (pip install matplotlib): the report will have no plots" >&2

@@ -52,7 +52,7 @@ std::string draw_plots(const std::string& dir) {
   return fmt::format("`{} {} {}` failed: {}", python, script, dir, output.empty() ? "no output" : output);
 }
 
-std::string pct(double fraction_or_percent) { return fmt::format("{:.2f}%", fraction_or_percent); }
+std::string pct(double percent) { return fmt::format("{:.2f}%", percent); }
 
 }  // namespace
 
@@ -67,15 +67,13 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
   md += fmt::format(
       "Every run starts from the dense checkpoint `{}` and continues pretraining from recipe `{}` with the same "
       "budget and data order: {} steps x {} tokens (seq_len {}, seed {}), data `{}`.\n\n",
-      plan.dense_checkpoint, s.base, t.steps > 0 ? t.steps : (t.tokens + per_step - 1) / per_step, per_step, t.seq_len,
-      t.seed, any.data.train);
+      plan.dense_checkpoint, s.base, plan.cpt_steps, per_step, t.seq_len, t.seed, any.data.train);
   md += fmt::format(
-      "Sparsity is 1 - attended / causal (query, key) pairs over queries at positions >= {}, measured on {} "
-      "sequences of {} tokens: *calibrated* on `{}` before continual pretraining (tolerance +-{} points), "
-      "*measured* on {} sequences of `{}` after it. Eval loss and perplexity are on the same data.eval sequences.\n\n",
-      any.model.attention.sparsity_offset, s.calibration.batches, s.calibration.length,
-      any.data.eval.empty() ? any.data.train : any.data.eval, s.calibration.tolerance, s.eval.ppl_batches,
-      any.data.eval);
+      "Sparsity is 1 - attended / causal (query, key) pairs, counted over queries at positions >= {} of {}-token "
+      "sequences of `{}`: *calibrated* on the first {} before continual pretraining (tolerance +-{} points), "
+      "*measured* on the first {} after it, with the eval loss and perplexity.\n\n",
+      any.model.attention.sparsity_offset, s.calibration.length, any.data.eval, s.calibration.batches,
+      s.calibration.tolerance, s.eval.ppl_batches);
   if (!s.eval.tasks.empty())
     md += fmt::format("Task accuracy: teacher-forced exact match on {} examples per (length, depth), lengths {}, "
                       "depths {} (passkey and niah; the other tasks use random depths).\n\n",

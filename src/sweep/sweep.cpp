@@ -116,8 +116,7 @@ void calibrate_all(const SweepConfig& s, const SweepPlan& plan, Calibrations& al
     if (missing.empty()) continue;
     if (!dense) {
       dense = load_checkpoint(plan.dense_checkpoint, /*with_optimizer=*/false).model;
-      const Recipe& r = plan.runs.front().recipe;
-      shard = std::make_shared<TokenShard>(r.data.eval.empty() ? r.data.train : r.data.eval);
+      shard = std::make_shared<TokenShard>(plan.runs.front().recipe.data.eval);
     }
     const SweepRun& first = *std::find_if(plan.runs.begin(), plan.runs.end(), [&](const SweepRun& r) { return r.variant == v.name; });
     say(fmt::format("calibrating {} on {} x {} tokens of {}", v.name, s.calibration.batches, s.calibration.length,
@@ -159,9 +158,13 @@ SweepPlan plan_sweep(const SweepConfig& s) {
     for (double t : s.targets) {
       const std::string name = v.name + "-" + percent(t);
       plan.runs.push_back({name, v.name, t, run_recipe(s, plan.dir, name, v.name, {s.cpt, v.overrides, start})});
-      sparsity_knob(plan.runs.back().recipe.model.attention, s.calibration.length);
     }
   }
+  for (const SweepRun& r : plan.runs)
+    if (r.variant == "infllmv2" && s.calibration.length < r.recipe.model.attention.infllmv2.dense_len)
+      throw ConfigError(fmt::format("{}: variants.infllmv2: model.attention.infllmv2.dense_len ({}) is above "
+                                    "calibration.length ({}): InfLLMv2 attends densely there, no knob makes it sparse",
+                                    s.source, r.recipe.model.attention.infllmv2.dense_len, s.calibration.length));
   // Equal budgets and data order: what makes the comparison fair.
   const TrainConfig& ref = plan.runs.front().recipe.train;
   for (const SweepRun& r : plan.runs) {
@@ -173,8 +176,11 @@ SweepPlan plan_sweep(const SweepConfig& s) {
                                     "micro_batch, grad_accum, seed or data.train) of its runs; every run of a sweep "
                                     "trains the same tokens in the same order (set them under cpt)", where));
   }
+  plan.cpt_steps = planned_steps(ref);
   const Recipe& any = plan.runs.front().recipe;
-  if (any.data.eval.empty()) throw ConfigError(fmt::format("{}: data.eval: a sweep evaluates on data.eval; set it", s.base));
+  if (any.data.eval.empty())
+    throw ConfigError(fmt::format("{}: data.eval: missing (in {} or under set); a sweep calibrates and evaluates on it",
+                                  s.source, s.base));
   const auto tokenizer = load_tokenizer(s.eval.tokenizer);
   if (!s.eval.tasks.empty() && int64_t(tokenizer->vocab_size()) > any.model.vocab_size)
     throw ConfigError(fmt::format("{}: eval.tokenizer: {} has {} tokens, more than model.vocab_size {}", s.source,
@@ -192,10 +198,14 @@ SweepOutcome run_sweep(const SweepConfig& s) {
     say(fmt::format("[{}/{}] {}: {}", index, total, run, what));
   };
 
+  const auto stopped = [&] {
+    say("stopped; run the same command again to resume");
+    return outcome;
+  };
   if (plan.pretrain) {
     ++index;
     step("pretrain (dense)", "training");
-    if (!train_run(plan.pretrain->recipe)) return outcome;
+    if (!train_run(plan.pretrain->recipe)) return stopped();
   }
 
   const std::string calibration_path = (fs::path(plan.dir) / "calibration.json").string();
@@ -218,10 +228,7 @@ SweepOutcome run_sweep(const SweepConfig& s) {
     } else {
       step(label, "training");
     }
-    if (!train_run(run.recipe)) {
-      say("stopped; run the same command again to resume");
-      return outcome;
-    }
+    if (!train_run(run.recipe)) return stopped();
     step(label, "evaluating");
     JsonObject result = evaluate_run(run.recipe.run_dir(), s);
     result.add("run", run.name).add("variant", run.variant);

@@ -31,6 +31,7 @@ struct SweepPlan {
   std::optional<SweepRun> pretrain;
   std::string dense_checkpoint;       // what every continual-pretraining run starts from
   std::vector<SweepRun> runs;         // continual-pretraining runs, in order
+  int64_t cpt_steps = 0;              // optimizer steps of each of them
 };
 
 // Builds and validates every run's recipe (ConfigError before anything is created), and
