@@ -1,0 +1,58 @@
+#ifdef SPARSETRAIN_CUDA
+#include "attention/cuda/entmax.h"
+
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/autograd.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "entmax15.h"
+
+namespace st::cuda {
+namespace {
+
+using torch::Tensor;
+
+void check(int rc, const char* what) {
+  if (rc != 0) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(static_cast<cudaError_t>(rc)));
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+struct Entmax15Function : torch::autograd::Function<Entmax15Function> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& z_in) {
+    const c10::cuda::CUDAGuard guard(z_in.device());
+    const Tensor z = z_in.contiguous();
+    Tensor p = torch::empty_like(z);
+    const int64_t n = z.size(-1);
+    check(st::kernels::entmax15_forward(z.data_ptr<float>(), p.data_ptr<float>(), n ? z.numel() / n : 0, n, stream()),
+          "entmax15 forward");
+    ctx->save_for_backward({p});
+    return p;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const Tensor p = ctx->get_saved_variables()[0];
+    const c10::cuda::CUDAGuard guard(p.device());
+    const Tensor dp = grads[0].to(torch::kFloat32).contiguous();
+    Tensor dz = torch::empty_like(p);
+    const int64_t n = p.size(-1);
+    check(st::kernels::entmax15_backward(p.data_ptr<float>(), dp.data_ptr<float>(), dz.data_ptr<float>(),
+                                         n ? p.numel() / n : 0, n, stream()),
+          "entmax15 backward");
+    return {dz};
+  }
+};
+
+}  // namespace
+
+torch::Tensor entmax15(const torch::Tensor& z) {
+  TORCH_CHECK(z.is_cuda() && z.scalar_type() == torch::kFloat32, "cuda::entmax15: fp32 CUDA tensor");
+  return Entmax15Function::apply(z);
+}
+
+}  // namespace st::cuda
+#endif  // SPARSETRAIN_CUDA

@@ -1,0 +1,13 @@
+// LibTorch face of the alpha = 1.5 entmax kernels (kernels/entmax15.h): a differentiable
+// function over the last dim of an fp32 CUDA tensor. st::entmax (attention/entmax.h) routes
+// such calls here; compiled only with SPARSETRAIN_CUDA.
+#pragma once
+#ifdef SPARSETRAIN_CUDA
+#include <torch/types.h>
+
+namespace st::cuda {
+
+torch::Tensor entmax15(const torch::Tensor& z);
+
+}  // namespace st::cuda
+#endif  // SPARSETRAIN_CUDA
