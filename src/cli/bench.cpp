@@ -4,6 +4,7 @@
 // (src/attention/cuda/variant_bench.h). A build or machine without CUDA says so and exits
 // non-zero.
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@ void add_bench_command(CLI::App& app) {
   struct Args {
     std::vector<std::string> lengths{"8K", "16K", "32K", "64K", "128K"};
     std::vector<std::string> variants;
+    std::vector<double> sparsities{0.75, 0.875, 0.9375};
     std::string json;
   };
   auto args = std::make_shared<Args>();
@@ -33,6 +35,9 @@ void add_bench_command(CLI::App& app) {
                   "Time these variants as the model runs them, selection included (Hkv 2; comma-separated)")
       ->delimiter(',')
       ->check(CLI::IsMember({"dense", "dash", "nsa", "infllmv2"}));
+  cmd->add_option("--sparsities", args->sparsities, "With --variant: target sparsities (comma-separated)")
+      ->delimiter(',')
+      ->check(CLI::Range(0.0, 0.999));
   cmd->add_option("--lengths", args->lengths, "Sequence lengths (comma-separated, K = 1024)")->delimiter(',');
   cmd->add_option("--json", args->json, "Also write the results as JSON to this file");
   cmd->callback([args] {
@@ -46,11 +51,15 @@ void add_bench_command(CLI::App& app) {
     };
     std::string command = "sparsetrain bench attention";
     if (!args->variants.empty()) command += " --variant " + joined(args->variants);
+    std::vector<std::string> sparsities;
+    for (double s : args->sparsities) sparsities.push_back(fmt::format("{}", s));
+    if (!args->variants.empty()) command += " --sparsities " + joined(sparsities);
     command += " --lengths " + joined(args->lengths);
     if (!args->json.empty()) command += " --json " + args->json;
     if (!args->variants.empty()) {
       cuda::VariantBenchConfig cfg;
       cfg.variants = args->variants;
+      cfg.sparsities = args->sparsities;
       cfg.lengths = lengths;
       cfg.json_path = args->json;
       cfg.command = command;
