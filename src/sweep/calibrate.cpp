@@ -25,7 +25,7 @@ void set_knob(AttentionConfig& a, double value) {
   if (a.variant == "nsa") a.nsa.top_n = int64_t(std::lround(value));
   else if (a.variant == "infllmv2") a.infllmv2.top_k = int64_t(std::lround(value));
   else if (a.variant == "dash") a.dash.temperature = value;
-  else sparsity_knob(a, 0);  // throws
+  else throw ConfigError(fmt::format("model.attention.variant: {} attention has no sparsity knob", a.variant));
 }
 
 Calibrator::Calibrator(const Recipe& recipe, const TensorMap& dense, std::shared_ptr<const TokenShard> shard,
