@@ -32,6 +32,9 @@ struct BlockRecompute : torch::autograd::Function<BlockRecompute> {
       at::autocast::set_autocast_enabled(at::kCUDA, autocast);
       y = block->forward(x, RopeTables{ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor()});
       at::autocast::set_autocast_enabled(at::kCUDA, was);
+      // Autocast caches its low-precision copies of the weights per thread; on this thread
+      // nothing else would clear them, and after the next optimizer step they would be stale.
+      if (autocast) at::autocast::clear_cache();
     }
     // Re-entrant backward: parameter gradients accumulate into .grad as usual.
     torch::autograd::backward({y}, {grad_out[0]});
