@@ -23,8 +23,8 @@ void add_sweep_command(CLI::App& app) {
     if (args->dry_run) {
       const SweepPlan plan = plan_sweep(sweep);
       fmt::print("sweep {} in {}\n", sweep.name, plan.dir);
-      if (plan.pretrain) fmt::print("  pretrain  dense, {} steps\n", plan.pretrain->recipe.train.steps);
-      fmt::print("  start     {}\n", plan.dense_checkpoint);
+      if (plan.pretrain) fmt::print("  pretrain (dense)\n");
+      fmt::print("  then from {}, {} steps each:\n", plan.dense_checkpoint, plan.cpt_steps);
       for (const SweepRun& r : plan.runs) fmt::print("  {}\n", r.name);
       return;
     }

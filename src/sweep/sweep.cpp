@@ -181,7 +181,12 @@ SweepPlan plan_sweep(const SweepConfig& s) {
   if (any.data.eval.empty())
     throw ConfigError(fmt::format("{}: data.eval: missing (in {} or under set); a sweep calibrates and evaluates on it",
                                   s.source, s.base));
-  const auto tokenizer = load_tokenizer(s.eval.tokenizer);
+  std::unique_ptr<Tokenizer> tokenizer;
+  try {
+    tokenizer = load_tokenizer(s.eval.tokenizer);
+  } catch (const std::exception& e) {
+    throw ConfigError(fmt::format("{}: eval.tokenizer: {}", s.source, e.what()));
+  }
   if (!s.eval.tasks.empty() && int64_t(tokenizer->vocab_size()) > any.model.vocab_size)
     throw ConfigError(fmt::format("{}: eval.tokenizer: {} has {} tokens, more than model.vocab_size {}", s.source,
                                   s.eval.tokenizer, tokenizer->vocab_size(), any.model.vocab_size));
