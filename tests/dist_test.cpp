@@ -120,7 +120,7 @@ TEST_F(Sharded, ActivationCheckpointingAndZero2GiveTheSameLosses) {
   ASSERT_EQ(run_ranks(dir, 1, "r1", tiny(dir, 1, "r1")).code, 0);
   auto ac = run_ranks(dir, 2, "ac", tiny(dir, 2, "ac", "--set train.activation_checkpointing=true"));
   ASSERT_EQ(ac.code, 0) << ac.output;
-  auto z2 = run_ranks(dir, 3, "z2", tiny(dir, 3, "z2", "--zero2"));
+  auto z2 = run_ranks(dir, 3, "z2", tiny(dir, 3, "z2", "--set train.sharding=zero2"));
   ASSERT_EQ(z2.code, 0) << z2.output;
   const auto one = losses(run("r1"));
   expect_close(one, losses(run("ac")), "2 ranks, activation checkpointing");

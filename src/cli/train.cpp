@@ -1,4 +1,4 @@
-// sparsetrain train RECIPE [--set key.path=value ...] [--resume auto|PATH] [--dry-run] [--zero2]
+// sparsetrain train RECIPE [--set key.path=value ...] [--resume auto|PATH] [--dry-run]
 // Run under `sparsetrain launch`, torchrun or srun, each process is one rank of a sharded run.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -15,7 +15,7 @@ void add_train_command(CLI::App& app) {
   struct Args {
     std::string recipe, resume;
     std::vector<std::string> overrides;
-    bool dry_run = false, zero2 = false;
+    bool dry_run = false;
     int64_t stop_after = 0;
   };
   auto args = std::make_shared<Args>();
@@ -25,16 +25,13 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--resume", args->resume, "Resume: 'auto' (the run's latest checkpoint, if any) or a checkpoint path");
   cmd->add_flag("--dry-run", args->dry_run, "Print the resolved recipe and exit without training");
   cmd->add_option("--stop-after", args->stop_after, "Stop with a checkpoint once this many steps are done (time-sliced jobs)");
-  cmd->add_flag("--zero2", args->zero2,
-                "Sharded runs: keep each block's gathered weights from its forward to its backward (ZeRO-2: "
-                "more memory, one all-gather per block and step less)");
   cmd->callback([args] {
     Recipe recipe = load_recipe(args->recipe, args->overrides);
     if (args->dry_run) {
       fmt::print("{}", recipe_to_yaml(recipe));
       return;
     }
-    TrainSummary s = train(recipe, {args->resume, args->stop_after, !args->zero2});
+    TrainSummary s = train(recipe, {args->resume, args->stop_after});
     if (!s.lead) return;
     fmt::print("done: {} steps, last loss {:.4f}{}\n  run:         {}\n  metrics:     {}/metrics.jsonl\n  checkpoint:  {}\n",
                s.steps_done, s.last_loss, std::isnan(s.eval_loss) ? "" : fmt::format(", eval loss {:.4f}", s.eval_loss),

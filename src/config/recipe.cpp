@@ -255,6 +255,7 @@ template <class V> void visit_fields(V& v, TrainConfig& c) {
   v.field("grad_clip", c.grad_clip, in_range(0, 1e9));
   v.field("seed", c.seed, at_least(0));
   v.field("activation_checkpointing", c.activation_checkpointing);
+  v.field("sharding", c.sharding, one_of({"zero3", "zero2"}));
   v.field("max_bad_steps", c.max_bad_steps, at_least(1));
   v.field("eval_every", c.eval_every, at_least(0));
   v.field("eval_batches", c.eval_batches, at_least(1));

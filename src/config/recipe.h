@@ -120,6 +120,7 @@ struct TrainConfig {
   double grad_clip = 1.0;             // 0: off
   int64_t seed = 1234;
   bool activation_checkpointing = false;
+  std::string sharding = "zero3";     // multi-process runs: zero3 frees each block's gathered weights after its forward; zero2 keeps them until its backward
   int64_t max_bad_steps = 5;          // consecutive non-finite steps before stopping
   int64_t eval_every = 0;             // 0: only at the end (when data.eval is set)
   int64_t eval_batches = 8;

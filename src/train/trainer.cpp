@@ -109,7 +109,7 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
   std::unique_ptr<ShardedModel> sharded;
   std::vector<NamedParameter> params;
   if (env.distributed()) {
-    const ShardingOptions so{rt.device, rt.precision == "bf16" ? at::kBFloat16 : at::kFloat, options.reshard_after_forward};
+    const ShardingOptions so{rt.device, rt.precision == "bf16" ? at::kBFloat16 : at::kFloat, tc.sharding == "zero3"};
     sharded = std::make_unique<ShardedModel>(model, comm, so);
     params = sharded->local_parameters();
   } else {

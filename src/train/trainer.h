@@ -11,7 +11,6 @@ namespace st {
 struct TrainOptions {
   std::string resume;          // "" | "auto" (latest in the run, if any) | checkpoint path
   int64_t stop_after = 0;      // stop (with a checkpoint) once this many steps are done; 0: run to the end
-  bool reshard_after_forward = true;  // sharded runs; false: ZeRO-2, keep each block gathered until its backward
 };
 
 struct TrainSummary {
