@@ -4,10 +4,13 @@
 #include <fmt/ranges.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <map>
 
 #include "io/atomic_file.h"
 #include "io/json_reader.h"
@@ -54,6 +57,22 @@ std::string draw_plots(const std::string& dir) {
 
 std::string pct(double percent) { return fmt::format("{:.2f}%", percent); }
 
+// Median training throughput of a run (steps logged twice after a resume count once each).
+double median_tokens_per_s(const std::string& run_dir) {
+  const std::string path = (fs::path(run_dir) / "metrics.jsonl").string();
+  std::map<int64_t, double> by_step;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    const YAML::Node m = parse_json(line, path);
+    if (m["loss"] && m["tokens_per_s"]) by_step[m["step"].as<int64_t>()] = m["tokens_per_s"].as<double>();
+  }
+  std::vector<double> v;
+  for (const auto& [step, tps] : by_step) v.push_back(tps);
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
 }  // namespace
 
 std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Calibrations& calibrations) {
@@ -71,7 +90,8 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
   md += fmt::format(
       "Sparsity is 1 - attended / causal (query, key) pairs, counted over queries at positions >= {} of {}-token "
       "sequences of `{}`: *calibrated* on the first {} before continual pretraining (tolerance +-{} points), "
-      "*measured* on the first {} after it, with the eval loss and perplexity.\n\n",
+      "*measured* on the first {} after it, with the eval loss and perplexity. Training throughput is the median "
+      "over each run's steps.\n\n",
       any.model.attention.sparsity_offset, s.calibration.length, any.data.eval, s.calibration.batches,
       s.calibration.tolerance, s.eval.ppl_batches);
   if (!s.eval.tasks.empty())
@@ -79,9 +99,9 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
                       "depths {} (passkey and niah; the other tasks use random depths).\n\n",
                       s.eval.count, fmt::join(s.eval.lengths, ", "), fmt::join(s.eval.depths, ", "));
 
-  md += "| run | variant | target | knob | calibrated | measured | eval loss | ppl |";
+  md += "| run | variant | target | knob | calibrated | measured | train tokens/s | eval loss | ppl |";
   for (const auto& task : s.eval.tasks) md += " " + task + " |";
-  md += "\n|---|---|---|---|---|---|---|---|";
+  md += "\n|---|---|---|---|---|---|---|---|---|";
   for (size_t i = 0; i < s.eval.tasks.size(); ++i) md += "---|";
   md += "\n";
   std::string flags;
@@ -100,8 +120,9 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
                              run.name, c.error(), *run.target, s.calibration.tolerance);
       }
     }
-    md += fmt::format("| {} | {} | {} | {} | {} | {} | {:.4f} | {:.3f} |", run.name, run.variant, target, knob,
-                      calibrated, pct(100 * e["sparsity"].as<double>()), e["eval_loss"].as<double>(), e["ppl"].as<double>());
+    md += fmt::format("| {} | {} | {} | {} | {} | {} | {:.0f} | {:.4f} | {:.3f} |", run.name, run.variant, target, knob,
+                      calibrated, pct(100 * e["sparsity"].as<double>()), median_tokens_per_s(run.recipe.run_dir()),
+                      e["eval_loss"].as<double>(), e["ppl"].as<double>());
     for (const auto& task : s.eval.tasks) md += fmt::format(" {:.3f} |", e["tasks"][task]["accuracy"].as<double>());
     md += "\n";
   }
