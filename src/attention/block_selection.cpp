@@ -58,7 +58,7 @@ struct CompressedAttentionFunction : torch::autograd::Function<CompressedAttenti
   static Tensor forward(AutogradContext* ctx, const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp,
                         int64_t length, int64_t stride, int64_t tile_rows) {
     const AutocastOff fp32;
-    const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), d = q.size(3), Hkv = k_cmp.size(1);
+    const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), d = q.size(3);
     auto v = v_cmp.to(reference_dtype(q)).unsqueeze(2);
     std::vector<Tensor> out;
     for (int64_t t0 = 0; t0 < T; t0 += tile_rows) {

@@ -90,7 +90,7 @@ Tensor NsaAttention::selection(const AttentionInputs& in) {
 }
 
 Tensor NsaAttention::forward(const AttentionInputs& in) {
-  const int64_t B = in.q.size(0), Hq = in.q.size(1), T = in.q.size(2), d = in.q.size(3);
+  const int64_t B = in.q.size(0), Hq = in.q.size(1), T = in.q.size(2);
   const double inf = std::numeric_limits<double>::infinity();
   const auto dtype = reference_dtype(in.q);
 
