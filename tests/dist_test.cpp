@@ -65,11 +65,12 @@ test::CliResult run_ranks(const test::TempDir& dir, int ranks, const std::string
   return shell("bash -c '" + script + "'");
 }
 
-// The tiny recipe at 6 sequences of 64 tokens a step, for 10 steps.
+// The tiny recipe at 6 sequences of 64 tokens a step, for 10 steps, on the CPU (Gloo) unless
+// `extra` says otherwise.
 std::string tiny(const test::TempDir& dir, int ranks, const std::string& name, const std::string& extra = "") {
   return "train recipes/tiny.yaml --set run.out_dir=" + dir.file("runs") + " --set run.name=" + name +
          " --set train.steps=10 --set train.seq_len=64 --set train.micro_batch=1 --set train.grad_accum=" +
-         std::to_string(6 / ranks) + " --set logging.progress=plain " + extra;
+         std::to_string(6 / ranks) + " --set logging.progress=plain --set train.device=cpu " + extra;
 }
 
 std::vector<double> losses(const std::string& run_dir) {

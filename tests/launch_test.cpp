@@ -119,7 +119,7 @@ TEST(Launch, KillingOneRankOfATrainingRunEndsTheJob) {
   const std::string log = dir.file("launch.log");
   const std::string cmd = fmt::format(
       "cd {} && exec {} launch --nproc-per-node 2 --grace 10 -- train recipes/tiny.yaml --set run.out_dir={} "
-      "--set train.steps=100000 --set logging.progress=plain > {} 2>&1",
+      "--set train.steps=100000 --set train.device=cpu --set logging.progress=plain > {} 2>&1",
       SPARSETRAIN_SOURCE_DIR, SPARSETRAIN_BINARY, dir.file("runs"), log);
   const auto t_start = Clock::now();
   const pid_t launcher = ::fork();

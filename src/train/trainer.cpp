@@ -71,7 +71,13 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
   const DistEnv env = dist_env_from_environment();
   const bool lead = env.rank == 0;  // the rank that reports and writes the run's files
   Runtime rt = make_runtime(recipe.train);
-  if (env.distributed() && rt.device_kind == "cuda") rt.device = torch::Device(torch::kCUDA, env.local_rank);
+  if (env.distributed() && rt.device_kind == "cuda") {
+    if (env.local_rank >= int64_t(torch::cuda::device_count()))
+      throw ConfigError(fmt::format("LOCAL_RANK {} needs GPU {}, but {} CUDA devices are visible: start at most {} "
+                                    "ranks per node (or set train.device=cpu)",
+                                    env.local_rank, env.local_rank, torch::cuda::device_count(), torch::cuda::device_count()));
+    rt.device = torch::Device(torch::kCUDA, env.local_rank);
+  }
   // Ranks sharing a CPU share its cores, as torchrun's OMP_NUM_THREADS default does.
   if (env.distributed() && rt.device_kind == "cpu" && !std::getenv("OMP_NUM_THREADS"))
     at::set_num_threads(std::max<int>(1, int(std::thread::hardware_concurrency() / env.local_world_size)));
