@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "small_model.h"
 #include "train/activation_checkpoint.h"
 #include "train/evaluate.h"
 #include "train/runtime.h"
@@ -9,18 +10,8 @@
 namespace st {
 namespace {
 
-ModelConfig small_config() {
-  ModelConfig c;
-  c.vocab_size = 61;
-  c.dim = 32;
-  c.n_layers = 3;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  return c;
-}
-
 TEST(ActivationCheckpointing, SameLossAndGradients) {
-  Transformer model(small_config());
+  Transformer model(test::small_model_config());
   model->init_weights(5);
   auto tokens = torch::randint(0, 61, {2, 17}, torch::kInt64);
   auto targets = torch::randint(0, 61, {2, 17}, torch::kInt64);
@@ -45,7 +36,7 @@ TEST(ActivationCheckpointing, SameLossAndGradients) {
 // the weights of an earlier step once the optimizer has changed them.
 TEST(ActivationCheckpointing, RecomputeUnderAutocastSeesUpdatedWeights) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "needs a CUDA GPU";
-  Transformer model(small_config());
+  Transformer model(test::small_model_config());
   model->init_weights(5);
   model->to(torch::kCUDA);
   Runtime rt;

@@ -13,10 +13,10 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs `sparsetrain <args>` from the source tree (recipes name configs/ and data/ relative
-// to it).
-inline CliResult run_cli(const std::string& args) {
-  const std::string cmd = std::string("cd ") + SPARSETRAIN_SOURCE_DIR + " && " + SPARSETRAIN_BINARY + " " + args + " 2>&1";
+// Runs a shell command from the source tree (recipes name configs/ and data/ relative to
+// it); stdout and stderr together.
+inline CliResult run_shell(const std::string& command) {
+  const std::string cmd = std::string("cd ") + SPARSETRAIN_SOURCE_DIR + " && " + command + " 2>&1";
   CliResult r;
   FILE* pipe = ::popen(cmd.c_str(), "r");
   if (!pipe) return r;
@@ -27,6 +27,9 @@ inline CliResult run_cli(const std::string& args) {
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
   return r;
 }
+
+// Runs `sparsetrain <args>` from the source tree.
+inline CliResult run_cli(const std::string& args) { return run_shell(std::string(SPARSETRAIN_BINARY) + " " + args); }
 
 inline std::string source_path(const std::string& rel) { return std::string(SPARSETRAIN_SOURCE_DIR) + "/" + rel; }
 

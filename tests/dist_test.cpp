@@ -4,19 +4,17 @@
 // 1, 2, 3 ranks), runs must agree to fp32 reduction-order tolerance; 3 ranks do not divide
 // the units' sizes, so padding is exercised. Checkpoints reshard across world sizes.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <torch/cuda.h>
 
 #include <filesystem>
 
 #include "cli.h"
 #include "dist/fsdp.h"
+#include "dist/launcher.h"
 #include "io/safetensors.h"
 #include "oracle.h"
 #include "run_metrics.h"
+#include "small_model.h"
 #include "train/activation_checkpoint.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
@@ -26,43 +24,19 @@ namespace {
 
 namespace fs = std::filesystem;
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-// Runs a shell command from the source tree; stdout and stderr together.
-test::CliResult shell(const std::string& command) {
-  test::CliResult r;
-  FILE* pipe = ::popen(("cd " + std::string(SPARSETRAIN_SOURCE_DIR) + " && " + command + " 2>&1").c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
-  const int status = ::pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-  return r;
-}
-
 // `sparsetrain <args>` as `ranks` processes at once (each one's output in
 // <dir>/<name>.rank<r>.log); fails when any of them does.
 test::CliResult run_ranks(const test::TempDir& dir, int ranks, const std::string& name, const std::string& args) {
   if (ranks == 1) return test::run_cli(args);
   const std::string log = dir.file(name) + ".rank";
-  const int port = free_port();
+  const int64_t port = free_local_port();
   std::string script = "pids=; ";
   for (int r = 0; r < ranks; ++r)
     script += "RANK=" + std::to_string(r) + " WORLD_SIZE=" + std::to_string(ranks) + " LOCAL_RANK=" +
               std::to_string(r) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " +
               SPARSETRAIN_BINARY + " " + args + " > " + log + std::to_string(r) + " 2>&1 & pids=\"$pids $!\"; ";
   script += "rc=0; for p in $pids; do wait $p || rc=1; done; cat " + log + "*; exit $rc";
-  return shell("bash -c '" + script + "'");
+  return test::run_shell("bash -c '" + script + "'");
 }
 
 // The tiny recipe at 6 sequences of 64 tokens a step, for 10 steps, on the CPU (Gloo) unless
@@ -190,12 +164,7 @@ TEST_F(Sharded, EachRankHoldsAboutOneNthOfTheOptimizerState) {
 // In one process (a world of one: the collectives are copies), the sharded model must give
 // the plain model's gradients, and hold a block's weights only around its use.
 TEST(ShardedModel, PlainGradientsWithOnlyTheRunningBlocksGathered) {
-  ModelConfig c;
-  c.vocab_size = 61;
-  c.dim = 32;
-  c.n_layers = 3;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
+  const ModelConfig c = test::small_model_config();
   auto tokens = torch::randint(0, 61, {2, 17}, torch::kInt64);
   auto targets = torch::randint(0, 61, {2, 17}, torch::kInt64);
   Transformer plain(c);
@@ -245,7 +214,7 @@ TEST(DistEnv, PartialOrMalformedVariablesAreNamed) {
                         Case{"RANK=2 WORLD_SIZE=2", "RANK"}, Case{"RANK=0 WORLD_SIZE=2", "MASTER_ADDR"},
                         Case{"RANK=0 WORLD_SIZE=2 MASTER_ADDR=x MASTER_PORT=http", "MASTER_PORT"},
                         Case{"SLURM_PROCID=0 SLURM_NTASKS=two", "SLURM_NTASKS"}}) {
-    auto r = shell("env " + c.env + " " + SPARSETRAIN_BINARY + " train recipes/tiny.yaml --set run.out_dir=/nonexistent");
+    auto r = test::run_shell("env " + c.env + " " + SPARSETRAIN_BINARY + " train recipes/tiny.yaml --set run.out_dir=/nonexistent");
     EXPECT_EQ(r.code, 2) << c.env << ": " << r.output;
     EXPECT_NE(r.output.find(c.named), std::string::npos) << c.env << ": " << r.output;
   }

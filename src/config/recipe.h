@@ -125,6 +125,13 @@ struct TrainConfig {
   int64_t eval_every = 0;             // 0: only at the end (when data.eval is set)
   int64_t eval_batches = 8;
   std::string init_from;              // checkpoint to take model weights from (continual pretraining)
+
+  // Optimizer steps of a run on world_size ranks: `steps`, or the token budget rounded up.
+  int64_t optimizer_steps(int64_t world_size) const {
+    if (steps > 0) return steps;
+    const int64_t per_step = micro_batch * grad_accum * seq_len * world_size;
+    return (tokens + per_step - 1) / per_step;
+  }
 };
 
 struct CheckpointConfig {

@@ -46,17 +46,10 @@ Recipe run_recipe(const SweepConfig& s, const std::string& dir, const std::strin
   return sweep_recipe(s, name, overrides);
 }
 
-// Optimizer steps a single-process run of this recipe takes (as the trainer counts them).
-int64_t planned_steps(const TrainConfig& t) {
-  if (t.steps > 0) return t.steps;
-  const int64_t per_step = t.micro_batch * t.grad_accum * t.seq_len;
-  return (t.tokens + per_step - 1) / per_step;
-}
-
 // Trains (or resumes) a run; false when a signal stopped it before the end.
 bool train_run(const Recipe& recipe) {
   const TrainSummary summary = train(recipe, {"auto"});
-  return summary.steps_done >= planned_steps(recipe.train);
+  return summary.steps_done >= recipe.train.optimizer_steps(1);
 }
 
 // calibration.json: {"length": L, "batches": B, "variants": {"nsa": {"75": {...}}}}.
@@ -170,13 +163,13 @@ SweepPlan plan_sweep(const SweepConfig& s) {
   for (const SweepRun& r : plan.runs) {
     const TrainConfig& t = r.recipe.train;
     const std::string where = fmt::format("{}: variants.{}", s.source, r.variant);
-    if (planned_steps(t) != planned_steps(ref) || t.seq_len != ref.seq_len || t.micro_batch != ref.micro_batch ||
+    if (t.optimizer_steps(1) != ref.optimizer_steps(1) || t.seq_len != ref.seq_len || t.micro_batch != ref.micro_batch ||
         t.grad_accum != ref.grad_accum || t.seed != ref.seed || r.recipe.data.train != plan.runs.front().recipe.data.train)
       throw ConfigError(fmt::format("{}: changes the training budget or data order (train.steps/tokens, seq_len, "
                                     "micro_batch, grad_accum, seed or data.train) of its runs; every run of a sweep "
                                     "trains the same tokens in the same order (set them under cpt)", where));
   }
-  plan.cpt_steps = planned_steps(ref);
+  plan.cpt_steps = ref.optimizer_steps(1);
   const Recipe& any = plan.runs.front().recipe;
   if (any.data.eval.empty())
     throw ConfigError(fmt::format("{}: data.eval: missing (in {} or under set); a sweep calibrates and evaluates on it",

@@ -45,12 +45,6 @@ struct SignalGuard {
   }
 };
 
-int64_t total_steps(const Recipe& r, int64_t world_size) {
-  if (r.train.steps > 0) return r.train.steps;
-  const int64_t per_step = r.train.micro_batch * r.train.grad_accum * r.train.seq_len * world_size;
-  return (r.train.tokens + per_step - 1) / per_step;
-}
-
 std::shared_ptr<TokenShard> open_shard(const std::string& path, const ModelConfig& m, const char* key) {
   auto shard = std::make_shared<TokenShard>(path);
   if (shard->vocab_size() > uint64_t(m.vocab_size))
@@ -72,16 +66,17 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
   const bool lead = env.rank == 0;  // the rank that reports and writes the run's files
   Runtime rt = make_runtime(recipe.train);
   if (env.distributed() && rt.device_kind == "cuda") {
-    if (env.local_rank >= int64_t(torch::cuda::device_count()))
+    const int64_t gpus = int64_t(torch::cuda::device_count());
+    if (env.local_rank >= gpus)
       throw ConfigError(fmt::format("LOCAL_RANK {} needs GPU {}, but {} CUDA devices are visible: start at most {} "
                                     "ranks per node (or set train.device=cpu)",
-                                    env.local_rank, env.local_rank, torch::cuda::device_count(), torch::cuda::device_count()));
+                                    env.local_rank, env.local_rank, gpus, gpus));
     rt.device = torch::Device(torch::kCUDA, env.local_rank);
   }
   // Ranks sharing a CPU share its cores, as torchrun's OMP_NUM_THREADS default does.
   if (env.distributed() && rt.device_kind == "cpu" && !std::getenv("OMP_NUM_THREADS"))
     at::set_num_threads(std::max<int>(1, int(std::thread::hardware_concurrency() / env.local_world_size)));
-  const int64_t steps = total_steps(recipe, env.world_size);
+  const int64_t steps = recipe.train.optimizer_steps(env.world_size);
   const fs::path run_dir = recipe.run_dir();
   const std::string ckpt_root = (run_dir / "ckpt").string();
   const TrainConfig& tc = recipe.train;
