@@ -11,6 +11,8 @@
 #include <fstream>
 #include <string>
 
+#include "io/remove_tree.h"
+
 namespace st::test {
 
 // A fresh directory under the system temp dir, removed when the test ends.
@@ -21,10 +23,15 @@ class TempDir {
     path_ = std::filesystem::temp_directory_path() /
             (std::string("sparsetrain-") + info->test_suite_name() + "-" + info->name() + "-" +
              std::to_string(::getpid()));
-    std::filesystem::remove_all(path_);
+    remove_tree(path_.string());
     std::filesystem::create_directories(path_);
   }
-  ~TempDir() { std::filesystem::remove_all(path_); }
+  ~TempDir() {
+    try {
+      remove_tree(path_.string());
+    } catch (const std::exception&) {  // a destructor must not throw; a leftover temp dir is harmless
+    }
+  }
   std::string file(const std::string& name) const { return (path_ / name).string(); }
   const std::filesystem::path& path() const { return path_; }
 

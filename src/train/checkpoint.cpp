@@ -12,6 +12,7 @@
 #include "io/atomic_file.h"
 #include "io/json_reader.h"
 #include "io/read_file.h"
+#include "io/remove_tree.h"
 #include "util/json.h"
 
 namespace st {
@@ -44,7 +45,7 @@ std::string commit(const std::string& root, const fs::path& tmp, const Checkpoin
   write_file_atomic((tmp / "manifest.json").string(), manifest.str() + "\n");
   sync_directory(tmp.string());
 
-  fs::remove_all(final_dir);  // a re-save of the same step replaces it
+  remove_tree(final_dir.string());  // a re-save of the same step replaces it
   fs::rename(tmp, final_dir);
   sync_directory(root);
   write_file_atomic((fs::path(root) / "latest").string(), name + "\n");
@@ -55,7 +56,7 @@ std::string commit(const std::string& root, const fs::path& tmp, const Checkpoin
     if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0) steps.push_back(e.path().filename().string());
   std::sort(steps.begin(), steps.end());
   for (size_t i = 0; i + size_t(keep) < steps.size(); ++i)
-    if (steps[i] != name) fs::remove_all(fs::path(root) / steps[i]);
+    if (steps[i] != name) remove_tree((fs::path(root) / steps[i]).string());
   return final_dir.string();
 }
 
@@ -106,7 +107,7 @@ std::string file_checksum(const std::string& path) {
 std::string save_checkpoint(const std::string& root, const CheckpointData& ckpt, int64_t keep) {
   fs::create_directories(root);
   const fs::path tmp = fs::path(root) / (".tmp-" + step_name(ckpt.step) + "-" + std::to_string(::getpid()));
-  fs::remove_all(tmp);
+  remove_tree(tmp.string());
   fs::create_directories(tmp);
 
   std::vector<std::string> files = {"model.safetensors"};
@@ -125,7 +126,7 @@ std::string save_sharded_checkpoint(const std::string& root, const CheckpointDat
   const fs::path tmp = fs::path(root) / (".tmp-" + step_name(ckpt.step) + "-sharded");
   if (shard.rank == 0) {
     fs::create_directories(root);
-    fs::remove_all(tmp);
+    remove_tree(tmp.string());
     fs::create_directories(tmp);
   }
   shard.barrier();
