@@ -13,9 +13,13 @@
 //     row_ptr [B*Hkv*T + 1] int64, blocks [nnz] int32, bias [nnz] fp32 (optional).
 //   Block j holds keys [64 j, 64 j + 64). A row's list names the selected blocks strictly
 //   before the row's own (diagonal) block t/64, sorted ascending, without duplicates
-//   (bsa_rows_from_topk builds such lists). The diagonal block is always attended, bias 0,
-//   with the token-level causal mask (key <= t). window > 0 additionally masks keys
-//   <= t - window (sliding-window attention: pair it with bsa_rows_window).
+//   (bsa_rows_count/fill build such lists). The diagonal block is always attended, bias 0,
+//   with the token-level causal mask (key <= t).
+//   window > 0 adds a sliding window: every key with t - window < key <= t is attended too,
+//   at bias 0 where its block is not listed (a listed block's bias covers all its keys). So a
+//   row reads the union of its listed blocks, its diagonal block and its window, in one
+//   softmax (InfLLMv2); empty lists plus a window are sliding-window attention (NSA's window
+//   branch; for windows under 64 keys the whole causal part of the diagonal block is read).
 //
 // Logits: s = scale * q.k + bias(row, block); o = softmax(s) v over the attended keys.
 #pragma once
@@ -45,14 +49,15 @@ struct BsaRows {
   const int32_t* blocks = nullptr;
   const float* bias = nullptr;
   int64_t nnz = 0;
-  int window = 0;  // 0: off
+  int window = 0;  // keys per sliding window (see above); 0: none
 };
 
 // The plan: per-tile union lists (forward and dQ) and the reverse index (dK/dV), built on
 // the GPU from the row lists. Lives in one caller-owned workspace of bsa_plan_bytes bytes.
 struct BsaPlan {
   int64_t* tile_ptr = nullptr;     // [n_tiles + 1], n_tiles = B*Hkv*tiles_per_head
-  int32_t* tile_blocks = nullptr;  // union of the tile's rows' blocks + its diagonal block(s)
+  int32_t* tile_blocks = nullptr;  // union of the tile's rows' blocks, its diagonal block(s)
+                                   // and the blocks its positions' windows reach
   int64_t* rev_ptr = nullptr;      // [B*Hkv*n_blocks + 1]
   int32_t* rev_tiles = nullptr;    // tile index within its (b, hkv), per KV block
   int64_t capacity = 0;            // entries tile_blocks / rev_tiles can hold
@@ -61,7 +66,7 @@ struct BsaPlan {
 // Status codes: 0 ok; otherwise a cudaError_t value or one of these.
 constexpr int kBsaBadShape = -1;
 
-size_t bsa_plan_bytes(const BsaShape& s, int64_t nnz);
+size_t bsa_plan_bytes(const BsaShape& s, int64_t nnz, int window);
 // Carves the workspace into a BsaPlan and fills it. Asynchronous on stream.
 int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* plan,
              cudaStream_t stream);
@@ -104,12 +109,5 @@ int bsa_rows_count(const BsaShape& s, const int32_t* ids, int k, int64_t* row_pt
                    void* scan_tmp, cudaStream_t stream);
 int bsa_rows_fill(const BsaShape& s, const int32_t* ids, int k, const int64_t* row_ptr,
                   int32_t* blocks, cudaStream_t stream);
-
-// Row lists for a sliding window of w keys: blocks covering (t - w, t] before the diagonal.
-// Pair with BsaRows::window = w. Same two passes.
-int bsa_rows_window_count(const BsaShape& s, int window, int64_t* row_ptr, void* scan_tmp,
-                          cudaStream_t stream);
-int bsa_rows_window_fill(const BsaShape& s, int window, const int64_t* row_ptr,
-                         int32_t* blocks, cudaStream_t stream);
 
 }  // namespace st::kernels

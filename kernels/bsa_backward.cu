@@ -79,12 +79,14 @@ __global__ void __launch_bounds__(256) bsa_convert_kernel(const float* acc, T* d
   reinterpret_cast<uint4*>(dq)[i] = out;
 }
 
-// Bias (base 2) and list entry of position t (row list `list`) for KV block j: 0 and -1 on
-// the diagonal; the list's bias and entry when t selected j (binary search in the sorted
-// list); -inf and -1 otherwise.
+// How position t (row list `list`) reads KV block j, as RowCursor::step says, plus the list
+// entry: the diagonal: bias 0, entry -1; a listed block (binary search in the sorted list): the
+// list's bias and entry; a block only the window reaches: bias 0 from key *first on, entry -1;
+// else -inf and -1.
 __device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, int64_t t, int j,
-                                            int64_t* entry) {
+                                            int64_t* entry, int* first) {
   *entry = -1;
+  *first = 0;
   const int diag = static_cast<int>(t / kBsaBlock);
   if (j == diag) return 0.f;
   if (j > diag) return -INFINITY;
@@ -94,7 +96,12 @@ __device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, in
     const int64_t mid = (lo + hi) >> 1;
     if (p.blocks[mid] < j) lo = mid + 1; else hi = mid;
   }
-  if (lo == end || p.blocks[lo] != j) return -INFINITY;
+  if (lo == end || p.blocks[lo] != j) {
+    const int w = window_first_key(t, j, p.window);
+    if (w == INT_MAX) return -INFINITY;
+    *first = w;
+    return 0.f;
+  }
   *entry = lo;
   return p.bias ? p.bias[lo] * kLog2e : 0.f;
 }
@@ -108,12 +115,15 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   auto sQ = [&](int stage) { return sK + (2 + stage) * kTile; };
   auto sdO = [&](int stage) { return sK + (4 + stage) * kTile; };
   // Per stage and tile row: bias - lse for block j (base 2; -inf where the row does not attend
-  // j), delta, position (-1: padding row) and element offset in dq_accum (-1: padding row).
+  // j), delta, position (-1: padding row), first key read in j and element offset in dq_accum
+  // (-1: padding row).
   __shared__ float s_bl[2][64], s_delta[2][64];
-  __shared__ int s_t[2][64];
+  __shared__ int s_t[2][64], s_lo[2][64];
   __shared__ int64_t s_off[2][64];
-  // Per stage and tile position: bias (base 2) and list entry for block j; first position.
+  // Per stage and tile position: bias (base 2), first key read and list entry for block j;
+  // the tile's first position.
   __shared__ float s_pbias[2][64];
+  __shared__ int s_plo[2][64];
   __shared__ int64_t s_entry[2][64];
   __shared__ int s_t0[2];
   __shared__ float s_colsum[4][64];  // per warp: dS summed over its 16 keys, per tile row
@@ -162,14 +172,20 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
       const int pos = tid - 64;
       const int64_t t = static_cast<int64_t>(tile_t) * p.P + pos;
       int64_t entry = -1;
-      s_pbias[stage][pos] = t < p.T ? block_bias(p, bh * p.T + t, t, j, &entry) : -INFINITY;
+      int first = 0;
+      s_pbias[stage][pos] = t < p.T ? block_bias(p, bh * p.T + t, t, j, &entry, &first) : -INFINITY;
       s_entry[stage][pos] = entry;
+      s_plo[stage][pos] = first;
       if (pos == 0) s_t0[stage] = tile_t * p.P;
     }
   };
-  // After a barrier that follows load_tile: row r's bias is its position's (r / G).
+  // After a barrier that follows load_tile: row r's bias and first key are its position's (r / G).
   auto add_bias = [&](int stage) {
-    if (tid < 64) s_bl[stage][tid] += tid < p.P * p.G ? s_pbias[stage][tid / p.G] : -INFINITY;
+    if (tid < 64) {
+      const bool real = tid < p.P * p.G;
+      s_bl[stage][tid] += real ? s_pbias[stage][tid / p.G] : -INFINITY;
+      s_lo[stage][tid] = real ? s_plo[stage][tid / p.G] : 0;
+    }
   };
   load_tile(s_tiles[0], 0);
   cp_async_commit();
@@ -207,15 +223,19 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
         mma<T>(dp[2 * nn + 1], va, bo[2], bo[3]);
       }
     }
-    // P^T and dS^T; column n of the C fragment is tile row n. Only the diagonal block (or a
-    // window) needs the token mask.
-    if (p.window > 0 || key0 + kBsaBlock - 1 > s_t0[st]) {
+    // P^T and dS^T; column n of the C fragment is tile row n. Only the diagonal block and the
+    // window's edge need the token mask: a window starts inside block j for positions
+    // key0 + window .. key0 + window + 62.
+    const int t0 = s_t0[st];
+    if (key0 + kBsaBlock - 1 > t0 ||
+        (p.window > 0 && t0 + p.P > key0 + p.window && t0 < key0 + p.window + kBsaBlock - 1)) {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (key_masked(key0 + kw + g + 8 * (e >> 1), s_t[st][nt * 8 + 2 * c + (e & 1)], p.window))
-            s[nt][e] = -INFINITY;
+        for (int e = 0; e < 4; ++e) {
+          const int n = nt * 8 + 2 * c + (e & 1);
+          if (key_masked(key0 + kw + g + 8 * (e >> 1), s_t[st][n], s_lo[st][n])) s[nt][e] = -INFINITY;
+        }
     }
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {

@@ -2,8 +2,9 @@
 // MMA rows); each warp owns 16 rows and keeps their Q fragments in registers. The CTA walks
 // the ascending union of the tile's block lists (built by bsa_plan), double-buffering K/V
 // blocks through cp.async, and runs the flash online softmax in fp32 with mma.sync m16n8k16.
-// A row that did not select a block gets -inf for it; a warp none of whose rows selected the
-// block skips its MMAs.
+// A row that does not read a block gets -inf for it; a warp none of whose rows reads the block
+// skips its MMAs. Token masks (causal on the diagonal block, the window's edge in a block only
+// the window reaches) are applied only where a row needs one.
 // kExact (when the caller asks for o's rounding residual, i.e. d(bias) matters): P goes into
 // P V as two 16-bit parts, hi + lo, so that the fp32 O and with it the backward's delta =
 // dO . O are those of the fp32 P, not of P rounded to 8 mantissa bits. That rounding put
@@ -24,6 +25,7 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
   constexpr int kTile = 64 * D * 2;        // bytes of one 64 x D tile
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ float s_bias[2][64];          // per stage: each row's bias (base 2) for the block
+  __shared__ int s_lo[2][64];              // ... and the first key it reads there
   const uint32_t sQ = smem_addr(smem);     // Q, then two K stages, then two V stages
   // Arithmetic, not arrays: a run-time index into a register array would go to local memory.
   auto sK = [&](int stage) { return sQ + (1 + stage) * kTile; };
@@ -41,12 +43,12 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
   const int64_t ubeg = p.tile_ptr[tile];
   const int n_union = static_cast<int>(p.tile_ptr[tile + 1] - ubeg);
 
-  // Thread tid < 64 walks tile row tid's list and publishes its bias per block in s_bias, so
-  // the MMA threads carry no list state.
+  // Thread tid < 64 walks tile row tid's list and publishes its bias and first key per block
+  // in shared memory, so the MMA threads carry no list state.
   RowCursor cursor;
   if (tid < 64) cursor.init(p, row_of(tid));
   auto publish_bias = [&](int j, int stage) {
-    if (tid < 64) s_bias[stage][tid] = cursor.step(p, j);
+    if (tid < 64) s_bias[stage][tid] = cursor.step(p, j, &s_lo[stage][tid]);
   };
   auto load_kv = [&](int j, int stage) {
     const int64_t key0 = static_cast<int64_t>(j) * kBsaBlock;
@@ -85,8 +87,12 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
       publish_bias(j_next, st ^ 1);
     }
     float bias2[2];
+    int lo2[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) bias2[i] = s_bias[st][wrow + g + 8 * i];
+    for (int i = 0; i < 2; ++i) {
+      bias2[i] = s_bias[st][wrow + g + 8 * i];
+      lo2[i] = s_lo[st][wrow + g + 8 * i];
+    }
     if (!__any_sync(0xffffffffu, bias2[0] != -INFINITY || bias2[1] != -INFINITY)) continue;
 
     // S = Q K^T for 16 rows x 64 keys.
@@ -102,19 +108,19 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
         mma<T>(s[2 * nn + 1], qf[kk], bf[2], bf[3]);
       }
     }
-    // Scale, bias, mask; online softmax in base 2. Only the diagonal block (or a window)
-    // needs the token mask.
+    // Scale, bias, mask; online softmax in base 2. Only the diagonal block and the window's
+    // edge need the token mask.
     const int key0 = j * kBsaBlock + 2 * c;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int t = t_row[i];
-      const bool need_mask = j * kBsaBlock + kBsaBlock - 1 > t || p.window > 0;
-      if (need_mask) {  // a real branch: off-diagonal blocks skip the compares
+      const bool need_mask = j * kBsaBlock + kBsaBlock - 1 > t || lo2[i] > j * kBsaBlock;
+      if (need_mask) {  // a real branch: blocks read whole skip the compares
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e)
-            if (key_masked(key0 + nt * 8 + e, t, p.window)) s[nt][2 * i + e] = -INFINITY;
+            if (key_masked(key0 + nt * 8 + e, t, lo2[i])) s[nt][2 * i + e] = -INFINITY;
       }
       float mx = -INFINITY;
 #pragma unroll

@@ -53,20 +53,6 @@ __global__ void topk_rows_kernel(const int32_t* ids, int k, int64_t rows, int64_
   }
 }
 
-__global__ void window_rows_kernel(int64_t rows, int64_t T, int window, int64_t* row_ptr,
-                                   int32_t* blocks, bool fill) {
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r >= rows) return;
-  const int64_t t = r % T;
-  const int64_t first_key = t - window + 1 > 0 ? t - window + 1 : 0;
-  const int first = static_cast<int>(first_key / kBsaBlock), diag = static_cast<int>(t / kBsaBlock);
-  if (!fill) {
-    row_ptr[r] = diag - first;
-    return;
-  }
-  for (int j = first; j < diag; ++j) blocks[row_ptr[r] + (j - first)] = j;
-}
-
 }  // namespace
 
 size_t bsa_scan_bytes(int64_t n) { return dev::scan_chunks(n) * sizeof(int64_t); }
@@ -91,26 +77,6 @@ int bsa_rows_fill(const BsaShape& s, const int32_t* ids, int k, const int64_t* r
   const size_t smem = kWarps * 2 * k * sizeof(int32_t);
   topk_rows_kernel<true><<<grid, kWarps * 32, smem, stream>>>(
       ids, k, rows, s.T, const_cast<int64_t*>(row_ptr), blocks);
-  return cudaGetLastError();
-}
-
-int bsa_rows_window_count(const BsaShape& s, int window, int64_t* row_ptr, void* scan_tmp,
-                          cudaStream_t stream) {
-  if (window <= 0) return kBsaBadShape;
-  const int64_t rows = s.B * s.Hkv * s.T;
-  window_rows_kernel<<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(
-      rows, s.T, window, row_ptr, nullptr, false);
-  cudaError_t e = cudaGetLastError();
-  if (e) return e;
-  return dev::exclusive_scan_inplace(row_ptr, rows, static_cast<int64_t*>(scan_tmp), stream);
-}
-
-int bsa_rows_window_fill(const BsaShape& s, int window, const int64_t* row_ptr,
-                         int32_t* blocks, cudaStream_t stream) {
-  if (window <= 0) return kBsaBadShape;
-  const int64_t rows = s.B * s.Hkv * s.T;
-  window_rows_kernel<<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(
-      rows, s.T, window, const_cast<int64_t*>(row_ptr), blocks, true);
   return cudaGetLastError();
 }
 

@@ -5,7 +5,10 @@
 //
 // Per tile, the union is formed in a shared-memory bitmask over the blocks up to the tile's
 // last diagonal block (n_blocks / 8 bytes at most), then compacted in ascending order.
-// Each tile's union includes the diagonal block of each of its positions.
+// Each tile's union includes the diagonal block of each of its positions and, with a sliding
+// window, every block the window of one of its positions reaches: the kernels then mask per
+// (row, block) what the row does not read. A tile's union thus stays within its rows' list
+// entries plus (P + window) / 64 + 2 blocks.
 #include "block_sparse_attention.h"
 #include "bsa_scan.cuh"
 
@@ -29,9 +32,10 @@ __device__ __forceinline__ TileSpan tile_span(int64_t tile, int64_t tiles_per_he
   return s;
 }
 
-// Fills the tile's bitmask: every list entry of its positions plus their diagonal blocks.
+// Fills the tile's bitmask: every list entry of its positions, their diagonal blocks and the
+// blocks their windows reach (keys t0 - window + 1 .. t1 - 1).
 __device__ void build_mask(uint32_t* mask, const TileSpan& s, const int64_t* row_ptr,
-                           const int32_t* blocks, int64_t T) {
+                           const int32_t* blocks, int64_t T, int window) {
   for (int w = threadIdx.x; w < s.words; w += kThreads) mask[w] = 0;
   __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -42,21 +46,19 @@ __device__ void build_mask(uint32_t* mask, const TileSpan& s, const int64_t* row
       atomicOr(&mask[j >> 5], 1u << (j & 31));
     }
   }
-  if (threadIdx.x == 0) {
-    const int d0 = static_cast<int>(s.t0 / kBsaBlock), d1 = static_cast<int>((s.t1 - 1) / kBsaBlock);
-    atomicOr(&mask[d0 >> 5], 1u << (d0 & 31));
-    atomicOr(&mask[d1 >> 5], 1u << (d1 & 31));
-  }
+  const int64_t first_key = window > 0 ? max(s.t0 - window + 1, int64_t(0)) : s.t0;
+  const int first = static_cast<int>(first_key / kBsaBlock), last = static_cast<int>((s.t1 - 1) / kBsaBlock);
+  for (int j = first + threadIdx.x; j <= last; j += kThreads) atomicOr(&mask[j >> 5], 1u << (j & 31));
   __syncthreads();
 }
 
-__global__ void tile_count_kernel(const int64_t* row_ptr, const int32_t* blocks, int64_t T,
+__global__ void tile_count_kernel(const int64_t* row_ptr, const int32_t* blocks, int64_t T, int window,
                                   int64_t tiles_per_head, int P, int64_t* tile_cnt) {
   extern __shared__ uint32_t mask[];
   __shared__ int total;
   const TileSpan s = tile_span(blockIdx.x, tiles_per_head, P, T);
   if (threadIdx.x == 0) total = 0;
-  build_mask(mask, s, row_ptr, blocks, T);
+  build_mask(mask, s, row_ptr, blocks, T, window);
   int n = 0;
   for (int w = threadIdx.x; w < s.words; w += kThreads) n += __popc(mask[w]);
   atomicAdd(&total, n);
@@ -65,14 +67,14 @@ __global__ void tile_count_kernel(const int64_t* row_ptr, const int32_t* blocks,
 }
 
 // Writes the tile's union in ascending order and counts each block's tiles into rev_cnt.
-__global__ void tile_fill_kernel(const int64_t* row_ptr, const int32_t* blocks, int64_t T,
+__global__ void tile_fill_kernel(const int64_t* row_ptr, const int32_t* blocks, int64_t T, int window,
                                  int64_t tiles_per_head, int P, int n_blocks,
                                  const int64_t* tile_ptr, int32_t* tile_blocks,
                                  unsigned long long* rev_cnt) {
   extern __shared__ uint32_t mask[];
   __shared__ int warp_cnt[kThreads / 32];
   const TileSpan s = tile_span(blockIdx.x, tiles_per_head, P, T);
-  build_mask(mask, s, row_ptr, blocks, T);
+  build_mask(mask, s, row_ptr, blocks, T, window);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int64_t out = tile_ptr[blockIdx.x];
   for (int base = 0; base < s.words; base += kThreads) {
@@ -125,11 +127,14 @@ struct Layout {
   int64_t n_tiles, n_rev, capacity;
 };
 
-Layout layout(const BsaShape& s, int64_t nnz) {
+Layout layout(const BsaShape& s, int64_t nnz, int window) {
   Layout l;
   l.n_tiles = s.B * s.Hkv * s.tiles_per_head();
   l.n_rev = s.B * s.Hkv * s.n_blocks();
-  l.capacity = nnz + 2 * l.n_tiles;  // a union is at most its rows' entries + 2 diagonals
+  // A union is at most its rows' entries plus the blocks from its first window key (or first
+  // position) to its last position: keys t1 - 1 - (t0 - window + 1) < P + window apart.
+  const int64_t span = window > 0 ? (s.tile_positions() + window - 2) / kBsaBlock + 2 : 2;
+  l.capacity = nnz + span * l.n_tiles;
   size_t off = 0;
   auto take = [&](size_t bytes) { const size_t at = off; off += align256(bytes); return at; };
   l.tile_ptr = take((l.n_tiles + 1) * sizeof(int64_t));
@@ -144,12 +149,12 @@ Layout layout(const BsaShape& s, int64_t nnz) {
 
 }  // namespace
 
-size_t bsa_plan_bytes(const BsaShape& s, int64_t nnz) { return layout(s, nnz).total; }
+size_t bsa_plan_bytes(const BsaShape& s, int64_t nnz, int window) { return layout(s, nnz, window).total; }
 
 int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* plan,
              cudaStream_t stream) {
-  if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || s.T <= 0 || s.B <= 0) return kBsaBadShape;
-  const Layout l = layout(s, rows.nnz);
+  if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || s.T <= 0 || s.B <= 0 || rows.window < 0) return kBsaBadShape;
+  const Layout l = layout(s, rows.nnz, rows.window);
   const size_t mask_bytes = ((s.n_blocks() + 31) / 32) * sizeof(uint32_t);
   if (mask_bytes > 48 * 1024 || l.n_tiles > INT32_MAX) return kBsaBadShape;
   char* base = static_cast<char*>(workspace);
@@ -167,11 +172,11 @@ int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* p
   cudaError_t e;
   if ((e = cudaMemsetAsync(plan->rev_ptr, 0, (l.n_rev + 1) * sizeof(int64_t), stream))) return e;
   if ((e = cudaMemsetAsync(cursor, 0, l.n_rev * sizeof(int), stream))) return e;
-  tile_count_kernel<<<grid, kThreads, mask_bytes, stream>>>(rows.row_ptr, rows.blocks, s.T,
+  tile_count_kernel<<<grid, kThreads, mask_bytes, stream>>>(rows.row_ptr, rows.blocks, s.T, rows.window,
                                                              s.tiles_per_head(), P, plan->tile_ptr);
   if ((e = dev::exclusive_scan_inplace(plan->tile_ptr, l.n_tiles, scan_tmp, stream))) return e;
   tile_fill_kernel<<<grid, kThreads, mask_bytes, stream>>>(
-      rows.row_ptr, rows.blocks, s.T, s.tiles_per_head(), P, nb, plan->tile_ptr,
+      rows.row_ptr, rows.blocks, s.T, rows.window, s.tiles_per_head(), P, nb, plan->tile_ptr,
       plan->tile_blocks, reinterpret_cast<unsigned long long*>(plan->rev_ptr));
   if ((e = dev::exclusive_scan_inplace(plan->rev_ptr, l.n_rev, scan_tmp, stream))) return e;
   rev_fill_kernel<<<grid, kThreads, 0, stream>>>(plan->tile_ptr, plan->tile_blocks,

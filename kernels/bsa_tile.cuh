@@ -83,27 +83,44 @@ __device__ __forceinline__ TileRow tile_row(const BsaParams& p, int b, int hkv, 
   return x;
 }
 
-// Walks one row's sorted list in step with the tile's ascending union of blocks, yielding
-// the row's additive bias (base 2) for each union block: 0 on the diagonal block, the list's
-// bias for a selected block, -inf otherwise.
+// The first key of block j (before row t's own) that row t reads through its sliding window
+// (keys t - window < key <= t), or INT_MAX when the window does not reach the block.
+__device__ __forceinline__ int window_first_key(int64_t t, int j, int window) {
+  const int64_t first = t - window + 1;
+  return window > 0 && first < static_cast<int64_t>(j + 1) * kBsaBlock ? static_cast<int>(first) : INT_MAX;
+}
+
+// Walks one row's sorted list in step with the tile's ascending union of blocks, yielding how
+// the row reads each union block: its additive bias (base 2) and the first key it reads there
+// (`lo`; keys below it are masked). The diagonal block: bias 0, all causal keys. A listed
+// block: the list's bias, all keys. Any other block the row's window reaches: bias 0 from the
+// window's first key on. Else -inf.
 struct RowCursor {
   int64_t cur, end;
   int next;  // blocks[cur], or INT_MAX at the end
   int diag;  // the row's own block, t / 64
+  int64_t t;
   bool valid;
 
   __device__ __forceinline__ void init(const BsaParams& p, const TileRow& r) {
     valid = r.valid;
+    t = r.t;
     diag = static_cast<int>(r.t / kBsaBlock);
     cur = valid ? p.row_ptr[r.list] : 0;
     end = valid ? p.row_ptr[r.list + 1] : 0;
     next = cur < end ? p.blocks[cur] : INT_MAX;
   }
-  // Returns the bias for block j.
-  __device__ __forceinline__ float step(const BsaParams& p, int j) {
+  // Returns the bias for block j and sets *lo (0 where nothing is masked or nothing read).
+  __device__ __forceinline__ float step(const BsaParams& p, int j, int* lo) {
+    *lo = 0;
     if (!valid || j > diag) return -INFINITY;
     if (j == diag) return 0.f;
-    if (next != j) return -INFINITY;
+    if (next != j) {
+      const int first = window_first_key(t, j, p.window);
+      if (first == INT_MAX) return -INFINITY;
+      *lo = first;
+      return 0.f;
+    }
     const float b = p.bias ? p.bias[cur] * kLog2e : 0.f;
     ++cur;
     next = cur < end ? p.blocks[cur] : INT_MAX;
@@ -111,9 +128,7 @@ struct RowCursor {
   }
 };
 
-// Masks a key inside an attended block: causal (key > t) and the sliding window.
-__device__ __forceinline__ bool key_masked(int key, int t, int window) {
-  return key > t || (window > 0 && key <= t - window);
-}
+// Masks a key inside a block the row reads: causal (key > t) and the window's edge (key < lo).
+__device__ __forceinline__ bool key_masked(int key, int t, int lo) { return key > t || key < lo; }
 
 }  // namespace st::kernels::dev

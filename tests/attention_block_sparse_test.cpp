@@ -95,6 +95,25 @@ TEST(AttendedPairs, MatchesBruteForceCount) {
     }
 }
 
+// The same count from per-row lists, which leave each query's own block implicit (always read).
+TEST(AttendedPairs, ListsMatchBruteForceCount) {
+  torch::manual_seed(3);
+  const int64_t B = 2, Hkv = 2, G = 3, T = 45, block = 8, n_blocks = 6;
+  auto sel = random_selection(B, Hkv, T, block, 0.3);
+  auto S = sel.selected.accessor<bool, 4>();
+  auto entries = list_entries(sel.selected, 0, block);
+  const BlockRows rows{torch::cat({torch::zeros({1}, torch::kInt64), entries.counts.flatten().cumsum(0)}),
+                       entries.flat.remainder(n_blocks).to(torch::kInt32), {}};
+  for (int64_t window : {0, 1, 10, 20, 100})
+    for (int64_t offset : {0, 17, 44, 45}) {
+      SCOPED_TRACE("window " + std::to_string(window) + " offset " + std::to_string(offset));
+      EXPECT_EQ(attended_pairs(rows, T, block, window, offset, G),
+                test::brute_count(B, Hkv * G, Hkv, T, offset, [&](auto b, auto h, auto i, auto j) {
+                  return j / block == i / block || S[b][h][i][j / block] || i - j < window;
+                }));
+    }
+}
+
 TEST(SelectBlocks, MatchesBruteForceIncludingTiesAndForcedBlocks) {
   torch::manual_seed(4);
   const int64_t B = 2, H = 3, T = 70, block = 8, n_blocks = 9;
@@ -121,7 +140,7 @@ TEST(SelectBlocks, MatchesBruteForceIncludingTiesAndForcedBlocks) {
 
 // The compression branch and the selection run one tile of queries at a time: every tiling
 // gives the untiled math (softmax over the visible compressed blocks, then P v), forward and
-// gradients, and the same selected blocks.
+// gradients, and the same selected blocks, as a dense mask or as per-row lists.
 TEST(CompressedAttention, TiledMatchesWholeForwardGradientsAndSelection) {
   torch::manual_seed(9);
   const int64_t B = 2, Hkv = 2, G = 3, T = 70, d = 8, length = 8, stride = 4, n = (T - length) / stride + 1;
@@ -141,6 +160,10 @@ TEST(CompressedAttention, TiledMatchesWholeForwardGradientsAndSelection) {
     auto g = torch::autograd::grad({(out * w).sum()}, {q, k, v});
     for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(g[i], grads[i], 0, 1e-11)) << "input " << i;
     EXPECT_TRUE(torch::equal(select_from_compressed(q, k, knobs, tile_rows), selected));
+    // As per-row lists, tiled per (batch, KV group) too; the forced local block is each
+    // query's own, which the lists leave implicit.
+    auto rows = select_rows_from_compressed(q, k, knobs, tile_rows);
+    EXPECT_TRUE(torch::equal(torch::isfinite(dense_bias(rows, B, Hkv, T, knobs.block)), selected));
   }
 }
 

@@ -78,7 +78,9 @@ TEST(InfllmV2Attention, SelectionAndOutputMatchBruteForce) {
     auto inf = std::dynamic_pointer_cast<InfllmV2Attention>(test::build(model_config(c), torch::kFloat64));
     auto in = test::random_inputs(model_config(c), c.B, c.T, torch::kFloat64, 31);
     auto want = brute_selection(c.inf, in.q, in.k);
-    auto selected = inf->selection(in.q, in.k).contiguous();
+    // The selection travels as lists that leave each query's own block implicit: with a local
+    // block forced, it is always chosen.
+    auto selected = torch::isfinite(dense_bias(inf->selection(in.q, in.k), c.B, c.Hkv, c.T, c.inf.block)).contiguous();
     ASSERT_EQ(std::vector<bool>(selected.data_ptr<bool>(), selected.data_ptr<bool>() + selected.numel()), want);
     // Not trivially everything: fewer blocks than the causal ones.
     int64_t causal_blocks = 0;
@@ -120,6 +122,19 @@ TEST(InfllmV2Attention, ReducesToDenseWhenEverythingIsSelected) {
     Case all_window{2, 4, Hkv, 90, 16, infllm_knobs(8, 4, 16, 3, 1, 2, 96)};
     test::expect_dense(*test::build(model_config(all_window), torch::kFloat32), in, 1e-5);
   }
+}
+
+TEST(InfllmV2Attention, RefusesSelectionsThatMaySkipTheOwnBlock) {
+  auto cfg = test::attention_config("infllmv2", 8, 2, 16);
+  cfg.attention.infllmv2 = infllm_knobs(8, 4, 8, 2, 1, 0, 0);  // no local block, no window
+  try {
+    make_attention(cfg);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.attention.infllmv2.local_blocks"), std::string::npos) << e.what();
+  }
+  cfg.attention.infllmv2.window = 8;  // a window of a block covers the own block's causal keys
+  EXPECT_NO_THROW(make_attention(cfg));
 }
 
 TEST(InfllmV2Attention, AddsNoParameters) {

@@ -2,7 +2,8 @@
 // reference st::block_sparse_attention: forward and the gradients of q, k, v and the
 // per-(query, block) bias, over ragged lengths, GQA group sizes 1..16 (3 included: tiles
 // that straddle KV blocks), d 64/128, bf16/fp16, batch 1-2, random top-k lists with
-// duplicates, padding and empty-but-diagonal rows, and the sliding window. Skips without a GPU.
+// duplicates, padding and empty-but-diagonal rows, alone and with a sliding window on top
+// (one softmax over the union, InfLLMv2), and the sliding window alone. Skips without a GPU.
 // The full grid (T up to 16384) and the timing live in tools/kernel_dev/kernel_check.
 #ifdef SPARSETRAIN_CUDA
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include <string>
 
 #include "attention/block_sparse.h"
+#include "attention/block_sparse_dispatch.h"
 #include "attention/cuda/block_sparse.h"
 #include "relative_error.h"
 
@@ -21,24 +23,10 @@ namespace {
 
 using test::rel_err;
 
-// The reference's dense per-(query, block) bias from the kernel's lists: the entry's bias on
-// a selected block (differentiable through `entries`), 0 on the diagonal block, -inf elsewhere.
-torch::Tensor dense_bias(const cuda::BlockLists& l, const torch::Tensor& entries, int64_t B,
-                         int64_t Hkv, int64_t T) {
-  const int64_t nb = (T + 63) / 64, rows = B * Hkv * T;
-  const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(entries.device());
-  const auto counts = l.row_ptr.slice(0, 1) - l.row_ptr.slice(0, 0, rows);
-  const auto entry_row = torch::repeat_interleave(torch::arange(rows, i64), counts);
-  auto dense = torch::full({rows, nb}, -INFINITY, entries.options());
-  dense = dense.index_put({entry_row, l.blocks.to(torch::kInt64)}, entries);
-  const auto diag = torch::arange(rows, i64).remainder(T).div(64, "floor");
-  dense = dense.index_put({torch::arange(rows, i64), diag}, torch::zeros({rows}, entries.options()));
-  return dense.view({B, Hkv, T, nb});
-}
-
 struct Shape {
   int64_t B, Hkv, G, T, d;
   torch::ScalarType dtype;
+  int window;  // keys; 0: none
 };
 
 class GpuBlockSparse : public ::testing::TestWithParam<Shape> {};
@@ -57,7 +45,8 @@ TEST_P(GpuBlockSparse, MatchesReferenceForwardAndGradients) {
   // Top-k ids with padding (-1), out-of-range ids and duplicates; 20% of rows only diagonal.
   auto ids = torch::randint(-1, nb + 1, {s.B, s.Hkv, s.T, 8}, opt.dtype(torch::kInt32));
   ids = ids.masked_fill(torch::rand({s.B, s.Hkv, s.T, 1}, dev) < 0.2, -1);
-  const cuda::BlockLists lists = cuda::lists_from_topk(ids);
+  cuda::BlockLists lists = cuda::lists_from_topk(ids);
+  lists.window = s.window;
   auto bias = torch::randn({lists.blocks.numel()}, torch::TensorOptions().device(dev));
 
   auto qg = q.clone().requires_grad_(true), kg = k.clone().requires_grad_(true),
@@ -67,7 +56,8 @@ TEST_P(GpuBlockSparse, MatchesReferenceForwardAndGradients) {
 
   auto qr = q.to(torch::kFloat32).requires_grad_(true), kr = k.to(torch::kFloat32).requires_grad_(true),
        vr = v.to(torch::kFloat32).requires_grad_(true), br = bias.clone().requires_grad_(true);
-  auto ref = block_sparse_attention(qr, kr, vr, dense_bias(lists, br, s.B, s.Hkv, s.T), 64, 0);
+  auto ref = block_sparse_attention(qr, kr, vr, dense_bias({lists.row_ptr, lists.blocks, br}, s.B, s.Hkv, s.T, 64), 64,
+                                    s.window);
   ref.backward(dout.to(torch::kFloat32));
 
   // bf16 keeps 8 mantissa bits, fp16 11: the kernels' P and dS round to them before the MMAs.
@@ -84,18 +74,25 @@ TEST_P(GpuBlockSparse, MatchesReferenceForwardAndGradients) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, GpuBlockSparse,
-    ::testing::Values(Shape{2, 2, 1, 1, 64, torch::kBFloat16}, Shape{1, 2, 4, 63, 128, torch::kHalf},
-                      Shape{2, 1, 16, 64, 64, torch::kBFloat16}, Shape{1, 2, 3, 300, 64, torch::kHalf},
-                      Shape{2, 2, 4, 1000, 128, torch::kBFloat16}, Shape{1, 1, 16, 1000, 128, torch::kHalf},
-                      Shape{1, 2, 1, 2048, 64, torch::kBFloat16}),
+    ::testing::Values(Shape{2, 2, 1, 1, 64, torch::kBFloat16, 0}, Shape{1, 2, 4, 63, 128, torch::kHalf, 0},
+                      Shape{2, 1, 16, 64, 64, torch::kBFloat16, 0}, Shape{1, 2, 3, 300, 64, torch::kHalf, 0},
+                      Shape{2, 2, 4, 1000, 128, torch::kBFloat16, 0}, Shape{1, 1, 16, 1000, 128, torch::kHalf, 0},
+                      Shape{1, 2, 1, 2048, 64, torch::kBFloat16, 0},
+                      // Windows shorter than a block, of one block, not multiples of 64, and
+                      // longer than the sequence, on top of the lists.
+                      Shape{2, 2, 1, 130, 64, torch::kBFloat16, 1}, Shape{1, 2, 1, 777, 128, torch::kBFloat16, 30},
+                      Shape{1, 2, 3, 900, 64, torch::kBFloat16, 64}, Shape{2, 2, 4, 1000, 64, torch::kBFloat16, 100},
+                      Shape{1, 1, 16, 1500, 128, torch::kBFloat16, 200}, Shape{1, 2, 4, 2000, 128, torch::kHalf, 256},
+                      Shape{1, 1, 16, 333, 64, torch::kHalf, 1000}),
     [](const ::testing::TestParamInfo<Shape>& i) {
       const Shape& s = i.param;
       return "B" + std::to_string(s.B) + "_Hkv" + std::to_string(s.Hkv) + "_G" + std::to_string(s.G) +
              "_T" + std::to_string(s.T) + "_d" + std::to_string(s.d) +
-             (s.dtype == torch::kBFloat16 ? "_bf16" : "_fp16");
+             (s.dtype == torch::kBFloat16 ? "_bf16" : "_fp16") + "_w" + std::to_string(s.window);
     });
 
-// Sliding window: window lists + the kernel's token mask equal the reference's pure window.
+// Sliding window alone (NSA's window branch): empty lists + the window equal the reference's
+// pure window.
 TEST(GpuBlockSparseWindow, MatchesReference) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   torch::manual_seed(5);

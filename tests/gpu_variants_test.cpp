@@ -1,8 +1,9 @@
-// DashAttention and NSA with model.attention.impl: cuda (the block-sparse kernels, fed by
-// attend_blocks' lists built from the variants' dense bias) against impl: reference on the same
-// module and inputs: the output and the gradients of q, k, v and every parameter (Dash's
-// pooling query, NSA's gates and compressors). The selection stages run the same ATen code on
-// both sides, so what differs is the attention core and its bias gradient. Skips without a GPU.
+// DashAttention, NSA and InfLLMv2 with model.attention.impl: cuda (the block-sparse kernels, fed
+// the variants' per-row lists or lists built from their dense bias) against impl: reference on
+// the same module and inputs: the output and the gradients of q, k, v and every parameter
+// (Dash's pooling query, NSA's gates and compressors). The selection stages run the same ATen
+// code on both sides, so what differs is the attention core and its bias gradient. Skips
+// without a GPU.
 #ifdef SPARSETRAIN_CUDA
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -38,10 +39,14 @@ ModelConfig config(const Case& c, const std::string& impl) {
   cfg.attention.variant = c.variant;
   cfg.attention.impl = impl;
   // Sparse at these lengths: random keys make near-equal chunk scores, which entmax at s = 1
-  // would route almost all; NSA keeps 6 of up to 64 blocks and a 256-key window.
+  // would route almost all; NSA keeps 6 of up to 64 blocks and a 256-key window; InfLLMv2 6
+  // blocks and a 192-key window, dense below 512 tokens.
   cfg.attention.dash.temperature = 8.0;
   cfg.attention.nsa.top_n = 6;
   cfg.attention.nsa.window = 256;
+  cfg.attention.infllmv2.top_k = 6;
+  cfg.attention.infllmv2.window = 192;
+  cfg.attention.infllmv2.dense_len = 512;
   return cfg;
 }
 
@@ -130,7 +135,7 @@ TEST_P(GpuVariants, CudaMatchesReference) {
 
 std::vector<Case> cases() {
   std::vector<Case> all;
-  for (const std::string variant : {"dash", "nsa"})
+  for (const std::string variant : {"dash", "nsa", "infllmv2"})
     for (int64_t T : {63, 1000, 4096})
       for (int64_t G : {1, 4, 16})
         for (int64_t d : {64, 128}) all.push_back({variant, G == 16 ? 1 : 2, G, T, d});
@@ -181,7 +186,7 @@ TEST(GpuVariantsAutocast, Fp32InputsUnderBf16Autocast) {
   const auto was_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
   at::autocast::set_autocast_enabled(at::kCUDA, true);
   at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-  for (const std::string variant : {"dash", "nsa"}) {
+  for (const std::string variant : {"dash", "nsa", "infllmv2"}) {
     const Case c{variant, 2, 4, 1000, 64};
     const Result got = run(c, "cuda", torch::kFloat32);
     at::autocast::set_autocast_enabled(at::kCUDA, variant != "dash");
@@ -209,10 +214,11 @@ TEST(GpuVariantsFallback, InexpressibleCallsRefuseUnderCudaAndFallBackUnderAuto)
                        torch::randn({1, cfg.n_kv_heads, T, d}, opt),
                        torch::randn({1, T, cfg.dim}, opt.dtype(torch::kFloat32)), rope.cos, rope.sin});
   };
-  // InfLLMv2: selected blocks and window keys in one softmax. NSA with no forced local block:
-  // a query may skip its own block, which the kernels always read.
+  // InfLLMv2 with blocks of 32 keys (the kernels' are 64). NSA with no forced local block: a
+  // query may skip its own block, which the kernels always read.
   ModelConfig infllm = config({"infllmv2", 2, 4, 0, 64}, "cuda");
   infllm.attention.infllmv2.dense_len = 0;
+  infllm.attention.infllmv2.block = 32;
   infllm.attention.infllmv2.window = 128;
   ModelConfig nsa = config({"nsa", 2, 4, 0, 64}, "cuda");
   nsa.attention.nsa.local_blocks = 0;

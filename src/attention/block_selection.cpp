@@ -142,6 +142,18 @@ Tensor select_blocks(const Tensor& scores, int64_t block, int64_t top_k, int64_t
   return torch::zeros_like(ranked, ranked.options().dtype(torch::kBool)).scatter(-1, top, true) & causal;
 }
 
+namespace {
+
+// Blocks chosen by the queries of q_rows (positions t0 ..) over k_cmp: select_from_compressed's
+// work for one tile, [B, Hkv, n, n_blocks].
+Tensor select_tile(const Tensor& q_rows, const Tensor& k_cmp, const SelectionKnobs& kn, int64_t t0, int64_t n_blocks) {
+  auto probs = compressed_attention_probs(q_rows, k_cmp, kn.length, kn.stride, t0).sum(2);
+  auto scores = pool_to_blocks(probs, kn.length, kn.stride, kn.block, n_blocks, kn.pool);
+  return select_blocks(scores, kn.block, kn.top_k, kn.init_blocks, kn.local_blocks, t0);
+}
+
+}  // namespace
+
 Tensor select_from_compressed(const Tensor& q, const Tensor& k_cmp, const SelectionKnobs& kn, int64_t tile_rows) {
   torch::NoGradGuard no_grad;
   const AutocastOff fp32;
@@ -150,11 +162,32 @@ Tensor select_from_compressed(const Tensor& q, const Tensor& k_cmp, const Select
   std::vector<Tensor> selected;
   for (int64_t t0 = 0; t0 < T; t0 += tile_rows) {
     const int64_t n = std::min(tile_rows, T - t0);
-    auto probs = compressed_attention_probs(q.narrow(2, t0, n), k_cmp, kn.length, kn.stride, t0).sum(2);
-    auto scores = pool_to_blocks(probs, kn.length, kn.stride, kn.block, n_blocks, kn.pool);
-    selected.push_back(select_blocks(scores, kn.block, kn.top_k, kn.init_blocks, kn.local_blocks, t0));
+    selected.push_back(select_tile(q.narrow(2, t0, n), k_cmp, kn, t0, n_blocks));
   }
   return torch::cat(selected, 2);
+}
+
+BlockRows select_rows_from_compressed(const Tensor& q, const Tensor& k_cmp, const SelectionKnobs& kn,
+                                      int64_t tile_rows) {
+  torch::NoGradGuard no_grad;
+  const AutocastOff fp32;
+  const int64_t B = q.size(0), Hkv = k_cmp.size(1), G = q.size(1) / Hkv, T = q.size(2);
+  const int64_t n_blocks = (T + kn.block - 1) / kn.block;
+  if (tile_rows <= 0) tile_rows = query_tile_rows(G * k_cmp.size(2), T);
+  // Tiles in the lists' row order: batch, KV group, position.
+  std::vector<Tensor> counts, blocks;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hkv; ++h)
+      for (int64_t t0 = 0; t0 < T; t0 += tile_rows) {
+        const int64_t n = std::min(tile_rows, T - t0);
+        auto q_rows = q.narrow(0, b, 1).narrow(1, h * G, G).narrow(2, t0, n);
+        auto chosen = select_tile(q_rows, k_cmp.narrow(0, b, 1).narrow(1, h, 1), kn, t0, n_blocks).view({n, n_blocks});
+        auto entries = list_entries(chosen, t0, kn.block);
+        counts.push_back(entries.counts);
+        blocks.push_back(entries.flat.remainder(n_blocks).to(torch::kInt32));
+      }
+  auto row_ptr = torch::cat({torch::zeros({1}, q.options().dtype(torch::kInt64)), torch::cat(counts).cumsum(0)});
+  return {row_ptr, torch::cat(blocks), Tensor()};
 }
 
 }  // namespace st

@@ -4,6 +4,8 @@
 #pragma once
 #include <torch/types.h>
 
+#include "attention/block_sparse_dispatch.h"
+
 namespace st {
 
 // Complete blocks of `length` positions starting every `stride`: x [B, H, T, d] ->
@@ -54,5 +56,13 @@ struct SelectionKnobs {
 };
 torch::Tensor select_from_compressed(const torch::Tensor& q, const torch::Tensor& k_cmp, const SelectionKnobs& knobs,
                                      int64_t tile_rows = 0);
+
+// The same selection as the kernels' per-row lists (BlockRows, no bias): the blocks each query
+// chose strictly before its own. Built one (batch, KV group, query tile) at a time, so nothing
+// of size T x n_blocks exists (what 128K needs). The own block is left implicit: the lists'
+// readers always read it, so this is the selection exactly when every query chooses its own
+// block (local_blocks >= 1 within top_k) or a window covers it.
+BlockRows select_rows_from_compressed(const torch::Tensor& q, const torch::Tensor& k_cmp, const SelectionKnobs& knobs,
+                                      int64_t tile_rows = 0);
 
 }  // namespace st

@@ -51,12 +51,12 @@ std::string kernel_unsupported(const Tensor& q, const Tensor& k, const Tensor& v
   if (!kernel_dtype(q, k, v))
     return fmt::format("q/k/v are {}/{}/{} outside CUDA autocast (the kernels take bf16 or fp16)",
                        c10::toString(q.scalar_type()), c10::toString(k.scalar_type()), c10::toString(v.scalar_type()));
-  if (bias.defined() && window > 0)
-    return "one softmax over selected blocks and a sliding window (InfLLMv2) is not expressible in the kernels' "
-           "block lists, whose window masks every listed block";
   if (bias.defined() && block != kKernelBlock)
     return fmt::format("selection block {} (the kernels use {})", block, kKernelBlock);
   if (!bias.defined() && window <= 0) return "neither a bias nor a window: the reference attends nothing";
+  if (!bias.defined() && window < kKernelBlock)
+    return fmt::format("a sliding window of {} keys alone (the kernels read each query's own block of {} whole)",
+                       window, kKernelBlock);
   return "";
 #endif
 }
@@ -68,26 +68,20 @@ struct BiasLists {
 };
 
 // The kernels' lists from the dense bias [B, Hkv, T, n_blocks], built where the bias lives:
-// one entry per finite bias strictly before the row's own block. nonzero walks the flat mask
-// in row-major order, which is the lists' order (rows in turn, blocks ascending). nullopt when
-// some row's own block has a bias other than 0 (or is not read): the kernels always read the
-// diagonal block at bias 0, so they would compute something else.
-std::optional<BiasLists> lists_from_bias(const Tensor& bias) {
-  const int64_t B = bias.size(0), Hkv = bias.size(1), T = bias.size(2), n_blocks = bias.size(3);
+// one entry per finite bias strictly before the row's own block. nullopt when some row's own
+// block has a bias other than 0 (or is not read): the kernels always read the diagonal block
+// at bias 0, so they would compute something else.
+std::optional<BiasLists> lists_from_bias(const Tensor& bias, int64_t window) {
+  const int64_t T = bias.size(2), n_blocks = bias.size(3);
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(bias.device());
-  auto own = torch::arange(T, ints).div(kKernelBlock, "floor");
-  auto listed = torch::isfinite(bias) & (torch::arange(n_blocks, ints).view({1, n_blocks}) < own.view({T, 1}));
-  auto diagonal = bias.gather(3, own.view({1, 1, T, 1}).expand({B, Hkv, T, 1}));
-  auto counts = listed.sum(-1).flatten();
-  // One device-to-host read serves the entry count and the diagonal check.
-  auto host = torch::stack({counts.sum(), (diagonal != 0).sum()}).cpu();
-  if (host[1].item<int64_t>() > 0) return std::nullopt;
-  const int64_t nnz = host[0].item<int64_t>();
-  auto flat = torch::nonzero_static(listed.flatten(), nnz).view({nnz});
+  auto own = torch::arange(T, ints).div(kKernelBlock, "floor").view({1, 1, T, 1});
+  if ((bias.gather(3, own.expand({bias.size(0), bias.size(1), T, 1})) != 0).any().item<bool>()) return std::nullopt;
+  auto e = list_entries(torch::isfinite(bias), 0, kKernelBlock);
   BiasLists r;
-  r.lists.row_ptr = torch::cat({torch::zeros({1}, ints), counts.cumsum(0)});
-  r.lists.blocks = flat.remainder(n_blocks).to(torch::kInt32);
-  r.entries = bias.reshape({-1}).index_select(0, flat);
+  r.lists.row_ptr = torch::cat({torch::zeros({1}, ints), e.counts.flatten().cumsum(0)});
+  r.lists.blocks = e.flat.remainder(n_blocks).to(torch::kInt32);
+  r.lists.window = static_cast<int>(window);
+  r.entries = bias.reshape({-1}).index_select(0, e.flat);
   return r;
 }
 
@@ -115,7 +109,7 @@ Tensor attend_blocks(const Tensor& q, const Tensor& k, const Tensor& v, const Te
     if (!bias.defined())
       return run_kernels(q, k, v, Tensor(),
                          cuda::lists_window(q.size(0), k.size(1), q.size(2), static_cast<int>(window), q.device()));
-    if (auto l = lists_from_bias(bias)) return run_kernels(q, k, v, l->entries, l->lists);
+    if (auto l = lists_from_bias(bias, window)) return run_kernels(q, k, v, l->entries, l->lists);
     why = "some query does not read its own block at bias 0, which the kernels always do";
   }
 #endif
@@ -124,26 +118,52 @@ Tensor attend_blocks(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 }
 
 Tensor attend_rows(const Tensor& q, const Tensor& k, const Tensor& v, const BlockRows& rows, int64_t block,
-                   const std::string& impl) {
+                   int64_t window, const std::string& impl) {
   check_impl(impl);
   if (impl != "reference") {
-    const std::string why = kernel_unsupported(q, k, v, rows.row_ptr, block, /*window=*/0);
+    const std::string why = kernel_unsupported(q, k, v, rows.row_ptr, block, window);
 #ifdef SPARSETRAIN_CUDA
-    if (why.empty()) return run_kernels(q, k, v, rows.bias, {rows.row_ptr, rows.blocks});
+    if (why.empty()) return run_kernels(q, k, v, rows.bias, {rows.row_ptr, rows.blocks, static_cast<int>(window)});
 #endif
     if (impl == "cuda")
       throw ConfigError(fmt::format("model.attention.impl: cuda cannot run this attention: {}", why));
   }
   const int64_t T = q.size(2), B = q.size(0), Hkv = k.size(1);
-  return block_sparse_attention(q, k, v, dense_bias(rows, B, Hkv, T, block), block, /*window=*/0);
+  return block_sparse_attention(q, k, v, dense_bias(rows, B, Hkv, T, block), block, window);
 }
 
-int64_t attended_pairs(const BlockRows& rows, int64_t T, int64_t block, int64_t offset, int64_t group) {
+ListEntries list_entries(const Tensor& reads, int64_t t0, int64_t block) {
+  const int64_t n = reads.size(-2), n_blocks = reads.size(-1);
+  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(reads.device());
+  auto own = torch::arange(t0, t0 + n, ints).div(block, "floor").view({n, 1});
+  auto listed = reads & (torch::arange(n_blocks, ints).view({1, n_blocks}) < own);
+  return {listed.sum(-1), listed.flatten().nonzero().flatten()};
+}
+
+int64_t attended_pairs(const BlockRows& rows, int64_t T, int64_t block, int64_t window, int64_t offset,
+                       int64_t group) {
   if (offset >= T) return 0;
   const auto ints = rows.row_ptr.options();
-  auto counts = rows.row_ptr.diff().view({-1, T}).narrow(1, offset, T - offset);
-  auto own_keys = torch::arange(offset, T, ints).remainder(block) + 1;  // causal keys of the own block
-  return ((counts * block).sum() + own_keys.sum() * counts.size(0)).item<int64_t>() * group;
+  const int64_t n = T - offset;
+  auto t = torch::arange(offset, T, ints), own_start = t - t.remainder(block);
+  auto window_start = (t - window + 1).clamp_min(0);  // past t when window is 0
+  // Each query reads its list's blocks whole, its own block's causal keys, and the window's
+  // keys before its own block...
+  auto starts = rows.row_ptr.narrow(0, 0, rows.row_ptr.numel() - 1).view({-1, T}).narrow(1, offset, n);
+  auto ends = rows.row_ptr.narrow(0, 1, rows.row_ptr.numel() - 1).view({-1, T}).narrow(1, offset, n);
+  auto pairs = ((ends - starts) * block).sum() +
+               ((t - own_start + 1) + (own_start - window_start).clamp_min(0)).sum() * starts.size(0);
+  // ... less the window's keys inside listed blocks, counted with them already. Those blocks
+  // are the last of each (ascending) list: the window before the own block spans fewer than
+  // window keys, so at most window / block + 2 blocks.
+  const int64_t reach = window > 0 && rows.blocks.numel() > 0 ? window / block + 2 : 0;
+  for (int64_t i = 1; i <= reach; ++i) {
+    auto entry = ends - i;
+    auto first_key = rows.blocks.index_select(0, entry.clamp_min(0).flatten()).view(entry.sizes()).to(torch::kInt64) * block;
+    auto inside = (first_key + block - torch::maximum(first_key, window_start)).clamp_min(0);
+    pairs -= torch::where(entry >= starts, inside, torch::zeros_like(inside)).sum();
+  }
+  return pairs.item<int64_t>() * group;
 }
 
 Tensor dense_bias(const BlockRows& rows, int64_t B, int64_t Hkv, int64_t T, int64_t block) {

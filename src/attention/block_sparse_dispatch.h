@@ -17,11 +17,11 @@ namespace st {
 //   auto       the kernels when they can express the call, else the reference.
 // The kernels express: CUDA tensors; head dim 64 or 128; Hq / Hkv <= 16; q/k/v in bf16/fp16,
 // or fp32 under CUDA autocast to bf16/fp16 (cast to the autocast dtype for the kernel); and
-// either a bias with block 64, window 0 and bias 0 on every query's own (diagonal) block,
-// which the kernel always reads with the causal mask, or no bias with window > 0. A bias
-// together with a window (one softmax over selected blocks and window keys, InfLLMv2) is not
-// expressible. On the kernel path the diagonal entries of the bias are constants: they get
-// no gradient (the reference gives them one).
+// either a bias with block 64 and bias 0 on every query's own (diagonal) block, which the
+// kernel always reads with the causal mask, with or without a window (one softmax over the
+// selected blocks and the window's keys, InfLLMv2), or no bias with a window of at least 64
+// keys (which covers the own block's causal keys). On the kernel path the diagonal entries of
+// the bias are constants: they get no gradient (the reference gives them one).
 torch::Tensor attend_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                             const torch::Tensor& bias, int64_t block, int64_t window, const std::string& impl);
 
@@ -36,12 +36,24 @@ struct BlockRows {
   torch::Tensor bias;     // [nnz] float, differentiable, or undefined
 };
 
-// attend_blocks over such lists, window 0. The reference path expands them into the dense bias.
-torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                          const BlockRows& rows, int64_t block, const std::string& impl);
+// The lists' entries of a selection `reads` [..., n, n_blocks] (true: the query reads the
+// block) of the queries at positions t0 .. t0 + n: the blocks strictly before each query's own
+// (the lists leave that one implicit). counts [..., n] per query; flat: the entries' indices
+// into reads.flatten(), ascending, which is the lists' order.
+struct ListEntries {
+  torch::Tensor counts, flat;
+};
+ListEntries list_entries(const torch::Tensor& reads, int64_t t0, int64_t block);
 
-// attended_pairs (block_sparse.h) of such lists: the listed blocks lie wholly before their row.
-int64_t attended_pairs(const BlockRows& rows, int64_t T, int64_t block, int64_t offset, int64_t group);
+// attend_blocks over such lists, plus the keys t - window < j <= t of each query (window 0:
+// none). The reference path expands the lists into the dense bias.
+torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const BlockRows& rows, int64_t block, int64_t window, const std::string& impl);
+
+// attended_pairs (block_sparse.h) of such lists and window: the listed blocks lie wholly
+// before their row, whose own block's causal keys are always read.
+int64_t attended_pairs(const BlockRows& rows, int64_t T, int64_t block, int64_t window, int64_t offset,
+                       int64_t group);
 
 // The dense bias [B, Hkv, T, ceil(T / block)] the lists describe: the entries' bias on listed
 // blocks, 0 on each row's own block, -inf elsewhere. Differentiable in rows.bias.

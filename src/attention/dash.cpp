@@ -121,15 +121,6 @@ std::vector<RoutingTile> routing_tiles(int64_t B, int64_t Hkv, int64_t T, int64_
   return tiles;
 }
 
-// Which of the tile's bias rows [n, n_chunks] the lists hold: finite, strictly before the
-// row's own chunk (the kernels read that one by themselves).
-Tensor listed(const Tensor& bias, int64_t t0, int64_t C) {
-  const int64_t n = bias.size(0), n_chunks = bias.size(1);
-  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(bias.device());
-  auto own = torch::arange(t0, t0 + n, ints).div(C, "floor").view({n, 1});
-  return torch::isfinite(bias) & (torch::arange(n_chunks, ints).view({1, n_chunks}) < own);
-}
-
 // Inputs q [B, Hq, T, d] and kbar [B, Hkv, n_full, d]; outputs the entries' bias
 // (differentiable), row_ptr and blocks. Only q, kbar and the lists are saved; the backward
 // recomputes each tile. Scores in fp32 with autocast off, in forward and backward alike:
@@ -143,12 +134,11 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     std::vector<int64_t> offsets{0};  // each tile's first entry
     for (const auto& t : routing_tiles(q.size(0), kbar.size(1), T, tile_rows)) {
       auto bias = routing_bias(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T).view({t.n, -1});
-      auto mask = listed(bias, t.t0, cfg.chunk);
-      auto idx = mask.flatten().nonzero().flatten();  // row-major: the lists' order
-      counts.push_back(mask.sum(-1));
-      blocks.push_back(idx.remainder(bias.size(1)).to(torch::kInt32));
-      entries.push_back(bias.flatten().index_select(0, idx));
-      offsets.push_back(offsets.back() + idx.numel());
+      auto listed = list_entries(torch::isfinite(bias), t.t0, cfg.chunk);
+      counts.push_back(listed.counts);
+      blocks.push_back(listed.flat.remainder(bias.size(1)).to(torch::kInt32));
+      entries.push_back(bias.flatten().index_select(0, listed.flat));
+      offsets.push_back(offsets.back() + listed.flat.numel());
     }
     auto row_ptr = torch::cat({torch::zeros({1}, q.options().dtype(torch::kInt64)), torch::cat(counts).cumsum(0)});
     auto block_ids = torch::cat(blocks);
@@ -215,10 +205,11 @@ Tensor DashAttention::forward(const AttentionInputs& in) {
   auto rows = routing(in.q, chunk_summaries(in.k.to(reference_dtype(in.q))));
   if (record_stats) {
     torch::NoGradGuard no_grad;
-    stats = {attended_pairs(rows, T, cfg_.chunk, sparsity_offset_, G), B * Hq * causal_pairs(T, sparsity_offset_)};
+    stats = {attended_pairs(rows, T, cfg_.chunk, /*window=*/0, sparsity_offset_, G),
+             B * Hq * causal_pairs(T, sparsity_offset_)};
   }
   // The diagonal chunk is always read at b = 0, as the kernels do: with C = 64 they run it.
-  return attend_rows(in.q, in.k, in.v, rows, cfg_.chunk, impl_);
+  return attend_rows(in.q, in.k, in.v, rows, cfg_.chunk, /*window=*/0, impl_);
 }
 
 }  // namespace st

@@ -1,10 +1,9 @@
 #include "attention/infllmv2.h"
 
-#include <limits>
+#include <fmt/format.h>
 
 #include "attention/block_selection.h"
 #include "attention/block_sparse.h"
-#include "attention/block_sparse_dispatch.h"
 #include "attention/dense.h"
 
 namespace st {
@@ -12,14 +11,23 @@ namespace st {
 using torch::Tensor;
 
 InfllmV2Attention::InfllmV2Attention(const ModelConfig& cfg)
-    : cfg_(cfg.attention.infllmv2), impl_(cfg.attention.impl), sparsity_offset_(cfg.attention.sparsity_offset) {}
+    : cfg_(cfg.attention.infllmv2), impl_(cfg.attention.impl), sparsity_offset_(cfg.attention.sparsity_offset) {
+  // The selection travels as per-row lists whose readers (the kernels and the reference alike)
+  // always read the query's own block: a forced local block or a window of a block or more
+  // must guarantee it. (The recipe already requires top_k >= init_blocks + local_blocks.)
+  if (cfg_.window < cfg_.block && (cfg_.local_blocks < 1 || cfg_.top_k < cfg_.init_blocks + cfg_.local_blocks))
+    throw ConfigError(fmt::format(
+        "model.attention.infllmv2.local_blocks: expected >= 1 (within top_k) when infllmv2.window ({}) is shorter "
+        "than a block ({}): every query must read its own block",
+        cfg_.window, cfg_.block));
+}
 
-Tensor InfllmV2Attention::selection(const Tensor& q, const Tensor& k) const {
+BlockRows InfllmV2Attention::selection(const Tensor& q, const Tensor& k) const {
   torch::NoGradGuard no_grad;  // selection is a discrete choice; no gradient flows through it
   // Block scores: the group-summed softmax over mean-pooled keys, max-pooled onto selection
   // blocks, one query tile at a time.
   auto k_cmp = compression_blocks(k.to(reference_dtype(k)), cfg_.pool_kernel, cfg_.pool_stride).mean(-2);
-  return select_from_compressed(
+  return select_rows_from_compressed(
       q, k_cmp,
       {cfg_.pool_kernel, cfg_.pool_stride, cfg_.block, cfg_.top_k, cfg_.init_blocks, cfg_.local_blocks, Pool::Max});
 }
@@ -31,14 +39,11 @@ Tensor InfllmV2Attention::forward(const AttentionInputs& in) {
     if (record_stats) stats = {causal, causal};
     return dense_causal_attention(in.q, in.k, in.v);
   }
-  // One softmax over the union of the selected blocks and the sliding window. The kernels
-  // cannot express that union yet (their window masks listed blocks too): impl auto runs the
-  // reference here, impl cuda says so.
-  auto selected = selection(in.q, in.k);
+  // One softmax over the union of the selected blocks and the sliding window.
+  auto rows = selection(in.q, in.k);
   if (record_stats)
-    stats = {attended_pairs(selected, cfg_.block, cfg_.window, sparsity_offset_, Hq / in.k.size(1)), causal};
-  auto bias = torch::where(selected, 0.0, -std::numeric_limits<double>::infinity()).to(reference_dtype(in.q));
-  return attend_blocks(in.q, in.k, in.v, bias, cfg_.block, cfg_.window, impl_);
+    stats = {attended_pairs(rows, T, cfg_.block, cfg_.window, sparsity_offset_, Hq / in.k.size(1)), causal};
+  return attend_rows(in.q, in.k, in.v, rows, cfg_.block, cfg_.window, impl_);
 }
 
 }  // namespace st

@@ -50,8 +50,8 @@ kn::BsaRows rows_of(const st::cuda::BlockLists& l, const Tensor& bias) {
 // ---- reference ----------------------------------------------------------------------------
 
 // Dense additive mask [B, Hkv, 1, T, T] from the lists: the entry's bias (differentiable
-// through `bias`) over its block's keys, 0 on the diagonal block, -inf elsewhere and above the
-// diagonal (and outside the window).
+// through `bias`) over its block's keys, 0 on the diagonal block and on the window's other
+// keys, -inf elsewhere and above the diagonal.
 Tensor dense_bias(const st::cuda::BlockLists& l, const Tensor& bias, int64_t B, int64_t Hkv,
                   int64_t T) {
   const auto dev = l.row_ptr.device();
@@ -67,9 +67,8 @@ Tensor dense_bias(const st::cuda::BlockLists& l, const Tensor& bias, int64_t B, 
   bb = bb.index_put({torch::arange(rows, i64), t.div(64, "floor")}, torch::zeros({rows}, f32));
   Tensor full = bb.repeat_interleave(64, 1).slice(1, 0, T);  // [rows, T]
   Tensor key = torch::arange(T, i64).unsqueeze(0);
-  Tensor masked = key > t.unsqueeze(1);
-  if (l.window > 0) masked = masked.logical_or(key <= t.unsqueeze(1) - l.window);
-  full = full.masked_fill(masked, -INFINITY);
+  if (l.window > 0) full = full.masked_fill(torch::isinf(full) & (key > t.unsqueeze(1) - l.window), 0.f);
+  full = full.masked_fill(key > t.unsqueeze(1), -INFINITY);
   return full.reshape({B, Hkv, 1, T, T});
 }
 
@@ -158,7 +157,7 @@ struct Case {
   int64_t B, Hkv, G, T, d;
   torch::ScalarType dt;
   bool bias, grads;
-  int window;  // > 0: sliding-window lists instead of random top-k lists
+  int window;  // > 0: a sliding window on top of the lists (empty lists when !bias)
 };
 
 int g_fail = 0;
@@ -185,7 +184,7 @@ void run_case(const Case& c, std::mt19937& rng) {
   Tensor dout = torch::randn({c.B, Hq, c.T, c.d}, opt);
 
   st::cuda::BlockLists lists;
-  if (c.window > 0) {
+  if (c.window > 0 && !c.bias) {
     lists = st::cuda::lists_window(c.B, c.Hkv, c.T, c.window, dev);
   } else {
     // Random top-k ids with padding, duplicates and out-of-range entries; 20% of rows empty
@@ -202,6 +201,7 @@ void run_case(const Case& c, std::mt19937& rng) {
       std::printf("  lists  top-k -> CSR builder %s\n", ok ? "ok" : "FAIL");
     }
   }
+  lists.window = c.window;
   Tensor bias;
   if (c.bias) bias = torch::randn({lists.blocks.numel()}, torch::TensorOptions().device(dev));
   st::cuda::Plan plan = st::cuda::make_plan(lists, c.B, Hq, c.Hkv, c.T, c.d);
@@ -290,11 +290,15 @@ int parity(bool quick) {
           const int64_t B = (T <= 1000 && G != 4) ? 2 : 1;
           cases.push_back({B, Hkv, G, T, d, dt, /*bias=*/(T + G + d) % 2 == 0 || G == 16, true, 0});
         }
-  // Group sizes that do not divide 64 (tiles straddle KV blocks), and the sliding window.
+  // Group sizes that do not divide 64 (tiles straddle KV blocks); the sliding window alone and
+  // on top of biased lists (one softmax over the union).
   cases.push_back({1, 2, 3, 1000, 64, torch::kBFloat16, true, true, 0});
   cases.push_back({2, 1, 6, 777, 128, torch::kHalf, true, true, 0});
   cases.push_back({1, 2, 4, 1000, 128, torch::kBFloat16, false, true, 100});
   cases.push_back({1, 1, 16, 4096, 64, torch::kBFloat16, false, true, 512});
+  cases.push_back({1, 2, 4, 1000, 128, torch::kBFloat16, true, true, 100});
+  cases.push_back({2, 1, 6, 777, 64, torch::kHalf, true, true, 30});
+  cases.push_back({1, 1, 16, 4096, 128, torch::kBFloat16, true, true, 2048});
   // Forward at 16K.
   cases.push_back({1, 1, 16, 16384, 128, torch::kBFloat16, true, false, 0});
   cases.push_back({1, 2, 4, 16384, 64, torch::kHalf, false, false, 0});

@@ -54,15 +54,6 @@ torch::Tensor scratch(int64_t bytes, torch::Device device) {
   return torch::empty({bytes}, torch::TensorOptions().dtype(torch::kUInt8).device(device));
 }
 
-// Shared tail of both list builders: read nnz back, size blocks, fill.
-template <typename Fill>
-BlockLists finish_lists(BlockLists l, int64_t rows, Fill fill) {
-  const int64_t nnz = l.row_ptr[rows].item<int64_t>();
-  l.blocks = torch::empty({nnz}, l.row_ptr.options().dtype(torch::kInt32));
-  if (nnz > 0) fill(l);
-  return l;
-}
-
 }  // namespace
 
 BlockLists lists_from_topk(const torch::Tensor& ids_in) {
@@ -77,26 +68,17 @@ BlockLists lists_from_topk(const torch::Tensor& ids_in) {
   torch::Tensor tmp = scratch(kn::bsa_scan_bytes(rows), ids.device());
   check(kn::bsa_rows_count(s, ids.data_ptr<int32_t>(), k, l.row_ptr.data_ptr<int64_t>(),
                            tmp.data_ptr(), stream()), "lists_from_topk");
-  return finish_lists(std::move(l), rows, [&](BlockLists& x) {
-    check(kn::bsa_rows_fill(s, ids.data_ptr<int32_t>(), k, x.row_ptr.data_ptr<int64_t>(),
-                            x.blocks.data_ptr<int32_t>(), stream()), "lists_from_topk");
-  });
+  const int64_t nnz = l.row_ptr[rows].item<int64_t>();
+  l.blocks = torch::empty({nnz}, l.row_ptr.options().dtype(torch::kInt32));
+  if (nnz > 0)
+    check(kn::bsa_rows_fill(s, ids.data_ptr<int32_t>(), k, l.row_ptr.data_ptr<int64_t>(),
+                            l.blocks.data_ptr<int32_t>(), stream()), "lists_from_topk");
+  return l;
 }
 
 BlockLists lists_window(int64_t B, int64_t Hkv, int64_t T, int window, torch::Device device) {
-  const c10::cuda::CUDAGuard guard(device);
-  const kn::BsaShape s{B, Hkv, Hkv, T, 64};
-  const int64_t rows = B * Hkv * T;
-  BlockLists l;
-  l.window = window;
-  l.row_ptr = torch::empty({rows + 1}, torch::TensorOptions().dtype(torch::kInt64).device(device));
-  torch::Tensor tmp = scratch(kn::bsa_scan_bytes(rows), device);
-  check(kn::bsa_rows_window_count(s, window, l.row_ptr.data_ptr<int64_t>(), tmp.data_ptr(),
-                                  stream()), "lists_window");
-  return finish_lists(std::move(l), rows, [&](BlockLists& x) {
-    check(kn::bsa_rows_window_fill(s, window, x.row_ptr.data_ptr<int64_t>(),
-                                   x.blocks.data_ptr<int32_t>(), stream()), "lists_window");
-  });
+  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  return {torch::zeros({B * Hkv * T + 1}, ints), torch::empty({0}, ints.dtype(torch::kInt32)), window};
 }
 
 Plan make_plan(const BlockLists& l, int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t d) {
@@ -104,7 +86,7 @@ Plan make_plan(const BlockLists& l, int64_t B, int64_t Hq, int64_t Hkv, int64_t 
   TORCH_CHECK(l.row_ptr.numel() == B * Hkv * T + 1, "make_plan: row_ptr size");
   Plan p;
   p.shape = {B, Hq, Hkv, T, d};
-  p.workspace = scratch(kn::bsa_plan_bytes(p.shape, l.blocks.numel()), l.row_ptr.device());
+  p.workspace = scratch(kn::bsa_plan_bytes(p.shape, l.blocks.numel(), l.window), l.row_ptr.device());
   check(kn::bsa_plan(p.shape, rows_of(l, torch::Tensor()), p.workspace.data_ptr(), &p.view,
                      stream()), "make_plan");
   return p;

@@ -13,17 +13,18 @@ namespace st::cuda {
 
 // Per-(batch, kv-head, query position) lists of selected KV blocks (64 keys each), strictly
 // before the query's own block, sorted ascending; the diagonal block is always attended with
-// the causal mask. See kernels/block_sparse_attention.h.
+// the causal mask, and the window's keys t - window < key <= t on top (one softmax over the
+// union). See kernels/block_sparse_attention.h.
 struct BlockLists {
   torch::Tensor row_ptr;  // [B*Hkv*T + 1] int64
   torch::Tensor blocks;   // [nnz] int32
-  int window = 0;         // > 0: also mask keys <= t - window
+  int window = 0;         // sliding window in keys; 0: none
 };
 
 // From top-k style ids [B, Hkv, T, k] int32 (-1 = padding; out-of-range entries and
 // duplicates are dropped). One device->host read of nnz.
 BlockLists lists_from_topk(const torch::Tensor& ids);
-// Sliding window of `window` keys ending at the query.
+// Sliding window of `window` keys ending at the query: empty lists plus the window.
 BlockLists lists_window(int64_t B, int64_t Hkv, int64_t T, int window, torch::Device device);
 
 // Plan (tile unions + reverse index) for these lists and shapes; reusable by forward and

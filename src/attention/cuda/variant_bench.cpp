@@ -86,7 +86,7 @@ double dash_temperature(const ModelConfig& base, const AttentionInputs& in, doub
     const int64_t T = in.q.size(2);
     auto rows = dash.routing(in.q, dash.chunk_summaries(in.k.to(torch::kFloat32)));
     const double causal = double(in.q.size(1)) * T * (T + 1) / 2;
-    const double s = 1.0 - attended_pairs(rows, T, 64, 0, in.q.size(1) / in.k.size(1)) / causal;
+    const double s = 1.0 - attended_pairs(rows, T, 64, /*window=*/0, /*offset=*/0, in.q.size(1) / in.k.size(1)) / causal;
     (s < target ? lo : hi) = mid;
   }
   return std::exp2((lo + hi) / 2);
