@@ -26,16 +26,21 @@ TEST(EvalTasks, ExactMatchNeedsEveryAnswerTokenAndNothingElse) {
   // An example starting at stream position 100 whose answer is tokens [4, 6) = {7, 8}.
   const torch::Tensor tokens = torch::tensor({1, 2, 3, 4, 7, 8}, torch::kLong);
   const std::vector<AnswerSpan> spans = {{100, 104, 106}};
+  auto score = [&](std::vector<int64_t> predicted, const std::vector<AnswerSpan>& s) {
+    const AnswerScore a = score_answers(logits_predicting(predicted, 10), tokens, s);
+    return std::make_tuple(a.exact(), a.correct, a.total);
+  };
   // The logits at t predict token t + 1, so positions 3 and 4 must say 7 and 8.
-  EXPECT_TRUE(answers_match(logits_predicting({2, 3, 4, 7, 8, 0}, 10), tokens, spans));
-  EXPECT_FALSE(answers_match(logits_predicting({2, 3, 4, 7, 9, 0}, 10), tokens, spans));
-  EXPECT_FALSE(answers_match(logits_predicting({2, 3, 4, 5, 8, 0}, 10), tokens, spans));
+  EXPECT_EQ(score({2, 3, 4, 7, 8, 0}, spans), std::make_tuple(true, 2, 2));
+  EXPECT_EQ(score({2, 3, 4, 7, 9, 0}, spans), std::make_tuple(false, 1, 2));
+  EXPECT_EQ(score({2, 3, 4, 5, 8, 0}, spans), std::make_tuple(false, 1, 2));
+  EXPECT_EQ(score({2, 3, 4, 5, 9, 0}, spans), std::make_tuple(false, 0, 2));
   // Predictions outside the answer, and after its last token, do not matter.
-  EXPECT_TRUE(answers_match(logits_predicting({9, 9, 9, 7, 8, 9}, 10), tokens, spans));
-  // With two answers (mqar), both must match.
+  EXPECT_EQ(score({9, 9, 9, 7, 8, 9}, spans), std::make_tuple(true, 2, 2));
+  // With two answers (mqar), both must match; tokens count over both.
   const std::vector<AnswerSpan> two = {{100, 101, 102}, {100, 104, 106}};
-  EXPECT_TRUE(answers_match(logits_predicting({2, 3, 4, 7, 8, 0}, 10), tokens, two));
-  EXPECT_FALSE(answers_match(logits_predicting({5, 3, 4, 7, 8, 0}, 10), tokens, two));
+  EXPECT_EQ(score({2, 3, 4, 7, 8, 0}, two), std::make_tuple(true, 3, 3));
+  EXPECT_EQ(score({5, 3, 4, 7, 8, 0}, two), std::make_tuple(false, 2, 3));
 }
 
 TEST(EvalTasks, DepthPlacesTheNeedleAndKeepsTheAnswer) {
@@ -72,10 +77,14 @@ TEST(EvalTasks, CliReportsAccuracyPerLengthAndDepthAndSparsityPerLayer) {
   ASSERT_TRUE(at512) << YAML::Dump(out);
   for (const char* depth : {"0", "0.25", "0.5", "0.75", "1"}) {
     ASSERT_TRUE(at512["accuracy"][depth]) << "depth " << depth << ": " << YAML::Dump(out);
-    const double accuracy = at512["accuracy"][depth].as<double>();
+    const double accuracy = at512["accuracy"][depth].as<double>(), tokens = at512["token_accuracy"][depth].as<double>();
     EXPECT_GE(accuracy, 0.0);
     EXPECT_LE(accuracy, 1.0);
+    // Every exactly matched example has all its answer tokens right.
+    EXPECT_GE(tokens, accuracy);
+    EXPECT_LE(tokens, 1.0);
   }
+  EXPECT_GE(out["token_accuracy"].as<double>(), out["accuracy"].as<double>());
   ASSERT_EQ(at512["layer_sparsity"].size(), 2u);  // configs/tiny.yaml has 2 layers
   for (const auto& s : at512["layer_sparsity"]) EXPECT_EQ(s.as<double>(), 0.0);  // dense attention
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Draws the plots of a `sparsetrain sweep` folder, beside its report.md:
 
-  pareto.png          eval loss and each task's accuracy against measured sparsity, a line per
-                      variant (the matched-sparsity comparison; dense attention as a reference)
+  pareto.png          eval loss and each task's accuracy (exact match; answer tokens right)
+                      against measured sparsity, a line per variant (the matched-sparsity
+                      comparison; dense attention as a reference)
   loss.png            training loss of the dense pretraining and of every continual run
   heatmap-<task>.png  task accuracy by example length and needle depth, one panel per run
 
@@ -59,10 +60,12 @@ def by_variant(runs):
 
 
 def plot_pareto(runs, tasks, out):
-    metrics = [("eval_loss", "eval loss (lower is better)")] + [(t, f"{t} accuracy") for t in tasks]
+    metrics = [("eval loss (lower is better)", lambda r: r["eval_loss"])]
+    for t in tasks:
+        metrics.append((f"{t} exact match", lambda r, t=t: r["tasks"][t]["accuracy"]))
+        metrics.append((f"{t} answer tokens right", lambda r, t=t: r["tasks"][t]["token_accuracy"]))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
-    for ax, (key, label) in zip(axes[0], metrics):
-        value = (lambda r: r["eval_loss"]) if key == "eval_loss" else (lambda r, k=key: r["tasks"][k]["accuracy"])
+    for ax, (label, value) in zip(axes[0], metrics):
         for variant, group in by_variant(runs).items():
             color = COLORS.get(variant, None)
             if variant == "dense":

@@ -62,10 +62,10 @@ void run_task(const Args& args, Transformer& model, const Recipe& recipe, const 
   fmt::print("checkpoint  {} (step {})\ntask        {} ({} examples per cell, seed {}, tokenizer {}, {} attention)\n",
              resolve_checkpoint(args.checkpoint), step, args.task, args.count, args.seed, args.tokenizer,
              recipe.model.attention.variant);
-  fmt::print("{:>8}  {:>6}  {:>8}  {:>7}\n", "length", "depth", "accuracy", "correct");
+  fmt::print("{:>8}  {:>6}  {:>8}  {:>7}  {:>14}\n", "length", "depth", "accuracy", "correct", "token accuracy");
   for (const TaskCell& c : r.cells)
-    fmt::print("{:>8}  {:>6}  {:>8.3f}  {:>7}\n", c.length, depth_name(c.depth), c.accuracy(),
-               fmt::format("{}/{}", c.correct, c.total));
+    fmt::print("{:>8}  {:>6}  {:>8.3f}  {:>7}  {:>14.3f}\n", c.length, depth_name(c.depth), c.accuracy(),
+               fmt::format("{}/{}", c.correct, c.total), c.token_accuracy());
   fmt::print("sparsity per layer\n");
   for (const TaskLengthSparsity& s : r.sparsity)
     fmt::print("{:>8}  all {:.4f}  layers {:.4f}\n", s.length, sparsity_of_all(s.layers),
@@ -74,7 +74,9 @@ void run_task(const Args& args, Transformer& model, const Recipe& recipe, const 
   if (args.json.empty()) return;
   std::ofstream(args.json) << JsonObject().add("step", step).add("task", args.task).add("count", args.count)
                                   .add("seed", int64_t(args.seed)).add("tokenizer", args.tokenizer)
-                                  .add("variant", recipe.model.attention.variant).add("lengths", lengths_json(r)).str() << "\n";
+                                  .add("variant", recipe.model.attention.variant).add("accuracy", overall_accuracy(r))
+                                  .add("token_accuracy", overall_token_accuracy(r)).add("lengths", lengths_json(r)).str()
+                           << "\n";
 }
 
 }  // namespace

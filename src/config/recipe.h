@@ -19,7 +19,10 @@ struct DashConfig {
   double alpha = 1.5;                 // entmax alpha in (1, 2]
   double temperature = 1.0;           // s: scale on routing scores; larger is sparser
   double sigma = 1.0;                 // prior strength: b = log-prior / sigma
-  std::string prior = "normalized";   // normalized: (log pbar - log g)/sigma; unnormalized: log(pbar)/sigma
+  // unnormalized: log(pbar)/sigma; normalized: (log pbar - log g)/sigma, g the geometric mean
+  // of the row's routed pbar. normalized is ill-conditioned for training: d(log g)/d(pbar_c) =
+  // 1/(n pbar_c) grows without bound at entmax's support edge (README, DashAttention).
+  std::string prior = "unnormalized";
   int64_t sink_chunks = 0;            // always-selected leading chunks
   int64_t local_chunks = 0;           // always-selected chunks just before the diagonal one
 };

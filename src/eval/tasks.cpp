@@ -7,15 +7,17 @@
 
 namespace st {
 
-bool answers_match(const torch::Tensor& logits, const torch::Tensor& tokens, const std::vector<AnswerSpan>& spans) {
+AnswerScore score_answers(const torch::Tensor& logits, const torch::Tensor& tokens, const std::vector<AnswerSpan>& spans) {
   const torch::Tensor predicted = logits.argmax(-1).to(torch::kCPU);
   const torch::Tensor expected = tokens.to(torch::kCPU).to(torch::kLong);
+  AnswerScore score;
   for (const AnswerSpan& s : spans) {
     const int64_t begin = int64_t(s.answer_begin - s.example_begin), end = int64_t(s.answer_end - s.example_begin);
     // The logits at position p predict token p + 1.
-    if (!predicted.slice(0, begin - 1, end - 1).equal(expected.slice(0, begin, end))) return false;
+    score.correct += predicted.slice(0, begin - 1, end - 1).eq(expected.slice(0, begin, end)).sum().item<int64_t>();
+    score.total += end - begin;
   }
-  return true;
+  return score;
 }
 
 namespace {
@@ -27,7 +29,7 @@ TaskCell score_cell(Transformer& model, const Tokenizer& tokenizer, const Runtim
   const SyntheticTasks data = make_synthetic(cfg.task, length, cfg.count, cfg.seed, tokenizer, depth);
   const auto variants = model->attention_variants();
   const torch::Tensor all = torch::tensor(std::vector<int64_t>(data.tokens.begin(), data.tokens.end()), torch::kLong);
-  TaskCell cell{length, depth, 0, cfg.count};
+  TaskCell cell{length, depth, 0, cfg.count, 0, 0};
   size_t next_span = 0;
   for (int64_t k = 0; k < cfg.count; ++k) {
     const uint64_t begin = uint64_t(k * length);
@@ -40,7 +42,10 @@ TaskCell score_cell(Transformer& model, const Tokenizer& tokenizer, const Runtim
       AutocastScope autocast(rt);
       logits = model(tokens.unsqueeze(0).to(rt.device))[0];
     }
-    if (answers_match(logits, tokens, spans)) ++cell.correct;
+    const AnswerScore score = score_answers(logits, tokens, spans);
+    cell.correct += score.exact();
+    cell.answer_tokens_correct += score.correct;
+    cell.answer_tokens += score.total;
     for (size_t l = 0; l < variants.size(); ++l) layers[l] += variants[l]->stats;
   }
   return cell;
@@ -78,16 +83,27 @@ double overall_accuracy(const TaskEvalResult& r) {
   return total > 0 ? double(correct) / double(total) : 0.0;
 }
 
+double overall_token_accuracy(const TaskEvalResult& r) {
+  int64_t correct = 0, total = 0;
+  for (const TaskCell& c : r.cells) {
+    correct += c.answer_tokens_correct;
+    total += c.answer_tokens;
+  }
+  return total > 0 ? double(correct) / double(total) : 0.0;
+}
+
 JsonObject lengths_json(const TaskEvalResult& r) {
   JsonObject by_length;
   for (const TaskLengthSparsity& s : r.sparsity) {
-    JsonObject accuracy, correct;
+    JsonObject accuracy, correct, token_accuracy;
     for (const TaskCell& c : r.cells)
       if (c.length == s.length) {
         accuracy.add(depth_name(c.depth), c.accuracy());
         correct.add(depth_name(c.depth), c.correct);
+        token_accuracy.add(depth_name(c.depth), c.token_accuracy());
       }
     by_length.add(std::to_string(s.length), JsonObject().add("accuracy", accuracy).add("correct", correct)
+                                                 .add("token_accuracy", token_accuracy)
                                                  .add("sparsity", sparsity_of_all(s.layers))
                                                  .add("layer_sparsity", sparsity_per_layer(s.layers)));
   }

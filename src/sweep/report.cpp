@@ -96,7 +96,8 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
       s.calibration.tolerance, s.eval.ppl_batches);
   if (!s.eval.tasks.empty())
     md += fmt::format("Task accuracy: teacher-forced exact match on {} examples per (length, depth), lengths {}, "
-                      "depths {} (passkey and niah; the other tasks use random depths).\n\n",
+                      "depths {} (passkey and niah; the other tasks use random depths); in parentheses the fraction "
+                      "of answer tokens predicted right.\n\n",
                       s.eval.count, fmt::join(s.eval.lengths, ", "), fmt::join(s.eval.depths, ", "));
 
   md += "| run | variant | target | knob | calibrated | measured | train tokens/s | eval loss | ppl |";
@@ -123,7 +124,9 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
     md += fmt::format("| {} | {} | {} | {} | {} | {} | {:.0f} | {:.4f} | {:.3f} |", run.name, run.variant, target, knob,
                       calibrated, pct(100 * e["sparsity"].as<double>()), median_tokens_per_s(run.recipe.run_dir()),
                       e["eval_loss"].as<double>(), e["ppl"].as<double>());
-    for (const auto& task : s.eval.tasks) md += fmt::format(" {:.3f} |", e["tasks"][task]["accuracy"].as<double>());
+    for (const auto& task : s.eval.tasks)
+      md += fmt::format(" {:.3f} ({:.3f}) |", e["tasks"][task]["accuracy"].as<double>(),
+                        e["tasks"][task]["token_accuracy"].as<double>());
     md += "\n";
   }
   if (!flags.empty()) md += "\nTargets not reached within the tolerance:\n\n" + flags;
