@@ -13,20 +13,6 @@ namespace st {
 
 using torch::Tensor;
 
-namespace {
-
-// Softmax over the last dim restricted to `mask`. A row with nothing allowed (a query before
-// the first complete compressed block) gives 0, with gradient 0, instead of NaN.
-Tensor masked_softmax(const Tensor& logits, const Tensor& mask) {
-  auto x = logits.masked_fill(~mask, -std::numeric_limits<double>::infinity());
-  auto max = std::get<0>(x.max(-1, /*keepdim=*/true)).detach();
-  auto e = (x - torch::where(torch::isfinite(max), max, torch::zeros_like(max))).exp();
-  auto sum = e.sum(-1, /*keepdim=*/true);
-  return e / torch::where(sum > 0, sum, torch::ones_like(sum));
-}
-
-}  // namespace
-
 Tensor compression_blocks(const Tensor& x, int64_t length, int64_t stride) {
   if (x.size(2) < length) return x.new_zeros({x.size(0), x.size(1), 0, length, x.size(3)});
   return x.unfold(2, length, stride).transpose(-1, -2);  // unfold puts the window last
@@ -35,12 +21,18 @@ Tensor compression_blocks(const Tensor& x, int64_t length, int64_t stride) {
 Tensor compressed_attention_probs(const Tensor& q, const Tensor& k_cmp, int64_t length, int64_t stride, int64_t t0) {
   const int64_t B = q.size(0), T = q.size(2), d = q.size(3), Hkv = k_cmp.size(1), n = k_cmp.size(2);
   const auto dtype = reference_dtype(q);
-  auto q_groups = q.to(dtype).view({B, Hkv, q.size(1) / Hkv, T, d});
-  auto logits = torch::matmul(q_groups, k_cmp.to(dtype).unsqueeze(2).transpose(-1, -2)) / std::sqrt(double(d));
+  // The scale goes on q, which is smaller than the logits [.., T, n].
+  auto q_groups = q.to(dtype).view({B, Hkv, q.size(1) / Hkv, T, d}) / std::sqrt(double(d));
+  auto logits = torch::matmul(q_groups, k_cmp.to(dtype).unsqueeze(2).transpose(-1, -2));
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
   auto block_end = torch::arange(n, ints) * stride + length - 1;
   auto visible = block_end.view({1, n}) <= torch::arange(t0, t0 + T, ints).view({T, 1});
-  return masked_softmax(logits, visible);
+  const double inf = std::numeric_limits<double>::infinity();
+  if (t0 >= length - 1) return torch::softmax(logits.masked_fill_(~visible, -inf), -1);
+  // Queries before the first complete block see none: their rows go through the softmax
+  // unmasked (so finite) and come out 0, with gradient 0, instead of NaN.
+  auto sees = visible.any(-1, /*keepdim=*/true);
+  return torch::softmax(logits.masked_fill_(~(visible | ~sees), -inf), -1) * sees;
 }
 
 int64_t query_tile_rows(int64_t per_row, int64_t T) {
@@ -145,9 +137,13 @@ Tensor select_blocks(const Tensor& scores, int64_t block, int64_t top_k, int64_t
 namespace {
 
 // Blocks chosen by the queries of q_rows (positions t0 ..) over k_cmp: select_from_compressed's
-// work for one tile, [B, Hkv, n, n_blocks].
+// work for one tile, [B, Hkv, n, n_blocks]. Only the compressed blocks complete by the tile's
+// last query are scored (the causal triangle: about half the work over a sequence); the
+// others' probabilities are 0, as pool_to_blocks' zero padding gives them.
 Tensor select_tile(const Tensor& q_rows, const Tensor& k_cmp, const SelectionKnobs& kn, int64_t t0, int64_t n_blocks) {
-  auto probs = compressed_attention_probs(q_rows, k_cmp, kn.length, kn.stride, t0).sum(2);
+  const int64_t last = t0 + q_rows.size(2) - 1;
+  const int64_t n_seen = std::min(k_cmp.size(2), std::max<int64_t>((last - kn.length + 1) / kn.stride + 1, 1));
+  auto probs = compressed_attention_probs(q_rows, k_cmp.narrow(2, 0, n_seen), kn.length, kn.stride, t0).sum(2);
   auto scores = pool_to_blocks(probs, kn.length, kn.stride, kn.block, n_blocks, kn.pool);
   return select_blocks(scores, kn.block, kn.top_k, kn.init_blocks, kn.local_blocks, t0);
 }

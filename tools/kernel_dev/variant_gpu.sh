@@ -12,13 +12,13 @@ V=${VARIANT:-infllmv2}
 OUT=${OUT:-tools/kernel_dev/results}
 export SPARSETRAIN_NO_INSTALL=1 BUILD_DIR=$PWD/build-gpu JOBS=16
 T0=$(date +%s)
-log() { echo "$* ($(( $(date +%s) - T0 )) s)" | tee -a "$OUT/run.log"; }
+note() {  # (tools/env.sh defines its own log) echo "$* ($(( $(date +%s) - T0 )) s)" | tee -a "$OUT/run.log"; }
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; } | tee "$OUT/run.log"
 tools/build.sh --target sparsetrain_tests sparsetrain > /tmp/build.log 2>&1 || { tail -40 /tmp/build.log; exit 1; }
-log "build done"
+note "build done"
 source tools/env.sh > /dev/null 2>&1
 timeout 240 build-gpu/sparsetrain_tests --gtest_filter='*Gpu*:ActivationCheckpointing.*' > "$OUT/gpu_tests.log" 2>&1
-log "gpu tests rc=$?"
+note "gpu tests rc=$?"
 grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]" "$OUT/gpu_tests.log" | tee -a "$OUT/run.log"
 
 # The README's 125M-at-16K command (tiny recipe, 125M config), 8 steps unless told.
@@ -27,15 +27,15 @@ train() {  # impl steps
     --set model.attention.variant="$V" --set model.attention.impl="$1" --set train.seq_len=16384 \
     --set train.steps="$2" --set train.micro_batch=1 --set train.precision=bf16 --set run.name="$V-$1" \
     --set run.out_dir=/tmp/runs --set logging.progress=plain >> "$OUT/run.log" 2>&1
-  log "train $V impl $1 rc=$?"
+  note "train $V impl $1 rc=$?"
   cp "/tmp/runs/$V-$1/metrics.jsonl" "$OUT/train_$1.metrics.jsonl"
 }
 train auto "${TRAIN_STEPS:-8}"
 timeout 240 build-gpu/sparsetrain bench attention --variant "$V" --lengths 16K,32K,64K --json "$OUT/bench.json" \
   >> "$OUT/run.log" 2>&1
-log "bench 16K-64K rc=$?"
+note "bench 16K-64K rc=$?"
 timeout 180 build-gpu/sparsetrain bench attention --variant "$V" --sparsities 0.875 --lengths 128K \
   --json "$OUT/bench128.json" >> "$OUT/run.log" 2>&1
-log "bench 128K rc=$?"
+note "bench 128K rc=$?"
 [ -n "${REFERENCE_STEPS:-}" ] && train reference "$REFERENCE_STEPS"
 exit 0
