@@ -12,7 +12,8 @@ V=${VARIANT:-infllmv2}
 OUT=${OUT:-tools/kernel_dev/results}
 export SPARSETRAIN_NO_INSTALL=1 BUILD_DIR=$PWD/build-gpu JOBS=16
 T0=$(date +%s)
-note() {  # (tools/env.sh defines its own log) echo "$* ($(( $(date +%s) - T0 )) s)" | tee -a "$OUT/run.log"; }
+# note, not log: tools/env.sh defines a log of its own.
+note() { echo "$* ($(( $(date +%s) - T0 )) s)" | tee -a "$OUT/run.log"; }
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; } | tee "$OUT/run.log"
 tools/build.sh --target sparsetrain_tests sparsetrain > /tmp/build.log 2>&1 || { tail -40 /tmp/build.log; exit 1; }
 note "build done"
