@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The ~100M matched-sparsity sweep on one GPU, about 20 minutes on an H200
+# The ~100M matched-sparsity sweep on one GPU, about 8 minutes on an H200 with the build
 # (recipes/sweep-100m.yaml): builds if needed, makes the quickstart corpus and the mixed
 # shards, runs the sweep. Run it again to resume. Result: runs/sweep-100m/report.md.
 #   kjv : passkey : niah = 2 : 1 : 1, in windows of seq_len + 1 tokens
