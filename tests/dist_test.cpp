@@ -162,7 +162,8 @@ TEST_F(Sharded, EachRankHoldsAboutOneNthOfTheOptimizerState) {
 }
 
 // In one process (a world of one: the collectives are copies), the sharded model must give
-// the plain model's gradients, and hold a block's weights only around its use.
+// the plain model's gradients, and hold a block's weights only around its use; reduced in
+// the backward (begin_micro_batch(true)), a block's full-size gradients are gone by its end.
 TEST(ShardedModel, PlainGradientsWithOnlyTheRunningBlocksGathered) {
   const ModelConfig c = test::small_model_config();
   auto tokens = torch::randint(0, 61, {2, 17}, torch::kInt64);
@@ -174,33 +175,39 @@ TEST(ShardedModel, PlainGradientsWithOnlyTheRunningBlocksGathered) {
   Comm comm(DistEnv{}, torch::kCPU);
   for (bool reshard : {true, false}) {
     for (bool recompute : {false, true}) {
-      const std::string what = std::string(reshard ? "ZeRO-3" : "ZeRO-2") + (recompute ? ", recompute" : "");
-      Transformer model(c);
-      model->init_weights(5);
-      ShardedModel sharded(model, comm, {torch::kCPU, at::kFloat, reshard});
-      auto held = [&](int64_t layer) {
-        return model->layers[layer]->as<BlockImpl>()->mlp->up_proj->weight.storage().nbytes() > 0;
-      };
-      std::vector<bool> earlier_held;  // while block i > 0 runs: is block i - 1 still gathered?
-      auto inner = [&](Block& block, const torch::Tensor& x, const RopeTables& rope) {
-        for (int64_t i = 1; i < c.n_layers; ++i)
-          if (model->layers[i]->as<BlockImpl>() == block.get()) earlier_held.push_back(held(i - 1));
-        return recompute ? checkpointed_block(block, x, rope) : block(x, rope);
-      };
-      for (int64_t i = 0; i < c.n_layers; ++i) EXPECT_FALSE(held(i)) << what;
-      sharded.begin_step();
-      next_token_loss(model(tokens, sharded.runner(inner)), targets).backward();
-      EXPECT_EQ(earlier_held, std::vector<bool>(c.n_layers - 1, !reshard)) << what;
-      sharded.reduce_gradients();
-      for (int64_t i = 0; i < c.n_layers; ++i) EXPECT_FALSE(held(i)) << what;
-      EXPECT_EQ(model->embed_tokens->weight.storage().nbytes(), 0u) << what;
+      for (bool in_backward : {false, true}) {
+        const std::string what = std::string(reshard ? "ZeRO-3" : "ZeRO-2") + (recompute ? ", recompute" : "") +
+                                 (in_backward ? ", reduced in backward" : "");
+        Transformer model(c);
+        model->init_weights(5);
+        ShardedModel sharded(model, comm, {torch::kCPU, at::kFloat, reshard});
+        auto held = [&](int64_t layer) {
+          return model->layers[layer]->as<BlockImpl>()->mlp->up_proj->weight.storage().nbytes() > 0;
+        };
+        std::vector<bool> earlier_held;  // while block i > 0 runs: is block i - 1 still gathered?
+        auto inner = [&](Block& block, const torch::Tensor& x, const RopeTables& rope) {
+          for (int64_t i = 1; i < c.n_layers; ++i)
+            if (model->layers[i]->as<BlockImpl>() == block.get()) earlier_held.push_back(held(i - 1));
+          return recompute ? checkpointed_block(block, x, rope) : block(x, rope);
+        };
+        for (int64_t i = 0; i < c.n_layers; ++i) EXPECT_FALSE(held(i)) << what;
+        sharded.begin_step();
+        sharded.begin_micro_batch(in_backward);
+        next_token_loss(model(tokens, sharded.runner(inner)), targets).backward();
+        EXPECT_EQ(earlier_held, std::vector<bool>(c.n_layers - 1, !reshard)) << what;
+        for (int64_t i = 0; i < c.n_layers; ++i)
+          EXPECT_EQ(model->layers[i]->as<BlockImpl>()->mlp->up_proj->weight.grad().defined(), !in_backward) << what;
+        sharded.reduce_gradients();
+        for (int64_t i = 0; i < c.n_layers; ++i) EXPECT_FALSE(held(i)) << what;
+        EXPECT_EQ(model->embed_tokens->weight.storage().nbytes(), 0u) << what;
 
-      auto plain_params = plain->named_parameters();
-      ASSERT_EQ(sharded.local_parameters().size(), plain_params.size());
-      for (const auto& p : sharded.local_parameters()) {
-        const auto& want = plain_params[p.name];
-        EXPECT_TRUE(torch::allclose(p.param.grad(), want.grad().reshape(-1), 1e-5, 1e-7)) << what << ": " << p.name;
-        EXPECT_TRUE(p.param.equal(want.detach().reshape(-1))) << what << ": " << p.name;
+        auto plain_params = plain->named_parameters();
+        ASSERT_EQ(sharded.local_parameters().size(), plain_params.size());
+        for (const auto& p : sharded.local_parameters()) {
+          const auto& want = plain_params[p.name];
+          EXPECT_TRUE(torch::allclose(p.param.grad(), want.grad().reshape(-1), 1e-5, 1e-7)) << what << ": " << p.name;
+          EXPECT_TRUE(p.param.equal(want.detach().reshape(-1))) << what << ": " << p.name;
+        }
       }
     }
   }

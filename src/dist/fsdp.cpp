@@ -145,35 +145,58 @@ void ShardedModel::backward_begins(size_t u) {
   if (u > 1) start_gather(u - 1);  // the block whose backward comes next
 }
 
-void ShardedModel::backward_ends(size_t u) { release(u); }
+// The block's input gradient is complete, so its parameters' gradients are too: autograd
+// runs a parameter's gradient accumulation as soon as the op that produced it has run.
+void ShardedModel::backward_ends(size_t u) {
+  if (reduce_in_backward_) {
+    // One block's reduce-scatter in flight at a time: the previous one had this block's
+    // backward to finish in, and its full-size buffer goes now.
+    if (reducing_ != 0) finish_reduce(reducing_);
+    start_reduce(u);
+    reducing_ = u;
+  }
+  release(u);
+}
 
 void ShardedModel::begin_step() { finish_gather(0); }
 
-void ShardedModel::reduce_gradients() {
+void ShardedModel::begin_micro_batch(bool last) { reduce_in_backward_ = last; }
+
+void ShardedModel::start_reduce(size_t u) {
   torch::NoGradGuard no_grad;
-  const int64_t world = comm_.world_size();
-  std::vector<at::Tensor> flat(units_.size()), shard_grad(units_.size());
-  std::vector<Pending> pending(units_.size());
-  for (size_t u = 0; u < units_.size(); ++u) {
-    Unit& x = units_[u];
-    flat[u] = at::zeros({x.padded}, x.shard.options());
-    for (auto& p : x.params) {
-      if (!p.tensor.grad().defined()) continue;
-      flat[u].narrow(0, p.offset, p.tensor.numel()).copy_(p.tensor.grad().reshape(-1));
-      p.tensor.mutable_grad() = at::Tensor();
-    }
-    shard_grad[u] = at::empty({x.padded / world}, x.shard.options());
-    pending[u] = comm_.reduce_scatter_sum(shard_grad[u], flat[u]);
+  Unit& x = units_[u];
+  x.grad_flat = at::zeros({x.padded}, x.shard.options());
+  for (auto& p : x.params) {
+    if (!p.tensor.grad().defined()) continue;
+    x.grad_flat.narrow(0, p.offset, p.tensor.numel()).copy_(p.tensor.grad().reshape(-1));
+    p.tensor.mutable_grad() = at::Tensor();
   }
+  x.grad_shard = at::empty({x.padded / comm_.world_size()}, x.shard.options());
+  x.grad_pending = comm_.reduce_scatter_sum(x.grad_shard, x.grad_flat);
+}
+
+void ShardedModel::finish_reduce(size_t u) {
+  torch::NoGradGuard no_grad;
+  Unit& x = units_[u];
+  x.grad_pending.wait();
+  x.grad_shard.div_(double(comm_.world_size()));
+  x.grad_flat = at::Tensor();
+}
+
+void ShardedModel::reduce_gradients() {
+  for (size_t u = 0; u < units_.size(); ++u)
+    if (!units_[u].grad_shard.defined()) start_reduce(u);  // all of them unless reduced in backward
   for (size_t u = 0; u < units_.size(); ++u) {
-    pending[u].wait();
-    shard_grad[u].div_(double(world));
+    if (units_[u].grad_flat.defined()) finish_reduce(u);
     release(u);
   }
   for (size_t i = 0; i < slices_.size(); ++i) {
     const Slice& s = slice_info_[i];
-    slices_[i].param.mutable_grad() = shard_grad[s.unit].narrow(0, s.shard_begin, s.length);
+    slices_[i].param.mutable_grad() = units_[s.unit].grad_shard.narrow(0, s.shard_begin, s.length);
   }
+  for (auto& x : units_) x.grad_shard = at::Tensor();  // the slices' .grad keep what they need
+  reduce_in_backward_ = false;
+  reducing_ = 0;
 }
 
 double ShardedModel::clip_grad_norm(double max_norm) {

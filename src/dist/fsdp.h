@@ -11,7 +11,9 @@
 // (on GPU the NCCL process group runs it on its own stream, ordered by CUDA events). The
 // outer unit stays gathered for the whole step: it is used first and last. Gradients
 // accumulate unsharded over the micro-batches and are reduce-scattered (averaged over
-// ranks) into the slices once per step.
+// ranks) into the slices once per step: during the last micro-batch's backward, a block's
+// gradients as soon as its backward ends (overlapping the blocks still to go, and freeing
+// their full-size memory then), the outer unit's after the whole backward.
 //
 // The model stays unaware: blocks are wrapped through its BlockRunner.
 #pragma once
@@ -44,8 +46,12 @@ class ShardedModel {
   BlockRunner runner(BlockRunner inner);
   // Before a step's first forward: gathers the outer unit.
   void begin_step();
-  // After a step's last backward: reduce-scatters every unit's gradients into the
-  // slices' .grad (mean over ranks) and releases every gathered unit.
+  // Before each micro-batch's backward; `last`: its backward completes the step's gradients,
+  // so each block's are reduce-scattered as soon as that block's backward ends. Without the
+  // call (or with last = false) everything waits for reduce_gradients.
+  void begin_micro_batch(bool last);
+  // After a step's last backward: reduce-scatters the gradients not yet on their way into the
+  // slices' .grad (mean over ranks), waits for all, and releases every gathered unit.
   void reduce_gradients();
   // Global L2 norm of the slices' gradients; scales them down to max_norm when it is above
   // (max_norm <= 0: no clipping), as torch::nn::utils::clip_grad_norm_.
@@ -78,6 +84,9 @@ class ShardedModel {
     at::Tensor full;              // fp32 [padded]: the gathered buffer (memory only while gathered)
     at::Tensor staged, staged_in; // the gather in a narrower dtype, until it is widened into `full`
     Pending pending;
+    at::Tensor grad_flat;         // fp32 [padded]: the unit's gradients while their reduce-scatter runs
+    at::Tensor grad_shard;        // fp32 [padded / world]: its result, this rank's piece
+    Pending grad_pending;
     State state = State::released;
   };
   struct Slice {
@@ -93,11 +102,15 @@ class ShardedModel {
   torch::Tensor run_block(const BlockRunner& inner, Block& block, const torch::Tensor& x, const RopeTables& rope);
   void backward_begins(size_t u);
   void backward_ends(size_t u);
+  void start_reduce(size_t u);   // unit u's .grad -> grad_flat -> reduce-scatter; clears the .grad
+  void finish_reduce(size_t u);  // waits for it, averages, frees grad_flat
   std::string parameter_named_by(const std::string& key) const;
 
   Comm& comm_;
   ShardingOptions opt_;
   std::vector<Unit> units_;  // 0: outer; 1 + i: layers.i
+  bool reduce_in_backward_ = false;  // begin_micro_batch(last = true) until reduce_gradients
+  size_t reducing_ = 0;              // the block unit whose reduce-scatter runs (0: none)
   std::unordered_map<const BlockImpl*, size_t> unit_of_block_;
   std::map<std::string, int64_t> numel_;  // every parameter's element count, by name
   std::vector<NamedParameter> slices_;

@@ -201,6 +201,7 @@ TrainSummary train(const Recipe& recipe, const TrainOptions& options) {
         AutocastScope autocast(rt);
         loss = next_token_loss(model(b.inputs.to(rt.device), runner), b.targets.to(rt.device));
       }
+      if (sharded) sharded->begin_micro_batch(micro + 1 == tc.grad_accum);
       (loss / double(tc.grad_accum)).backward();
       loss_sum += loss.item<double>();
       if (record) for (auto& v : variants) attn += v->stats;
