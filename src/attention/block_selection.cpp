@@ -41,6 +41,15 @@ int64_t query_tile_rows(int64_t per_row, int64_t T) {
 
 namespace {
 
+// How many of the n compressed blocks a tile whose last query is `last` works on: those
+// complete by then (the causal triangle; later ones get probability 0 in every row of the
+// tile). At least one, so the softmax row is never empty: a tile that sees none still goes
+// through compressed_attention_probs, which zeroes such rows.
+int64_t blocks_complete_by(int64_t last, int64_t n, int64_t length, int64_t stride) {
+  const int64_t complete = last < length - 1 ? 0 : (last - length + 1) / stride + 1;
+  return std::min(n, std::max<int64_t>(complete, 1));
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -55,7 +64,9 @@ struct CompressedAttentionFunction : torch::autograd::Function<CompressedAttenti
     std::vector<Tensor> out;
     for (int64_t t0 = 0; t0 < T; t0 += tile_rows) {
       const int64_t n = std::min(tile_rows, T - t0);
-      out.push_back(torch::matmul(compressed_attention_probs(q.narrow(2, t0, n), k_cmp, length, stride, t0), v));
+      const int64_t seen = blocks_complete_by(t0 + n - 1, k_cmp.size(2), length, stride);
+      auto p = compressed_attention_probs(q.narrow(2, t0, n), k_cmp.narrow(2, 0, seen), length, stride, t0);
+      out.push_back(torch::matmul(p, v.narrow(3, 0, seen)));
     }
     ctx->save_for_backward({q, k_cmp, v_cmp});
     ctx->saved_data["length"] = length;
@@ -80,13 +91,16 @@ struct CompressedAttentionFunction : torch::autograd::Function<CompressedAttenti
     std::vector<Tensor> dq;
     for (int64_t t0 = 0; t0 < T; t0 += tile_rows) {
       const int64_t n = std::min(tile_rows, T - t0);
-      auto p = compressed_attention_probs(q.narrow(2, t0, n), k_cmp, length, stride, t0);  // [B, Hkv, G, n, n_cmp]
+      const int64_t seen = blocks_complete_by(t0 + n - 1, k_cmp.size(2), length, stride);
+      auto p = compressed_attention_probs(q.narrow(2, t0, n), k_cmp.narrow(2, 0, seen), length, stride,
+                                          t0);  // [B, Hkv, G, n, seen]
+      auto k_t = k.narrow(3, 0, seen), v_t = v.narrow(3, 0, seen);
       auto q_t = q_groups.narrow(3, t0, n), do_t = do_groups.narrow(3, t0, n);
-      auto dp = torch::matmul(do_t, v.transpose(-1, -2));
+      auto dp = torch::matmul(do_t, v_t.transpose(-1, -2));
       auto ds = p * (dp - (p * dp).sum(-1, /*keepdim=*/true));
-      dq.push_back(torch::matmul(ds, k) * scale);
-      dk += (torch::matmul(ds.transpose(-1, -2), q_t) * scale).sum(2);
-      dv += torch::matmul(p.transpose(-1, -2), do_t).sum(2);
+      dq.push_back(torch::matmul(ds, k_t) * scale);
+      dk.narrow(2, 0, seen) += (torch::matmul(ds.transpose(-1, -2), q_t) * scale).sum(2);
+      dv.narrow(2, 0, seen) += torch::matmul(p.transpose(-1, -2), do_t).sum(2);
     }
     return {torch::cat(dq, 3).view(q.sizes()).to(q.scalar_type()), dk.to(k_cmp.scalar_type()),
             dv.to(v_cmp.scalar_type()), Tensor(), Tensor(), Tensor()};
@@ -141,8 +155,7 @@ namespace {
 // last query are scored (the causal triangle: about half the work over a sequence); the
 // others' probabilities are 0, as pool_to_blocks' zero padding gives them.
 Tensor select_tile(const Tensor& q_rows, const Tensor& k_cmp, const SelectionKnobs& kn, int64_t t0, int64_t n_blocks) {
-  const int64_t last = t0 + q_rows.size(2) - 1;
-  const int64_t n_seen = std::min(k_cmp.size(2), std::max<int64_t>((last - kn.length + 1) / kn.stride + 1, 1));
+  const int64_t n_seen = blocks_complete_by(t0 + q_rows.size(2) - 1, k_cmp.size(2), kn.length, kn.stride);
   auto probs = compressed_attention_probs(q_rows, k_cmp.narrow(2, 0, n_seen), kn.length, kn.stride, t0).sum(2);
   auto scores = pool_to_blocks(probs, kn.length, kn.stride, kn.block, n_blocks, kn.pool);
   return select_blocks(scores, kn.block, kn.top_k, kn.init_blocks, kn.local_blocks, t0);

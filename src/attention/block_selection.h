@@ -25,7 +25,8 @@ int64_t query_tile_rows(int64_t per_row, int64_t T);
 
 // The compression branch: softmax(q . k_cmp / sqrt(d)) v_cmp over the visible compressed blocks,
 // [B, Hq, T, d] in the reference dtype, computed tile_rows queries at a time (0: by
-// query_tile_rows); the backward recomputes each tile's probabilities, so what stays alive is
+// query_tile_rows); a tile works only on the blocks complete by its last query (the causal
+// triangle) and the backward recomputes each tile's probabilities, so what stays alive is
 // O(T d). Differentiable in q, k_cmp and v_cmp.
 torch::Tensor compressed_attention(const torch::Tensor& q, const torch::Tensor& k_cmp, const torch::Tensor& v_cmp,
                                    int64_t length, int64_t stride, int64_t tile_rows = 0);
