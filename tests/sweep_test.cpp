@@ -181,7 +181,9 @@ TEST_F(Sweep, TinySweepWritesTheReportAndPlotsAndSkipsFinishedWorkWhenRunAgain) 
     EXPECT_EQ(e["step"].as<int64_t>(), 6) << run;
     EXPECT_TRUE(std::isfinite(e["eval_loss"].as<double>())) << run;
     EXPECT_TRUE(e["tasks"]["passkey"]["lengths"]["512"]["accuracy"]["0.5"]) << run;
+    EXPECT_EQ(e["device"].as<std::string>(), "CPU") << run;
   }
+  EXPECT_NE(report.find("Evaluated on CPU, "), std::string::npos) << report;
   EXPECT_EQ(YAML::LoadFile((out / "dense/eval.json").string())["sparsity"].as<double>(), 0.0);
   EXPECT_EQ(report.find("MISSED"), std::string::npos) << report;
   for (const std::string png : {"pareto.png", "loss.png", "heatmap-passkey.png"}) {

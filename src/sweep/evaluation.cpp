@@ -7,6 +7,7 @@
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/model_state.h"
+#include "util/utc_time.h"
 
 namespace st {
 
@@ -22,7 +23,8 @@ JsonObject evaluate_run(const std::string& run_dir, const SweepConfig& sweep) {
   const EvalResult e = evaluate(model, shard, rt, sweep.calibration.length, 1, sweep.eval.ppl_batches);
   JsonObject out;
   out.add("step", ckpt.step).add("tokens", ckpt.tokens).add("eval_loss", e.loss).add("ppl", std::exp(e.loss))
-      .add("sparsity", e.sparsity()).add("layer_sparsity", e.layer_sparsity()).add("length", sweep.calibration.length);
+      .add("sparsity", e.sparsity()).add("layer_sparsity", e.layer_sparsity()).add("length", sweep.calibration.length)
+      .add("device", rt.device_name()).add("evaluated_at", utc_timestamp());
   JsonObject tasks;
   const auto tokenizer = load_tokenizer(sweep.eval.tokenizer);
   for (const std::string& task : sweep.eval.tasks) {

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "io/atomic_file.h"
 #include "io/json_reader.h"
@@ -73,6 +74,24 @@ double median_tokens_per_s(const std::string& run_dir) {
   return v[v.size() / 2];
 }
 
+// "Evaluated on <devices>, <first> to <last>, by `sparsetrain sweep <file>`." from the runs'
+// eval.json (results written before they carried a device say nothing).
+std::string provenance(const SweepConfig& s, const SweepPlan& plan) {
+  std::set<std::string> devices;
+  std::string first, last;
+  for (const SweepRun& run : plan.runs) {
+    const YAML::Node e = load_json_file((fs::path(run.recipe.run_dir()) / "eval.json").string());
+    if (!e["device"] || !e["evaluated_at"]) continue;
+    devices.insert(e["device"].as<std::string>());
+    const std::string at = e["evaluated_at"].as<std::string>();
+    if (first.empty() || at < first) first = at;
+    if (last.empty() || at > last) last = at;
+  }
+  if (devices.empty()) return "";
+  return fmt::format("Evaluated on {}, {} to {}, by `sparsetrain sweep {}`.\n\n", fmt::join(devices, ", "), first, last,
+                     s.source);
+}
+
 }  // namespace
 
 std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Calibrations& calibrations) {
@@ -83,6 +102,7 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
   const TrainConfig& t = any.train;
   const int64_t per_step = t.micro_batch * t.grad_accum * t.seq_len;
   std::string md = fmt::format("# Sweep `{}`\n\n", s.name);
+  md += provenance(s, plan);
   md += fmt::format(
       "Every run starts from the dense checkpoint `{}` and continues pretraining from recipe `{}` with the same "
       "budget and data order: {} steps x {} tokens (seq_len {}, seed {}), data `{}`.\n\n",

@@ -1,6 +1,7 @@
 #include "train/runtime.h"
 
 #include <ATen/autocast_mode.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <fmt/format.h>
 #include <torch/cuda.h>
 #ifdef SPARSETRAIN_CUDA
@@ -10,6 +11,11 @@
 namespace st {
 
 std::string Runtime::describe() const { return fmt::format("{} ({})", device.str(), precision); }
+
+std::string Runtime::device_name() const {
+  if (!device.is_cuda()) return "CPU";
+  return at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->name;
+}
 
 Runtime make_runtime(const TrainConfig& cfg) {
   Runtime rt;

@@ -13,7 +13,8 @@ struct Runtime {
   torch::Device device = torch::kCPU;
   std::string device_kind = "cpu";  // cpu | cuda
   std::string precision = "fp32";   // fp32 | bf16
-  std::string describe() const;
+  std::string describe() const;     // "cuda:0 (bf16)"
+  std::string device_name() const;  // "NVIDIA H200", or "CPU"
 };
 
 // Resolves train.device / train.precision "auto"; throws ConfigError when CUDA is asked
