@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <string>
 
+#include "attention/block_selection.h"
 #include "config/recipe.h"
 #include "model/attention.h"
 #include "model/rope.h"
@@ -237,6 +238,36 @@ TEST(GpuVariantsFallback, InexpressibleCallsRefuseUnderCudaAndFallBackUnderAuto)
     ref.attention.impl = "reference";
     autod.attention.impl = "auto";
     EXPECT_LT(rel_err(forward(autod), forward(ref)), 1e-2) << cfg.attention.variant;
+  }
+}
+
+// NSA's compression branch on the GPU, tiled so that each tile works only on the compressed
+// blocks complete by its last query (several tiles, ragged last tile, tiles before the first
+// complete block), against the untiled math in fp64 on the CPU: output and q, k, v gradients.
+TEST(GpuCompressedAttention, TiledMatchesUntiledFp64) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(5);
+  const int64_t B = 1, Hkv = 2, G = 4, T = 4000, d = 64, length = 32, stride = 16, n = (T - length) / stride + 1;
+  auto q = torch::randn({B, Hkv * G, T, d}, torch::kFloat64);
+  auto k = torch::randn({B, Hkv, n, d}, torch::kFloat64), v = torch::randn({B, Hkv, n, d}, torch::kFloat64);
+  auto w = torch::randn({B, Hkv * G, T, d}, torch::kFloat64);
+  auto grads = [&](const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in, int64_t tile_rows) {
+    auto qq = q_in.clone().requires_grad_(true), kk = k_in.clone().requires_grad_(true),
+         vv = v_in.clone().requires_grad_(true);
+    auto out = tile_rows > 0 ? compressed_attention(qq, kk, vv, length, stride, tile_rows)
+                             : torch::matmul(compressed_attention_probs(qq, kk, length, stride), vv.unsqueeze(2))
+                                   .view({B, Hkv * G, T, d});
+    auto g = torch::autograd::grad({(out * w.to(out.device(), out.scalar_type())).sum()}, {qq, kk, vv});
+    return std::vector<torch::Tensor>{out, g[0], g[1], g[2]};
+  };
+  const auto want = grads(q, k, v, 0);
+  const int64_t tilings[] = {7, 300, 1024, T};
+  for (int64_t tile_rows : tilings) {
+    const auto got = grads(q.to(torch::kCUDA, torch::kFloat32), k.to(torch::kCUDA, torch::kFloat32),
+                           v.to(torch::kCUDA, torch::kFloat32), tile_rows);
+    const char* names[] = {"out", "dq", "dk", "dv"};
+    for (int i = 0; i < 4; ++i)
+      EXPECT_LT(rel_err(got[i].cpu(), want[i]), 1e-4) << "tile rows " << tile_rows << " " << names[i];
   }
 }
 
