@@ -72,10 +72,11 @@ void run_task(const Args& args, Transformer& model, const Recipe& recipe, const 
                fmt::join(sparsity_per_layer(s.layers), " "));
 
   if (args.json.empty()) return;
+  const TaskCell all = all_cells(r);
   std::ofstream(args.json) << JsonObject().add("step", step).add("task", args.task).add("count", args.count)
                                   .add("seed", int64_t(args.seed)).add("tokenizer", args.tokenizer)
-                                  .add("variant", recipe.model.attention.variant).add("accuracy", overall_accuracy(r))
-                                  .add("token_accuracy", overall_token_accuracy(r)).add("lengths", lengths_json(r)).str()
+                                  .add("variant", recipe.model.attention.variant).add("accuracy", all.accuracy())
+                                  .add("token_accuracy", all.token_accuracy()).add("lengths", lengths_json(r)).str()
                            << "\n";
 }
 

@@ -74,22 +74,15 @@ TaskEvalResult evaluate_task(Transformer& model, const Tokenizer& tokenizer, con
 
 std::string depth_name(std::optional<double> depth) { return depth ? fmt::format("{}", *depth) : "random"; }
 
-double overall_accuracy(const TaskEvalResult& r) {
-  int64_t correct = 0, total = 0;
+TaskCell all_cells(const TaskEvalResult& r) {
+  TaskCell sum;
   for (const TaskCell& c : r.cells) {
-    correct += c.correct;
-    total += c.total;
+    sum.correct += c.correct;
+    sum.total += c.total;
+    sum.answer_tokens_correct += c.answer_tokens_correct;
+    sum.answer_tokens += c.answer_tokens;
   }
-  return total > 0 ? double(correct) / double(total) : 0.0;
-}
-
-double overall_token_accuracy(const TaskEvalResult& r) {
-  int64_t correct = 0, total = 0;
-  for (const TaskCell& c : r.cells) {
-    correct += c.answer_tokens_correct;
-    total += c.answer_tokens;
-  }
-  return total > 0 ? double(correct) / double(total) : 0.0;
+  return sum;
 }
 
 JsonObject lengths_json(const TaskEvalResult& r) {

@@ -61,9 +61,9 @@ TaskEvalResult evaluate_task(Transformer& model, const Tokenizer& tokenizer, con
 
 // JSON keys and table cells name a depth by its value; tasks without one say "random".
 std::string depth_name(std::optional<double> depth);
-// Over all cells, as fractions: exact-match examples; answer tokens predicted right.
-double overall_accuracy(const TaskEvalResult& r);
-double overall_token_accuracy(const TaskEvalResult& r);
+// Every cell's counts summed (length and depth left unset): its accuracy() and
+// token_accuracy() are the overall ones.
+TaskCell all_cells(const TaskEvalResult& r);
 // {"<length>": {"accuracy": {"<depth>": a}, "correct": {"<depth>": n},
 //  "token_accuracy": {"<depth>": t}, "sparsity": s, "layer_sparsity": [..]}, ...}: what
 // `eval --task --json` writes under "lengths".

@@ -30,7 +30,8 @@ JsonObject evaluate_run(const std::string& run_dir, const SweepConfig& sweep) {
   for (const std::string& task : sweep.eval.tasks) {
     const TaskEvalResult r = evaluate_task(
         model, *tokenizer, rt, {task, sweep.eval.lengths, sweep.eval.depths, sweep.eval.count, uint64_t(sweep.eval.seed)});
-    tasks.add(task, JsonObject().add("accuracy", overall_accuracy(r)).add("token_accuracy", overall_token_accuracy(r))
+    const TaskCell all = all_cells(r);
+    tasks.add(task, JsonObject().add("accuracy", all.accuracy()).add("token_accuracy", all.token_accuracy())
                          .add("lengths", lengths_json(r)));
   }
   return out.add("tasks", tasks);

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <vector>
 
 #include "io/atomic_file.h"
 #include "io/json_reader.h"
@@ -76,11 +77,10 @@ double median_tokens_per_s(const std::string& run_dir) {
 
 // "Evaluated on <devices>, <first> to <last>, by `sparsetrain sweep <file>`." from the runs'
 // eval.json (results written before they carried a device say nothing).
-std::string provenance(const SweepConfig& s, const SweepPlan& plan) {
+std::string provenance(const SweepConfig& s, const std::vector<YAML::Node>& evals) {
   std::set<std::string> devices;
   std::string first, last;
-  for (const SweepRun& run : plan.runs) {
-    const YAML::Node e = load_json_file((fs::path(run.recipe.run_dir()) / "eval.json").string());
+  for (const YAML::Node& e : evals) {
     if (!e["device"] || !e["evaluated_at"]) continue;
     devices.insert(e["device"].as<std::string>());
     const std::string at = e["evaluated_at"].as<std::string>();
@@ -102,7 +102,10 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
   const TrainConfig& t = any.train;
   const int64_t per_step = t.micro_batch * t.grad_accum * t.seq_len;
   std::string md = fmt::format("# Sweep `{}`\n\n", s.name);
-  md += provenance(s, plan);
+  std::vector<YAML::Node> evals;  // each run's eval.json, in plan.runs' order
+  for (const SweepRun& run : plan.runs)
+    evals.push_back(load_json_file((fs::path(run.recipe.run_dir()) / "eval.json").string()));
+  md += provenance(s, evals);
   md += fmt::format(
       "Every run starts from the dense checkpoint `{}` and continues pretraining from recipe `{}` with the same "
       "budget and data order: {} steps x {} tokens (seq_len {}, seed {}), data `{}`.\n\n",
@@ -126,8 +129,9 @@ std::string write_report(const SweepConfig& s, const SweepPlan& plan, const Cali
   for (size_t i = 0; i < s.eval.tasks.size(); ++i) md += "---|";
   md += "\n";
   std::string flags;
-  for (const SweepRun& run : plan.runs) {
-    const YAML::Node e = load_json_file((fs::path(run.recipe.run_dir()) / "eval.json").string());
+  for (size_t i = 0; i < plan.runs.size(); ++i) {
+    const SweepRun& run = plan.runs[i];
+    const YAML::Node& e = evals[i];
     std::string knob = "-", calibrated = "-", target = "-";
     if (run.target) {
       const Calibration& c = calibrations.at(run.variant).at(*run.target);
