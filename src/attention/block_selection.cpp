@@ -8,6 +8,9 @@
 #include <vector>
 
 #include "attention/block_sparse.h"
+#ifdef SPARSETRAIN_CUDA
+#include "attention/cuda/selection.h"
+#endif
 
 namespace st {
 
@@ -197,6 +200,14 @@ BlockRows select_rows_from_compressed(const Tensor& q, const Tensor& k_cmp, cons
       }
   auto row_ptr = torch::cat({torch::zeros({1}, q.options().dtype(torch::kInt64)), torch::cat(counts).cumsum(0)});
   return {row_ptr, torch::cat(blocks), Tensor()};
+}
+
+BlockRows select_rows(const Tensor& q, const Tensor& k_cmp, const SelectionKnobs& knobs, const std::string& impl) {
+#ifdef SPARSETRAIN_CUDA
+  if (impl != "reference")
+    if (auto dtype = cuda::selection_kernel_dtype(q, k_cmp, knobs)) return cuda::select_rows(q, k_cmp, knobs, *dtype);
+#endif
+  return select_rows_from_compressed(q, k_cmp, knobs);
 }
 
 }  // namespace st

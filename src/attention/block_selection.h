@@ -4,6 +4,8 @@
 #pragma once
 #include <torch/types.h>
 
+#include <string>
+
 #include "attention/block_sparse_dispatch.h"
 
 namespace st {
@@ -65,5 +67,13 @@ torch::Tensor select_from_compressed(const torch::Tensor& q, const torch::Tensor
 // block (local_blocks >= 1 within top_k) or a window covers it.
 BlockRows select_rows_from_compressed(const torch::Tensor& q, const torch::Tensor& k_cmp, const SelectionKnobs& knobs,
                                       int64_t tile_rows = 0);
+
+// The same lists under model.attention.impl: the selection kernels (kernels/block_select.h)
+// unless impl is `reference` or they cannot run the call (see cuda::selection_kernel_dtype),
+// else select_rows_from_compressed. The kernels take q in 16 bits (under autocast, cast to its
+// dtype) and the scores fp32-accurate, so their choice differs from the reference's only where
+// two blocks' scores tie within fp32 rounding.
+BlockRows select_rows(const torch::Tensor& q, const torch::Tensor& k_cmp, const SelectionKnobs& knobs,
+                      const std::string& impl);
 
 }  // namespace st

@@ -27,9 +27,10 @@ BlockRows InfllmV2Attention::selection(const Tensor& q, const Tensor& k) const {
   // Block scores: the group-summed softmax over mean-pooled keys, max-pooled onto selection
   // blocks, one query tile at a time.
   auto k_cmp = compression_blocks(k.to(reference_dtype(k)), cfg_.pool_kernel, cfg_.pool_stride).mean(-2);
-  return select_rows_from_compressed(
+  return select_rows(
       q, k_cmp,
-      {cfg_.pool_kernel, cfg_.pool_stride, cfg_.block, cfg_.top_k, cfg_.init_blocks, cfg_.local_blocks, Pool::Max});
+      {cfg_.pool_kernel, cfg_.pool_stride, cfg_.block, cfg_.top_k, cfg_.init_blocks, cfg_.local_blocks, Pool::Max},
+      impl_);
 }
 
 Tensor InfllmV2Attention::forward(const AttentionInputs& in) {

@@ -1,0 +1,336 @@
+// NSA's and InfLLMv2's block selection: pooled block scores, then top-k lists (block_select.h).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "block_select.h"
+#include "bsa_device.cuh"
+
+namespace st::kernels {
+namespace {
+
+using namespace dev;
+
+constexpr int kCols = 64;                     // compressed blocks per column tile
+constexpr int kMaxLead = 64;                  // (length - 1) / stride at most
+constexpr int kPStride = kCols + 2;           // floats per row of the probability tile
+constexpr int kCmpStride = kMaxLead + kCols;  // floats per position of the group-summed tile
+
+struct ScoreParams {
+  const void* q;
+  const float* k_cmp;  // the group's compressed keys, [n_cmp, D]
+  float* scores;       // [n_rows, n_blocks]
+  int64_t T, t_first, n_rows, n_cmp, q_head0;
+  int G, P, length, stride, m, lead, n_blocks;
+  bool max_pool;
+  float scale_log2;
+};
+
+template <int D>
+constexpr int score_smem_bytes() {
+  return 3 * 64 * D * 2 + 64 * kPStride * 4 + 64 * kCmpStride * 4;  // Q, K high, K low, P, sums
+}
+
+// One CTA per query tile: 64 MMA rows = the G heads of the group for P positions (as the core
+// kernels pack them). Two passes over the compressed blocks the tile can see: the first keeps
+// each row's running max and sum, the second recomputes the logits, writes the probabilities
+// to shared memory, sums them over the group's heads and pools the sums onto selection blocks
+// as soon as all compressed blocks overlapping a selection block are known.
+template <typename T, int D>
+__global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* khi_g = smem + 64 * D * 2;
+  unsigned char* klo_g = khi_g + 64 * D * 2;
+  const uint32_t q_s = smem_addr(smem), khi_s = smem_addr(khi_g), klo_s = smem_addr(klo_g);
+  float* p_s = reinterpret_cast<float*>(smem + 3 * 64 * D * 2);
+  float* cmp_s = p_s + 64 * kPStride;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
+  const int64_t pos0 = p.t_first + static_cast<int64_t>(blockIdx.x) * p.P;
+  const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.t_first + p.n_rows - pos0));
+  const T* q = static_cast<const T*>(p.q);
+  load_tile_async<D>(
+      q_s,
+      [&](int r) -> const T* {
+        if (r >= p.P * p.G || r / p.G >= n_pos) return nullptr;
+        return q + ((p.q_head0 + r % p.G) * p.T + pos0 + r / p.G) * D;
+      },
+      q, tid);
+  cp_async_commit();
+
+  // Compressed blocks wholly at or before position t.
+  auto visible = [&](int64_t t) -> int64_t {
+    return t < p.length - 1 ? 0 : min(p.n_cmp, (t - p.length + 1) / p.stride + 1);
+  };
+  const int64_t n_seen = visible(pos0 + n_pos - 1);
+  const int n_tiles = static_cast<int>((n_seen + kCols - 1) / kCols);
+  int64_t vis[2];  // this thread's rows g4 and g4 + 8 of its warp
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = warp * 16 + g4 + 8 * i;
+    vis[i] = r < p.P * p.G && r / p.G < n_pos ? visible(pos0 + r / p.G) : 0;
+  }
+  cp_async_wait_all();
+  __syncthreads();
+  uint32_t qa[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) load_a<D>(qa[ks], q_s, warp * 16, ks * 16, lane);
+
+  // s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 + 63 of the tile's rows.
+  auto logits = [&](int64_t c0, float (&s)[8][4]) {
+    __syncthreads();  // every warp is done with the previous K tile
+    for (int i = tid; i < 64 * D / 4; i += 128) {
+      const int row = i / (D / 4), col = (i % (D / 4)) * 4;
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (c0 + row < n_seen) x = *reinterpret_cast<const float4*>(p.k_cmp + (c0 + row) * D + col);
+      const uint32_t h0 = Elem<T>::pack(x.x, x.y), h1 = Elem<T>::pack(x.z, x.w);
+      const float2 r0 = Elem<T>::unpack(h0), r1 = Elem<T>::unpack(h1);
+      const uint32_t off = tile_offset<D>(row, col & ~7) + (col & 7) * 2;
+      *reinterpret_cast<uint2*>(khi_g + off) = make_uint2(h0, h1);
+      *reinterpret_cast<uint2*>(klo_g + off) =
+          make_uint2(Elem<T>::pack(x.x - r0.x, x.y - r0.y), Elem<T>::pack(x.z - r1.x, x.w - r1.y));
+    }
+    __syncthreads();
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        load_b_nk<D>(b, khi_s, np * 16, ks * 16, lane);
+        mma<T>(s[2 * np], qa[ks], b[0], b[1]);
+        mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
+        load_b_nk<D>(b, klo_s, np * 16, ks * 16, lane);
+        mma<T>(s[2 * np], qa[ks], b[0], b[1]);
+        mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
+      }
+  };
+
+  // Pass 1: each row's max and sum of exp2 over its visible blocks (per thread, then per quad).
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int64_t c0 = static_cast<int64_t>(tile) * kCols;
+    float s[8][4];
+    logits(c0, s);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = m_run[i];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t col = c0 + nt * 8 + 2 * c + e;
+          const float x = col < vis[i] ? s[nt][2 * i + e] * p.scale_log2 : -INFINITY;
+          s[nt][2 * i + e] = x;
+          mx = fmaxf(mx, x);
+        }
+      if (mx == -INFINITY) continue;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) sum += fast_exp2(s[nt][2 * i] - mx) + fast_exp2(s[nt][2 * i + 1] - mx);
+      l_run[i] = l_run[i] * fast_exp2(m_run[i] - mx) + sum;
+      m_run[i] = mx;
+    }
+  }
+  float m_row[2], inv_l[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    m_row[i] = quad_max(m_run[i]);
+    const float l = quad_sum(m_run[i] == -INFINITY ? 0.f : l_run[i] * fast_exp2(m_run[i] - m_row[i]));
+    inv_l[i] = l > 0.f ? 1.f / l : 0.f;  // a row that sees no block scores 0 everywhere
+  }
+
+  // Pass 2. cmp_s[pos][u] holds the group sum of compressed block c0 - lead + u: the first
+  // `lead` entries carry the previous tile's last blocks (zero before block 0: the pad).
+  for (int x = tid; x < n_pos * p.lead; x += 128) cmp_s[(x / p.lead) * kCmpStride + x % p.lead] = 0.f;
+  const int per_tile = kCols / p.m;  // selection blocks completed by each column tile
+  const int64_t out0 = pos0 - p.t_first;
+  // One column tile past the last visible one (all zero) completes the blocks that overlap it.
+  for (int tile = 0; tile <= n_tiles; ++tile) {
+    const int64_t c0 = static_cast<int64_t>(tile) * kCols;
+    if (tile < n_tiles) {
+      float s[8][4];
+      logits(c0, s);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float* prow = p_s + (warp * 16 + g4 + 8 * i) * kPStride;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          float pr[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t col = c0 + nt * 8 + 2 * c + e;
+            pr[e] = col < vis[i] ? fast_exp2(s[nt][2 * i + e] * p.scale_log2 - m_row[i]) * inv_l[i] : 0.f;
+          }
+          *reinterpret_cast<float2*>(prow + nt * 8 + 2 * c) = make_float2(pr[0], pr[1]);
+        }
+      }
+    }
+    __syncthreads();
+    for (int x = tid; x < n_pos * kCols; x += 128) {
+      const int pos = x / kCols, j = x % kCols;
+      float sum = 0.f;
+      if (tile < n_tiles)
+        for (int g = 0; g < p.G; ++g) sum += p_s[(pos * p.G + g) * kPStride + j];
+      cmp_s[pos * kCmpStride + p.lead + j] = sum;
+    }
+    __syncthreads();
+    // Selection block jb overlaps compressed blocks jb m - lead .. jb m + m - 1.
+    for (int x = tid; x < n_pos * per_tile; x += 128) {
+      const int pos = x / per_tile, jl = x % per_tile;
+      const int64_t jb = c0 / p.m + jl;
+      if (jb >= p.n_blocks) continue;
+      const float* src = cmp_s + pos * kCmpStride + jl * p.m;
+      float acc = 0.f;
+      for (int u = 0; u < p.m + p.lead; ++u) acc = p.max_pool ? fmaxf(acc, src[u]) : acc + src[u];
+      p.scores[(out0 + pos) * p.n_blocks + jb] = acc;
+    }
+    __syncthreads();
+    for (int x = tid; x < n_pos * p.lead; x += 128) {
+      float* row = cmp_s + (x / p.lead) * kCmpStride;
+      row[x % p.lead] = row[kCols + x % p.lead];
+    }
+    __syncthreads();
+  }
+  // Blocks past every visible compressed block score 0, as the reference's zero padding.
+  const int64_t first_zero = static_cast<int64_t>(n_tiles + 1) * per_tile;
+  const int64_t rest = p.n_blocks > first_zero ? p.n_blocks - first_zero : 0;
+  for (int64_t x = tid; x < n_pos * rest; x += 128) p.scores[(out0 + x / rest) * p.n_blocks + first_zero + x % rest] = 0.f;
+}
+
+constexpr int kTopKWarps = 4;
+
+// One warp per query row: the k-th largest key among the causal blocks by an 8-bit radix
+// select (4 passes over the row), then the entries in ascending order. Keys are the scores'
+// bits (scores are >= 0, so their bit patterns order as the values) and +inf for forced
+// blocks; the threshold's ties go to the earliest blocks, as the reference's stable sort.
+__global__ void __launch_bounds__(32 * kTopKWarps) select_top_k_kernel(TopKArgs a) {
+  __shared__ int hist_all[kTopKWarps][256];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kTopKWarps + warp;
+  if (i >= a.n_rows) return;  // the whole warp leaves; only warp-level syncs below
+  int* hist = hist_all[warp];
+  const int own = static_cast<int>((a.t_first + i) / a.block);
+  const int n_causal = min(own + 1, a.n_blocks);
+  const int k = min(a.top_k, a.n_blocks);
+  const float* row = a.scores + i * a.n_blocks;
+  auto key = [&](int c) -> uint32_t {
+    return c < a.init_blocks || c > own - a.local_blocks ? 0x7f800000u : __float_as_uint(row[c]);
+  };
+  constexpr unsigned kAll = 0xffffffffu;
+  const bool take_all = n_causal <= k;
+  uint32_t thr = 0;  // chosen: key > thr, plus the first `ties` blocks with key == thr
+  int ties = 0;
+  if (!take_all && k > 0) {
+    uint32_t prefix = 0, mask = 0;
+    int remaining = k;  // still to choose among the keys matching prefix under mask
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int x = lane; x < 256; x += 32) hist[x] = 0;
+      __syncwarp();
+      for (int cc = lane; cc < n_causal; cc += 32) {
+        const uint32_t kc = key(cc);
+        if ((kc & mask) == prefix) atomicAdd(&hist[(kc >> shift) & 255], 1);
+      }
+      __syncwarp();
+      // Lane L holds digits 255 - 8L .. 248 - 8L (descending); scan the counts from the top.
+      int mine = 0;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) mine += hist[255 - 8 * lane - u];
+      int incl = mine;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(kAll, incl, o);
+        if (lane >= o) incl += y;
+      }
+      const int src = __ffs(__ballot_sync(kAll, incl >= remaining)) - 1;
+      int digit = 0, above = 0;
+      if (lane == src) {
+        int cum = incl - mine;
+        for (int u = 0; u < 8; ++u) {
+          const int n = hist[255 - 8 * lane - u];
+          if (cum + n >= remaining) {
+            digit = 255 - 8 * lane - u;
+            above = cum;
+            break;
+          }
+          cum += n;
+        }
+      }
+      digit = __shfl_sync(kAll, digit, src);
+      remaining -= __shfl_sync(kAll, above, src);
+      prefix |= static_cast<uint32_t>(digit) << shift;
+      mask |= 255u << shift;
+      __syncwarp();
+    }
+    thr = prefix;
+    ties = remaining;
+  }
+  const unsigned lower = (1u << lane) - 1;
+  int64_t n = 0;
+  int ties_seen = 0;
+  int32_t* out = a.ids + i * a.cap;
+  for (int base = 0; base < own && k > 0; base += 32) {  // list entries: blocks before the own one
+    const int cc = base + lane;
+    bool chosen = false, tie = false;
+    if (cc < own) {
+      const uint32_t kc = take_all ? 0u : key(cc);
+      chosen = take_all || kc > thr;
+      tie = !take_all && kc == thr;
+    }
+    const unsigned tie_mask = __ballot_sync(kAll, tie);
+    if (tie) chosen = ties_seen + __popc(tie_mask & lower) < ties;
+    ties_seen += __popc(tie_mask);
+    const unsigned chosen_mask = __ballot_sync(kAll, chosen);
+    if (chosen) out[n + __popc(chosen_mask & lower)] = cc;
+    n += __popc(chosen_mask);
+  }
+  if (lane == 0) a.counts[i] = n;
+}
+
+template <typename T, int D>
+int launch_scores(const ScoreParams& p, cudaStream_t stream) {
+  constexpr int kSmem = score_smem_bytes<D>();
+  cudaError_t e = cudaFuncSetAttribute(block_scores_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (e != cudaSuccess) return e;
+  const unsigned grid = static_cast<unsigned>((p.n_rows + p.P - 1) / p.P);
+  block_scores_kernel<T, D><<<grid, 128, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int block_scores(const BlockScoreArgs& a, cudaStream_t stream) {
+  if (a.Hkv <= 0 || a.Hq % a.Hkv || a.Hq / a.Hkv > 64 || (a.d != 64 && a.d != 128) || a.stride <= 0 ||
+      a.length <= 0 || a.block % a.stride || kCols % (a.block / a.stride) || (a.length - 1) / a.stride > kMaxLead ||
+      a.n_rows < 0 || a.t_first < 0 || a.t_first + a.n_rows > a.T || a.n_blocks <= 0)
+    return kSelectBadShape;
+  if (a.n_rows == 0) return 0;
+  ScoreParams p{};
+  p.q = a.q;
+  p.k_cmp = a.k_cmp + (a.b * a.Hkv + a.hkv) * a.n_cmp * a.d;
+  p.scores = a.scores;
+  p.T = a.T; p.t_first = a.t_first; p.n_rows = a.n_rows; p.n_cmp = a.n_cmp;
+  p.G = static_cast<int>(a.Hq / a.Hkv);
+  p.P = 64 / p.G;
+  p.q_head0 = a.b * a.Hq + a.hkv * p.G;
+  p.length = a.length; p.stride = a.stride; p.m = a.block / a.stride; p.lead = (a.length - 1) / a.stride;
+  p.n_blocks = a.n_blocks;
+  p.max_pool = a.pool == SelectPool::kMax;
+  p.scale_log2 = static_cast<float>(kLog2e / std::sqrt(static_cast<double>(a.d)));
+  if (a.d == 64) return a.fp16 ? launch_scores<__half, 64>(p, stream) : launch_scores<__nv_bfloat16, 64>(p, stream);
+  return a.fp16 ? launch_scores<__half, 128>(p, stream) : launch_scores<__nv_bfloat16, 128>(p, stream);
+}
+
+int select_top_k(const TopKArgs& a, cudaStream_t stream) {
+  if (a.n_rows < 0 || a.n_blocks <= 0 || a.block <= 0 || a.cap < std::min(a.top_k, a.n_blocks)) return kSelectBadShape;
+  if (a.n_rows == 0) return 0;
+  const unsigned grid = static_cast<unsigned>((a.n_rows + kTopKWarps - 1) / kTopKWarps);
+  select_top_k_kernel<<<grid, 32 * kTopKWarps, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace st::kernels
