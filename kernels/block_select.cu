@@ -13,38 +13,46 @@ namespace {
 using namespace dev;
 
 constexpr int kCols = 64;                     // compressed blocks per column tile
-constexpr int kMaxLead = 64;                  // (length - 1) / stride at most
+constexpr int kMaxLead = 16;                  // (length - 1) / stride at most
 constexpr int kPStride = kCols + 2;           // floats per row of the probability tile
 constexpr int kCmpStride = kMaxLead + kCols;  // floats per position of the group-summed tile
 
 struct ScoreParams {
+  const void* k_hi;  // the group's compressed keys, [n_cmp, D]: 16-bit high part
+  const void* k_lo;  // and its rounding residual
   const void* q;
-  const float* k_cmp;  // the group's compressed keys, [n_cmp, D]
-  float* scores;       // [n_rows, n_blocks]
+  float* scores;  // [n_rows, n_blocks]
   int64_t T, t_first, n_rows, n_cmp, q_head0;
   int G, P, length, stride, m, lead, n_blocks;
   bool max_pool;
   float scale_log2;
 };
 
+// Shared memory: the Q tile (read into registers once, then reused for the probability tile),
+// two stages of K high + low tiles, the group-summed tile.
+template <int D>
+constexpr int score_front_bytes() {
+  return 64 * D * 2 > 64 * kPStride * 4 ? 64 * D * 2 : 64 * kPStride * 4;
+}
 template <int D>
 constexpr int score_smem_bytes() {
-  return 3 * 64 * D * 2 + 64 * kPStride * 4 + 64 * kCmpStride * 4;  // Q, K high, K low, P, sums
+  return score_front_bytes<D>() + 4 * 64 * D * 2 + 64 * kCmpStride * 4;
 }
 
 // One CTA per query tile: 64 MMA rows = the G heads of the group for P positions (as the core
-// kernels pack them). Two passes over the compressed blocks the tile can see: the first keeps
-// each row's running max and sum, the second recomputes the logits, writes the probabilities
-// to shared memory, sums them over the group's heads and pools the sums onto selection blocks
-// as soon as all compressed blocks overlapping a selection block are known.
+// kernels pack them). Two passes over the compressed blocks the tile can see, with the next K
+// tile loading (cp.async) while the current one multiplies: the first pass keeps each row's
+// running max and sum, the second recomputes the logits, writes the probabilities to shared
+// memory, sums them over the group's heads and pools the sums onto selection blocks as soon
+// as all compressed blocks overlapping a selection block are known.
 template <typename T, int D>
 __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  unsigned char* khi_g = smem + 64 * D * 2;
-  unsigned char* klo_g = khi_g + 64 * D * 2;
-  const uint32_t q_s = smem_addr(smem), khi_s = smem_addr(khi_g), klo_s = smem_addr(klo_g);
-  float* p_s = reinterpret_cast<float*>(smem + 3 * 64 * D * 2);
-  float* cmp_s = p_s + 64 * kPStride;
+  const uint32_t q_s = smem_addr(smem);
+  float* p_s = reinterpret_cast<float*>(smem);
+  const uint32_t k_s = smem_addr(smem + score_front_bytes<D>());  // stage st: hi at 2 st, lo at 2 st + 1
+  auto k_tile = [&](int st, int lo) { return k_s + (2 * st + lo) * 64 * D * 2; };
+  float* cmp_s = reinterpret_cast<float*>(smem + score_front_bytes<D>() + 4 * 64 * D * 2);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
   const int64_t pos0 = p.t_first + static_cast<int64_t>(blockIdx.x) * p.P;
@@ -57,7 +65,6 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
         return q + ((p.q_head0 + r % p.G) * p.T + pos0 + r / p.G) * D;
       },
       q, tid);
-  cp_async_commit();
 
   // Compressed blocks wholly at or before position t.
   auto visible = [&](int64_t t) -> int64_t {
@@ -71,110 +78,34 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
     const int r = warp * 16 + g4 + 8 * i;
     vis[i] = r < p.P * p.G && r / p.G < n_pos ? visible(pos0 + r / p.G) : 0;
   }
-  cp_async_wait_all();
-  __syncthreads();
-  uint32_t qa[D / 16][4];
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) load_a<D>(qa[ks], q_s, warp * 16, ks * 16, lane);
-
-  // s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 + 63 of the tile's rows.
-  auto logits = [&](int64_t c0, float (&s)[8][4]) {
-    __syncthreads();  // every warp is done with the previous K tile
-    for (int i = tid; i < 64 * D / 4; i += 128) {
-      const int row = i / (D / 4), col = (i % (D / 4)) * 4;
-      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (c0 + row < n_seen) x = *reinterpret_cast<const float4*>(p.k_cmp + (c0 + row) * D + col);
-      const uint32_t h0 = Elem<T>::pack(x.x, x.y), h1 = Elem<T>::pack(x.z, x.w);
-      const float2 r0 = Elem<T>::unpack(h0), r1 = Elem<T>::unpack(h1);
-      const uint32_t off = tile_offset<D>(row, col & ~7) + (col & 7) * 2;
-      *reinterpret_cast<uint2*>(khi_g + off) = make_uint2(h0, h1);
-      *reinterpret_cast<uint2*>(klo_g + off) =
-          make_uint2(Elem<T>::pack(x.x - r0.x, x.y - r0.y), Elem<T>::pack(x.z - r1.x, x.w - r1.y));
+  // Step s < n_tiles is pass 1 over column tile s, then pass 2 over tile s - n_tiles.
+  auto load_k = [&](int step, int st) {
+    const int64_t c0 = static_cast<int64_t>(step < n_tiles ? step : step - n_tiles) * kCols;
+    for (int lo = 0; lo < 2; ++lo) {
+      const T* src = static_cast<const T*>(lo ? p.k_lo : p.k_hi);
+      load_tile_async<D>(
+          k_tile(st, lo), [&](int r) -> const T* { return c0 + r < n_seen ? src + (c0 + r) * D : nullptr; }, src,
+          tid);
     }
-    __syncthreads();
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks)
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t b[4];
-        load_b_nk<D>(b, khi_s, np * 16, ks * 16, lane);
-        mma<T>(s[2 * np], qa[ks], b[0], b[1]);
-        mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
-        load_b_nk<D>(b, klo_s, np * 16, ks * 16, lane);
-        mma<T>(s[2 * np], qa[ks], b[0], b[1]);
-        mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
-      }
   };
+  if (n_tiles > 0) load_k(0, 0);
+  cp_async_commit();
 
-  // Pass 1: each row's max and sum of exp2 over its visible blocks (per thread, then per quad).
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  for (int tile = 0; tile < n_tiles; ++tile) {
-    const int64_t c0 = static_cast<int64_t>(tile) * kCols;
-    float s[8][4];
-    logits(c0, s);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float mx = m_run[i];
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t col = c0 + nt * 8 + 2 * c + e;
-          const float x = col < vis[i] ? s[nt][2 * i + e] * p.scale_log2 : -INFINITY;
-          s[nt][2 * i + e] = x;
-          mx = fmaxf(mx, x);
-        }
-      if (mx == -INFINITY) continue;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) sum += fast_exp2(s[nt][2 * i] - mx) + fast_exp2(s[nt][2 * i + 1] - mx);
-      l_run[i] = l_run[i] * fast_exp2(m_run[i] - mx) + sum;
-      m_run[i] = mx;
-    }
-  }
-  float m_row[2], inv_l[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    m_row[i] = quad_max(m_run[i]);
-    const float l = quad_sum(m_run[i] == -INFINITY ? 0.f : l_run[i] * fast_exp2(m_run[i] - m_row[i]));
-    inv_l[i] = l > 0.f ? 1.f / l : 0.f;  // a row that sees no block scores 0 everywhere
-  }
+  uint32_t qa[D / 16][4];
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // pass 1: per thread
+  float m_row[2], inv_l[2];                                         // pass 2: per row
 
-  // Pass 2. cmp_s[pos][u] holds the group sum of compressed block c0 - lead + u: the first
-  // `lead` entries carry the previous tile's last blocks (zero before block 0: the pad).
-  for (int x = tid; x < n_pos * p.lead; x += 128) cmp_s[(x / p.lead) * kCmpStride + x % p.lead] = 0.f;
-  const int per_tile = kCols / p.m;  // selection blocks completed by each column tile
+  // cmp_s[pos][u] holds the group sum of compressed block c0 - lead + u: the first `lead`
+  // entries carry the previous tile's last blocks (zero before block 0: the pad). Pools the
+  // selection blocks that column tile c0 completes; with_probs false: a tile of zeros.
+  const int per_tile = kCols / p.m;
   const int64_t out0 = pos0 - p.t_first;
-  // One column tile past the last visible one (all zero) completes the blocks that overlap it.
-  for (int tile = 0; tile <= n_tiles; ++tile) {
-    const int64_t c0 = static_cast<int64_t>(tile) * kCols;
-    if (tile < n_tiles) {
-      float s[8][4];
-      logits(c0, s);
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float* prow = p_s + (warp * 16 + g4 + 8 * i) * kPStride;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          float pr[2];
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t col = c0 + nt * 8 + 2 * c + e;
-            pr[e] = col < vis[i] ? fast_exp2(s[nt][2 * i + e] * p.scale_log2 - m_row[i]) * inv_l[i] : 0.f;
-          }
-          *reinterpret_cast<float2*>(prow + nt * 8 + 2 * c) = make_float2(pr[0], pr[1]);
-        }
-      }
-    }
-    __syncthreads();
+  auto pool_tile = [&](int64_t c0, bool with_probs) {
+    __syncthreads();  // p_s is written; the previous tile's carry is done
     for (int x = tid; x < n_pos * kCols; x += 128) {
       const int pos = x / kCols, j = x % kCols;
       float sum = 0.f;
-      if (tile < n_tiles)
+      if (with_probs)
         for (int g = 0; g < p.G; ++g) sum += p_s[(pos * p.G + g) * kPStride + j];
       cmp_s[pos * kCmpStride + p.lead + j] = sum;
     }
@@ -194,8 +125,84 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
       float* row = cmp_s + (x / p.lead) * kCmpStride;
       row[x % p.lead] = row[kCols + x % p.lead];
     }
-    __syncthreads();
+  };
+  for (int x = tid; x < n_pos * p.lead; x += 128) cmp_s[(x / p.lead) * kCmpStride + x % p.lead] = 0.f;
+
+  for (int step = 0; step < 2 * n_tiles; ++step) {
+    const int st = step & 1;
+    const bool first_pass = step < n_tiles;
+    const int64_t c0 = static_cast<int64_t>(first_pass ? step : step - n_tiles) * kCols;
+    cp_async_wait_all();
+    __syncthreads();  // stage st (and at step 0 the Q tile) landed; stage st ^ 1 is free
+    if (step == 0) {
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) load_a<D>(qa[ks], q_s, warp * 16, ks * 16, lane);
+    }
+    if (step + 1 < 2 * n_tiles) load_k(step + 1, st ^ 1);
+    cp_async_commit();
+
+    // s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 + 63 of the tile's rows.
+    float s[8][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+      for (int np = 0; np < 4; ++np)
+#pragma unroll
+        for (int lo = 0; lo < 2; ++lo) {
+          uint32_t b[4];
+          load_b_nk<D>(b, k_tile(st, lo), np * 16, ks * 16, lane);
+          mma<T>(s[2 * np], qa[ks], b[0], b[1]);
+          mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
+        }
+
+    if (first_pass) {  // each row's max and sum of exp2 over its visible blocks
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float mx = m_run[i];
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t col = c0 + nt * 8 + 2 * c + e;
+            const float x = col < vis[i] ? s[nt][2 * i + e] * p.scale_log2 : -INFINITY;
+            s[nt][2 * i + e] = x;
+            mx = fmaxf(mx, x);
+          }
+        if (mx == -INFINITY) continue;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) sum += fast_exp2(s[nt][2 * i] - mx) + fast_exp2(s[nt][2 * i + 1] - mx);
+        l_run[i] = l_run[i] * fast_exp2(m_run[i] - mx) + sum;
+        m_run[i] = mx;
+      }
+      continue;
+    }
+    if (step == n_tiles) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        m_row[i] = quad_max(m_run[i]);
+        const float l = quad_sum(m_run[i] == -INFINITY ? 0.f : l_run[i] * fast_exp2(m_run[i] - m_row[i]));
+        inv_l[i] = l > 0.f ? 1.f / l : 0.f;  // a row that sees no block scores 0 everywhere
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float* prow = p_s + (warp * 16 + g4 + 8 * i) * kPStride;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        float pr[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t col = c0 + nt * 8 + 2 * c + e;
+          pr[e] = col < vis[i] ? fast_exp2(s[nt][2 * i + e] * p.scale_log2 - m_row[i]) * inv_l[i] : 0.f;
+        }
+        *reinterpret_cast<float2*>(prow + nt * 8 + 2 * c) = make_float2(pr[0], pr[1]);
+      }
+    }
+    pool_tile(c0, true);
   }
+  // One column tile past the last visible one (all zero) completes the blocks that overlap it.
+  pool_tile(static_cast<int64_t>(n_tiles) * kCols, false);
   // Blocks past every visible compressed block score 0, as the reference's zero padding.
   const int64_t first_zero = static_cast<int64_t>(n_tiles + 1) * per_tile;
   const int64_t rest = p.n_blocks > first_zero ? p.n_blocks - first_zero : 0;
@@ -311,7 +318,9 @@ int block_scores(const BlockScoreArgs& a, cudaStream_t stream) {
   if (a.n_rows == 0) return 0;
   ScoreParams p{};
   p.q = a.q;
-  p.k_cmp = a.k_cmp + (a.b * a.Hkv + a.hkv) * a.n_cmp * a.d;
+  const int64_t k_off = (a.b * a.Hkv + a.hkv) * a.n_cmp * a.d * 2;  // bytes
+  p.k_hi = static_cast<const unsigned char*>(a.k_hi) + k_off;
+  p.k_lo = static_cast<const unsigned char*>(a.k_lo) + k_off;
   p.scores = a.scores;
   p.T = a.T; p.t_first = a.t_first; p.n_rows = a.n_rows; p.n_cmp = a.n_cmp;
   p.G = static_cast<int>(a.Hq / a.Hkv);

@@ -2,9 +2,10 @@
 // (batch, KV group) and a range of query rows at a time:
 //   1. block_scores: the softmax of q . k_cmp / sqrt(d) over each query's visible compressed
 //      blocks, summed over the group's G heads and pooled (sum or max) onto selection blocks,
-//      in one pass over the compressed keys per query tile: the per-head probabilities never
-//      reach memory. The logits are fp32-accurate: k_cmp (fp32) enters the bf16/fp16 MMAs as
-//      its high part plus its rounding residual (~16 mantissa bits), q is exact in 16 bits.
+//      in two passes over the compressed keys per query tile (row max and sum, then the
+//      probabilities): the per-head probabilities never reach memory. The logits are
+//      fp32-accurate: k_cmp (fp32) enters the bf16/fp16 MMAs as its 16-bit high part plus its
+//      rounding residual (~16 mantissa bits), and q is exact in 16 bits.
 //   2. select_top_k: per query, the top_k causal blocks by score with forced initial and local
 //      blocks (ties to the earlier block), as the kernels' list entries (blocks strictly before
 //      the query's own, ascending).
@@ -20,9 +21,10 @@ namespace st::kernels {
 enum class SelectPool { kSum, kMax };
 
 struct BlockScoreArgs {
-  const void* q;       // [B, Hq, T, d] bf16 (fp16 when fp16), contiguous
+  const void* q;     // [B, Hq, T, d] bf16 (fp16 when fp16), contiguous
   bool fp16;
-  const float* k_cmp;  // [B, Hkv, n_cmp, d] fp32; block i covers keys [i stride, i stride + length)
+  const void* k_hi;  // [B, Hkv, n_cmp, d] in q's dtype: k_cmp rounded, where compressed block i
+  const void* k_lo;  // covers keys [i stride, i stride + length); and k_cmp - k_hi rounded
   float* scores;       // out: [n_rows, n_blocks] for queries t_first .. t_first + n_rows of (b, hkv)
   int64_t T, t_first, n_rows, n_cmp;
   int64_t b, hkv, Hq, Hkv, d;
@@ -30,7 +32,7 @@ struct BlockScoreArgs {
   SelectPool pool;
 };
 // Supported: d 64 or 128, G = Hq / Hkv <= 64, block a multiple of stride with 64 a multiple of
-// block / stride, (length - 1) / stride <= 64. Returns 0 or a cudaError_t / kSelectBadShape.
+// block / stride, (length - 1) / stride <= 16. Returns 0 or a cudaError_t / kSelectBadShape.
 int block_scores(const BlockScoreArgs& a, cudaStream_t stream);
 
 struct TopKArgs {

@@ -31,18 +31,28 @@ bool half_precision(torch::ScalarType t) { return t == torch::kBFloat16 || t == 
 
 int64_t blocks_of(int64_t T, const SelectionKnobs& knobs) { return (T + knobs.block - 1) / knobs.block; }
 
+// The kernels' inputs: q in `dtype`; k_cmp as its high part in `dtype` plus the residual.
+struct Operands {
+  Tensor q, k_hi, k_lo;
+  Operands(const Tensor& q_in, const Tensor& k_cmp, torch::ScalarType dtype)
+      : q(q_in.to(dtype).contiguous()), k_hi(k_cmp.to(dtype).contiguous()) {
+    k_lo = (k_cmp.to(torch::kFloat32) - k_hi.to(torch::kFloat32)).to(dtype).contiguous();
+  }
+};
+
 // Scores of query rows t0 .. t0 + n of group (b, h) into scores[0 .. n).
-void launch_scores(const Tensor& q, const Tensor& k_cmp, const SelectionKnobs& knobs, int64_t b, int64_t h,
-                   int64_t t0, int64_t n, Tensor& scores) {
+void launch_scores(const Operands& in, const SelectionKnobs& knobs, int64_t b, int64_t h, int64_t t0, int64_t n,
+                   Tensor& scores) {
   kn::BlockScoreArgs a{};
-  a.q = q.data_ptr();
-  a.fp16 = q.scalar_type() == torch::kHalf;
-  a.k_cmp = k_cmp.data_ptr<float>();
+  a.q = in.q.data_ptr();
+  a.fp16 = in.q.scalar_type() == torch::kHalf;
+  a.k_hi = in.k_hi.data_ptr();
+  a.k_lo = in.k_lo.data_ptr();
   a.scores = scores.data_ptr<float>();
-  a.T = q.size(2); a.t_first = t0; a.n_rows = n; a.n_cmp = k_cmp.size(2);
-  a.b = b; a.hkv = h; a.Hq = q.size(1); a.Hkv = k_cmp.size(1); a.d = q.size(3);
+  a.T = in.q.size(2); a.t_first = t0; a.n_rows = n; a.n_cmp = in.k_hi.size(2);
+  a.b = b; a.hkv = h; a.Hq = in.q.size(1); a.Hkv = in.k_hi.size(1); a.d = in.q.size(3);
   a.length = static_cast<int>(knobs.length); a.stride = static_cast<int>(knobs.stride);
-  a.block = static_cast<int>(knobs.block); a.n_blocks = static_cast<int>(blocks_of(q.size(2), knobs));
+  a.block = static_cast<int>(knobs.block); a.n_blocks = static_cast<int>(blocks_of(in.q.size(2), knobs));
   a.pool = knobs.pool == Pool::Max ? kn::SelectPool::kMax : kn::SelectPool::kSum;
   check(kn::block_scores(a, stream()), "block_scores");
 }
@@ -77,7 +87,7 @@ std::optional<torch::ScalarType> selection_kernel_dtype(const Tensor& q, const T
   const int64_t Hq = q.size(1), Hkv = k_cmp.size(1), d = q.size(3);
   const SelectionKnobs& s = knobs;
   if ((d != 64 && d != 128) || Hkv == 0 || Hq % Hkv || Hq / Hkv > 64 || s.stride <= 0 || s.length <= 0 ||
-      s.block % s.stride || s.block < s.stride || 64 % (s.block / s.stride) || (s.length - 1) / s.stride > 64 ||
+      s.block % s.stride || s.block < s.stride || 64 % (s.block / s.stride) || (s.length - 1) / s.stride > 16 ||
       s.top_k > INT32_MAX)
     return std::nullopt;
   if (half_precision(q.scalar_type())) return q.scalar_type();
@@ -89,18 +99,18 @@ std::optional<torch::ScalarType> selection_kernel_dtype(const Tensor& q, const T
 BlockRows select_rows(const Tensor& q_in, const Tensor& k_cmp_in, const SelectionKnobs& knobs,
                       torch::ScalarType dtype, int64_t chunk_rows) {
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const Tensor q = q_in.to(dtype).contiguous(), k_cmp = k_cmp_in.to(torch::kFloat32).contiguous();
-  const int64_t B = q.size(0), T = q.size(2), Hkv = k_cmp.size(1), n_blocks = blocks_of(T, knobs);
+  const Operands in(q_in, k_cmp_in, dtype);
+  const int64_t B = in.q.size(0), T = in.q.size(2), Hkv = in.k_hi.size(1), n_blocks = blocks_of(T, knobs);
   const int64_t chunk =
       std::clamp<int64_t>(chunk_rows > 0 ? chunk_rows : (int64_t(1) << 26) / n_blocks, 1, std::max<int64_t>(T, 1));
-  auto scores = torch::empty({std::min(chunk, T), n_blocks}, q.options().dtype(torch::kFloat32));
-  auto counts = torch::empty({B * Hkv * T}, q.options().dtype(torch::kInt64));
+  auto scores = torch::empty({std::min(chunk, T), n_blocks}, in.q.options().dtype(torch::kFloat32));
+  auto counts = torch::empty({B * Hkv * T}, in.q.options().dtype(torch::kInt64));
   std::vector<Tensor> entries;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < Hkv; ++h)
       for (int64_t t0 = 0; t0 < T; t0 += chunk) {
         const int64_t n = std::min(chunk, T - t0);
-        launch_scores(q, k_cmp, knobs, b, h, t0, n, scores);
+        launch_scores(in, knobs, b, h, t0, n, scores);
         entries.push_back(launch_top_k(scores, knobs, t0, n, counts.narrow(0, (b * Hkv + h) * T + t0, n)));
       }
   return rows_of(counts, entries);
@@ -108,13 +118,13 @@ BlockRows select_rows(const Tensor& q_in, const Tensor& k_cmp_in, const Selectio
 
 Tensor block_scores(const Tensor& q_in, const Tensor& k_cmp_in, const SelectionKnobs& knobs, torch::ScalarType dtype) {
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const Tensor q = q_in.to(dtype).contiguous(), k_cmp = k_cmp_in.to(torch::kFloat32).contiguous();
-  const int64_t B = q.size(0), T = q.size(2), Hkv = k_cmp.size(1);
-  auto scores = torch::empty({B, Hkv, T, blocks_of(T, knobs)}, q.options().dtype(torch::kFloat32));
+  const Operands in(q_in, k_cmp_in, dtype);
+  const int64_t B = in.q.size(0), T = in.q.size(2), Hkv = in.k_hi.size(1);
+  auto scores = torch::empty({B, Hkv, T, blocks_of(T, knobs)}, in.q.options().dtype(torch::kFloat32));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < Hkv; ++h) {
       auto rows = scores[b][h];
-      launch_scores(q, k_cmp, knobs, b, h, 0, T, rows);
+      launch_scores(in, knobs, b, h, 0, T, rows);
     }
   return scores;
 }

@@ -13,7 +13,7 @@ namespace st::cuda {
 // The 16-bit dtype the selection kernels would take q in for this call (q's own, or CUDA
 // autocast's when q is fp32), or nullopt when they cannot run it: CPU tensors, head dim other
 // than 64/128, groups over 64 heads, a block that is not a multiple of the stride or whose
-// stride multiple does not divide 64, length - 1 over 64 strides.
+// stride multiple does not divide 64, length - 1 over 16 strides.
 std::optional<torch::ScalarType> selection_kernel_dtype(const torch::Tensor& q, const torch::Tensor& k_cmp,
                                                         const SelectionKnobs& knobs);
 
