@@ -133,7 +133,7 @@ TEST(NsaAttention, SelectionAndOutputMatchBruteForce) {
     auto nsa = make_random_nsa(c);
     auto in = test::random_inputs(model_config(c), c.B, c.T, torch::kFloat64, 22);
     auto ref = brute_nsa(*nsa, c.nsa, in);
-    auto selected = nsa->selection(in).contiguous();
+    auto selected = torch::isfinite(dense_bias(nsa->selection(in), c.B, c.Hkv, c.T, c.nsa.sel_block)).contiguous();
     ASSERT_EQ(std::vector<bool>(selected.data_ptr<bool>(), selected.data_ptr<bool>() + selected.numel()), ref.selected);
     // Not trivially everything: some causal blocks are left out.
     const int64_t n_blocks = selected.size(3);
@@ -191,6 +191,16 @@ TEST(NsaAttention, GradientsReachCompressorGatesAndBranchKV) {
   }
 }
 
+TEST(NsaAttention, RefusesSelectionsThatMaySkipTheQuerysOwnBlock) {
+  auto cfg = model_config({1, 4, 2, 40, 4, nsa_knobs(8, 4, 8, 3, 1, 0, 8)});
+  try {
+    make_attention(cfg);
+    FAIL() << "local_blocks 0 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.attention.nsa.local_blocks"), std::string::npos) << e.what();
+  }
+}
+
 TEST(NsaAttention, InitialisedToStartCloseToDense) {
   // The recipe defaults on a sequence inside the window: the selection and window branches
   // are exactly dense, the compression branch enters with g_cmp = sigmoid(-3).
@@ -214,7 +224,7 @@ TEST(NsaAttention, SparsityCountMatchesBruteForce) {
     nsa->record_stats = true;
     auto in = test::random_inputs(model_config(c), c.B, c.T, torch::kFloat64, 27);
     nsa->forward(in);
-    auto sel = nsa->selection(in);
+    auto sel = torch::isfinite(dense_bias(nsa->selection(in), c.B, c.Hkv, c.T, c.nsa.sel_block));
     auto S = sel.accessor<bool, 4>();
     EXPECT_EQ(nsa->stats.attended, test::brute_count(c.B, c.Hq, c.Hkv, c.T, offset, [&](auto b, auto h, auto i, auto j) {
                 return S[b][h][i][j / 8] || i - j < 8;

@@ -1,11 +1,13 @@
 #include "attention/nsa.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
-#include <limits>
 
 #include "attention/block_selection.h"
 #include "attention/block_sparse.h"
 #include "attention/block_sparse_dispatch.h"
+#include "config/recipe.h"
 #include "model/rope.h"
 
 namespace st {
@@ -35,6 +37,12 @@ NsaAttention::NsaAttention(const ModelConfig& cfg)
       sparsity_offset_(cfg.attention.sparsity_offset),
       n_kv_heads_(cfg.n_kv_heads),
       head_dim_(cfg.head_dim_or_default()) {
+  // The selection travels as per-row lists, whose readers (the kernels and the reference alike)
+  // always read the query's own block: a forced local block must guarantee it.
+  if (cfg_.local_blocks < 1)
+    throw ConfigError(fmt::format("model.attention.nsa.local_blocks: expected >= 1, got {}: the selection branch "
+                                  "always reads the query's own block",
+                                  cfg_.local_blocks));
   if (cfg_.compressor == "mlp") {
     compress_k = register_module("compress_k", BlockCompressor(cfg_.cmp_block, head_dim_));
     compress_v = register_module("compress_v", BlockCompressor(cfg_.cmp_block, head_dim_));
@@ -76,22 +84,22 @@ Tensor NsaAttention::compress(const Tensor& x, BlockCompressor& phi) const {
   return (phi ? phi(blocks) : blocks.mean(-2)).to(reference_dtype(x));
 }
 
-Tensor NsaAttention::select(const Tensor& q, const Tensor& k_cmp) const {
+BlockRows NsaAttention::select(const Tensor& q, const Tensor& k_cmp) const {
   // Importance of a selection block: the compression probabilities of the compressed blocks
   // overlapping it, summed over them and over the group's heads (one choice per group).
-  return select_from_compressed(q, k_cmp.detach(),
-                                {cfg_.cmp_block, cfg_.cmp_stride, cfg_.sel_block, cfg_.top_n, cfg_.init_blocks,
-                                 cfg_.local_blocks, Pool::Sum});
+  return select_rows(q, k_cmp.detach(),
+                     {cfg_.cmp_block, cfg_.cmp_stride, cfg_.sel_block, cfg_.top_n, cfg_.init_blocks, cfg_.local_blocks,
+                      Pool::Sum},
+                     impl_);
 }
 
-Tensor NsaAttention::selection(const AttentionInputs& in) {
+BlockRows NsaAttention::selection(const AttentionInputs& in) {
   torch::NoGradGuard no_grad;
   return select(in.q, compress(branch_kv(in, cmp_kv).k, compress_k));
 }
 
 Tensor NsaAttention::forward(const AttentionInputs& in) {
   const int64_t B = in.q.size(0), Hq = in.q.size(1), T = in.q.size(2);
-  const double inf = std::numeric_limits<double>::infinity();
   const auto dtype = reference_dtype(in.q);
 
   // Compression branch and selection each take the compressed attention one query tile at a
@@ -100,11 +108,8 @@ Tensor NsaAttention::forward(const AttentionInputs& in) {
   auto k_cmp = compress(cmp.k, compress_k);
   auto o_cmp = compressed_attention(in.q, k_cmp, compress(cmp.v, compress_v), cfg_.cmp_block, cfg_.cmp_stride);
 
-  // The forced local blocks include the query's own, so the selection reads its diagonal
-  // block at bias 0 as the kernels need (local_blocks 0 leaves impl auto on the reference).
   auto selected = select(in.q, k_cmp);
-  auto slc_bias = torch::where(selected, 0.0, -inf).to(dtype);
-  auto o_slc = attend_blocks(in.q, in.k, in.v, slc_bias, cfg_.sel_block, /*window=*/0, impl_).to(dtype);
+  auto o_slc = attend_rows(in.q, in.k, in.v, selected, cfg_.sel_block, /*window=*/0, impl_).to(dtype);
 
   auto win = branch_kv(in, win_kv);
   auto o_win = attend_blocks(in.q, win.k, win.v, /*bias=*/{}, cfg_.sel_block, cfg_.window, impl_).to(dtype);
@@ -114,7 +119,7 @@ Tensor NsaAttention::forward(const AttentionInputs& in) {
     // Attended: raw key positions whose own value reaches the query, through a selected block
     // or the window. The compression branch reads only block summaries and is not counted
     // (counting it would make every causal key "attended" and NSA's sparsity 0).
-    stats = {attended_pairs(selected, cfg_.sel_block, cfg_.window, sparsity_offset_, Hq / in.k.size(1)),
+    stats = {attended_pairs(selected, T, cfg_.sel_block, cfg_.window, sparsity_offset_, Hq / in.k.size(1)),
              B * Hq * causal_pairs(T, sparsity_offset_)};
   }
   return (g[0] * o_cmp + g[1] * o_slc + g[2] * o_win).to(in.q.scalar_type());

@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/nn/modules/linear.h>
 
+#include "attention/block_sparse_dispatch.h"
 #include "model/attention.h"
 
 namespace st {
@@ -23,8 +24,9 @@ class NsaAttention : public AttentionVariant {
   explicit NsaAttention(const ModelConfig& cfg);
   torch::Tensor forward(const AttentionInputs& in) override;
 
-  // Which selection blocks each query reads: bool [B, Hkv, T, ceil(T / sel_block)].
-  torch::Tensor selection(const AttentionInputs& in);
+  // Which selection blocks each query reads, as per-row lists (block_sparse_dispatch.h); the
+  // query's own block, which the forced local blocks include, is implicit there.
+  BlockRows selection(const AttentionInputs& in);
 
   // Compressors of the compression branch (compressor: mlp); null for compressor: mean.
   BlockCompressor compress_k{nullptr}, compress_v{nullptr};
@@ -39,7 +41,7 @@ class NsaAttention : public AttentionVariant {
   };
   KV branch_kv(const AttentionInputs& in, torch::nn::Linear& delta) const;
   torch::Tensor compress(const torch::Tensor& x, BlockCompressor& phi) const;
-  torch::Tensor select(const torch::Tensor& q, const torch::Tensor& k_cmp) const;
+  BlockRows select(const torch::Tensor& q, const torch::Tensor& k_cmp) const;
 
   NsaConfig cfg_;
   std::string impl_;  // model.attention.impl
