@@ -272,6 +272,51 @@ TEST(GpuCompressedAttention, TiledMatchesUntiledFp64) {
   }
 }
 
+// The compression branch's fast path (SDPA in bf16 with the block-causal mask, query tiles)
+// against the untiled math in fp64 on the CPU on the same bf16-rounded numbers: output and q,
+// k, v gradients within the core kernels' bf16 tolerances; queries before the first complete
+// block get 0 and no gradient.
+TEST(GpuCompressedAttention, SdpaPathMatchesFp64) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const int64_t B = 2, Hkv = 2, length = 32, stride = 16;
+  for (auto [G, T, d] : {std::tuple<int64_t, int64_t, int64_t>{4, 20, 64}, {4, 4000, 64}, {16, 1500, 128}, {1, 777, 128}}) {
+    torch::manual_seed(T + G);
+    const int64_t n = T < length ? 0 : (T - length) / stride + 1;
+    auto bf16 = [](torch::IntArrayRef shape) { return torch::randn(shape).to(torch::kBFloat16).to(torch::kFloat64); };
+    auto q = bf16({B, Hkv * G, T, d}), k = bf16({B, Hkv, n, d}), v = bf16({B, Hkv, n, d});
+    auto w = torch::randn({B, Hkv * G, T, d}, torch::kFloat64);
+    auto run = [&](const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in, bool fast) {
+      auto qq = q_in.clone().requires_grad_(true), kk = k_in.clone().requires_grad_(true),
+           vv = v_in.clone().requires_grad_(true);
+      auto out = fast ? attend_compressed(qq, kk, vv, length, stride, "cuda")
+                      : torch::matmul(compressed_attention_probs(qq, kk, length, stride), vv.unsqueeze(2))
+                            .view({B, Hkv * G, T, d});
+      auto g = torch::autograd::grad({(out * w.to(out.device(), out.scalar_type())).sum()}, {qq, kk, vv},
+                                     /*grad_outputs=*/{}, /*retain_graph=*/false, /*create_graph=*/false,
+                                     /*allow_unused=*/true);
+      // No path from an input (q when no query sees a block) means a zero gradient.
+      auto zero_if_unused = [](const torch::Tensor& grad, const torch::Tensor& x) {
+        return grad.defined() ? grad : torch::zeros_like(x);
+      };
+      return std::vector<torch::Tensor>{out, zero_if_unused(g[0], qq), zero_if_unused(g[1], kk),
+                                        zero_if_unused(g[2], vv)};
+    };
+    const auto want = run(q, k, v, false);
+    const auto got = run(q.to(torch::kCUDA, torch::kBFloat16), k.to(torch::kCUDA, torch::kFloat32),
+                         v.to(torch::kCUDA, torch::kFloat32), true);
+    EXPECT_EQ(got[0].scalar_type(), torch::kFloat32);
+    const char* names[] = {"out", "dq", "dk", "dv"};
+    const double tol[] = {1e-2, 2e-2, 2e-2, 2e-2};
+    for (int i = 0; i < 4; ++i) {
+      if (want[i].numel() == 0) continue;
+      EXPECT_LT(rel_err(got[i].cpu(), want[i]), tol[i]) << "G " << G << " T " << T << " d " << d << " " << names[i];
+    }
+    const int64_t blind = std::min<int64_t>(T, length - 1);  // queries that see no block
+    EXPECT_EQ(got[0].narrow(2, 0, blind).abs().max().item<double>(), 0.0);
+    EXPECT_EQ(got[1].narrow(2, 0, blind).abs().max().item<double>(), 0.0);
+  }
+}
+
 }  // namespace
 }  // namespace st
 #endif  // SPARSETRAIN_CUDA

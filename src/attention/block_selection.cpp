@@ -118,6 +118,30 @@ Tensor compressed_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& 
   return CompressedAttentionFunction::apply(q, k_cmp, v_cmp, length, stride, tile_rows);
 }
 
+Tensor attend_compressed(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, int64_t length, int64_t stride,
+                         const std::string& impl) {
+  const auto dtype = half_precision_dtype({q});
+  if (impl == "reference" || !q.is_cuda() || !dtype) return compressed_attention(q, k_cmp, v_cmp, length, stride);
+  const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), d = q.size(3), Hkv = k_cmp.size(1), n = k_cmp.size(2);
+  auto heads = [&](const Tensor& x) {  // [B, Hkv, n, d] -> [B, Hq, n, d], query head h reading KV head h / G
+    return x.to(*dtype).unsqueeze(2).expand({B, Hkv, Hq / Hkv, n, d}).reshape({B, Hq, n, d});
+  };
+  const auto k = heads(k_cmp), v = heads(v_cmp), q16 = q.to(*dtype);
+  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
+  // Queries before the first complete block see none: 0, as on the reference path.
+  const int64_t first = std::min(T, length - 1), tile_rows = query_tile_rows(Hq * n, T);
+  std::vector<Tensor> out{torch::zeros({B, Hq, first, d}, q.options().dtype(reference_dtype(q)))};
+  for (int64_t t0 = first; t0 < T; t0 += tile_rows) {
+    const int64_t rows = std::min(tile_rows, T - t0), seen = blocks_complete_by(t0 + rows - 1, n, length, stride);
+    auto visible = (torch::arange(seen, ints) * stride + length - 1).view({1, seen}) <=
+                   torch::arange(t0, t0 + rows, ints).view({rows, 1});
+    out.push_back(at::scaled_dot_product_attention(q16.narrow(2, t0, rows), k.narrow(2, 0, seen),
+                                                   v.narrow(2, 0, seen), visible)
+                      .to(reference_dtype(q)));
+  }
+  return torch::cat(out, 2);
+}
+
 Tensor pool_to_blocks(const Tensor& cmp_scores, int64_t length, int64_t stride, int64_t block, int64_t n_blocks,
                       Pool pool) {
   // Selection block j covers [j block, (j+1) block); compressed block i covers

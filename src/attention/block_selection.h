@@ -33,6 +33,14 @@ int64_t query_tile_rows(int64_t per_row, int64_t T);
 torch::Tensor compressed_attention(const torch::Tensor& q, const torch::Tensor& k_cmp, const torch::Tensor& v_cmp,
                                    int64_t length, int64_t stride, int64_t tile_rows = 0);
 
+// compressed_attention under model.attention.impl: unless impl is `reference`, CUDA inputs
+// whose q is 16-bit (or fp32 under CUDA autocast to 16 bits) run LibTorch SDPA in that dtype
+// with the block-causal rule as a boolean mask, a query tile at a time (the fused attention
+// keeps S and dP in fp32 and rounds P and dS to 16 bits, as the core kernels do); else the
+// reference above. Returns the reference dtype; differentiable in q, k_cmp and v_cmp.
+torch::Tensor attend_compressed(const torch::Tensor& q, const torch::Tensor& k_cmp, const torch::Tensor& v_cmp,
+                                int64_t length, int64_t stride, const std::string& impl);
+
 // Scores over compressed blocks [..., n] -> scores over n_blocks selection blocks of `block`
 // positions [..., n_blocks]: each selection block pools the compressed blocks overlapping it,
 // by sum (NSA) or max (InfLLMv2; for length 32, stride 16, block 64 this is MiniCPM4's max-pool

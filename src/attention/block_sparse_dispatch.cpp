@@ -3,6 +3,7 @@
 #include <ATen/autocast_mode.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <limits>
 #include <optional>
 
@@ -18,21 +19,10 @@ using torch::Tensor;
 
 namespace {
 
-#ifdef SPARSETRAIN_CUDA
-constexpr int64_t kKernelBlock = 64;  // st::kernels::kBsaBlock
-
 bool half_precision(torch::ScalarType t) { return t == torch::kBFloat16 || t == torch::kHalf; }
 
-// The dtype the kernels compute in: the inputs' own when they are all one 16-bit type; under
-// CUDA autocast to a 16-bit type, that type (the residual stream is fp32, so q/k/v can reach
-// the variant in fp32 while autocast says the matmuls run in bf16).
-std::optional<torch::ScalarType> kernel_dtype(const Tensor& q, const Tensor& k, const Tensor& v) {
-  const auto t = q.scalar_type();
-  if (half_precision(t) && k.scalar_type() == t && v.scalar_type() == t) return t;
-  if (at::autocast::is_autocast_enabled(at::kCUDA) && half_precision(at::autocast::get_autocast_dtype(at::kCUDA)))
-    return at::autocast::get_autocast_dtype(at::kCUDA);
-  return std::nullopt;
-}
+#ifdef SPARSETRAIN_CUDA
+constexpr int64_t kKernelBlock = 64;  // st::kernels::kBsaBlock
 #endif
 
 // Why the kernels cannot run this call, judged from shapes, dtypes and flags; "" when they can.
@@ -48,7 +38,7 @@ std::string kernel_unsupported(const Tensor& q, const Tensor& k, const Tensor& v
   if (d != 64 && d != 128) return fmt::format("head dim {} (the kernels take 64 or 128)", d);
   if (Hq % Hkv != 0 || Hq / Hkv > 16)
     return fmt::format("{} query heads over {} KV heads (the kernels take GQA groups of at most 16)", Hq, Hkv);
-  if (!kernel_dtype(q, k, v))
+  if (!half_precision_dtype({q, k, v}))
     return fmt::format("q/k/v are {}/{}/{} outside CUDA autocast (the kernels take bf16 or fp16)",
                        c10::toString(q.scalar_type()), c10::toString(k.scalar_type()), c10::toString(v.scalar_type()));
   if (bias.defined() && block != kKernelBlock)
@@ -87,10 +77,23 @@ std::optional<BiasLists> lists_from_bias(const Tensor& bias, int64_t window) {
 
 Tensor run_kernels(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& entries,
                    const cuda::BlockLists& lists) {
-  const auto dtype = *kernel_dtype(q, k, v);
+  const auto dtype = *half_precision_dtype({q, k, v});
   return cuda::block_sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), entries, lists).to(q.scalar_type());
 }
 #endif
+
+}  // namespace
+
+std::optional<torch::ScalarType> half_precision_dtype(std::initializer_list<Tensor> inputs) {
+  const auto t = inputs.begin()->scalar_type();
+  if (half_precision(t) && std::all_of(inputs.begin(), inputs.end(), [&](const Tensor& x) { return x.scalar_type() == t; }))
+    return t;
+  if (at::autocast::is_autocast_enabled(at::kCUDA) && half_precision(at::autocast::get_autocast_dtype(at::kCUDA)))
+    return at::autocast::get_autocast_dtype(at::kCUDA);
+  return std::nullopt;
+}
+
+namespace {
 
 void check_impl(const std::string& impl) {
   if (impl != "reference" && impl != "cuda" && impl != "auto")

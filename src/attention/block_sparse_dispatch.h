@@ -5,9 +5,16 @@
 #pragma once
 #include <torch/types.h>
 
+#include <optional>
 #include <string>
 
 namespace st {
+
+// The 16-bit dtype the fast paths compute in for these inputs: theirs when they all are one
+// 16-bit type; under CUDA autocast to a 16-bit type, that type (the residual stream is fp32,
+// so q/k/v can reach the variant in fp32 while autocast says the matmuls run in bf16); else
+// nullopt.
+std::optional<torch::ScalarType> half_precision_dtype(std::initializer_list<torch::Tensor> inputs);
 
 // Same contract as block_sparse_attention(q, k, v, bias, block, window) (block_sparse.h), and
 // the same output dtype (q's). impl is model.attention.impl:

@@ -106,7 +106,7 @@ Tensor NsaAttention::forward(const AttentionInputs& in) {
   // time (block_selection.h): its probabilities over all compressed blocks never exist whole.
   auto cmp = branch_kv(in, cmp_kv);
   auto k_cmp = compress(cmp.k, compress_k);
-  auto o_cmp = compressed_attention(in.q, k_cmp, compress(cmp.v, compress_v), cfg_.cmp_block, cfg_.cmp_stride);
+  auto o_cmp = attend_compressed(in.q, k_cmp, compress(cmp.v, compress_v), cfg_.cmp_block, cfg_.cmp_stride, impl_);
 
   auto selected = select(in.q, k_cmp);
   auto o_slc = attend_rows(in.q, in.k, in.v, selected, cfg_.sel_block, /*window=*/0, impl_).to(dtype);

@@ -1,7 +1,6 @@
 #ifdef SPARSETRAIN_CUDA
 #include "attention/cuda/selection.h"
 
-#include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -26,8 +25,6 @@ void check(int rc, const char* what) {
 }
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-
-bool half_precision(torch::ScalarType t) { return t == torch::kBFloat16 || t == torch::kHalf; }
 
 int64_t blocks_of(int64_t T, const SelectionKnobs& knobs) { return (T + knobs.block - 1) / knobs.block; }
 
@@ -90,10 +87,7 @@ std::optional<torch::ScalarType> selection_kernel_dtype(const Tensor& q, const T
       s.block % s.stride || s.block < s.stride || 64 % (s.block / s.stride) || (s.length - 1) / s.stride > 16 ||
       s.top_k > INT32_MAX)
     return std::nullopt;
-  if (half_precision(q.scalar_type())) return q.scalar_type();
-  if (at::autocast::is_autocast_enabled(at::kCUDA) && half_precision(at::autocast::get_autocast_dtype(at::kCUDA)))
-    return at::autocast::get_autocast_dtype(at::kCUDA);
-  return std::nullopt;
+  return half_precision_dtype({q});
 }
 
 BlockRows select_rows(const Tensor& q_in, const Tensor& k_cmp_in, const SelectionKnobs& knobs,
