@@ -120,8 +120,13 @@ void expect_close(const Case& c, const Result& got, const Result& want) {
   grad("dk", got.dk, want.dk);
   grad("dv", got.dv, want.dv);
   ASSERT_EQ(got.param_grads.size(), want.param_grads.size());
-  for (size_t i = 0; i < got.param_grads.size(); ++i)
+  for (size_t i = 0; i < got.param_grads.size(); ++i) {
+    // Zero in exact arithmetic: a bias shared by all compressed keys shifts each query's
+    // compressed logits equally. Both sides return rounding noise; the fused bf16 attention
+    // of the compression branch (delta from its 16-bit output) more of it than fp32 ATen.
+    if (got.param_grads[i].first == "compress_k.out.bias") continue;
     grad("d " + got.param_grads[i].first, got.param_grads[i].second, want.param_grads[i].second);
+  }
   std::printf("  %s Hkv %ld G %ld T %ld d %ld: sparsity %.3f, out %.2e, worst grad %.2e\n", c.variant.c_str(),
               long(c.Hkv), long(c.G), long(c.T), long(c.d), want.sparsity, e_out, worst_grad);
 }
@@ -291,9 +296,11 @@ TEST(GpuCompressedAttention, SdpaPathMatchesFp64) {
       auto out = fast ? attend_compressed(qq, kk, vv, length, stride, "cuda")
                       : torch::matmul(compressed_attention_probs(qq, kk, length, stride), vv.unsqueeze(2))
                             .view({B, Hkv * G, T, d});
-      auto g = torch::autograd::grad({(out * w.to(out.device(), out.scalar_type())).sum()}, {qq, kk, vv},
-                                     /*grad_outputs=*/{}, /*retain_graph=*/false, /*create_graph=*/false,
-                                     /*allow_unused=*/true);
+      auto loss = (out * w.to(out.device(), out.scalar_type())).sum();
+      std::vector<torch::Tensor> g(3);
+      if (loss.requires_grad())  // else no query sees a block: the output is a constant 0
+        g = torch::autograd::grad({loss}, {qq, kk, vv}, /*grad_outputs=*/{}, /*retain_graph=*/false,
+                                  /*create_graph=*/false, /*allow_unused=*/true);
       // No path from an input (q when no query sees a block) means a zero gradient.
       auto zero_if_unused = [](const torch::Tensor& grad, const torch::Tensor& x) {
         return grad.defined() ? grad : torch::zeros_like(x);

@@ -91,7 +91,37 @@ double time_ms(const std::function<void()>& fn, int reps) {
   return ts[ts.size() / 2];
 }
 
+namespace {
+
+// LibTorch SDPA restricted to its flash backend while alive (the baseline's backend; the
+// variants' own SDPA calls, NSA's masked compression branch, need the others), then restored.
+class FlashOnlySdpa {
+ public:
+  FlashOnlySdpa()
+      : flash_(ctx().userEnabledFlashSDP()), mem_efficient_(ctx().userEnabledMemEfficientSDP()),
+        math_(ctx().userEnabledMathSDP()), cudnn_(ctx().userEnabledCuDNNSDP()), fa3_(ctx().userEnabledFA3SDP()) {
+    set(true, false, false, false, false);
+  }
+  ~FlashOnlySdpa() { set(flash_, mem_efficient_, math_, cudnn_, fa3_); }
+  FlashOnlySdpa(const FlashOnlySdpa&) = delete;
+  FlashOnlySdpa& operator=(const FlashOnlySdpa&) = delete;
+
+ private:
+  static at::Context& ctx() { return at::globalContext(); }
+  static void set(bool flash, bool mem_efficient, bool math, bool cudnn, bool fa3) {
+    ctx().setSDPUseFlash(flash);
+    ctx().setSDPUseMemEfficient(mem_efficient);
+    ctx().setSDPUseMath(math);
+    ctx().setSDPUseCuDNN(cudnn);
+    ctx().setSDPUseFA3(fa3);
+  }
+  bool flash_, mem_efficient_, math_, cudnn_, fa3_;
+};
+
+}  // namespace
+
 Sdpa time_sdpa(const Tensor& q, const Tensor& dout, int reps) {
+  const FlashOnlySdpa flash_only;
   const auto opt = q.options();
   const int64_t Hq = q.size(1), T = q.size(2), d = q.size(3);
   Tensor k = torch::randn({1, Hq, T, d}, opt), v = torch::randn({1, Hq, T, d}, opt);
@@ -108,15 +138,6 @@ Sdpa time_sdpa(const Tensor& q, const Tensor& dout, int reps) {
   s.fwd_tflops = 4.0 * d * pairs / s.fwd_ms / 1e9;
   s.bwd_tflops = 10.0 * d * pairs / (s.fwd_bwd_ms - s.fwd_ms) / 1e9;
   return s;
-}
-
-void use_flash_sdpa() {
-  auto& ctx = at::globalContext();
-  ctx.setSDPUseFlash(true);
-  ctx.setSDPUseMemEfficient(false);
-  ctx.setSDPUseMath(false);
-  ctx.setSDPUseCuDNN(false);
-  ctx.setSDPUseFA3(false);
 }
 
 int bench_reps(int64_t T) { return T <= 32768 ? 10 : (T <= 65536 ? 5 : 3); }
@@ -140,7 +161,6 @@ void write_bench_json(const std::string& path, const std::string& command, const
 void run_attention_bench(const AttentionBenchConfig& cfg) {
   if (!torch::cuda::is_available())
     throw std::runtime_error("bench attention needs a CUDA GPU; none is visible to LibTorch");
-  use_flash_sdpa();
   torch::manual_seed(7);
   std::mt19937 rng(7);
   const int64_t Hq = cfg.q_heads, d = cfg.head_dim;

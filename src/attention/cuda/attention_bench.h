@@ -28,14 +28,11 @@ void run_attention_bench(const AttentionBenchConfig& cfg);
 // Median of reps timed runs of fn after one warm-up, in ms (CUDA events, current stream).
 double time_ms(const std::function<void()>& fn, int reps);
 
-// Dense causal SDPA (flash backend) at q's shape, K/V at Hq heads (GQA expanded: same FLOPs).
+// Dense causal SDPA (its flash backend alone) at q's shape, K/V at Hq heads (GQA expanded: same FLOPs).
 struct Sdpa {
   double fwd_ms, fwd_bwd_ms, fwd_tflops, bwd_tflops;
 };
 Sdpa time_sdpa(const at::Tensor& q, const at::Tensor& dout, int reps);
-
-// The flash backend alone, as both benches compare against it.
-void use_flash_sdpa();
 
 // Reps per timing at length T: fewer for the long ones.
 int bench_reps(int64_t T);

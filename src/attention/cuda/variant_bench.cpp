@@ -148,7 +148,6 @@ Row measure(const VariantBenchConfig& b, const std::string& variant, double targ
 void run_variant_bench(const VariantBenchConfig& b) {
   if (!torch::cuda::is_available())
     throw std::runtime_error("bench attention needs a CUDA GPU; none is visible to LibTorch");
-  use_flash_sdpa();
   torch::manual_seed(7);
   std::printf("whole attention variants (selection + core, impl auto) vs SDPA flash dense causal; Hq %ld, Hkv %ld, "
               "d %ld, batch 1, bf16 q/k/v\n",
