@@ -1,4 +1,5 @@
 // sparsetrain bench attention [--variant dense,dash,nsa,infllmv2] [--lengths 8K,16K,...] [--json FILE]
+//                            [--kernels N]
 // Without --variant: the block-sparse attention core vs LibTorch SDPA on this machine's GPU
 // (src/attention/cuda/attention_bench.h); with it: whole variants, selection included
 // (src/attention/cuda/variant_bench.h). A build or machine without CUDA says so and exits
@@ -25,6 +26,7 @@ void add_bench_command(CLI::App& app) {
     std::vector<std::string> variants;
     std::vector<double> sparsities{0.75, 0.875, 0.9375};
     std::string json;
+    int kernels = 0;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = bench->add_subcommand(
@@ -40,6 +42,10 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::Range(0.0, 0.999));
   cmd->add_option("--lengths", args->lengths, "Sequence lengths (comma-separated, K = 1024)")->delimiter(',');
   cmd->add_option("--json", args->json, "Also write the results as JSON to this file");
+  cmd->add_option("--kernels", args->kernels,
+                  "With --variant: profile one forward+backward per row (Kineto/CUPTI) and list its N "
+                  "most expensive GPU kernels")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([args] {
     std::vector<int64_t> lengths;
     for (const std::string& s : args->lengths) lengths.push_back(parse_length(s));
@@ -56,6 +62,7 @@ void add_bench_command(CLI::App& app) {
     if (!args->variants.empty()) command += " --sparsities " + joined(sparsities);
     command += " --lengths " + joined(args->lengths);
     if (!args->json.empty()) command += " --json " + args->json;
+    if (args->kernels > 0) command += fmt::format(" --kernels {}", args->kernels);
     if (!args->variants.empty()) {
       cuda::VariantBenchConfig cfg;
       cfg.variants = args->variants;
@@ -63,6 +70,7 @@ void add_bench_command(CLI::App& app) {
       cfg.lengths = lengths;
       cfg.json_path = args->json;
       cfg.command = command;
+      cfg.top_kernels = args->kernels;
       cuda::run_variant_bench(cfg);
       return;
     }

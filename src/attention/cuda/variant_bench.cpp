@@ -3,12 +3,16 @@
 
 #include <c10/core/Allocator.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <map>
+#include <set>
+#include <tuple>
 #include <stdexcept>
 
 #include "attention/cuda/attention_bench.h"
@@ -92,10 +96,47 @@ double dash_temperature(const ModelConfig& base, const AttentionInputs& in, doub
   return std::exp2((lo + hi) / 2);
 }
 
+struct KernelTime {
+  std::string name;
+  double ms = 0;
+  int64_t calls = 0;
+};
+
 struct Row {
   std::string knob;
   double knob_value = 0, measured = 0, sel_f = 0, f = 0, sel_fb = 0, fb = 0;
+  std::vector<KernelTime> kernels;  // with top_kernels: the profiled f+b's costliest
+  double kernels_total_ms = 0;      // and all its kernels together
 };
+
+// GPU time of fn's kernels by name, from the Kineto profiler (CUPTI activity records): the
+// top `n` by total time, with their call counts, and the total over all kernels.
+std::pair<std::vector<KernelTime>, double> top_kernels(const std::function<void()>& fn, int n) {
+  namespace prof = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+  const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
+  prof::prepareProfiler(config, activities);
+  prof::enableProfiler(config, activities);
+  fn();
+  torch::cuda::synchronize();
+  const auto result = prof::disableProfiler();
+  std::map<std::string, KernelTime> by_name;
+  double total = 0;
+  for (const auto& e : result->events()) {
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    KernelTime& k = by_name[e.name()];
+    k.name = e.name();
+    k.ms += e.durationNs() / 1e6;
+    ++k.calls;
+    total += e.durationNs() / 1e6;
+  }
+  std::vector<KernelTime> all;
+  for (auto& [name, k] : by_name) all.push_back(k);
+  std::sort(all.begin(), all.end(), [](const KernelTime& a, const KernelTime& b) { return a.ms > b.ms; });
+  if (all.size() > size_t(n)) all.resize(n);
+  return {all, total};
+}
 
 Row measure(const VariantBenchConfig& b, const std::string& variant, double target, const Inputs& in, int reps) {
   ModelConfig cfg = variant_config(b, variant);
@@ -138,6 +179,8 @@ Row measure(const VariantBenchConfig& b, const std::string& variant, double targ
     m->forward(in.plain);
   }, reps);
   r.fb = time_ms([&] { m->forward(in.grad).backward(in.dout); }, reps);
+  if (b.top_kernels > 0)
+    std::tie(r.kernels, r.kernels_total_ms) = top_kernels([&] { m->forward(in.grad).backward(in.dout); }, b.top_kernels);
   if (sel_f) r.sel_f = time_ms(sel_f, reps);
   r.sel_fb = sel_fb ? time_ms(sel_fb, reps) : r.sel_f;
   return r;
@@ -182,6 +225,16 @@ void run_variant_bench(const VariantBenchConfig& b) {
               .add("selection_share_fwd", r.sel_f / r.f).add("selection_fwd_bwd_ms", r.sel_fb).add("fwd_bwd_ms", r.fb)
               .add("selection_share_fwd_bwd", r.sel_fb / r.fb).add("speedup_fwd", sd.fwd_ms / r.f)
               .add("speedup_fwd_bwd", sd.fwd_bwd_ms / r.fb).add("ideal_speedup", ideal);
+          if (!r.kernels.empty()) {
+            std::printf("  kernels of one profiled f+b: %.2f ms in all\n", r.kernels_total_ms);
+            JsonObject kernels;
+            for (const KernelTime& k : r.kernels) {
+              std::printf("  %9.2f ms %5ld x %4.1f%%  %.110s\n", k.ms, long(k.calls), 100 * k.ms / r.kernels_total_ms,
+                          k.name.c_str());
+              kernels.add(k.name, JsonObject().add("ms", k.ms).add("calls", k.calls));
+            }
+            js.add("kernels_total_ms", r.kernels_total_ms).add("top_kernels", kernels);
+          }
         } catch (const c10::OutOfMemoryError&) {
           std::printf("%-8s %7ld %6.4f  out of GPU memory\n", variant.c_str(), long(T), target);
           js.add("error", "out of GPU memory");

@@ -14,6 +14,7 @@ struct VariantBenchConfig {
   std::vector<double> sparsities{0.75, 0.875, 0.9375};
   int64_t q_heads = 32, kv_heads = 2, head_dim = 128;  // batch 1, bf16 q/k/v
   std::string json_path;                              // empty: no JSON file
+  int top_kernels = 0;                                // > 0: profile a f+b per row, list this many kernels
   std::string command;                                // recorded in the JSON
 };
 
@@ -21,7 +22,9 @@ struct VariantBenchConfig {
 // InfLLMv2 top_k from their block counts; Dash's temperature by bisection on the routing's
 // measured sparsity), the measured sparsity, forward and forward+backward of the variant's
 // module (impl auto), its selection stage alone, the selection's share of each, and SDPA.
-// A row that runs out of GPU memory is reported as such and the bench goes on.
+// A row that runs out of GPU memory is reported as such and the bench goes on. With
+// top_kernels, one more forward+backward per row runs under the Kineto profiler and the GPU
+// kernels that took the most time in it are listed (total ms, calls, share), in the JSON too.
 void run_variant_bench(const VariantBenchConfig& cfg);
 
 }  // namespace st::cuda
