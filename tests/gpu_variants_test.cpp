@@ -290,10 +290,11 @@ TEST(GpuCompressedAttention, SdpaPathMatchesFp64) {
     auto bf16 = [](torch::IntArrayRef shape) { return torch::randn(shape).to(torch::kBFloat16).to(torch::kFloat64); };
     auto q = bf16({B, Hkv * G, T, d}), k = bf16({B, Hkv, n, d}), v = bf16({B, Hkv, n, d});
     auto w = torch::randn({B, Hkv * G, T, d}, torch::kFloat64);
-    auto run = [&](const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in, bool fast) {
+    auto run = [&](const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in, bool fast,
+                   int64_t tile_rows = 0) {
       auto qq = q_in.clone().requires_grad_(true), kk = k_in.clone().requires_grad_(true),
            vv = v_in.clone().requires_grad_(true);
-      auto out = fast ? attend_compressed(qq, kk, vv, length, stride, "cuda")
+      auto out = fast ? attend_compressed(qq, kk, vv, length, stride, "cuda", tile_rows)
                       : torch::matmul(compressed_attention_probs(qq, kk, length, stride), vv.unsqueeze(2))
                             .view({B, Hkv * G, T, d});
       auto loss = (out * w.to(out.device(), out.scalar_type())).sum();
@@ -309,18 +310,21 @@ TEST(GpuCompressedAttention, SdpaPathMatchesFp64) {
                                         zero_if_unused(g[2], vv)};
     };
     const auto want = run(q, k, v, false);
-    const auto got = run(q.to(torch::kCUDA, torch::kBFloat16), k.to(torch::kCUDA, torch::kFloat32),
-                         v.to(torch::kCUDA, torch::kFloat32), true);
-    EXPECT_EQ(got[0].scalar_type(), torch::kFloat32);
-    const char* names[] = {"out", "dq", "dk", "dv"};
-    const double tol[] = {1e-2, 2e-2, 2e-2, 2e-2};
-    for (int i = 0; i < 4; ++i) {
-      if (want[i].numel() == 0) continue;
-      EXPECT_LT(rel_err(got[i].cpu(), want[i]), tol[i]) << "G " << G << " T " << T << " d " << d << " " << names[i];
+    for (int64_t tile_rows : {int64_t(0), int64_t(700)}) {  // one tile (T <= 4000), several
+      const auto got = run(q.to(torch::kCUDA, torch::kBFloat16), k.to(torch::kCUDA, torch::kFloat32),
+                           v.to(torch::kCUDA, torch::kFloat32), true, tile_rows);
+      EXPECT_EQ(got[0].scalar_type(), torch::kFloat32);
+      const char* names[] = {"out", "dq", "dk", "dv"};
+      const double tol[] = {1e-2, 2e-2, 2e-2, 2e-2};
+      for (int i = 0; i < 4; ++i) {
+        if (want[i].numel() == 0) continue;
+        EXPECT_LT(rel_err(got[i].cpu(), want[i]), tol[i])
+            << "G " << G << " T " << T << " d " << d << " tile rows " << tile_rows << " " << names[i];
+      }
+      const int64_t blind = std::min<int64_t>(T, length - 1);  // queries that see no block
+      EXPECT_EQ(got[0].narrow(2, 0, blind).abs().max().item<double>(), 0.0);
+      EXPECT_EQ(got[1].narrow(2, 0, blind).abs().max().item<double>(), 0.0);
     }
-    const int64_t blind = std::min<int64_t>(T, length - 1);  // queries that see no block
-    EXPECT_EQ(got[0].narrow(2, 0, blind).abs().max().item<double>(), 0.0);
-    EXPECT_EQ(got[1].narrow(2, 0, blind).abs().max().item<double>(), 0.0);
   }
 }
 

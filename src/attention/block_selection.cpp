@@ -119,7 +119,7 @@ Tensor compressed_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& 
 }
 
 Tensor attend_compressed(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, int64_t length, int64_t stride,
-                         const std::string& impl) {
+                         const std::string& impl, int64_t tile_rows) {
   const auto dtype = half_precision_dtype({q});
   if (impl == "reference" || !q.is_cuda() || !dtype) return compressed_attention(q, k_cmp, v_cmp, length, stride);
   const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), d = q.size(3), Hkv = k_cmp.size(1), n = k_cmp.size(2);
@@ -129,7 +129,8 @@ Tensor attend_compressed(const Tensor& q, const Tensor& k_cmp, const Tensor& v_c
   const auto k = heads(k_cmp), v = heads(v_cmp), q16 = q.to(*dtype);
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
   // Queries before the first complete block see none: 0, as on the reference path.
-  const int64_t first = std::min(T, length - 1), tile_rows = query_tile_rows(Hq * n, T);
+  const int64_t first = std::min(T, length - 1);
+  if (tile_rows <= 0) tile_rows = query_tile_rows(n, T);
   std::vector<Tensor> out{torch::zeros({B, Hq, first, d}, q.options().dtype(reference_dtype(q)))};
   for (int64_t t0 = first; t0 < T; t0 += tile_rows) {
     const int64_t rows = std::min(tile_rows, T - t0), seen = blocks_complete_by(t0 + rows - 1, n, length, stride);

@@ -35,11 +35,13 @@ torch::Tensor compressed_attention(const torch::Tensor& q, const torch::Tensor& 
 
 // compressed_attention under model.attention.impl: unless impl is `reference`, CUDA inputs
 // whose q is 16-bit (or fp32 under CUDA autocast to 16 bits) run LibTorch SDPA in that dtype
-// with the block-causal rule as a boolean mask, a query tile at a time (the fused attention
-// keeps S and dP in fp32 and rounds P and dS to 16 bits, as the core kernels do); else the
-// reference above. Returns the reference dtype; differentiable in q, k_cmp and v_cmp.
+// with the block-causal rule as a boolean mask, tile_rows queries at a time (0: masks of about
+// 2^26 elements; few tiles, since each tile's backward adds a full-size gradient of the
+// compressed keys) (the fused attention keeps S and dP in fp32 and rounds P and dS to 16 bits,
+// as the core kernels do); else the reference above. Returns the reference dtype;
+// differentiable in q, k_cmp and v_cmp.
 torch::Tensor attend_compressed(const torch::Tensor& q, const torch::Tensor& k_cmp, const torch::Tensor& v_cmp,
-                                int64_t length, int64_t stride, const std::string& impl);
+                                int64_t length, int64_t stride, const std::string& impl, int64_t tile_rows = 0);
 
 // Scores over compressed blocks [..., n] -> scores over n_blocks selection blocks of `block`
 // positions [..., n_blocks]: each selection block pools the compressed blocks overlapping it,
