@@ -39,35 +39,55 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// DashAttention::bias_rows for a configuration (the routing's backward has the configuration,
-// not the module, which may be gone by then).
-Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+// One routing tile's entmax: query rows [t0, t0 + n) of one KV group against the chunk
+// summaries, the first half of routing_bias and of its backward.
+struct TileRouting {
+  int64_t n_seen, n_chunks;
+  double scale;             // z = scale (q . kbar)
+  torch::Tensor always;     // [n, n_chunks] read at bias 0: the own chunk and forced ones
+  torch::Tensor q_groups;   // [B, Hkv, G, n, d] in the reference dtype
+  torch::Tensor kbar_seen;  // [B, Hkv, 1, n_seen, d]
+  torch::Tensor p;          // [B, Hkv, G, n, n_seen] entmax over each row's candidates
+};
+
+TileRouting tile_routing(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
   const int64_t B = q_rows.size(0), Hq = q_rows.size(1), n = q_rows.size(2), d = q_rows.size(3);
-  const int64_t Hkv = kbar.size(1), C = cfg.chunk, n_chunks = (T + C - 1) / C;
+  const int64_t Hkv = kbar.size(1), C = cfg.chunk;
+  TileRouting r;
+  r.n_chunks = (T + C - 1) / C;
   // Chunks some row of these queries may route to: complete ones strictly before the last
   // row's own (a tile early in the sequence scores few chunks).
-  const int64_t n_seen = std::min(T / C, (t0 + n - 1) / C);
+  r.n_seen = std::min(T / C, (t0 + n - 1) / C);
+  r.scale = cfg.temperature / std::sqrt(double(d));
   const double inf = std::numeric_limits<double>::infinity();
   const auto dtype = reference_dtype(q_rows);
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(q_rows.device());
 
   auto own = torch::arange(t0, t0 + n, ints).div(C, "floor").view({n, 1});
-  auto c = torch::arange(n_chunks, ints).view({1, n_chunks});
+  auto c = torch::arange(r.n_chunks, ints).view({1, r.n_chunks});
   // Forced sink and local chunks are read like the diagonal chunk, with b = 0, and left out
   // of the routing: entmax spends its mass only on the chunks it decides about, and a forced
   // chunk's bias does not jump when the router drops it from its support.
   auto forced = (c < own) & ((c < cfg.sink_chunks) | (c >= own - cfg.local_chunks));
-  auto always = forced | (c == own);
+  r.always = forced | (c == own);
   // Routing candidates: complete chunks strictly before the query's own, not already forced.
-  auto candidate = ((c < own) & ~forced).narrow(1, 0, n_seen);
+  auto candidate = ((c < own) & ~forced).narrow(1, 0, r.n_seen);
 
   // z = s (q . kbar) / sqrt(d) per query head, alpha-entmax over the candidates.
-  auto q_groups = q_rows.to(dtype).reshape({B, Hkv, Hq / Hkv, n, d});
-  auto kbar_seen = kbar.narrow(2, 0, n_seen).to(dtype).unsqueeze(2);
-  auto z = torch::matmul(q_groups, kbar_seen.transpose(-1, -2)) * (cfg.temperature / std::sqrt(double(d)));
-  auto p = entmax(z.masked_fill(~candidate, -inf), cfg.alpha, -1);
+  r.q_groups = q_rows.to(dtype).reshape({B, Hkv, Hq / Hkv, n, d});
+  r.kbar_seen = kbar.narrow(2, 0, r.n_seen).to(dtype).unsqueeze(2);
+  auto z = torch::matmul(r.q_groups, r.kbar_seen.transpose(-1, -2)) * r.scale;
+  r.p = entmax(z.masked_fill(~candidate, -inf), cfg.alpha, -1);
+  return r;
+}
+
+// DashAttention::bias_rows for a configuration (the routing's backward has the configuration,
+// not the module, which may be gone by then).
+Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+  const TileRouting r = tile_routing(cfg, q_rows, kbar, t0, T);
+  const double inf = std::numeric_limits<double>::infinity();
   // GQA: the group reads the union of its heads' supports, weighted by their mean.
-  auto pbar = p.mean(2);  // [B, Hkv, n, n_seen]
+  auto pbar = r.p.mean(2);  // [B, Hkv, n, n_seen]
   auto routed = pbar > 0;
   auto log_p = torch::log(torch::where(routed, pbar, torch::ones_like(pbar)));  // 0 off the support
   auto prior = log_p;
@@ -78,8 +98,33 @@ Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& k
     prior = log_p - log_p.sum(-1, /*keepdim=*/true) / count;
   }
   auto bias = torch::where(routed, prior / cfg.sigma, -inf);
-  bias = torch::constant_pad_nd(bias, {0, n_chunks - n_seen}, -inf);
-  return torch::where(always, torch::zeros_like(bias), bias);
+  bias = torch::constant_pad_nd(bias, {0, r.n_chunks - r.n_seen}, -inf);
+  return torch::where(r.always, torch::zeros_like(bias), bias);
+}
+
+// routing_bias's vector-Jacobian product, by hand: d_bias [n, n_chunks] (zero off the lists)
+// -> d q_rows [B, G, n, d] and d kbar's first n_seen chunks. Entries at bias 0 by force carry
+// no gradient; through the prior b = (log pbar [- mean routed log pbar]) / sigma into pbar,
+// the mean over the group's heads, entmax's Jacobian and z = s q . kbar.
+std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
+                                                int64_t t0, int64_t T, const Tensor& d_bias) {
+  const TileRouting r = tile_routing(cfg, q_rows, kbar, t0, T);
+  const int64_t G = r.q_groups.size(2);
+  auto d_prior = torch::where(r.always, torch::zeros_like(d_bias), d_bias).narrow(1, 0, r.n_seen) / cfg.sigma;
+  auto pbar = r.p.mean(2);
+  auto routed = pbar > 0;
+  d_prior = torch::where(routed, d_prior.to(pbar.scalar_type()), torch::zeros_like(pbar));
+  auto d_log_p = d_prior;
+  if (cfg.prior == "normalized") {
+    auto count = routed.sum(-1, /*keepdim=*/true).clamp_min(1);
+    d_log_p = torch::where(routed, d_prior - d_prior.sum(-1, /*keepdim=*/true) / count, torch::zeros_like(d_prior));
+  }
+  auto d_pbar = d_log_p / torch::where(routed, pbar, torch::ones_like(pbar));
+  auto dp = (d_pbar / double(G)).unsqueeze(2).expand_as(r.p);
+  auto dz = entmax_backward(r.p, dp, cfg.alpha, -1) * r.scale;  // [B, Hkv, G, n, n_seen]
+  auto dq = torch::matmul(dz, r.kbar_seen).flatten(1, 2);       // [B, G, n, d]
+  auto dkbar = torch::matmul(dz.transpose(-1, -2), r.q_groups).sum(2);  // [B, Hkv, n_seen, d]
+  return {dq, dkbar};
 }
 
 // The configuration through autograd's saved_data, and back.
@@ -123,7 +168,7 @@ std::vector<RoutingTile> routing_tiles(int64_t B, int64_t Hkv, int64_t T, int64_
 
 // Inputs q [B, Hq, T, d] and kbar [B, Hkv, n_full, d]; outputs the entries' bias
 // (differentiable), row_ptr and blocks. Only q, kbar and the lists are saved; the backward
-// recomputes each tile. Scores in fp32 with autocast off, in forward and backward alike:
+// recomputes each tile's entmax and derives through it by hand (routing_bias_backward). Scores in fp32 with autocast off, in forward and backward alike:
 // the support's edge and log(pbar) near it are where bf16 scores would move the routing.
 struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& kbar, const DashConfig& cfg,
@@ -158,26 +203,24 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const int64_t Hkv = kbar.size(1), G = q.size(1) / Hkv, T = q.size(2);
     auto dq = torch::zeros_like(q), dkbar = torch::zeros_like(kbar);
     if (!grads[0].defined()) return {dq, dkbar, Tensor(), Tensor()};
-    torch::AutoGradMode grad_mode(true);
+    const torch::NoGradGuard no_grad;
     const AutocastOff autocast_off;
     const auto tiles = routing_tiles(q.size(0), Hkv, T, ctx->saved_data["tile_rows"].toInt());
+    const int64_t n_chunks = (T + cfg.chunk - 1) / cfg.chunk;
     for (size_t i = 0; i < tiles.size(); ++i) {
       const auto& t = tiles[i];
       const int64_t m = offsets[i + 1] - offsets[i];
       if (m == 0) continue;
-      auto q_rows = t.q_rows(q, G).detach().requires_grad_(true);
-      auto kbar_rows = t.kbar_rows(kbar).detach().requires_grad_(true);
-      auto bias = routing_bias(cfg, q_rows, kbar_rows, t.t0, T).view({t.n, -1});
-      // The forward's entries, found from the saved lists rather than the recomputed bias, so a
-      // recomputation that rounds differently cannot shift them.
+      // The entries' gradients into the tile's dense [n, n_chunks], placed by the saved lists
+      // (not by a recomputed bias, which could round differently).
       auto counts = row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1).diff();
       auto row = torch::repeat_interleave(torch::arange(t.n, counts.options()), counts, /*dim=*/0, m);
-      auto idx = row * bias.size(1) + block_ids.narrow(0, offsets[i], m).to(torch::kInt64);
-      auto g = torch::autograd::grad({bias.flatten().index_select(0, idx)}, {q_rows, kbar_rows},
-                                     {grads[0].narrow(0, offsets[i], m).to(bias.scalar_type())},
-                                     /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
-      if (g[0].defined()) t.q_rows(dq, G).copy_(g[0]);
-      if (g[1].defined()) t.kbar_rows(dkbar).add_(g[1]);
+      auto idx = row * n_chunks + block_ids.narrow(0, offsets[i], m).to(torch::kInt64);
+      auto d_entries = grads[0].narrow(0, offsets[i], m).to(reference_dtype(q));
+      auto d_bias = torch::zeros({t.n * n_chunks}, d_entries.options()).index_put_({idx}, d_entries).view({t.n, n_chunks});
+      auto [dq_rows, dkbar_seen] = routing_bias_backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, d_bias);
+      t.q_rows(dq, G).copy_(dq_rows);
+      t.kbar_rows(dkbar).narrow(2, 0, dkbar_seen.size(2)).add_(dkbar_seen);
     }
     return {dq, dkbar, Tensor(), Tensor()};
   }

@@ -76,8 +76,21 @@ Tensor entmax_probs(const Tensor& z, double alpha, bool bisect) {
   return torch::where(live, p, torch::zeros_like(p));
 }
 
-// Backward is DESIGN §2.1's closed-form Jacobian-vector product: with s = p^(2-alpha) on the
-// support and 0 off it, dz = s * dp - (s . dp / sum s) s. Off-support and masked entries get 0.
+// DESIGN §2.1's closed-form Jacobian-vector product over the last dim: with s = p^(2-alpha)
+// on the support and 0 off it, dz = s * dp - (s . dp / sum s) s. Off-support and masked
+// entries get 0.
+Tensor entmax_jvp(const Tensor& p, const Tensor& dp, double alpha) {
+#ifdef SPARSETRAIN_CUDA
+  if (alpha == 1.5 && p.is_cuda() && p.scalar_type() == torch::kFloat32) return cuda::entmax15_backward(p, dp);
+#endif
+  auto s = torch::where(p > 0, p.pow(2 - alpha), torch::zeros_like(p));
+  auto s_sum = s.sum(-1, /*keepdim=*/true);
+  auto s_dot_dp = (s * dp).sum(-1, /*keepdim=*/true);
+  // An all-masked row has s = 0 everywhere; its gradient is 0, not 0/0.
+  auto mean_dp = s_dot_dp / torch::where(s_sum > 0, s_sum, torch::ones_like(s_sum));
+  return s * dp - mean_dp * s;
+}
+
 struct EntmaxFunction : torch::autograd::Function<EntmaxFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& z, double alpha,
                         bool bisect) {
@@ -89,15 +102,8 @@ struct EntmaxFunction : torch::autograd::Function<EntmaxFunction> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    auto p = ctx->get_saved_variables()[0];
-    const double alpha = ctx->saved_data["alpha"].toDouble();
-    auto dp = grads[0];
-    auto s = torch::where(p > 0, p.pow(2 - alpha), torch::zeros_like(p));
-    auto s_sum = s.sum(-1, /*keepdim=*/true);
-    auto s_dot_dp = (s * dp).sum(-1, /*keepdim=*/true);
-    // An all-masked row has s = 0 everywhere; its gradient is 0, not 0/0.
-    auto mean_dp = s_dot_dp / torch::where(s_sum > 0, s_sum, torch::ones_like(s_sum));
-    return {s * dp - mean_dp * s, Tensor(), Tensor()};
+    return {entmax_jvp(ctx->get_saved_variables()[0], grads[0], ctx->saved_data["alpha"].toDouble()), Tensor(),
+            Tensor()};
   }
 };
 
@@ -120,6 +126,10 @@ Tensor entmax(const Tensor& z, double alpha, int64_t dim) {
 
 Tensor entmax_bisect(const Tensor& z, double alpha, int64_t dim) {
   return entmax_along(z, alpha, dim, /*bisect=*/true);
+}
+
+Tensor entmax_backward(const Tensor& p, const Tensor& dp, double alpha, int64_t dim) {
+  return entmax_jvp(p.movedim(dim, -1), dp.movedim(dim, -1), alpha).movedim(-1, dim);
 }
 
 }  // namespace st

@@ -13,6 +13,11 @@ namespace st {
 // all -inf has nothing to distribute; its output is defined as all 0 (not NaN).
 torch::Tensor entmax(const torch::Tensor& z, double alpha, int64_t dim = -1);
 
+// entmax's Jacobian-vector product at its output p: dz = s dp - (s . dp / sum s) s along dim,
+// s = p^(2 - alpha) on the support and 0 off it (DESIGN §2.1); for callers that derive through
+// entmax by hand. Not differentiable itself.
+torch::Tensor entmax_backward(const torch::Tensor& p, const torch::Tensor& dp, double alpha, int64_t dim = -1);
+
 // The same map with the threshold found by bisection for every alpha. entmax() uses it for
 // alpha other than 1.5 and 2; it is public so tests can check the two solvers agree.
 torch::Tensor entmax_bisect(const torch::Tensor& z, double alpha, int64_t dim = -1);

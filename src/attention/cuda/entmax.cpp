@@ -35,19 +35,22 @@ struct Entmax15Function : torch::autograd::Function<Entmax15Function> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const Tensor p = ctx->get_saved_variables()[0];
-    const c10::cuda::CUDAGuard guard(p.device());
-    const Tensor dp = grads[0].to(torch::kFloat32).contiguous();
-    Tensor dz = torch::empty_like(p);
-    const int64_t n = p.size(-1);
-    check(st::kernels::entmax15_backward(p.data_ptr<float>(), dp.data_ptr<float>(), dz.data_ptr<float>(),
-                                         n ? p.numel() / n : 0, n, stream()),
-          "entmax15 backward");
-    return {dz};
+    return {entmax15_backward(ctx->get_saved_variables()[0], grads[0])};
   }
 };
 
 }  // namespace
+
+torch::Tensor entmax15_backward(const torch::Tensor& p_in, const torch::Tensor& dp_in) {
+  const c10::cuda::CUDAGuard guard(p_in.device());
+  const Tensor p = p_in.contiguous(), dp = dp_in.to(torch::kFloat32).contiguous();
+  Tensor dz = torch::empty_like(p);
+  const int64_t n = p.size(-1);
+  check(st::kernels::entmax15_backward(p.data_ptr<float>(), dp.data_ptr<float>(), dz.data_ptr<float>(),
+                                       n ? p.numel() / n : 0, n, stream()),
+        "entmax15 backward");
+  return dz;
+}
 
 torch::Tensor entmax15(const torch::Tensor& z) {
   TORCH_CHECK(z.is_cuda() && z.scalar_type() == torch::kFloat32, "cuda::entmax15: fp32 CUDA tensor");

@@ -8,6 +8,8 @@
 namespace st::cuda {
 
 torch::Tensor entmax15(const torch::Tensor& z);
+// Its Jacobian-vector product at the output p (last dim; p and dp fp32 on CUDA).
+torch::Tensor entmax15_backward(const torch::Tensor& p, const torch::Tensor& dp);
 
 }  // namespace st::cuda
 #endif  // SPARSETRAIN_CUDA
