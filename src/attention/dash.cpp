@@ -235,9 +235,10 @@ Tensor DashAttention::bias_rows(const Tensor& q_rows, const Tensor& kbar, int64_
 BlockRows DashAttention::routing(const Tensor& q, const Tensor& kbar) const {
   int64_t rows = routing_tile_rows;
   if (rows <= 0) {
-    // ~2^25 fp32 scores per tile (128 MB; entmax's sort holds a few times that).
+    // ~2^27 fp32 scores per tile (512 MB; a tile's forward holds a few tensors of that size):
+    // each tile costs host round trips (its lists' sizes), so few large tiles beat many.
     const int64_t per_row = std::max<int64_t>(q.size(1) / kbar.size(1) * kbar.size(2), 1);
-    rows = std::max<int64_t>((int64_t(1) << 25) / per_row, cfg_.chunk);
+    rows = std::max<int64_t>((int64_t(1) << 27) / per_row, cfg_.chunk);
   }
   auto out = DashRoutingFunction::apply(q, kbar, cfg_, rows);
   return {out[1], out[2], out[0]};
