@@ -81,29 +81,15 @@ TEST(BlockSparseAttention, EverythingSelectedIsDenseInFloat32) {
   }
 }
 
-TEST(AttendedPairs, MatchesBruteForceCount) {
-  torch::manual_seed(3);
-  const int64_t B = 2, Hkv = 2, G = 3, T = 45, block = 8;
-  auto sel = random_selection(B, Hkv, T, block, 0.3);
-  auto S = sel.selected.accessor<bool, 4>();
-  for (int64_t window : {0, 1, 10, 100})
-    for (int64_t offset : {0, 17, 44, 45}) {
-      SCOPED_TRACE("window " + std::to_string(window) + " offset " + std::to_string(offset));
-      EXPECT_EQ(attended_pairs(sel.selected, block, window, offset, G),
-                test::brute_count(B, Hkv * G, Hkv, T, offset,
-                                  [&](auto b, auto h, auto i, auto j) { return S[b][h][i][j / block] || i - j < window; }));
-    }
-}
-
-// The same count from per-row lists, which leave each query's own block implicit (always read).
+// Attended (query, key) pairs of per-row lists, which leave each query's own block implicit
+// (always read), plus the window.
 TEST(AttendedPairs, ListsMatchBruteForceCount) {
   torch::manual_seed(3);
   const int64_t B = 2, Hkv = 2, G = 3, T = 45, block = 8, n_blocks = 6;
   auto sel = random_selection(B, Hkv, T, block, 0.3);
   auto S = sel.selected.accessor<bool, 4>();
   auto entries = list_entries(sel.selected, 0, block);
-  const BlockRows rows{torch::cat({torch::zeros({1}, torch::kInt64), entries.counts.flatten().cumsum(0)}),
-                       entries.flat.remainder(n_blocks).to(torch::kInt32), {}};
+  const BlockRows rows{row_ptr_from_counts(entries.counts), entries.flat.remainder(n_blocks).to(torch::kInt32), {}};
   for (int64_t window : {0, 1, 10, 20, 100})
     for (int64_t offset : {0, 17, 44, 45}) {
       SCOPED_TRACE("window " + std::to_string(window) + " offset " + std::to_string(offset));
@@ -140,7 +126,7 @@ TEST(SelectBlocks, MatchesBruteForceIncludingTiesAndForcedBlocks) {
 
 // The compression branch and the selection run one tile of queries at a time: every tiling
 // gives the untiled math (softmax over the visible compressed blocks, then P v), forward and
-// gradients, and the same selected blocks, as a dense mask or as per-row lists. Each tile works
+// gradients, and the same selected blocks (per-row lists, tiled per batch and KV group too). Each tile works
 // only on the compressed blocks complete by its last query, so the tilings (ragged last tiles,
 // tiles wholly before the first complete block) each trim differently.
 TEST(CompressedAttention, TiledMatchesWholeForwardGradientsAndSelection) {
@@ -153,7 +139,7 @@ TEST(CompressedAttention, TiledMatchesWholeForwardGradientsAndSelection) {
   auto whole = torch::matmul(compressed_attention_probs(q, k, length, stride), v.unsqueeze(2)).view({B, Hkv * G, T, d});
   auto grads = torch::autograd::grad({(whole * w).sum()}, {q, k, v});
   const SelectionKnobs knobs{length, stride, 16, 3, 1, 1, Pool::Sum};
-  auto selected = select_from_compressed(q, k, knobs, T);
+  auto selected = torch::isfinite(dense_bias(select_rows_from_compressed(q, k, knobs, T), B, Hkv, T, knobs.block));
   EXPECT_GT(selected.sum().item<int64_t>(), 0);
   for (int64_t tile_rows : {1, 5, 9, 13, 32}) {
     SCOPED_TRACE("tile rows " + std::to_string(tile_rows));
@@ -161,9 +147,7 @@ TEST(CompressedAttention, TiledMatchesWholeForwardGradientsAndSelection) {
     EXPECT_TRUE(torch::allclose(out, whole, 0, 1e-12));
     auto g = torch::autograd::grad({(out * w).sum()}, {q, k, v});
     for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(g[i], grads[i], 0, 1e-11)) << "input " << i;
-    EXPECT_TRUE(torch::equal(select_from_compressed(q, k, knobs, tile_rows), selected));
-    // As per-row lists, tiled per (batch, KV group) too; the forced local block is each
-    // query's own, which the lists leave implicit.
+    // The forced local block is each query's own, which the lists leave implicit.
     auto rows = select_rows_from_compressed(q, k, knobs, tile_rows);
     EXPECT_TRUE(torch::equal(torch::isfinite(dense_bias(rows, B, Hkv, T, knobs.block)), selected));
   }

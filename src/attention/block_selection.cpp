@@ -178,8 +178,8 @@ Tensor select_blocks(const Tensor& scores, int64_t block, int64_t top_k, int64_t
 
 namespace {
 
-// Blocks chosen by the queries of q_rows (positions t0 ..) over k_cmp: select_from_compressed's
-// work for one tile, [B, Hkv, n, n_blocks]. Only the compressed blocks complete by the tile's
+// Blocks chosen by the queries of q_rows (positions t0 ..) over k_cmp: select_rows_from_compressed's
+// work for one tile, bool [B, Hkv, n, n_blocks]. Only the compressed blocks complete by the tile's
 // last query are scored (the causal triangle: about half the work over a sequence); the
 // others' probabilities are 0, as pool_to_blocks' zero padding gives them.
 Tensor select_tile(const Tensor& q_rows, const Tensor& k_cmp, const SelectionKnobs& kn, int64_t t0, int64_t n_blocks) {
@@ -190,19 +190,6 @@ Tensor select_tile(const Tensor& q_rows, const Tensor& k_cmp, const SelectionKno
 }
 
 }  // namespace
-
-Tensor select_from_compressed(const Tensor& q, const Tensor& k_cmp, const SelectionKnobs& kn, int64_t tile_rows) {
-  torch::NoGradGuard no_grad;
-  const AutocastOff fp32;
-  const int64_t T = q.size(2), n_blocks = (T + kn.block - 1) / kn.block;
-  if (tile_rows <= 0) tile_rows = query_tile_rows(q.size(1) / k_cmp.size(1) * k_cmp.size(2), T);
-  std::vector<Tensor> selected;
-  for (int64_t t0 = 0; t0 < T; t0 += tile_rows) {
-    const int64_t n = std::min(tile_rows, T - t0);
-    selected.push_back(select_tile(q.narrow(2, t0, n), k_cmp, kn, t0, n_blocks));
-  }
-  return torch::cat(selected, 2);
-}
 
 BlockRows select_rows_from_compressed(const Tensor& q, const Tensor& k_cmp, const SelectionKnobs& kn,
                                       int64_t tile_rows) {
@@ -223,8 +210,7 @@ BlockRows select_rows_from_compressed(const Tensor& q, const Tensor& k_cmp, cons
         counts.push_back(entries.counts);
         blocks.push_back(entries.flat.remainder(n_blocks).to(torch::kInt32));
       }
-  auto row_ptr = torch::cat({torch::zeros({1}, q.options().dtype(torch::kInt64)), torch::cat(counts).cumsum(0)});
-  return {row_ptr, torch::cat(blocks), Tensor()};
+  return {row_ptr_from_counts(torch::cat(counts)), torch::cat(blocks), Tensor()};
 }
 
 BlockRows select_rows(const Tensor& q, const Tensor& k_cmp, const SelectionKnobs& knobs, const std::string& impl) {

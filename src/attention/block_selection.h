@@ -59,22 +59,18 @@ torch::Tensor pool_to_blocks(const torch::Tensor& cmp_scores, int64_t length, in
 torch::Tensor select_blocks(const torch::Tensor& scores, int64_t block, int64_t top_k, int64_t init_blocks,
                             int64_t local_blocks, int64_t t0 = 0);
 
-// NSA's and InfLLMv2's selection end to end, tile_rows queries at a time (0: by
-// query_tile_rows), without gradient: compressed_attention_probs of q over k_cmp, summed over
-// each group's heads, pool_to_blocks onto selection blocks of `block`, select_blocks. Returns
-// bool [B, Hkv, T, ceil(T / block)].
+// NSA's and InfLLMv2's selection end to end, without gradient: compressed_attention_probs of q
+// over k_cmp, summed over each group's heads, pool_to_blocks onto selection blocks of `block`,
+// select_blocks; as the kernels' per-row lists (BlockRows, no bias): the blocks each query
+// chose strictly before its own. Built one (batch, KV group, query tile of tile_rows queries;
+// 0: by query_tile_rows) at a time, so nothing of size T x n_blocks exists (what 128K needs).
+// The own block is left implicit: the lists' readers always read it, so this is the selection
+// exactly when every query chooses its own block (local_blocks >= 1 within top_k) or a window
+// covers it.
 struct SelectionKnobs {
   int64_t length, stride, block, top_k, init_blocks, local_blocks;
   Pool pool;
 };
-torch::Tensor select_from_compressed(const torch::Tensor& q, const torch::Tensor& k_cmp, const SelectionKnobs& knobs,
-                                     int64_t tile_rows = 0);
-
-// The same selection as the kernels' per-row lists (BlockRows, no bias): the blocks each query
-// chose strictly before its own. Built one (batch, KV group, query tile) at a time, so nothing
-// of size T x n_blocks exists (what 128K needs). The own block is left implicit: the lists'
-// readers always read it, so this is the selection exactly when every query chooses its own
-// block (local_blocks >= 1 within top_k) or a window covers it.
 BlockRows select_rows_from_compressed(const torch::Tensor& q, const torch::Tensor& k_cmp, const SelectionKnobs& knobs,
                                       int64_t tile_rows = 0);
 

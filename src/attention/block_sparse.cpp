@@ -191,17 +191,4 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   return BlockSparseFunction::apply(q, k, v, bias_or_empty, block, window, query_tile);
 }
 
-int64_t attended_pairs(const Tensor& selected, int64_t block, int64_t window, int64_t offset, int64_t group) {
-  const int64_t T = selected.size(2), n_blocks = selected.size(3);
-  if (offset >= T) return 0;
-  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(selected.device());
-  auto i = torch::arange(offset, T, ints).view({-1, 1});
-  auto first = torch::arange(n_blocks, ints).view({1, -1}) * block, last = first + block - 1;
-  // Keys of block c that query i reads: all causal ones when selected, else those in its window.
-  auto causal = (torch::minimum(i, last) - first + 1).clamp_min(0);
-  auto in_window = (torch::minimum(i, last) - torch::maximum(first, i - window + 1) + 1).clamp_min(0);
-  auto rows = selected.narrow(2, offset, T - offset);
-  return torch::where(rows, causal, in_window).sum().item<int64_t>() * group;
-}
-
 }  // namespace st

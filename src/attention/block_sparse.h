@@ -34,10 +34,4 @@ torch::Tensor block_sparse_attention(const torch::Tensor& q, const torch::Tensor
                                      const torch::Tensor& bias, int64_t block, int64_t window,
                                      int64_t query_tile = 128);
 
-// (query, key) pairs block_sparse_attention attends for a selection `selected`
-// [B, Hkv, T, n_blocks] (bool, causal blocks only) plus the window, counted over queries at
-// positions >= offset and summed over batch and the `group` query heads of each kv head.
-int64_t attended_pairs(const torch::Tensor& selected, int64_t block, int64_t window, int64_t offset,
-                       int64_t group);
-
 }  // namespace st

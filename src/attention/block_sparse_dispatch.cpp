@@ -68,7 +68,7 @@ std::optional<BiasLists> lists_from_bias(const Tensor& bias, int64_t window) {
   if ((bias.gather(3, own.expand({bias.size(0), bias.size(1), T, 1})) != 0).any().item<bool>()) return std::nullopt;
   auto e = list_entries(torch::isfinite(bias), 0, kKernelBlock);
   BiasLists r;
-  r.lists.row_ptr = torch::cat({torch::zeros({1}, ints), e.counts.flatten().cumsum(0)});
+  r.lists.row_ptr = row_ptr_from_counts(e.counts);
   r.lists.blocks = e.flat.remainder(n_blocks).to(torch::kInt32);
   r.lists.window = static_cast<int>(window);
   r.entries = bias.reshape({-1}).index_select(0, e.flat);
@@ -133,6 +133,11 @@ Tensor attend_rows(const Tensor& q, const Tensor& k, const Tensor& v, const Bloc
   }
   const int64_t T = q.size(2), B = q.size(0), Hkv = k.size(1);
   return block_sparse_attention(q, k, v, dense_bias(rows, B, Hkv, T, block), block, window);
+}
+
+Tensor row_ptr_from_counts(const Tensor& counts) {
+  auto flat = counts.flatten().to(torch::kInt64);
+  return torch::cat({torch::zeros({1}, flat.options()), flat.cumsum(0)});
 }
 
 ListEntries list_entries(const Tensor& reads, int64_t t0, int64_t block) {

@@ -52,6 +52,9 @@ struct ListEntries {
 };
 ListEntries list_entries(const torch::Tensor& reads, int64_t t0, int64_t block);
 
+// BlockRows::row_ptr from per-row entry counts (any shape, row order): 0, then their running sum.
+torch::Tensor row_ptr_from_counts(const torch::Tensor& counts);
+
 // attend_blocks over such lists, plus the keys t - window < j <= t of each query (window 0:
 // none). The reference path expands the lists into the dense bias.
 torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

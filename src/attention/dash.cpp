@@ -185,7 +185,7 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
       entries.push_back(bias.flatten().index_select(0, listed.flat));
       offsets.push_back(offsets.back() + listed.flat.numel());
     }
-    auto row_ptr = torch::cat({torch::zeros({1}, q.options().dtype(torch::kInt64)), torch::cat(counts).cumsum(0)});
+    auto row_ptr = row_ptr_from_counts(torch::cat(counts));
     auto block_ids = torch::cat(blocks);
     ctx->save_for_backward({q, kbar, row_ptr, block_ids});
     save_config(ctx, cfg);

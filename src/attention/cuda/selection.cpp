@@ -72,8 +72,7 @@ Tensor launch_top_k(const Tensor& scores, const SelectionKnobs& knobs, int64_t t
 }
 
 BlockRows rows_of(const Tensor& counts, const std::vector<Tensor>& entries) {
-  auto row_ptr = torch::cat({torch::zeros({1}, counts.options()), counts.cumsum(0)});
-  return {row_ptr, torch::cat(entries), Tensor()};
+  return {row_ptr_from_counts(counts), torch::cat(entries), Tensor()};
 }
 
 }  // namespace
