@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
     __syncthreads();  // stage st (and at step 0 the Q tile) landed; stage st ^ 1 is free
     if (step == 0) {
 #pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) load_a<D>(qa[ks], q_s, warp * 16, ks * 16, lane);
+      for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], q_s, warp * 16, ks * 16, lane);
     }
     if (step + 1 < 2 * n_tiles) load_k(step + 1, st ^ 1);
     cp_async_commit();
@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
 #pragma unroll
         for (int lo = 0; lo < 2; ++lo) {
           uint32_t b[4];
-          load_b_nk<D>(b, k_tile(st, lo), np * 16, ks * 16, lane);
+          load_b_nk(b, k_tile(st, lo), np * 16, ks * 16, lane);
           mma<T>(s[2 * np], qa[ks], b[0], b[1]);
           mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
         }

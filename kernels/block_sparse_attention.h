@@ -91,11 +91,14 @@ int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, co
 // added into the fp32 scratch with atomics. Not bitwise deterministic: the summation order of
 // dQ, dK and dV follows the atomics (differences at fp32 rounding level). dbias is written
 // once per list entry, no atomics.
+// path: kAuto runs the matmuls as Hopper wgmma on sm_90 devices (when the build has sm_90a
+// code) and as mma.sync elsewhere; kPortable forces mma.sync (tests compare the two).
+enum class BsaPath { kAuto, kPortable };
 size_t bsa_backward_scratch_bytes(const BsaShape& s);
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                  const void* o, const void* o_lo, const float* lse, const void* dout, const BsaRows& rows,
                  const BsaPlan& plan, float scale, void* dq, void* dk, void* dv, float* dbias,
-                 void* scratch, cudaStream_t stream);
+                 void* scratch, cudaStream_t stream, BsaPath path = BsaPath::kAuto);
 
 // Row lists from a dense top-k style tensor ids [B, Hkv, T, k] int32 padded with -1 (what
 // NSA/InfLLMv2 selection produce). Entries outside [0, t/64) (the diagonal block is implicit)

@@ -18,10 +18,15 @@
 // Q/dO tiles they read and the dQ rows they add to (64 KB per tile, kWindowTiles tiles) stay
 // in L2. Walking whole reverse lists instead (v4 in NOTES.md) touched the whole sequence at
 // once: Q/dO re-read from HBM and every dQ atomic a miss.
-// All matmuls are mma.sync m16n8k16 with fp32 accumulation; tiles come double-buffered
+// Two forms of the five matmuls, everything else shared: on sm_90 (kWgmma) the CTA's 4 warps
+// are one warpgroup and each matmul is a wgmma over all 64 keys (or 64 tile rows), reading its
+// shared-memory operands once per warpgroup (bsa_wgmma.cuh); the portable path (sm_80 on)
+// has each warp run mma.sync m16n8k16 on its 16 keys, loading Q, dO and K fragments with
+// ldmatrix, 4x the shared-memory reads. Both accumulate in fp32; tiles come double-buffered
 // through cp.async. The previous schedule (NOTES.md, v3) had a separate dQ kernel that
 // recomputed S and dP: seven matmuls per pair, no atomics.
 #include "bsa_tile.cuh"
+#include "bsa_wgmma.cuh"
 
 namespace st::kernels {
 namespace {
@@ -82,9 +87,9 @@ __global__ void __launch_bounds__(256) bsa_convert_kernel(const float* acc, T* d
 // How position t (row list `list`) reads KV block j, as RowCursor::step says, plus the list
 // entry: the diagonal: bias 0, entry -1; a listed block (binary search in the sorted list): the
 // list's bias and entry; a block only the window reaches: bias 0 from key *first on, entry -1;
-// else -inf and -1.
+// else -inf and -1. (Entries fit 32 bits: bsa_backward refuses nnz past INT32_MAX.)
 __device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, int64_t t, int j,
-                                            int64_t* entry, int* first) {
+                                            int* entry, int* first) {
   *entry = -1;
   *first = 0;
   const int diag = static_cast<int>(t / kBsaBlock);
@@ -102,13 +107,15 @@ __device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, in
     *first = w;
     return 0.f;
   }
-  *entry = lo;
+  *entry = static_cast<int>(lo);
   return p.bias ? p.bias[lo] * kLog2e : 0.f;
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kWgmma>
 __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
   constexpr int kdS = 6 * kTile;  // byte offset of dS^T: 64 keys x 64 tile rows, swizzled
   const uint32_t sK = smem_addr(smem), sV = sK + kTile, sdS = sK + kdS;
@@ -124,10 +131,11 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   // the tile's first position.
   __shared__ float s_pbias[2][64];
   __shared__ int s_plo[2][64];
-  __shared__ int64_t s_entry[2][64];
+  __shared__ int s_entry[2][64];
   __shared__ int s_t0[2];
   __shared__ float s_colsum[4][64];  // per warp: dS summed over its 16 keys, per tile row
-  __shared__ int s_tiles[kWindowTiles], s_n_tiles;
+  __shared__ uint16_t s_tiles[kWindowTiles];  // tiles of this window, less w0
+  __shared__ int s_n_tiles;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int j = blockIdx.x, w = blockIdx.y;
@@ -143,7 +151,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   __syncthreads();
   for (int64_t i = rbeg + tid; i < rend; i += 128) {
     const int tile_t = p.rev_tiles[i];
-    if (tile_t >= w0 && tile_t < w1) s_tiles[atomicAdd(&s_n_tiles, 1)] = tile_t;
+    if (tile_t >= w0 && tile_t < w1) s_tiles[atomicAdd(&s_n_tiles, 1)] = static_cast<uint16_t>(tile_t - w0);
   }
   __syncthreads();
   const int n_tiles = s_n_tiles;
@@ -171,8 +179,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     } else if (tid - 64 < p.P) {
       const int pos = tid - 64;
       const int64_t t = static_cast<int64_t>(tile_t) * p.P + pos;
-      int64_t entry = -1;
-      int first = 0;
+      int entry = -1, first = 0;
       s_pbias[stage][pos] = t < p.T ? block_bias(p, bh * p.T + t, t, j, &entry, &first) : -INFINITY;
       s_entry[stage][pos] = entry;
       s_plo[stage][pos] = first;
@@ -187,7 +194,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
       s_lo[stage][tid] = real ? s_plo[stage][tid / p.G] : 0;
     }
   };
-  load_tile(s_tiles[0], 0);
+  load_tile(w0 + s_tiles[0], 0);
   cp_async_commit();
   __syncthreads();
   add_bias(0);
@@ -199,29 +206,42 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   for (int u = 0; u < n_tiles; ++u) {
     const int st = u & 1;
     cp_async_wait_all();
+    if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();  // stage st landed and s_bl[st] is complete; stage st^1 and dS^T are free
     if (u + 1 < n_tiles) {
-      load_tile(s_tiles[u + 1], st ^ 1);
+      load_tile(w0 + s_tiles[u + 1], st ^ 1);
       cp_async_commit();
     }
     const uint32_t q_s = sQ(st), do_s = sdO(st);
-    // S^T (16 keys x 64 rows) and dP^T = V dO^T.
+    // S^T (16 keys x 64 rows per warp) and dP^T = V dO^T.
     float s[8][4] = {}, dp[8][4] = {};
+    if constexpr (kWgmma) {
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(s, desc_k_major(sK, kk), desc_k_major(q_s, kk));
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(dp, desc_k_major(sV, kk), desc_k_major(do_s, kk));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_operands(s);
+      fence_operands(dp);
+    } else {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t ka[4], va[4];
-      load_a<D>(ka, sK, kw, kk * 16, lane);
-      load_a<D>(va, sV, kw, kk * 16, lane);
+      load_a(ka, sK, kw, kk * 16, lane);
+      load_a(va, sV, kw, kk * 16, lane);
 #pragma unroll
       for (int nn = 0; nn < 4; ++nn) {
         uint32_t bq[4], bo[4];
-        load_b_nk<D>(bq, q_s, nn * 16, kk * 16, lane);
-        load_b_nk<D>(bo, do_s, nn * 16, kk * 16, lane);
+        load_b_nk(bq, q_s, nn * 16, kk * 16, lane);
+        load_b_nk(bo, do_s, nn * 16, kk * 16, lane);
         mma<T>(s[2 * nn], ka, bq[0], bq[1]);
         mma<T>(s[2 * nn + 1], ka, bq[2], bq[3]);
         mma<T>(dp[2 * nn], va, bo[0], bo[1]);
         mma<T>(dp[2 * nn + 1], va, bo[2], bo[3]);
       }
+    }
     }
     // P^T and dS^T; column n of the C fragment is tile row n. Only the diagonal block and the
     // window's edge need the token mask: a window starts inside block j for positions
@@ -261,30 +281,43 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
       }
     }
     // dV += P^T dO and dK += dS^T Q (k-steps over the tile's rows); dS^T to shared memory.
+    uint32_t pa[4][4], da[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      uint32_t pa[4], da[4];
-      c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
-      c_to_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
+      c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+      c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
       // da: (key g, rows kk*16 + 2c..), (key g + 8, same), then the same 8 rows further.
 #pragma unroll
       for (int x = 0; x < 4; ++x)
-        *reinterpret_cast<uint32_t*>(smem + kdS + tile_offset<64>(kw + g + 8 * (x & 1), kk * 16 + 8 * (x >> 1)) + 4 * c) = da[x];
+        *reinterpret_cast<uint32_t*>(smem + kdS + tile_offset(kw + g + 8 * (x & 1), kk * 16 + 8 * (x >> 1)) + 4 * c) = da[kk][x];
+    }
+    if constexpr (kWgmma) {
+      wgmma_fence();
 #pragma unroll
-      for (int nd = 0; nd < D / 16; ++nd) {
-        uint32_t bo[4], bq[4];
-        load_b_kn<D>(bo, do_s, kk * 16, nd * 16, lane);
-        load_b_kn<D>(bq, q_s, kk * 16, nd * 16, lane);
-        mma<T>(dv[2 * nd], pa, bo[0], bo[1]);
-        mma<T>(dv[2 * nd + 1], pa, bo[2], bo[3]);
-        mma<T>(dk[2 * nd], da, bq[0], bq[1]);
-        mma<T>(dk[2 * nd + 1], da, bq[2], bq[3]);
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma_rs<T, D, 1>(dv, pa[kk], desc_mn_major(do_s, kk));
+        wgmma_rs<T, D, 1>(dk, da[kk], desc_mn_major(q_s, kk));
       }
+      wgmma_commit();
+      fence_proxy_async();  // dS^T, written above, is read by the dQ wgmma below
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int nd = 0; nd < D / 16; ++nd) {
+          uint32_t bo[4], bq[4];
+          load_b_kn(bo, do_s, kk * 16, nd * 16, lane);
+          load_b_kn(bq, q_s, kk * 16, nd * 16, lane);
+          mma<T>(dv[2 * nd], pa[kk], bo[0], bo[1]);
+          mma<T>(dv[2 * nd + 1], pa[kk], bo[2], bo[3]);
+          mma<T>(dk[2 * nd], da[kk], bq[0], bq[1]);
+          mma<T>(dk[2 * nd + 1], da[kk], bq[2], bq[3]);
+        }
     }
     __syncthreads();  // dS^T, the column sums and the next tile's positions are visible
     if (u + 1 < n_tiles) add_bias(st ^ 1);
     if (p.dbias && tid < p.P) {
-      const int64_t e = s_entry[st][tid];
+      const int e = s_entry[st][tid];
       if (e >= 0) {
         float sum = 0.f;
         for (int h = 0; h < p.G; ++h)
@@ -293,30 +326,47 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
         p.dbias[e] = sum;
       }
     }
-    // dQ of this warp's 16 tile rows += dS K over the block's 64 keys, 16 columns at a time,
-    // into the fp32 accumulator. Rows that do not attend block j have dS = 0: skipped.
+    // dQ of this warp's 16 tile rows += dS K over the block's 64 keys into the fp32
+    // accumulator. Rows that do not attend block j have dS = 0: no atomics for them.
     const int r0 = warp * 16;
-    if (__any_sync(0xffffffffu, s_bl[st][r0 + (lane & 15)] != -INFINITY)) {
+    const bool warp_rows = __any_sync(0xffffffffu, s_bl[st][r0 + (lane & 15)] != -INFINITY);
+    const int64_t off0 = s_off[st][r0 + g], off1 = s_off[st][r0 + g + 8];
+    auto add_dq = [&](const float (&acc)[4], int col) {
+      if (off0 >= 0) atomic_add2(p.dq_accum + off0 + col, acc[0], acc[1]);
+      if (off1 >= 0) atomic_add2(p.dq_accum + off1 + col, acc[2], acc[3]);
+    };
+    if constexpr (kWgmma) {
+      wgmma_wait_all();  // dV, dK done: pa and da are free
+      fence_operands(dv);
+      fence_operands(dk);
+      fence_operands(pa);
+      fence_operands(da);
+      float dq[D / 8][4] = {};
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_ss<T, D, 1, 1>(dq, desc_mn_major(sdS, kk), desc_mn_major(sK, kk));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_operands(dq);
+      if (warp_rows)
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt) add_dq(dq[nt], nt * 8 + 2 * c);
+    } else if (warp_rows) {
       uint32_t a[4][4];
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) load_a_t<64>(a[kk], sdS, r0, kk * 16, lane);
-      const int64_t off0 = s_off[st][r0 + g], off1 = s_off[st][r0 + g + 8];
+      for (int kk = 0; kk < 4; ++kk) load_a_t(a[kk], sdS, r0, kk * 16, lane);
 #pragma unroll
       for (int nd = 0; nd < D / 16; ++nd) {
         float acc[2][4] = {};
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
           uint32_t bk[4];
-          load_b_kn<D>(bk, sK, kk * 16, nd * 16, lane);
+          load_b_kn(bk, sK, kk * 16, nd * 16, lane);
           mma<T>(acc[0], a[kk], bk[0], bk[1]);
           mma<T>(acc[1], a[kk], bk[2], bk[3]);
         }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int col = nd * 16 + h * 8 + 2 * c;
-          if (off0 >= 0) atomic_add2(p.dq_accum + off0 + col, acc[h][0], acc[h][1]);
-          if (off1 >= 0) atomic_add2(p.dq_accum + off1 + col, acc[h][2], acc[h][3]);
-        }
+        add_dq(acc[0], nd * 16 + 2 * c);
+        add_dq(acc[1], nd * 16 + 8 + 2 * c);
       }
     }
   }
@@ -344,9 +394,21 @@ cudaError_t convert(const float* acc, void* out, float scale, int64_t n, cudaStr
   return cudaGetLastError();
 }
 
+// The sm_90 path where this build carries sm_90 code for it and the device is a Hopper.
+template <typename Kernel>
+bool wgmma_runs_here(Kernel kernel) {
+  int device = 0, major = 0;
+  cudaFuncAttributes attr{};
+  if (cudaGetDevice(&device) || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ||
+      cudaFuncGetAttributes(&attr, kernel))
+    return false;
+  return major == 9 && attr.binaryVersion == 90;
+}
+
 template <typename T, int D>
-int launch(const BsaParams& p, int64_t B, cudaStream_t stream) {
-  constexpr int kSmem = 6 * 64 * D * 2 + 64 * 64 * 2;  // K, V, 2 x (Q, dO), dS^T
+int launch(const BsaParams& p, int64_t B, BsaPath path, cudaStream_t stream) {
+  // K, V, 2 x (Q, dO), dS^T, and the slack that puts them on 1024-byte boundaries.
+  constexpr int kSmem = 6 * 64 * D * 2 + 64 * 64 * 2 + 1024;
   const int64_t rows = B * p.Hq * p.T, kv_elems = B * p.Hkv * p.T * D;
   cudaError_t e;
   if ((e = cudaMemsetAsync(p.dk_accum, 0, 2 * kv_elems * sizeof(float), stream))) return e;
@@ -354,7 +416,8 @@ int launch(const BsaParams& p, int64_t B, cudaStream_t stream) {
   bsa_bwd_prep_kernel<T, D><<<static_cast<unsigned>((prep_threads + kPrepThreads - 1) / kPrepThreads),
                               kPrepThreads, 0, stream>>>(p, rows);
   if ((e = cudaGetLastError())) return e;
-  auto kernel = bsa_bwd_kernel<T, D>;
+  auto kernel = bsa_bwd_kernel<T, D, true>;
+  if (path == BsaPath::kPortable || !wgmma_runs_here(kernel)) kernel = bsa_bwd_kernel<T, D, false>;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem))) return e;
   // Two CTAs per SM need nearly all of the 228 KB: ask for the largest shared-memory carveout.
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
@@ -391,9 +454,9 @@ size_t bsa_backward_scratch_bytes(const BsaShape& s) { return scratch_layout(s).
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                  const void* o, const void* o_lo, const float* lse, const void* dout, const BsaRows& rows,
                  const BsaPlan& plan, float scale, void* dq, void* dk, void* dv, float* dbias,
-                 void* scratch, cudaStream_t stream) {
+                 void* scratch, cudaStream_t stream, BsaPath path) {
   if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || (s.d != 64 && s.d != 128) || s.T <= 0 ||
-      s.B <= 0 || s.T > INT32_MAX / 2 || s.B * s.Hkv > 65535)
+      s.B <= 0 || s.T > INT32_MAX / 2 || s.B * s.Hkv > 65535 || rows.nnz > INT32_MAX)
     return kBsaBadShape;
   if (dbias && rows.nnz > 0) {
     // Entries that no tile visits (invalid ids) keep a defined zero gradient.
@@ -411,8 +474,9 @@ int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, c
   p.delta = reinterpret_cast<float*>(base + l.delta);
   dev::set_lists_and_sizes(p, s, rows, plan, scale);
   const bool bf = dt == BsaDtype::kBf16;
-  if (s.d == 64) return bf ? launch<__nv_bfloat16, 64>(p, s.B, stream) : launch<__half, 64>(p, s.B, stream);
-  return bf ? launch<__nv_bfloat16, 128>(p, s.B, stream) : launch<__half, 128>(p, s.B, stream);
+  if (s.d == 64)
+    return bf ? launch<__nv_bfloat16, 64>(p, s.B, path, stream) : launch<__half, 64>(p, s.B, path, stream);
+  return bf ? launch<__nv_bfloat16, 128>(p, s.B, path, stream) : launch<__half, 128>(p, s.B, path, stream);
 }
 
 }  // namespace st::kernels

@@ -83,46 +83,42 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 
-// ---- swizzled tile: 64 rows x D halves, 16-byte chunks XOR-ed with (row % 8) ------------
-// An 8x8 ldmatrix reads one chunk from each of 8 consecutive rows; the XOR spreads those 8
-// chunks over the 8 distinct 16-byte bank groups, so the read is conflict-free although the
-// row stride (128 or 256 bytes) maps every row to the same banks.
-template <int D>
+// ---- swizzled tile: 64 rows x D halves in 64-column slabs ------------------------------
+// Each slab holds 64 rows x 128 bytes; a row's 16-byte chunks are XOR-ed with (row % 8). An 8x8
+// ldmatrix reads one chunk from each of 8 consecutive rows; the XOR spreads those 8 chunks over
+// the 8 distinct 16-byte bank groups, so the read is conflict-free although the 128-byte row
+// stride maps every row to the same banks. With the tile on a 1024-byte boundary this is also
+// the 128-byte-swizzle layout that wgmma reads (bsa_wgmma.cuh).
 __device__ __forceinline__ uint32_t tile_offset(int row, int col) {  // bytes; col % 8 == 0
-  const int chunk = (col >> 3) ^ (row & 7);
-  return static_cast<uint32_t>(row * D * 2 + chunk * 16);
+  const int chunk = ((col >> 3) & 7) ^ (row & 7);
+  return static_cast<uint32_t>((col >> 6) * (64 * 128) + row * 128 + chunk * 16);
 }
 
 // A fragment (16x16 at rows r0.., cols k0..) of a row-major tile: a0..a3 as in the header.
-template <int D>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], uint32_t tile, int r0, int k0,
                                        int lane) {
-  ldmatrix_x4(a, tile + tile_offset<D>(r0 + (lane & 15), k0 + ((lane >> 4) << 3)));
+  ldmatrix_x4(a, tile + tile_offset(r0 + (lane & 15), k0 + ((lane >> 4) << 3)));
 }
 // B fragments for two n-tiles (n0.., n0+8..) x 16 k at k0, where the tile stores B^T
 // row-major (rows = n): K in Q K^T. b[0],b[1] serve n-tile n0; b[2],b[3] serve n0+8.
-template <int D>
 __device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], uint32_t tile, int n0, int k0,
                                           int lane) {
   const int m = lane >> 3;
-  ldmatrix_x4(b, tile + tile_offset<D>(n0 + (lane & 7) + ((m >> 1) << 3), k0 + ((m & 1) << 3)));
+  ldmatrix_x4(b, tile + tile_offset(n0 + (lane & 7) + ((m >> 1) << 3), k0 + ((m & 1) << 3)));
 }
 // B fragments for two n-tiles where the tile stores B row-major (rows = k): V in P V.
-template <int D>
 __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], uint32_t tile, int k0, int n0,
                                           int lane) {
   const int m = lane >> 3;
   ldmatrix_x4_trans(b,
-                    tile + tile_offset<D>(k0 + (lane & 7) + ((m & 1) << 3), n0 + ((m >> 1) << 3)));
+                    tile + tile_offset(k0 + (lane & 7) + ((m & 1) << 3), n0 + ((m >> 1) << 3)));
 }
 
-// A fragment (16x16 at rows r0.., cols k0..) of a tile that stores A transposed (row = k,
-// W halves per row): dS from the dS^T tile in the backward.
-template <int W>
+// A fragment (16x16 at rows r0.., cols k0..) of a tile that stores A transposed (row = k): dS from the dS^T tile in the backward.
 __device__ __forceinline__ void load_a_t(uint32_t (&a)[4], uint32_t tile, int r0, int k0,
                                          int lane) {
   const int m = lane >> 3;
-  ldmatrix_x4_trans(a, tile + tile_offset<W>(k0 + (lane & 7) + ((m >> 1) << 3), r0 + ((m & 1) << 3)));
+  ldmatrix_x4_trans(a, tile + tile_offset(k0 + (lane & 7) + ((m >> 1) << 3), r0 + ((m & 1) << 3)));
 }
 
 // Accumulator pair (n-tiles 2kk, 2kk+1 of a 16 x 64 C) -> A fragment for k-step kk.
@@ -162,7 +158,7 @@ __device__ __forceinline__ void load_tile_async(uint32_t tile, RowFn row_src, co
     const int i = it * 128 + tid;
     const int row = i / kChunks, ch = i % kChunks;
     const T* src = row_src(row);
-    cp_async_16(tile + tile_offset<D>(row, ch * 8), src ? src + ch * 8 : any, src ? 16 : 0);
+    cp_async_16(tile + tile_offset(row, ch * 8), src ? src + ch * 8 : any, src ? 16 : 0);
   }
 }
 

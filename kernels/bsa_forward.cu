@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
     __syncthreads();  // stage st landed and s_bias[st] is published; stage st^1 is free
     if (u == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qf[kk], sQ, wrow, kk * 16, lane);
+      for (int kk = 0; kk < D / 16; ++kk) load_a(qf[kk], sQ, wrow, kk * 16, lane);
     }
     if (u + 1 < n_union) {
       j_next = p.tile_blocks[ubeg + u + 1];
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
 #pragma unroll
       for (int nn = 0; nn < 4; ++nn) {
         uint32_t bf[4];
-        load_b_nk<D>(bf, k_s, nn * 16, kk * 16, lane);
+        load_b_nk(bf, k_s, nn * 16, kk * 16, lane);
         mma<T>(s[2 * nn], qf[kk], bf[0], bf[1]);
         mma<T>(s[2 * nn + 1], qf[kk], bf[2], bf[3]);
       }
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
 #pragma unroll
       for (int nd = 0; nd < D / 16; ++nd) {
         uint32_t bf[4];
-        load_b_kn<D>(bf, v_s, kk * 16, nd * 16, lane);
+        load_b_kn(bf, v_s, kk * 16, nd * 16, lane);
         mma<T>(acc[2 * nd], pa, bf[0], bf[1]);
         mma<T>(acc[2 * nd + 1], pa, bf[2], bf[3]);
         if constexpr (kExact) {

@@ -212,42 +212,44 @@ void run_case(const Case& c, std::mt19937& rng) {
   CK(kn::bsa_forward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
                      plan.view, static_cast<float>(scale), o.data_ptr(), nullptr, lse.data_ptr<float>(),
                      cur_stream()));
-  Tensor dq = torch::full_like(q, NAN), dk = torch::full_like(k, NAN), dv = torch::full_like(v, NAN);
-  Tensor dbias;
-  if (c.grads) {
-    if (c.bias) dbias = torch::full({lists.blocks.numel()}, NAN, opt.dtype(torch::kFloat32));
-    // Scratch poisoned too: the backward must zero its dQ accumulator itself.
-    Tensor scratch = torch::full({static_cast<int64_t>(kn::bsa_backward_scratch_bytes(plan.shape))}, 0xff,
-                                 opt.dtype(torch::kUInt8));
-    CK(kn::bsa_backward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                        nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
-                        static_cast<float>(scale), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                        c.bias ? dbias.data_ptr<float>() : nullptr, scratch.data_ptr(), cur_stream()));
-    if (c.T >= 1000) {
-      // Same inputs again: only the atomics' summation order may differ (rounding-level
-      // changes); anything larger is a race.
-      Tensor dq2 = torch::full_like(q, NAN), dk2 = torch::full_like(k, NAN), dv2 = torch::full_like(v, NAN);
-      CK(kn::bsa_backward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                          nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
-                          static_cast<float>(scale), dq2.data_ptr(), dk2.data_ptr(), dv2.data_ptr(),
-                          nullptr, scratch.data_ptr(), cur_stream()));
-      CK(cudaDeviceSynchronize());
-      report(c, "dQ rerun", compare(dq2, dq), 2e-3);
-      report(c, "dK rerun", compare(dk2, dk), 2e-3);
-      report(c, "dV rerun", compare(dv2, dv), 2e-3);
-    }
-  }
   CK(cudaDeviceSynchronize());
   const RefOut ref = reference(q, k, v, bias, lists, dout, scale, c.grads);
   const bool bf = c.dt == torch::kBFloat16;
   const double tol_o = bf ? 1e-2 : 3e-3, tol_g = bf ? 2e-2 : 6e-3;
   report(c, "O", compare(o, ref.o), tol_o);
   report(c, "LSE", compare(lse, ref.lse), 2e-3, true);
-  if (c.grads) {
+  if (!c.grads) return;
+  // Both backward paths: the default (wgmma on Hopper) and the portable mma.sync one.
+  for (const kn::BsaPath path : {kn::BsaPath::kAuto, kn::BsaPath::kPortable}) {
+    const char* tag = path == kn::BsaPath::kAuto ? "" : "portable ";
+    auto backward = [&](Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dbias, Tensor& scratch) {
+      dq = torch::full_like(q, NAN), dk = torch::full_like(k, NAN), dv = torch::full_like(v, NAN);
+      if (dbias) *dbias = torch::full({lists.blocks.numel()}, NAN, opt.dtype(torch::kFloat32));
+      CK(kn::bsa_backward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+                          nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
+                          static_cast<float>(scale), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                          dbias ? dbias->data_ptr<float>() : nullptr, scratch.data_ptr(), cur_stream(), path));
+      CK(cudaDeviceSynchronize());
+    };
+    // Scratch poisoned: the backward must zero its dQ accumulator itself.
+    Tensor scratch = torch::full({static_cast<int64_t>(kn::bsa_backward_scratch_bytes(plan.shape))}, 0xff,
+                                 opt.dtype(torch::kUInt8));
+    Tensor dq, dk, dv, dbias;
+    backward(dq, dk, dv, c.bias ? &dbias : nullptr, scratch);
+    std::printf("  %sbackward\n", tag);
     report(c, "dQ", compare(dq, ref.dq), tol_g);
     report(c, "dK", compare(dk, ref.dk), tol_g);
     report(c, "dV", compare(dv, ref.dv), tol_g);
     if (c.bias && lists.blocks.numel() > 0) report(c, "dbias", compare(dbias, ref.dbias), tol_g);
+    if (c.T >= 1000) {
+      // Same inputs again: only the atomics' summation order may differ (rounding-level
+      // changes); anything larger is a race.
+      Tensor dq2, dk2, dv2;
+      backward(dq2, dk2, dv2, nullptr, scratch);
+      report(c, "dQ rerun", compare(dq2, dq), 2e-3);
+      report(c, "dK rerun", compare(dk2, dk), 2e-3);
+      report(c, "dV rerun", compare(dv2, dv), 2e-3);
+    }
   }
 }
 
