@@ -71,13 +71,17 @@ size_t bsa_plan_bytes(const BsaShape& s, int64_t nnz, int window);
 int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* plan,
              cudaStream_t stream);
 
+// Which matmul instructions the kernels use. kAuto: Hopper wgmma on sm_90 devices (when the
+// build has sm_90a code), mma.sync elsewhere; kPortable: mma.sync everywhere (tests compare).
+enum class BsaPath { kAuto, kPortable };
+
 // Forward: o and lse; and, when o_lo is not null, o's rounding residual o_lo = o32 - o (o32
 // the fp32 output before rounding, o_lo in o's dtype), which the backward adds back for an
 // exact delta. With o_lo the P V product also takes P as hi + lo 16-bit parts (one more MMA
 // per step), so that o32 is the output of the fp32 P and not of P rounded to 16 bits.
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                 const BsaRows& rows, const BsaPlan& plan, float scale, void* o, void* o_lo,
-                float* lse, cudaStream_t stream);
+                float* lse, cudaStream_t stream, BsaPath path = BsaPath::kAuto);
 
 // Backward: dq, dk, dv and dbias ([nnz], may be null when rows.bias is null or unused).
 // o_lo: the forward's residual or null. delta = rowsum(dO * O) is the row's sum of P dP, so
@@ -91,9 +95,6 @@ int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, co
 // added into the fp32 scratch with atomics. Not bitwise deterministic: the summation order of
 // dQ, dK and dV follows the atomics (differences at fp32 rounding level). dbias is written
 // once per list entry, no atomics.
-// path: kAuto runs the matmuls as Hopper wgmma on sm_90 devices (when the build has sm_90a
-// code) and as mma.sync elsewhere; kPortable forces mma.sync (tests compare the two).
-enum class BsaPath { kAuto, kPortable };
 size_t bsa_backward_scratch_bytes(const BsaShape& s);
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                  const void* o, const void* o_lo, const float* lse, const void* dout, const BsaRows& rows,

@@ -213,39 +213,40 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
       cp_async_commit();
     }
     const uint32_t q_s = sQ(st), do_s = sdO(st);
-    // S^T (16 keys x 64 rows per warp) and dP^T = V dO^T.
+    // S^T (16 keys x 64 rows per warp) and dP^T = V dO^T. On the wgmma path they are two
+    // groups, so that P (below) overlaps the dP^T matmul and dV's the dS^T math.
     float s[8][4] = {}, dp[8][4] = {};
     if constexpr (kWgmma) {
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(s, desc_k_major(sK, kk), desc_k_major(q_s, kk));
+      wgmma_commit();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(dp, desc_k_major(sV, kk), desc_k_major(do_s, kk));
       wgmma_commit();
-      wgmma_wait_all();
+      wgmma_wait<1>();
       fence_operands(s);
-      fence_operands(dp);
     } else {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ka[4], va[4];
-      load_a(ka, sK, kw, kk * 16, lane);
-      load_a(va, sV, kw, kk * 16, lane);
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ka[4], va[4];
+        load_a(ka, sK, kw, kk * 16, lane);
+        load_a(va, sV, kw, kk * 16, lane);
 #pragma unroll
-      for (int nn = 0; nn < 4; ++nn) {
-        uint32_t bq[4], bo[4];
-        load_b_nk(bq, q_s, nn * 16, kk * 16, lane);
-        load_b_nk(bo, do_s, nn * 16, kk * 16, lane);
-        mma<T>(s[2 * nn], ka, bq[0], bq[1]);
-        mma<T>(s[2 * nn + 1], ka, bq[2], bq[3]);
-        mma<T>(dp[2 * nn], va, bo[0], bo[1]);
-        mma<T>(dp[2 * nn + 1], va, bo[2], bo[3]);
+        for (int nn = 0; nn < 4; ++nn) {
+          uint32_t bq[4], bo[4];
+          load_b_nk(bq, q_s, nn * 16, kk * 16, lane);
+          load_b_nk(bo, do_s, nn * 16, kk * 16, lane);
+          mma<T>(s[2 * nn], ka, bq[0], bq[1]);
+          mma<T>(s[2 * nn + 1], ka, bq[2], bq[3]);
+          mma<T>(dp[2 * nn], va, bo[0], bo[1]);
+          mma<T>(dp[2 * nn + 1], va, bo[2], bo[3]);
+        }
       }
     }
-    }
-    // P^T and dS^T; column n of the C fragment is tile row n. Only the diagonal block and the
-    // window's edge need the token mask: a window starts inside block j for positions
-    // key0 + window .. key0 + window + 62.
+    // P^T; column n of the C fragment is tile row n. Only the diagonal block and the window's
+    // edge need the token mask: a window starts inside block j for positions key0 + window ..
+    // key0 + window + 62.
     const int t0 = s_t0[st];
     if (key0 + kBsaBlock - 1 > t0 ||
         (p.window > 0 && t0 + p.P > key0 + p.window && t0 < key0 + p.window + kBsaBlock - 1)) {
@@ -258,15 +259,36 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
         }
     }
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+    for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int n = nt * 8 + 2 * c + (e & 1);
-        const float pe = fast_exp2(s[nt][e] * p.scale_log2 + s_bl[st][n]);
-        s[nt][e] = pe;
-        dp[nt][e] = pe * (dp[nt][e] - s_delta[st][n]);
-      }
+      for (int e = 0; e < 4; ++e) s[nt][e] = fast_exp2(s[nt][e] * p.scale_log2 + s_bl[st][2 * c + nt * 8 + (e & 1)]);
+    // dV += P^T dO (k-steps over the tile's rows).
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+    if constexpr (kWgmma) {
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, D, 1>(dv, pa[kk], desc_mn_major(do_s, kk));
+      wgmma_commit();
+      wgmma_wait<1>();  // dP^T is done (dV may still run)
+      fence_operands(dp);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int nd = 0; nd < D / 16; ++nd) {
+          uint32_t bo[4];
+          load_b_kn(bo, do_s, kk * 16, nd * 16, lane);
+          mma<T>(dv[2 * nd], pa[kk], bo[0], bo[1]);
+          mma<T>(dv[2 * nd + 1], pa[kk], bo[2], bo[3]);
+        }
     }
+    // dS^T = P^T (dP^T - delta), its column sums (d(bias)) and dS^T to shared memory.
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - s_delta[st][nt * 8 + 2 * c + (e & 1)]);
     if (p.dbias) {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -280,36 +302,32 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
         }
       }
     }
-    // dV += P^T dO and dK += dS^T Q (k-steps over the tile's rows); dS^T to shared memory.
-    uint32_t pa[4][4], da[4][4];
+    uint32_t da[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
       c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
       // da: (key g, rows kk*16 + 2c..), (key g + 8, same), then the same 8 rows further.
 #pragma unroll
       for (int x = 0; x < 4; ++x)
         *reinterpret_cast<uint32_t*>(smem + kdS + tile_offset(kw + g + 8 * (x & 1), kk * 16 + 8 * (x >> 1)) + 4 * c) = da[kk][x];
     }
+    // dK += dS^T Q.
     if constexpr (kWgmma) {
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        wgmma_rs<T, D, 1>(dv, pa[kk], desc_mn_major(do_s, kk));
-        wgmma_rs<T, D, 1>(dk, da[kk], desc_mn_major(q_s, kk));
-      }
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, D, 1>(dk, da[kk], desc_mn_major(q_s, kk));
       wgmma_commit();
+      wgmma_wait<1>();  // dV is done: pa is free
+      fence_operands(dv);
+      fence_operands(pa);
       fence_proxy_async();  // dS^T, written above, is read by the dQ wgmma below
     } else {
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
         for (int nd = 0; nd < D / 16; ++nd) {
-          uint32_t bo[4], bq[4];
-          load_b_kn(bo, do_s, kk * 16, nd * 16, lane);
+          uint32_t bq[4];
           load_b_kn(bq, q_s, kk * 16, nd * 16, lane);
-          mma<T>(dv[2 * nd], pa[kk], bo[0], bo[1]);
-          mma<T>(dv[2 * nd + 1], pa[kk], bo[2], bo[3]);
           mma<T>(dk[2 * nd], da[kk], bq[0], bq[1]);
           mma<T>(dk[2 * nd + 1], da[kk], bq[2], bq[3]);
         }
@@ -336,17 +354,14 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
       if (off1 >= 0) atomic_add2(p.dq_accum + off1 + col, acc[2], acc[3]);
     };
     if constexpr (kWgmma) {
-      wgmma_wait_all();  // dV, dK done: pa and da are free
-      fence_operands(dv);
-      fence_operands(dk);
-      fence_operands(pa);
-      fence_operands(da);
       float dq[D / 8][4] = {};
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wgmma_ss<T, D, 1, 1>(dq, desc_mn_major(sdS, kk), desc_mn_major(sK, kk));
       wgmma_commit();
-      wgmma_wait_all();
+      wgmma_wait<0>();  // dK and dQ are done: da is free
+      fence_operands(dk);
+      fence_operands(da);
       fence_operands(dq);
       if (warp_rows)
 #pragma unroll
@@ -392,17 +407,6 @@ cudaError_t convert(const float* acc, void* out, float scale, int64_t n, cudaStr
   bsa_convert_kernel<T><<<static_cast<unsigned>((n8 + 255) / 256), 256, 0, stream>>>(
       acc, static_cast<T*>(out), scale, n8);
   return cudaGetLastError();
-}
-
-// The sm_90 path where this build carries sm_90 code for it and the device is a Hopper.
-template <typename Kernel>
-bool wgmma_runs_here(Kernel kernel) {
-  int device = 0, major = 0;
-  cudaFuncAttributes attr{};
-  if (cudaGetDevice(&device) || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ||
-      cudaFuncGetAttributes(&attr, kernel))
-    return false;
-  return major == 9 && attr.binaryVersion == 90;
 }
 
 template <typename T, int D>

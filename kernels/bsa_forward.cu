@@ -11,19 +11,27 @@
 // delta 2^-9-relative off, which reaches every d(bias) times the block's probability mass
 // (NOTES.md, Dash gradient). Costs one more MMA per P V step.
 //
+// kWgmma (sm_90): S = Q K^T and O += P V as warpgroup MMAs over the whole tile (Q and K, V
+// straight from shared memory, P from registers; bsa_wgmma.cuh) instead of per-warp mma.sync
+// with ldmatrix fragments. The warpgroup runs every block of the union (no per-warp skip: a
+// row that does not read the block gets probability 0 from its -inf bias).
+//
 // Measured and dropped (H200, 2026-11-23, NOTES.md v2b): 32 rows per warp, so that each K/V
 // fragment feeds two row blocks. Half the ldmatrix traffic per MMA, but it spilled at d = 128
 // and ran 10-15% slower at every length.
 #include "bsa_tile.cuh"
+#include "bsa_wgmma.cuh"
 
 namespace st::kernels {
 namespace {
 using namespace dev;
 
-template <typename T, int D, bool kExact>
+template <typename T, int D, bool kExact, bool kWgmma>
 __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
   constexpr int kTile = 64 * D * 2;        // bytes of one 64 x D tile
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   __shared__ float s_bias[2][64];          // per stage: each row's bias (base 2) for the block
   __shared__ int s_lo[2][64];              // ... and the first key it reads there
   const uint32_t sQ = smem_addr(smem);     // Q, then two K stages, then two V stages
@@ -70,13 +78,14 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
 
   float acc[D / 8][4] = {};
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  uint32_t qf[D / 16][4];
+  uint32_t qf[kWgmma ? 1 : D / 16][4];  // the wgmma path reads Q from shared memory
 
   for (int u = 0; u < n_union; ++u) {
     const int j = j_next, st = u & 1;
     cp_async_wait_all();
+    if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();  // stage st landed and s_bias[st] is published; stage st^1 is free
-    if (u == 0) {
+    if (!kWgmma && u == 0) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) load_a(qf[kk], sQ, wrow, kk * 16, lane);
     }
@@ -93,19 +102,28 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
       bias2[i] = s_bias[st][wrow + g + 8 * i];
       lo2[i] = s_lo[st][wrow + g + 8 * i];
     }
-    if (!__any_sync(0xffffffffu, bias2[0] != -INFINITY || bias2[1] != -INFINITY)) continue;
+    if (!kWgmma && !__any_sync(0xffffffffu, bias2[0] != -INFINITY || bias2[1] != -INFINITY)) continue;
 
-    // S = Q K^T for 16 rows x 64 keys.
+    // S = Q K^T for 16 rows x 64 keys per warp.
     const uint32_t k_s = sK(st), v_s = sV(st);
     float s[8][4] = {};
+    if constexpr (kWgmma) {
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
+      for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(s, desc_k_major(sQ, kk), desc_k_major(k_s, kk));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(s);
+    } else {
 #pragma unroll
-      for (int nn = 0; nn < 4; ++nn) {
-        uint32_t bf[4];
-        load_b_nk(bf, k_s, nn * 16, kk * 16, lane);
-        mma<T>(s[2 * nn], qf[kk], bf[0], bf[1]);
-        mma<T>(s[2 * nn + 1], qf[kk], bf[2], bf[3]);
+      for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int nn = 0; nn < 4; ++nn) {
+          uint32_t bf[4];
+          load_b_nk(bf, k_s, nn * 16, kk * 16, lane);
+          mma<T>(s[2 * nn], qf[kk], bf[0], bf[1]);
+          mma<T>(s[2 * nn + 1], qf[kk], bf[2], bf[3]);
+        }
       }
     }
     // Scale, bias, mask; online softmax in base 2. Only the diagonal block and the window's
@@ -154,22 +172,39 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
       }
     }
     // O += P V.
+    uint32_t pa[4][4], pl[kExact ? 4 : 1][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      uint32_t pa[4], pl[4];
-      c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
-      if constexpr (kExact) c_to_a_residual<T>(pl, s[2 * kk], s[2 * kk + 1]);
+      c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+      if constexpr (kExact) c_to_a_residual<T>(pl[kk], s[2 * kk], s[2 * kk + 1]);
+    }
+    if constexpr (kWgmma) {
+      // Waits before the next iteration's barrier: that iteration refills this V stage.
+      wgmma_fence();
 #pragma unroll
-      for (int nd = 0; nd < D / 16; ++nd) {
-        uint32_t bf[4];
-        load_b_kn(bf, v_s, kk * 16, nd * 16, lane);
-        mma<T>(acc[2 * nd], pa, bf[0], bf[1]);
-        mma<T>(acc[2 * nd + 1], pa, bf[2], bf[3]);
-        if constexpr (kExact) {
-          mma<T>(acc[2 * nd], pl, bf[0], bf[1]);
-          mma<T>(acc[2 * nd + 1], pl, bf[2], bf[3]);
-        }
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma_rs<T, D, 1>(acc, pa[kk], desc_mn_major(v_s, kk));
+        if constexpr (kExact) wgmma_rs<T, D, 1>(acc, pl[kk], desc_mn_major(v_s, kk));
       }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(acc);
+      fence_operands(pa);
+      fence_operands(pl);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int nd = 0; nd < D / 16; ++nd) {
+          uint32_t bf[4];
+          load_b_kn(bf, v_s, kk * 16, nd * 16, lane);
+          mma<T>(acc[2 * nd], pa[kk], bf[0], bf[1]);
+          mma<T>(acc[2 * nd + 1], pa[kk], bf[2], bf[3]);
+          if constexpr (kExact) {
+            mma<T>(acc[2 * nd], pl[kk], bf[0], bf[1]);
+            mma<T>(acc[2 * nd + 1], pl[kk], bf[2], bf[3]);
+          }
+        }
     }
   }
 
@@ -198,9 +233,11 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
 }
 
 template <typename T, int D>
-int launch(const BsaParams& p, int64_t B, cudaStream_t stream) {
-  constexpr int kSmem = 5 * 64 * D * 2;  // Q + two K and two V stages
-  auto kernel = p.o_lo ? bsa_fwd_kernel<T, D, true> : bsa_fwd_kernel<T, D, false>;
+int launch(const BsaParams& p, int64_t B, BsaPath path, cudaStream_t stream) {
+  constexpr int kSmem = 5 * 64 * D * 2 + 1024;  // Q + two K and two V stages, alignment slack
+  const bool wgmma = path == BsaPath::kAuto && wgmma_runs_here(bsa_fwd_kernel<T, D, false, true>);
+  auto kernel = p.o_lo ? (wgmma ? bsa_fwd_kernel<T, D, true, true> : bsa_fwd_kernel<T, D, true, false>)
+                       : (wgmma ? bsa_fwd_kernel<T, D, false, true> : bsa_fwd_kernel<T, D, false, false>);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   kernel<<<dim3(p.tiles_per_head, p.Hkv, static_cast<unsigned>(B)), 128, kSmem, stream>>>(p);
@@ -211,7 +248,7 @@ int launch(const BsaParams& p, int64_t B, cudaStream_t stream) {
 
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                 const BsaRows& rows, const BsaPlan& plan, float scale, void* o, void* o_lo,
-                float* lse, cudaStream_t stream) {
+                float* lse, cudaStream_t stream, BsaPath path) {
   if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || (s.d != 64 && s.d != 128) || s.T <= 0 ||
       s.B <= 0 || s.T > INT32_MAX / 2 || s.tiles_per_head() > INT32_MAX / 2 || s.Hkv > 65535 || s.B > 65535)
     return kBsaBadShape;
@@ -219,8 +256,9 @@ int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, co
   p.q = q; p.k = k; p.v = v; p.out = o; p.o_lo = o_lo; p.lse = lse;
   dev::set_lists_and_sizes(p, s, rows, plan, scale);
   const bool bf = dt == BsaDtype::kBf16;
-  if (s.d == 64) return bf ? launch<__nv_bfloat16, 64>(p, s.B, stream) : launch<__half, 64>(p, s.B, stream);
-  return bf ? launch<__nv_bfloat16, 128>(p, s.B, stream) : launch<__half, 128>(p, s.B, stream);
+  if (s.d == 64)
+    return bf ? launch<__nv_bfloat16, 64>(p, s.B, path, stream) : launch<__half, 64>(p, s.B, path, stream);
+  return bf ? launch<__nv_bfloat16, 128>(p, s.B, path, stream) : launch<__half, 128>(p, s.B, path, stream);
 }
 
 }  // namespace st::kernels

@@ -18,10 +18,23 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 #include <cstdint>
 #include <type_traits>
 
 namespace st::kernels::dev {
+
+// Host side: whether a kernel's sm_90 form runs here, i.e. the device is a Hopper and this
+// build carries sm_90a code for the kernel (a build for sm_80 only runs the portable path).
+template <typename Kernel>
+bool wgmma_runs_here(Kernel kernel) {
+  int device = 0, major = 0;
+  cudaFuncAttributes attr{};
+  if (cudaGetDevice(&device) || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ||
+      cudaFuncGetAttributes(&attr, kernel))
+    return false;
+  return major == 9 && attr.binaryVersion == 90;
+}
 
 constexpr uint32_t kSlabBytes = 64 * 128;  // one 64-column slab of a 64-row tile
 
@@ -47,7 +60,12 @@ __device__ __forceinline__ uint64_t desc_mn_major(uint32_t tile, int kk) {
 // warpgroup's next wgmma.
 __device__ __forceinline__ void wgmma_fence() { ST_SM90_ASM("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { ST_SM90_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { ST_SM90_ASM("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Waits until at most kPending of this warpgroup's committed groups are still running (groups
+// complete in order).
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  ST_SM90_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
 // Generic-proxy writes to shared memory (st.shared, cp.async) become visible to wgmma's reads.
 __device__ __forceinline__ void fence_proxy_async() { ST_SM90_ASM("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
