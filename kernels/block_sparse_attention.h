@@ -89,12 +89,13 @@ int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, co
 // relative off, which adds delta's error times the block's probability mass to each d(bias). A caller that
 // differentiates a bias that was itself computed (DashAttention's log prior, whose gradient
 // divides by small routing weights) passes o_lo; d(bias) then matches an fp32 reference.
-// scratch: bsa_backward_scratch_bytes(s) bytes (fp32 dQ/dK/dV accumulators and delta =
-// rowsum(do * o)). One CTA per (b, hkv, KV block, window of query tiles) walks that part of
-// the block's reverse list with dK/dV in registers; dQ (per tile) and dK/dV (per CTA) are
-// added into the fp32 scratch with atomics. Not bitwise deterministic: the summation order of
-// dQ, dK and dV follows the atomics (differences at fp32 rounding level). dbias is written
-// once per list entry, no atomics.
+// scratch: bsa_backward_scratch_bytes(s) bytes (fp32 dK/dV accumulators and delta =
+// rowsum(do * o)). One CTA per (b, hkv, KV block, window of 512 query tiles) walks that part
+// of the block's reverse list with dK/dV in registers and adds them into the fp32 scratch with
+// atomics; a second pass walks each query tile's blocks for dQ, in registers, written once.
+// dQ and dbias (once per list entry) are deterministic; dK and dV are not bitwise where a
+// block's query tiles span several windows (more than 512 tiles per head, i.e. T * G > 32K):
+// their summation order follows the atomics (differences at fp32 rounding level).
 size_t bsa_backward_scratch_bytes(const BsaShape& s);
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                  const void* o, const void* o_lo, const float* lse, const void* dout, const BsaRows& rows,

@@ -1,30 +1,28 @@
-// Backward of block-sparse attention, FlashAttention-2 style: five matmuls per (query tile,
-// KV block) pair, dQ through fp32 atomics.
-//   prep kernel:    delta = rowsum(dO * O) per query row (O plus the forward's rounding
-//                   residual when given); zeroes the fp32 dQ accumulator.
-//   main kernel:    one CTA per (b, hkv, query window w, KV block j) takes the tiles of j's
-//                   reverse list (the query tiles whose union holds j, built by bsa_plan) that
-//                   lie in window w. Each warp owns 16 keys of the block. Per tile: S^T = K Q^T
-//                   and dP^T = V dO^T, P^T from the saved log-sum-exp, dS^T = P^T (dP^T -
-//                   delta); dV += P^T dO and dK += dS^T Q stay in registers. dS^T also goes to
-//                   shared memory, and after a barrier each warp computes dQ of 16 tile rows
-//                   over all 64 keys (dS K) and adds it into the accumulator with atomics. At
-//                   the end dK/dV are added into fp32 accumulators (one add per CTA). d(bias) of
-//                   a selected (position, block) is dS summed over the block's keys and the
-//                   group's G heads: a column sum of dS^T in each warp (shuffles), then across
-//                   the 4 warps in shared memory.
-//   convert kernel: dq, dk, dv from the accumulators, in the input dtype.
+// Backward of block-sparse attention, FlashAttention-2 style, in three launches:
+//   prep kernel:  delta = rowsum(dO * O) per query row (O plus the forward's rounding residual
+//                 when given).
+//   dK/dV kernel: one CTA per (b, hkv, query window w, KV block j) takes the tiles of j's
+//                 reverse list (the query tiles whose union holds j, built by bsa_plan) that lie
+//                 in window w. Per tile: S^T = K Q^T and dP^T = V dO^T, P^T from the saved
+//                 log-sum-exp, dS^T = P^T (dP^T - delta); dV += P^T dO and dK += dS^T Q stay in
+//                 registers and are added into fp32 accumulators once per CTA (other windows'
+//                 CTAs add to the same keys). d(bias) of a selected (position, block) is dS
+//                 summed over the block's keys and the group's G heads: a column sum of dS^T in
+//                 each warp (shuffles), then across the 4 warps in shared memory.
+//   dQ pass:      bsa_forward.cu's walk over each query tile's blocks, recomputing S and dP
+//                 (TilePass::kDq); dQ stays in registers, no atomics.
+//   convert:      dk, dv from the accumulators, in the input dtype.
+// dQ used to come from this kernel too (dS^T through shared memory, dS K per tile, fp32
+// atomics): five matmuls per pair instead of seven, but L2 had to add 32 KB of atomics per
+// (tile, block), which cost a third of the time on the H200 (NOTES.md, wgmma).
 // Why windows: the CTAs resident at one time are the blocks of one (b, hkv, window), so the
-// Q/dO tiles they read and the dQ rows they add to (64 KB per tile, kWindowTiles tiles) stay
-// in L2. Walking whole reverse lists instead (v4 in NOTES.md) touched the whole sequence at
-// once: Q/dO re-read from HBM and every dQ atomic a miss.
-// Two forms of the five matmuls, everything else shared: on sm_90 (kWgmma) the CTA's 4 warps
-// are one warpgroup and each matmul is a wgmma over all 64 keys (or 64 tile rows), reading its
-// shared-memory operands once per warpgroup (bsa_wgmma.cuh); the portable path (sm_80 on)
-// has each warp run mma.sync m16n8k16 on its 16 keys, loading Q, dO and K fragments with
-// ldmatrix, 4x the shared-memory reads. Both accumulate in fp32; tiles come double-buffered
-// through cp.async. The previous schedule (NOTES.md, v3) had a separate dQ kernel that
-// recomputed S and dP: seven matmuls per pair, no atomics.
+// Q/dO tiles they read (32 KB per tile, kWindowTiles tiles) stay in L2. Walking whole reverse
+// lists instead (v4 in NOTES.md) touched the whole sequence at once, re-reading Q/dO from HBM.
+// Two forms of the matmuls, everything else shared: on sm_90 (kWgmma) the CTA's 4 warps are
+// one warpgroup and each matmul is a wgmma over all 64 keys, reading its shared-memory
+// operands once per warpgroup (bsa_wgmma.cuh); the portable path (sm_80 on) has each warp run
+// mma.sync m16n8k16 on its 16 keys, loading Q and dO fragments with ldmatrix, 4x the
+// shared-memory reads. Both accumulate in fp32; tiles come double-buffered through cp.async.
 #include "bsa_tile.cuh"
 #include "bsa_wgmma.cuh"
 
@@ -33,7 +31,7 @@ namespace {
 using namespace dev;
 
 constexpr int kPrepThreads = 256;
-constexpr int kWindowTiles = 512;  // 512 x 64 KB of Q, dO and dQ rows: 32 MB of the 50 MB L2
+constexpr int kWindowTiles = 512;  // 512 x 32 KB of Q and dO rows: 16 MB of the 50 MB L2
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kPrepThreads) bsa_bwd_prep_kernel(const BsaParams p, int64_t rows) {
@@ -60,9 +58,6 @@ __global__ void __launch_bounds__(kPrepThreads) bsa_bwd_prep_kernel(const BsaPar
         acc += fr.x * fd.x + fr.y * fd.y;
       }
     }
-    float4* z = reinterpret_cast<float4*>(p.dq_accum + off);
-    z[0] = make_float4(0.f, 0.f, 0.f, 0.f);
-    z[1] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
 #pragma unroll
   for (int o = kLanes / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -70,18 +65,18 @@ __global__ void __launch_bounds__(kPrepThreads) bsa_bwd_prep_kernel(const BsaPar
 }
 
 template <typename T>
-__global__ void __launch_bounds__(256) bsa_convert_kernel(const float* acc, T* dq, float scale,
+__global__ void __launch_bounds__(256) bsa_convert_kernel(const float* acc, T* out, float scale,
                                                           int64_t n8) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
   if (i >= n8) return;
   const float4 a = reinterpret_cast<const float4*>(acc)[2 * i];
   const float4 b = reinterpret_cast<const float4*>(acc)[2 * i + 1];
-  uint4 out;
-  out.x = Elem<T>::pack(a.x * scale, a.y * scale);
-  out.y = Elem<T>::pack(a.z * scale, a.w * scale);
-  out.z = Elem<T>::pack(b.x * scale, b.y * scale);
-  out.w = Elem<T>::pack(b.z * scale, b.w * scale);
-  reinterpret_cast<uint4*>(dq)[i] = out;
+  uint4 packed;
+  packed.x = Elem<T>::pack(a.x * scale, a.y * scale);
+  packed.y = Elem<T>::pack(a.z * scale, a.w * scale);
+  packed.z = Elem<T>::pack(b.x * scale, b.y * scale);
+  packed.w = Elem<T>::pack(b.z * scale, b.w * scale);
+  reinterpret_cast<uint4*>(out)[i] = packed;
 }
 
 // How position t (row list `list`) reads KV block j, as RowCursor::step says, plus the list
@@ -117,16 +112,13 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
-  constexpr int kdS = 6 * kTile;  // byte offset of dS^T: 64 keys x 64 tile rows, swizzled
-  const uint32_t sK = smem_addr(smem), sV = sK + kTile, sdS = sK + kdS;
+  const uint32_t sK = smem_addr(smem), sV = sK + kTile;
   auto sQ = [&](int stage) { return sK + (2 + stage) * kTile; };
   auto sdO = [&](int stage) { return sK + (4 + stage) * kTile; };
   // Per stage and tile row: bias - lse for block j (base 2; -inf where the row does not attend
-  // j), delta, position (-1: padding row), first key read in j and element offset in dq_accum
-  // (-1: padding row).
+  // j), delta, position (-1: padding row) and first key read in j.
   __shared__ float s_bl[2][64], s_delta[2][64];
   __shared__ int s_t[2][64], s_lo[2][64];
-  __shared__ int64_t s_off[2][64];
   // Per stage and tile position: bias (base 2), first key read and list entry for block j;
   // the tile's first position.
   __shared__ float s_pbias[2][64];
@@ -175,7 +167,6 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
       s_bl[stage][tid] = x.valid ? -p.lse[x.lrow] * kLog2e : -INFINITY;
       s_delta[stage][tid] = x.valid ? p.delta[x.lrow] : 0.f;
       s_t[stage][tid] = x.valid ? static_cast<int>(x.t) : -1;
-      s_off[stage][tid] = x.valid ? x.off : -1;
     } else if (tid - 64 < p.P) {
       const int pos = tid - 64;
       const int64_t t = static_cast<int64_t>(tile_t) * p.P + pos;
@@ -207,7 +198,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     const int st = u & 1;
     cp_async_wait_all();
     if constexpr (kWgmma) fence_proxy_async();
-    __syncthreads();  // stage st landed and s_bl[st] is complete; stage st^1 and dS^T are free
+    __syncthreads();  // stage st landed and s_bl[st] is complete; stage st^1 is free
     if (u + 1 < n_tiles) {
       load_tile(w0 + s_tiles[u + 1], st ^ 1);
       cp_async_commit();
@@ -284,7 +275,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
           mma<T>(dv[2 * nd + 1], pa[kk], bo[2], bo[3]);
         }
     }
-    // dS^T = P^T (dP^T - delta), its column sums (d(bias)) and dS^T to shared memory.
+    // dS^T = P^T (dP^T - delta) and its column sums (d(bias)).
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -304,23 +295,13 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     }
     uint32_t da[4][4];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
-      // da: (key g, rows kk*16 + 2c..), (key g + 8, same), then the same 8 rows further.
-#pragma unroll
-      for (int x = 0; x < 4; ++x)
-        *reinterpret_cast<uint32_t*>(smem + kdS + tile_offset(kw + g + 8 * (x & 1), kk * 16 + 8 * (x >> 1)) + 4 * c) = da[kk][x];
-    }
+    for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
     // dK += dS^T Q.
     if constexpr (kWgmma) {
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, D, 1>(dk, da[kk], desc_mn_major(q_s, kk));
       wgmma_commit();
-      wgmma_wait<1>();  // dV is done: pa is free
-      fence_operands(dv);
-      fence_operands(pa);
-      fence_proxy_async();  // dS^T, written above, is read by the dQ wgmma below
     } else {
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
@@ -332,7 +313,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
           mma<T>(dk[2 * nd + 1], da[kk], bq[2], bq[3]);
         }
     }
-    __syncthreads();  // dS^T, the column sums and the next tile's positions are visible
+    __syncthreads();  // the column sums and the next tile's positions are visible
     if (u + 1 < n_tiles) add_bias(st ^ 1);
     if (p.dbias && tid < p.P) {
       const int e = s_entry[st][tid];
@@ -344,45 +325,12 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
         p.dbias[e] = sum;
       }
     }
-    // dQ of this warp's 16 tile rows += dS K over the block's 64 keys into the fp32
-    // accumulator. Rows that do not attend block j have dS = 0: no atomics for them.
-    const int r0 = warp * 16;
-    const bool warp_rows = __any_sync(0xffffffffu, s_bl[st][r0 + (lane & 15)] != -INFINITY);
-    const int64_t off0 = s_off[st][r0 + g], off1 = s_off[st][r0 + g + 8];
-    auto add_dq = [&](const float (&acc)[4], int col) {
-      if (off0 >= 0) atomic_add2(p.dq_accum + off0 + col, acc[0], acc[1]);
-      if (off1 >= 0) atomic_add2(p.dq_accum + off1 + col, acc[2], acc[3]);
-    };
     if constexpr (kWgmma) {
-      float dq[D / 8][4] = {};
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_ss<T, D, 1, 1>(dq, desc_mn_major(sdS, kk), desc_mn_major(sK, kk));
-      wgmma_commit();
-      wgmma_wait<0>();  // dK and dQ are done: da is free
+      wgmma_wait<0>();  // before the next iteration's barrier: it refills this stage
+      fence_operands(dv);
       fence_operands(dk);
+      fence_operands(pa);
       fence_operands(da);
-      fence_operands(dq);
-      if (warp_rows)
-#pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt) add_dq(dq[nt], nt * 8 + 2 * c);
-    } else if (warp_rows) {
-      uint32_t a[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) load_a_t(a[kk], sdS, r0, kk * 16, lane);
-#pragma unroll
-      for (int nd = 0; nd < D / 16; ++nd) {
-        float acc[2][4] = {};
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          uint32_t bk[4];
-          load_b_kn(bk, sK, kk * 16, nd * 16, lane);
-          mma<T>(acc[0], a[kk], bk[0], bk[1]);
-          mma<T>(acc[1], a[kk], bk[2], bk[3]);
-        }
-        add_dq(acc[0], nd * 16 + 2 * c);
-        add_dq(acc[1], nd * 16 + 8 + 2 * c);
-      }
     }
   }
 
@@ -411,8 +359,8 @@ cudaError_t convert(const float* acc, void* out, float scale, int64_t n, cudaStr
 
 template <typename T, int D>
 int launch(const BsaParams& p, int64_t B, BsaPath path, cudaStream_t stream) {
-  // K, V, 2 x (Q, dO), dS^T, and the slack that puts them on 1024-byte boundaries.
-  constexpr int kSmem = 6 * 64 * D * 2 + 64 * 64 * 2 + 1024;
+  // K, V, 2 x (Q, dO), and the slack that puts them on 1024-byte boundaries.
+  constexpr int kSmem = 6 * 64 * D * 2 + 1024;
   const int64_t rows = B * p.Hq * p.T, kv_elems = B * p.Hkv * p.T * D;
   cudaError_t e;
   if ((e = cudaMemsetAsync(p.dk_accum, 0, 2 * kv_elems * sizeof(float), stream))) return e;
@@ -428,23 +376,22 @@ int launch(const BsaParams& p, int64_t B, BsaPath path, cudaStream_t stream) {
   const unsigned windows = static_cast<unsigned>((p.tiles_per_head + kWindowTiles - 1) / kWindowTiles);
   kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), 128, kSmem, stream>>>(p);
   if ((e = cudaGetLastError())) return e;
-  if ((e = convert<T>(p.dq_accum, p.out, p.scale, rows * D, stream))) return e;
+  if (const int rc = launch_tile_pass(p, B, D, std::is_same_v<T, __nv_bfloat16>, TilePass::kDq, path, stream)) return rc;
   if ((e = convert<T>(p.dk_accum, p.dk, p.scale, kv_elems, stream))) return e;
   return convert<T>(p.dv_accum, p.dv, 1.f, kv_elems, stream);
 }
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
-// Scratch layout: dq_accum [B,Hq,T,d], dk_accum and dv_accum [B,Hkv,T,d] (adjacent, one
-// memset), delta [B,Hq,T]; all fp32.
+// Scratch layout: dk_accum and dv_accum [B,Hkv,T,d] (adjacent, one memset), delta [B,Hq,T];
+// all fp32.
 struct Scratch {
   size_t dk, dv, delta, total;
 };
 Scratch scratch_layout(const BsaShape& s) {
-  const size_t q_elems = static_cast<size_t>(s.B * s.Hq * s.T * s.d);
   const size_t kv_elems = static_cast<size_t>(s.B * s.Hkv * s.T * s.d);
   Scratch l;
-  l.dk = align256(q_elems * sizeof(float));
+  l.dk = 0;
   l.dv = l.dk + kv_elems * sizeof(float);
   l.delta = align256(l.dv + kv_elems * sizeof(float));
   l.total = l.delta + align256(static_cast<size_t>(s.B * s.Hq * s.T) * sizeof(float));
@@ -472,7 +419,6 @@ int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, c
   p.lse = const_cast<float*>(lse); p.dbias = dbias;
   const Scratch l = scratch_layout(s);
   char* base = static_cast<char*>(scratch);
-  p.dq_accum = reinterpret_cast<float*>(base);
   p.dk_accum = reinterpret_cast<float*>(base + l.dk);
   p.dv_accum = reinterpret_cast<float*>(base + l.dv);
   p.delta = reinterpret_cast<float*>(base + l.delta);

@@ -1,18 +1,24 @@
-// Forward of block-sparse attention. A CTA of 4 warps takes one query tile of the plan (64
-// MMA rows); each warp owns 16 rows and keeps their Q fragments in registers. The CTA walks
-// the ascending union of the tile's block lists (built by bsa_plan), double-buffering K/V
-// blocks through cp.async, and runs the flash online softmax in fp32 with mma.sync m16n8k16.
-// A row that does not read a block gets -inf for it; a warp none of whose rows reads the block
-// skips its MMAs. Token masks (causal on the diagonal block, the window's edge in a block only
-// the window reaches) are applied only where a row needs one.
+// The passes that walk a query tile's blocks: the forward of block-sparse attention and the
+// backward's dQ. A CTA of 4 warps takes one query tile of the plan (64 MMA rows); each warp
+// owns 16 rows. The CTA walks the ascending union of the tile's block lists (built by
+// bsa_plan), double-buffering K/V blocks through cp.async. A row that does not read a block
+// gets -inf for it; a warp none of whose rows reads the block skips its MMAs. Token masks
+// (causal on the diagonal block, the window's edge in a block only the window reaches) are
+// applied only where a row needs one.
+// Forward: the flash online softmax in fp32; writes O and the log-sum-exp.
+// dQ (backward): with the saved log-sum-exp, P = exp(S - lse) directly, dP = dO V^T, dS =
+// P (dP - delta) and dQ += dS K in registers, written once at the end. bsa_backward.cu's
+// kernel walks the other way (a KV block's query tiles) for dK, dV and d(bias); computing dQ
+// there too took fp32 atomics for every (tile, block), which L2 could not absorb (NOTES.md).
+// This pass recomputes S and dP (two more matmuls per pair) and needs none.
 // kExact (when the caller asks for o's rounding residual, i.e. d(bias) matters): P goes into
 // P V as two 16-bit parts, hi + lo, so that the fp32 O and with it the backward's delta =
 // dO . O are those of the fp32 P, not of P rounded to 8 mantissa bits. That rounding put
 // delta 2^-9-relative off, which reaches every d(bias) times the block's probability mass
 // (NOTES.md, Dash gradient). Costs one more MMA per P V step.
 //
-// kWgmma (sm_90): S = Q K^T and O += P V as warpgroup MMAs over the whole tile (Q and K, V
-// straight from shared memory, P from registers; bsa_wgmma.cuh) instead of per-warp mma.sync
+// kWgmma (sm_90): the matmuls as warpgroup MMAs over the whole tile (Q, dO, K and V straight
+// from shared memory, P or dS from registers; bsa_wgmma.cuh) instead of per-warp mma.sync
 // with ldmatrix fragments. The warpgroup runs every block of the union (no per-warp skip: a
 // row that does not read the block gets probability 0 from its -inf bias).
 //
@@ -26,15 +32,17 @@ namespace st::kernels {
 namespace {
 using namespace dev;
 
-template <typename T, int D, bool kExact, bool kWgmma>
-__global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
+template <typename T, int D, TilePass kPass, bool kWgmma>
+__global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
+  constexpr bool kExact = kPass == TilePass::kForwardExact, kDq = kPass == TilePass::kDq;
   constexpr int kTile = 64 * D * 2;        // bytes of one 64 x D tile
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   __shared__ float s_bias[2][64];          // per stage: each row's bias (base 2) for the block
   __shared__ int s_lo[2][64];              // ... and the first key it reads there
-  const uint32_t sQ = smem_addr(smem);     // Q, then two K stages, then two V stages
+  const uint32_t sQ = smem_addr(smem);     // Q, then two K stages, two V stages (and dO)
+  const uint32_t sdO = sQ + 5 * kTile;
   // Arithmetic, not arrays: a run-time index into a register array would go to local memory.
   auto sK = [&](int stage) { return sQ + (1 + stage) * kTile; };
   auto sV = [&](int stage) { return sQ + (3 + stage) * kTile; };
@@ -64,6 +72,10 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
     load_tile_async<D>(sV(stage), [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
   };
   load_tile_async<D>(sQ, [&](int r) { const TileRow x = row_of(r); return x.valid ? q + x.off : nullptr; }, q, tid);
+  if constexpr (kDq) {
+    const T* dout = static_cast<const T*>(p.dout);
+    load_tile_async<D>(sdO, [&](int r) { const TileRow x = row_of(r); return x.valid ? dout + x.off : nullptr; }, dout, tid);
+  }
   int j_next = p.tile_blocks[ubeg];
   load_kv(j_next, 0);
   cp_async_commit();
@@ -73,10 +85,18 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
   const int g = lane >> 2, c = lane & 3;
   const int wrow = warp * 16;
   int t_row[2];
+  float lse2[2] = {}, delta2[2] = {};  // dQ: the row's log-sum-exp (base 2) and delta
 #pragma unroll
-  for (int i = 0; i < 2; ++i) t_row[i] = static_cast<int>(row_of(wrow + g + 8 * i).t);
+  for (int i = 0; i < 2; ++i) {
+    const TileRow row = row_of(wrow + g + 8 * i);
+    t_row[i] = static_cast<int>(row.t);
+    if (kDq && row.valid) {
+      lse2[i] = p.lse[row.lrow] * kLog2e;
+      delta2[i] = p.delta[row.lrow];
+    }
+  }
 
-  float acc[D / 8][4] = {};
+  float acc[D / 8][4] = {};  // O (forward) or dQ / scale
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
   uint32_t qf[kWgmma ? 1 : D / 16][4];  // the wgmma path reads Q from shared memory
 
@@ -104,17 +124,36 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
     }
     if (!kWgmma && !__any_sync(0xffffffffu, bias2[0] != -INFINITY || bias2[1] != -INFINITY)) continue;
 
-    // S = Q K^T for 16 rows x 64 keys per warp.
+    // S = Q K^T for 16 rows x 64 keys per warp (and for dQ, dP = dO V^T).
     const uint32_t k_s = sK(st), v_s = sV(st);
-    float s[8][4] = {};
+    float s[8][4] = {}, dp[kDq ? 8 : 1][4] = {};
     if constexpr (kWgmma) {
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(s, desc_k_major(sQ, kk), desc_k_major(k_s, kk));
+      if constexpr (kDq) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(dp, desc_k_major(sdO, kk), desc_k_major(v_s, kk));
+      }
       wgmma_commit();
       wgmma_wait<0>();
       fence_operands(s);
+      fence_operands(dp);
     } else {
+      if constexpr (kDq) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t da[4];
+          load_a(da, sdO, wrow, kk * 16, lane);
+#pragma unroll
+          for (int nn = 0; nn < 4; ++nn) {
+            uint32_t bf[4];
+            load_b_nk(bf, v_s, nn * 16, kk * 16, lane);
+            mma<T>(dp[2 * nn], da, bf[0], bf[1]);
+            mma<T>(dp[2 * nn + 1], da, bf[2], bf[3]);
+          }
+        }
+      }
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
@@ -126,8 +165,8 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
         }
       }
     }
-    // Scale, bias, mask; online softmax in base 2. Only the diagonal block and the window's
-    // edge need the token mask.
+    // Scale, bias, mask; online softmax in base 2 (dQ: P from the saved log-sum-exp and dS).
+    // Only the diagonal block and the window's edge need the token mask.
     const int key0 = j * kBsaBlock + 2 * c;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -139,6 +178,16 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
 #pragma unroll
           for (int e = 0; e < 2; ++e)
             if (key_masked(key0 + nt * 8 + e, t, lo2[i])) s[nt][2 * i + e] = -INFINITY;
+      }
+      if constexpr (kDq) {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pe = fast_exp2(s[nt][2 * i + e] * p.scale_log2 + bias2[i] - lse2[i]);
+            s[nt][2 * i + e] = pe * (dp[nt][2 * i + e] - delta2[i]);
+          }
+        continue;
       }
       float mx = -INFINITY;
 #pragma unroll
@@ -171,7 +220,32 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
         acc[nd][2 * i + 1] *= alpha;
       }
     }
-    // O += P V.
+    // O += P V, or dQ += dS K (s holds dS then).
+    if constexpr (kDq) {
+      uint32_t da[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], s[2 * kk], s[2 * kk + 1]);
+      if constexpr (kWgmma) {
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, D, 1>(acc, da[kk], desc_mn_major(k_s, kk));
+        wgmma_commit();
+        wgmma_wait<0>();  // before the next iteration's barrier: that iteration refills this K stage
+        fence_operands(acc);
+        fence_operands(da);
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+          for (int nd = 0; nd < D / 16; ++nd) {
+            uint32_t bf[4];
+            load_b_kn(bf, k_s, kk * 16, nd * 16, lane);
+            mma<T>(acc[2 * nd], da[kk], bf[0], bf[1]);
+            mma<T>(acc[2 * nd + 1], da[kk], bf[2], bf[3]);
+          }
+      }
+      continue;
+    }
     uint32_t pa[4][4], pl[kExact ? 4 : 1][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -208,8 +282,19 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
     }
   }
 
-  // Normalise and write O and the log-sum-exp (natural log).
+  // Normalise and write O and the log-sum-exp (natural log); or write dQ.
   T* o = static_cast<T*>(p.out);
+  if constexpr (kDq) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const TileRow row = row_of(wrow + g + 8 * i);
+      if (!row.valid) continue;
+      uint32_t* qrow = reinterpret_cast<uint32_t*>(o + row.off);
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd) qrow[nd * 4 + c] = Elem<T>::pack(acc[nd][2 * i] * p.scale, acc[nd][2 * i + 1] * p.scale);
+    }
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const float lsum = quad_sum(l_run[i]);
@@ -232,19 +317,38 @@ __global__ void __launch_bounds__(128) bsa_fwd_kernel(const BsaParams p) {
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, TilePass kPass>
 int launch(const BsaParams& p, int64_t B, BsaPath path, cudaStream_t stream) {
-  constexpr int kSmem = 5 * 64 * D * 2 + 1024;  // Q + two K and two V stages, alignment slack
-  const bool wgmma = path == BsaPath::kAuto && wgmma_runs_here(bsa_fwd_kernel<T, D, false, true>);
-  auto kernel = p.o_lo ? (wgmma ? bsa_fwd_kernel<T, D, true, true> : bsa_fwd_kernel<T, D, true, false>)
-                       : (wgmma ? bsa_fwd_kernel<T, D, false, true> : bsa_fwd_kernel<T, D, false, false>);
+  // Q, two K and two V stages, dO for the dQ pass, alignment slack.
+  constexpr int kSmem = (kPass == TilePass::kDq ? 6 : 5) * 64 * D * 2 + 1024;
+  auto kernel = path == BsaPath::kAuto && wgmma_runs_here(bsa_tile_kernel<T, D, kPass, true>)
+                    ? bsa_tile_kernel<T, D, kPass, true> : bsa_tile_kernel<T, D, kPass, false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   kernel<<<dim3(p.tiles_per_head, p.Hkv, static_cast<unsigned>(B)), 128, kSmem, stream>>>(p);
   return cudaGetLastError();
 }
 
+template <typename T, int D>
+int launch(const BsaParams& p, int64_t B, TilePass pass, BsaPath path, cudaStream_t stream) {
+  switch (pass) {
+    case TilePass::kForward: return launch<T, D, TilePass::kForward>(p, B, path, stream);
+    case TilePass::kForwardExact: return launch<T, D, TilePass::kForwardExact>(p, B, path, stream);
+    case TilePass::kDq: return launch<T, D, TilePass::kDq>(p, B, path, stream);
+  }
+  return kBsaBadShape;
+}
+
 }  // namespace
+
+namespace dev {
+int launch_tile_pass(const BsaParams& p, int64_t B, int d, bool bf16, TilePass pass, BsaPath path,
+                     cudaStream_t stream) {
+  if (d == 64)
+    return bf16 ? launch<__nv_bfloat16, 64>(p, B, pass, path, stream) : launch<__half, 64>(p, B, pass, path, stream);
+  return bf16 ? launch<__nv_bfloat16, 128>(p, B, pass, path, stream) : launch<__half, 128>(p, B, pass, path, stream);
+}
+}  // namespace dev
 
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
                 const BsaRows& rows, const BsaPlan& plan, float scale, void* o, void* o_lo,
@@ -255,10 +359,8 @@ int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, co
   dev::BsaParams p{};
   p.q = q; p.k = k; p.v = v; p.out = o; p.o_lo = o_lo; p.lse = lse;
   dev::set_lists_and_sizes(p, s, rows, plan, scale);
-  const bool bf = dt == BsaDtype::kBf16;
-  if (s.d == 64)
-    return bf ? launch<__nv_bfloat16, 64>(p, s.B, path, stream) : launch<__half, 64>(p, s.B, path, stream);
-  return bf ? launch<__nv_bfloat16, 128>(p, s.B, path, stream) : launch<__half, 128>(p, s.B, path, stream);
+  return dev::launch_tile_pass(p, s.B, static_cast<int>(s.d), dt == BsaDtype::kBf16,
+                               o_lo ? dev::TilePass::kForwardExact : dev::TilePass::kForward, path, stream);
 }
 
 }  // namespace st::kernels

@@ -28,7 +28,6 @@ struct BsaParams {
   void* dv;
   float* lse;
   float* delta;
-  float* dq_accum;  // [B, Hq, T, d] fp32, dQ / scale summed by atomics
   float* dk_accum;  // [B, Hkv, T, d] fp32, dK / scale, likewise
   float* dv_accum;  // [B, Hkv, T, d] fp32, dV, likewise
   float* dbias;
@@ -127,6 +126,12 @@ struct RowCursor {
     return b;
   }
 };
+
+// The passes bsa_forward.cu runs over a query tile's blocks (the forward, with or without o's
+// rounding residual, and the backward's dQ), launched for every tile of the plan.
+enum class TilePass { kForward, kForwardExact, kDq };
+int launch_tile_pass(const BsaParams& p, int64_t B, int d, bool bf16, TilePass pass, BsaPath path,
+                     cudaStream_t stream);
 
 // Masks a key inside a block the row reads: causal (key > t) and the window's edge (key < lo).
 __device__ __forceinline__ bool key_masked(int key, int t, int lo) { return key > t || key < lo; }
