@@ -3,7 +3,8 @@
 // per-(query, block) bias, over ragged lengths, GQA group sizes 1..16 (3 included: tiles
 // that straddle KV blocks), d 64/128, bf16/fp16, batch 1-2, random top-k lists with
 // duplicates, padding and empty-but-diagonal rows, alone and with a sliding window on top
-// (one softmax over the union, InfLLMv2), and the sliding window alone. Skips without a GPU.
+// (one softmax over the union, InfLLMv2), and the sliding window alone; on a Hopper both the
+// default (wgmma) kernels and the portable (mma.sync) ones. Skips without a GPU.
 // The full grid (T up to 16384) and the timing live in tools/kernel_dev/kernel_check.
 #ifdef SPARSETRAIN_CUDA
 #include <gtest/gtest.h>
@@ -90,6 +91,52 @@ INSTANTIATE_TEST_SUITE_P(
              "_T" + std::to_string(s.T) + "_d" + std::to_string(s.d) +
              (s.dtype == torch::kBFloat16 ? "_bf16" : "_fp16") + "_w" + std::to_string(s.window);
     });
+
+// The portable (sm_80, mma.sync) kernels, which a Hopper would otherwise never run: forward
+// and every gradient against the reference, and against the default path.
+TEST(GpuBlockSparsePortable, MatchesReferenceAndDefaultPath) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (const Shape s : {Shape{1, 2, 4, 1000, 128, torch::kBFloat16, 0}, Shape{2, 1, 16, 700, 64, torch::kHalf, 100},
+                        Shape{1, 2, 3, 900, 128, torch::kBFloat16, 0}}) {
+    SCOPED_TRACE("T " + std::to_string(s.T) + " G " + std::to_string(s.G) + " d " + std::to_string(s.d));
+    torch::manual_seed(s.T + s.G);
+    const auto dev = torch::Device(torch::kCUDA);
+    const auto opt = torch::TensorOptions().dtype(s.dtype).device(dev);
+    const int64_t Hq = s.Hkv * s.G, nb = (s.T + 63) / 64;
+    auto q = torch::randn({s.B, Hq, s.T, s.d}, opt), k = torch::randn({s.B, s.Hkv, s.T, s.d}, opt),
+         v = torch::randn({s.B, s.Hkv, s.T, s.d}, opt), dout = torch::randn({s.B, Hq, s.T, s.d}, opt);
+    cuda::BlockLists lists = cuda::lists_from_topk(torch::randint(-1, nb, {s.B, s.Hkv, s.T, 6}, opt.dtype(torch::kInt32)));
+    lists.window = s.window;
+    auto bias = torch::randn({lists.blocks.numel()}, torch::TensorOptions().device(dev));
+    const cuda::Plan plan = cuda::make_plan(lists, s.B, Hq, s.Hkv, s.T, s.d);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(s.d));
+    auto run = [&](kernels::BsaPath path) {
+      const cuda::Forward f = cuda::forward(q, k, v, bias, lists, plan, scale, false, path);
+      cuda::Grads g = cuda::backward(q, k, v, f.o, torch::Tensor(), f.lse, dout, bias, lists, plan, scale, true, path);
+      return std::make_pair(f.o, g);
+    };
+    const auto [o_p, g_p] = run(kernels::BsaPath::kPortable);
+    const auto [o_d, g_d] = run(kernels::BsaPath::kAuto);
+
+    auto qr = q.to(torch::kFloat32).requires_grad_(true), kr = k.to(torch::kFloat32).requires_grad_(true),
+         vr = v.to(torch::kFloat32).requires_grad_(true), br = bias.clone().requires_grad_(true);
+    auto ref = block_sparse_attention(qr, kr, vr, dense_bias({lists.row_ptr, lists.blocks, br}, s.B, s.Hkv, s.T, 64), 64,
+                                      s.window);
+    ref.backward(dout.to(torch::kFloat32));
+    const bool bf = s.dtype == torch::kBFloat16;
+    const double tol_o = bf ? 1e-2 : 3e-3, tol_g = bf ? 2e-2 : 6e-3;
+    EXPECT_LT(rel_err(o_p, ref), tol_o);
+    EXPECT_LT(rel_err(g_p.dq, qr.grad()), tol_g);
+    EXPECT_LT(rel_err(g_p.dk, kr.grad()), tol_g);
+    EXPECT_LT(rel_err(g_p.dv, vr.grad()), tol_g);
+    EXPECT_LT(rel_err(g_p.dbias, br.grad()), tol_g);
+    // The two paths differ only in how the same fp32 sums are ordered.
+    EXPECT_LT(rel_err(o_p, o_d), tol_o / 4);
+    EXPECT_LT(rel_err(g_p.dq, g_d.dq), tol_g / 4);
+    EXPECT_LT(rel_err(g_p.dk, g_d.dk), tol_g / 4);
+    EXPECT_LT(rel_err(g_p.dv, g_d.dv), tol_g / 4);
+  }
+}
 
 // Sliding window alone (NSA's window branch): empty lists + the window equal the reference's
 // pure window.

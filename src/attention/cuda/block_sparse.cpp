@@ -94,7 +94,7 @@ Plan make_plan(const BlockLists& l, int64_t B, int64_t Hq, int64_t Hkv, int64_t 
 
 Forward forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                 const torch::Tensor& bias, const BlockLists& lists, const Plan& plan, double scale,
-                bool with_residual) {
+                bool with_residual, kn::BsaPath path) {
   check_qkv(q, k, v);
   const c10::cuda::CUDAGuard guard(q.device());
   Forward f;
@@ -103,7 +103,7 @@ Forward forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Ten
   f.lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat32));
   check(kn::bsa_forward(plan.shape, dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                         rows_of(lists, bias), plan.view, static_cast<float>(scale), f.o.data_ptr(),
-                        with_residual ? f.o_lo.data_ptr() : nullptr, f.lse.data_ptr<float>(), stream()),
+                        with_residual ? f.o_lo.data_ptr() : nullptr, f.lse.data_ptr<float>(), stream(), path),
         "block_sparse_attention forward");
   return f;
 }
@@ -112,7 +112,7 @@ Grads backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
                const torch::Tensor& o, const torch::Tensor& o_lo, const torch::Tensor& lse,
                const torch::Tensor& dout_in,
                const torch::Tensor& bias, const BlockLists& lists, const Plan& plan,
-               double scale, bool want_dbias) {
+               double scale, bool want_dbias, kn::BsaPath path) {
   check_qkv(q, k, v);
   const c10::cuda::CUDAGuard guard(q.device());
   const torch::Tensor dout = dout_in.to(q.scalar_type()).contiguous();
@@ -128,7 +128,7 @@ Grads backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
                          rows_of(lists, bias), plan.view, static_cast<float>(scale),
                          g.dq.data_ptr(), g.dk.data_ptr(), g.dv.data_ptr(),
                          want_dbias ? g.dbias.data_ptr<float>() : nullptr, tmp.data_ptr(),
-                         stream()),
+                         stream(), path),
         "block_sparse_attention backward");
   return g;
 }

@@ -38,12 +38,13 @@ Plan make_plan(const BlockLists& lists, int64_t B, int64_t Hq, int64_t Hkv, int6
 
 // q [B,Hq,T,d], k/v [B,Hkv,T,d] (bf16/fp16, contiguous); bias [nnz] fp32 or undefined.
 // o_lo (o's rounding residual, for an exact delta in the backward) only when asked for.
+// path: kPortable runs the sm_80 (mma.sync) kernels on a Hopper too, for tests.
 struct Forward {
   torch::Tensor o, o_lo, lse;
 };
 Forward forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                 const torch::Tensor& bias, const BlockLists& lists, const Plan& plan, double scale,
-                bool with_residual = false);
+                bool with_residual = false, st::kernels::BsaPath path = st::kernels::BsaPath::kAuto);
 
 struct Grads {
   torch::Tensor dq, dk, dv, dbias;  // dbias undefined when want_dbias is false
@@ -52,7 +53,7 @@ struct Grads {
 Grads backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                const torch::Tensor& o, const torch::Tensor& o_lo, const torch::Tensor& lse, const torch::Tensor& dout,
                const torch::Tensor& bias, const BlockLists& lists, const Plan& plan,
-               double scale, bool want_dbias);
+               double scale, bool want_dbias, st::kernels::BsaPath path = st::kernels::BsaPath::kAuto);
 
 // Differentiable in q, k, v and bias (when defined). scale <= 0 means 1/sqrt(d). When the bias
 // requires grad, the forward also keeps o's rounding residual, so that d(bias) is exact to
