@@ -1,6 +1,6 @@
 // GPU block-sparse attention kernels (kernels/, through src/attention/cuda/) against the ATen
 // reference st::block_sparse_attention: forward and the gradients of q, k, v and the
-// per-(query, block) bias, over ragged lengths, GQA group sizes 1..16 (3 included: tiles
+// per-(query, block) bias, over ragged lengths up to 16K, GQA group sizes 1..16 (3 included: tiles
 // that straddle KV blocks), d 64/128, bf16/fp16, batch 1-2, random top-k lists with
 // duplicates, padding and empty-but-diagonal rows, alone and with a sliding window on top
 // (one softmax over the union, InfLLMv2), and the sliding window alone; on a Hopper both the
@@ -78,7 +78,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Shape{2, 2, 1, 1, 64, torch::kBFloat16, 0}, Shape{1, 2, 4, 63, 128, torch::kHalf, 0},
                       Shape{2, 1, 16, 64, 64, torch::kBFloat16, 0}, Shape{1, 2, 3, 300, 64, torch::kHalf, 0},
                       Shape{2, 2, 4, 1000, 128, torch::kBFloat16, 0}, Shape{1, 1, 16, 1000, 128, torch::kHalf, 0},
-                      Shape{1, 2, 1, 2048, 64, torch::kBFloat16, 0},
+                      Shape{1, 2, 1, 2048, 64, torch::kBFloat16, 0}, Shape{1, 2, 4, 4096, 128, torch::kBFloat16, 0},
+                      Shape{1, 1, 16, 4096, 64, torch::kHalf, 0}, Shape{1, 1, 16, 16384, 128, torch::kBFloat16, 0},
                       // Windows shorter than a block, of one block, not multiples of 64, and
                       // longer than the sequence, on top of the lists.
                       Shape{2, 2, 1, 130, 64, torch::kBFloat16, 1}, Shape{1, 2, 1, 777, 128, torch::kBFloat16, 30},

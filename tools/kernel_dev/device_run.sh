@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.g
   | tee "$OUT/smi.txt"
 timeout 200 "$BIN/kernel_check" parity > "$OUT/parity.txt" 2>&1
 echo "parity rc $?"; grep -E "FAIL|parity:" "$OUT/parity.txt"
-timeout 60 "$BIN/gpu_block_sparse_test" > "$OUT/gtest.txt" 2>&1
+timeout 150 "$BIN/gpu_block_sparse_test" > "$OUT/gtest.txt" 2>&1
 echo "gtest rc $?"; tail -3 "$OUT/gtest.txt"
 [ "${PARITY_ONLY:-0}" = 1 ] && exit 0
 timeout 270 "$BIN/kernel_check" bench --lengths "$LENGTHS" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
