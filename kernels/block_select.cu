@@ -6,6 +6,7 @@
 
 #include "block_select.h"
 #include "bsa_device.cuh"
+#include "bsa_wgmma.cuh"
 
 namespace st::kernels {
 namespace {
@@ -28,31 +29,35 @@ struct ScoreParams {
   float scale_log2;
 };
 
-// Shared memory: the Q tile (read into registers once, then reused for the probability tile),
-// two stages of K high + low tiles, the group-summed tile.
+// Shared memory: two stages of K high + low tiles (on 1024-byte boundaries, for wgmma), the Q
+// tile (read into registers once, then reused for the probability tile), the group-summed
+// tile, and the slack that aligns the K tiles.
 template <int D>
 constexpr int score_front_bytes() {
   return 64 * D * 2 > 64 * kPStride * 4 ? 64 * D * 2 : 64 * kPStride * 4;
 }
 template <int D>
 constexpr int score_smem_bytes() {
-  return score_front_bytes<D>() + 4 * 64 * D * 2 + 64 * kCmpStride * 4;
+  return 4 * 64 * D * 2 + score_front_bytes<D>() + 64 * kCmpStride * 4 + 1024;
 }
 
 // One CTA per query tile: 64 MMA rows = the G heads of the group for P positions (as the core
-// kernels pack them). Two passes over the compressed blocks the tile can see, with the next K
+// kernels pack them). The logits' matmul: wgmma on sm_90 (kWgmma; Q from registers, K from
+// shared memory), mma.sync elsewhere. Two passes over the compressed blocks the tile can see, with the next K
 // tile loading (cp.async) while the current one multiplies: the first pass keeps each row's
 // running max and sum, the second recomputes the logits, writes the probabilities to shared
 // memory, sums them over the group's heads and pools the sums onto selection blocks as soon
 // as all compressed blocks overlapping a selection block are known.
-template <typename T, int D>
+template <typename T, int D, bool kWgmma>
 __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  const uint32_t q_s = smem_addr(smem);
-  float* p_s = reinterpret_cast<float*>(smem);
-  const uint32_t k_s = smem_addr(smem + score_front_bytes<D>());  // stage st: hi at 2 st, lo at 2 st + 1
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  const uint32_t k_s = smem_addr(smem);  // stage st: hi at 2 st, lo at 2 st + 1
   auto k_tile = [&](int st, int lo) { return k_s + (2 * st + lo) * 64 * D * 2; };
-  float* cmp_s = reinterpret_cast<float*>(smem + score_front_bytes<D>() + 4 * 64 * D * 2);
+  unsigned char* front = smem + 4 * 64 * D * 2;
+  const uint32_t q_s = smem_addr(front);
+  float* p_s = reinterpret_cast<float*>(front);
+  float* cmp_s = reinterpret_cast<float*>(front + score_front_bytes<D>());
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
   const int64_t pos0 = p.t_first + static_cast<int64_t>(blockIdx.x) * p.P;
@@ -133,6 +138,7 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
     const bool first_pass = step < n_tiles;
     const int64_t c0 = static_cast<int64_t>(first_pass ? step : step - n_tiles) * kCols;
     cp_async_wait_all();
+    if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();  // stage st (and at step 0 the Q tile) landed; stage st ^ 1 is free
     if (step == 0) {
 #pragma unroll
@@ -143,17 +149,29 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
 
     // s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 + 63 of the tile's rows.
     float s[8][4] = {};
+    if constexpr (kWgmma) {
+      wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks)
+      for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
-      for (int np = 0; np < 4; ++np)
+        for (int lo = 0; lo < 2; ++lo) wgmma_rs<T, 64, 0>(s, qa[ks], desc_k_major(k_tile(st, lo), ks));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(s);
+      fence_operands(qa);
+    } else {
 #pragma unroll
-        for (int lo = 0; lo < 2; ++lo) {
-          uint32_t b[4];
-          load_b_nk(b, k_tile(st, lo), np * 16, ks * 16, lane);
-          mma<T>(s[2 * np], qa[ks], b[0], b[1]);
-          mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
-        }
+      for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+        for (int np = 0; np < 4; ++np)
+#pragma unroll
+          for (int lo = 0; lo < 2; ++lo) {
+            uint32_t b[4];
+            load_b_nk(b, k_tile(st, lo), np * 16, ks * 16, lane);
+            mma<T>(s[2 * np], qa[ks], b[0], b[1]);
+            mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
+          }
+    }
 
     if (first_pass) {  // each row's max and sum of exp2 over its visible blocks
 #pragma unroll
@@ -299,12 +317,14 @@ __global__ void __launch_bounds__(32 * kTopKWarps) select_top_k_kernel(TopKArgs 
 }
 
 template <typename T, int D>
-int launch_scores(const ScoreParams& p, cudaStream_t stream) {
+int launch_scores(const ScoreParams& p, BsaPath path, cudaStream_t stream) {
   constexpr int kSmem = score_smem_bytes<D>();
-  cudaError_t e = cudaFuncSetAttribute(block_scores_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  auto kernel = path == BsaPath::kAuto && wgmma_runs_here(block_scores_kernel<T, D, true>)
+                    ? block_scores_kernel<T, D, true> : block_scores_kernel<T, D, false>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   const unsigned grid = static_cast<unsigned>((p.n_rows + p.P - 1) / p.P);
-  block_scores_kernel<T, D><<<grid, 128, kSmem, stream>>>(p);
+  kernel<<<grid, 128, kSmem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -330,8 +350,9 @@ int block_scores(const BlockScoreArgs& a, cudaStream_t stream) {
   p.n_blocks = a.n_blocks;
   p.max_pool = a.pool == SelectPool::kMax;
   p.scale_log2 = static_cast<float>(kLog2e / std::sqrt(static_cast<double>(a.d)));
-  if (a.d == 64) return a.fp16 ? launch_scores<__half, 64>(p, stream) : launch_scores<__nv_bfloat16, 64>(p, stream);
-  return a.fp16 ? launch_scores<__half, 128>(p, stream) : launch_scores<__nv_bfloat16, 128>(p, stream);
+  if (a.d == 64)
+    return a.fp16 ? launch_scores<__half, 64>(p, a.path, stream) : launch_scores<__nv_bfloat16, 64>(p, a.path, stream);
+  return a.fp16 ? launch_scores<__half, 128>(p, a.path, stream) : launch_scores<__nv_bfloat16, 128>(p, a.path, stream);
 }
 
 int select_top_k(const TopKArgs& a, cudaStream_t stream) {

@@ -16,6 +16,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "block_sparse_attention.h"  // BsaPath
+
 namespace st::kernels {
 
 enum class SelectPool { kSum, kMax };
@@ -30,6 +32,7 @@ struct BlockScoreArgs {
   int64_t b, hkv, Hq, Hkv, d;
   int length, stride, block, n_blocks;
   SelectPool pool;
+  BsaPath path = BsaPath::kAuto;  // the logits' matmul on wgmma (Hopper) or mma.sync
 };
 // Supported: d 64 or 128, G = Hq / Hkv <= 64, block a multiple of stride with 64 a multiple of
 // block / stride, (length - 1) / stride <= 16. Returns 0 or a cudaError_t / kSelectBadShape.

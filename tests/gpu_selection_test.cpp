@@ -63,12 +63,16 @@ TEST_P(GpuSelection, ScoresMatchFp64Reference) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const Case c = GetParam();
   const Inputs in = draw(c);
-  auto got = cuda::block_scores(in.q, in.k_cmp, c.knobs, c.dtype).cpu().to(torch::kFloat64);
   auto want = reference_scores(c, in);
-  ASSERT_EQ(got.sizes(), want.sizes());
-  // fp32 logits from q (exact) and k_cmp's high + low 16-bit parts (~16 bits), ex2.approx.
-  auto bad = (got - want).abs() > want.abs() * 1e-4 + 1e-7;
-  EXPECT_EQ(bad.sum().item<int64_t>(), 0) << name(c) << ": max |diff| " << (got - want).abs().max().item<double>();
+  // Both forms of the scores kernel: the default (wgmma on a Hopper) and the portable one.
+  for (const kernels::BsaPath path : {kernels::BsaPath::kAuto, kernels::BsaPath::kPortable}) {
+    auto got = cuda::block_scores(in.q, in.k_cmp, c.knobs, c.dtype, path).cpu().to(torch::kFloat64);
+    ASSERT_EQ(got.sizes(), want.sizes());
+    // fp32 logits from q (exact) and k_cmp's high + low 16-bit parts (~16 bits), ex2.approx.
+    auto bad = (got - want).abs() > want.abs() * 1e-4 + 1e-7;
+    EXPECT_EQ(bad.sum().item<int64_t>(), 0) << name(c) << (path == kernels::BsaPath::kAuto ? "" : " (portable)")
+                                            << ": max |diff| " << (got - want).abs().max().item<double>();
+  }
 }
 
 TEST_P(GpuSelection, TopKListsEqualReferenceOnSameScores) {

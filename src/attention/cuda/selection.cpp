@@ -39,7 +39,7 @@ struct Operands {
 
 // Scores of query rows t0 .. t0 + n of group (b, h) into scores[0 .. n).
 void launch_scores(const Operands& in, const SelectionKnobs& knobs, int64_t b, int64_t h, int64_t t0, int64_t n,
-                   Tensor& scores) {
+                   Tensor& scores, kn::BsaPath path = kn::BsaPath::kAuto) {
   kn::BlockScoreArgs a{};
   a.q = in.q.data_ptr();
   a.fp16 = in.q.scalar_type() == torch::kHalf;
@@ -51,6 +51,7 @@ void launch_scores(const Operands& in, const SelectionKnobs& knobs, int64_t b, i
   a.length = static_cast<int>(knobs.length); a.stride = static_cast<int>(knobs.stride);
   a.block = static_cast<int>(knobs.block); a.n_blocks = static_cast<int>(blocks_of(in.q.size(2), knobs));
   a.pool = knobs.pool == Pool::Max ? kn::SelectPool::kMax : kn::SelectPool::kSum;
+  a.path = path;
   check(kn::block_scores(a, stream()), "block_scores");
 }
 
@@ -109,7 +110,8 @@ BlockRows select_rows(const Tensor& q_in, const Tensor& k_cmp_in, const Selectio
   return rows_of(counts, entries);
 }
 
-Tensor block_scores(const Tensor& q_in, const Tensor& k_cmp_in, const SelectionKnobs& knobs, torch::ScalarType dtype) {
+Tensor block_scores(const Tensor& q_in, const Tensor& k_cmp_in, const SelectionKnobs& knobs, torch::ScalarType dtype,
+                    kn::BsaPath path) {
   const c10::cuda::CUDAGuard guard(q_in.device());
   const Operands in(q_in, k_cmp_in, dtype);
   const int64_t B = in.q.size(0), T = in.q.size(2), Hkv = in.k_hi.size(1);
@@ -117,7 +119,7 @@ Tensor block_scores(const Tensor& q_in, const Tensor& k_cmp_in, const SelectionK
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < Hkv; ++h) {
       auto rows = scores[b][h];
-      launch_scores(in, knobs, b, h, 0, T, rows);
+      launch_scores(in, knobs, b, h, 0, T, rows, path);
     }
   return scores;
 }

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "attention/block_selection.h"
+#include "block_sparse_attention.h"  // kernels::BsaPath
 
 namespace st::cuda {
 
@@ -27,9 +28,9 @@ BlockRows select_rows(const torch::Tensor& q, const torch::Tensor& k_cmp, const 
 // The two stages on their own, over the whole sequence at once (for tests): the pooled block
 // scores [B, Hkv, T, n_blocks] (the reference's pool_to_blocks of the group-summed
 // probabilities), and the lists of the top-k over given scores (the reference's select_blocks
-// then list_entries).
+// then list_entries). path kPortable: the scores kernel's mma.sync form on a Hopper too.
 torch::Tensor block_scores(const torch::Tensor& q, const torch::Tensor& k_cmp, const SelectionKnobs& knobs,
-                           torch::ScalarType dtype);
+                           torch::ScalarType dtype, st::kernels::BsaPath path = st::kernels::BsaPath::kAuto);
 BlockRows rows_from_scores(const torch::Tensor& scores, const SelectionKnobs& knobs);
 
 }  // namespace st::cuda
