@@ -1,7 +1,7 @@
-// Hopper (sm_90a) warpgroup MMA for the backward kernel: wgmma.mma_async m64nNk16 with fp32
-// accumulators, operands read from shared memory through 64-bit descriptors (A may come from
-// registers instead). Where the sm_80 path has each of 4 warps ldmatrix the whole B tile for
-// its own 16 rows, one wgmma reads B once for the warpgroup's 64 rows.
+// Hopper (sm_90a) warpgroup MMA for the attention and selection kernels: wgmma.mma_async
+// m64nNk16 with fp32 accumulators, operands read from shared memory through 64-bit descriptors
+// (A may come from registers instead). Where the sm_80 path has each of 4 warps ldmatrix the
+// whole B tile for its own 16 rows, one wgmma reads B once for the warpgroup's 64 rows.
 //
 // The tiles are bsa_device.cuh's swizzled layout, which is the canonical 128-byte-swizzle
 // layout when each tile starts on a 1024-byte boundary: 64-column slabs of 64 rows x 128 bytes,
