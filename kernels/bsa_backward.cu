@@ -257,23 +257,12 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     uint32_t pa[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+    if constexpr (kWgmma) wgmma_fence();
+    mma_regs_by_tile<T, D, kWgmma>(dv, pa, do_s, lane);
     if constexpr (kWgmma) {
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, D, 1>(dv, pa[kk], desc_mn_major(do_s, kk));
       wgmma_commit();
       wgmma_wait<1>();  // dP^T is done (dV may still run)
       fence_operands(dp);
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int nd = 0; nd < D / 16; ++nd) {
-          uint32_t bo[4];
-          load_b_kn(bo, do_s, kk * 16, nd * 16, lane);
-          mma<T>(dv[2 * nd], pa[kk], bo[0], bo[1]);
-          mma<T>(dv[2 * nd + 1], pa[kk], bo[2], bo[3]);
-        }
     }
     // dS^T = P^T (dP^T - delta) and its column sums (d(bias)).
 #pragma unroll
@@ -297,22 +286,9 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
     // dK += dS^T Q.
-    if constexpr (kWgmma) {
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, D, 1>(dk, da[kk], desc_mn_major(q_s, kk));
-      wgmma_commit();
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int nd = 0; nd < D / 16; ++nd) {
-          uint32_t bq[4];
-          load_b_kn(bq, q_s, kk * 16, nd * 16, lane);
-          mma<T>(dk[2 * nd], da[kk], bq[0], bq[1]);
-          mma<T>(dk[2 * nd + 1], da[kk], bq[2], bq[3]);
-        }
-    }
+    if constexpr (kWgmma) wgmma_fence();
+    mma_regs_by_tile<T, D, kWgmma>(dk, da, q_s, lane);
+    if constexpr (kWgmma) wgmma_commit();
     __syncthreads();  // the column sums and the next tile's positions are visible
     if (u + 1 < n_tiles) add_bias(st ^ 1);
     if (p.dbias && tid < p.P) {

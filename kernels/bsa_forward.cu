@@ -225,24 +225,13 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
       uint32_t da[4][4];
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], s[2 * kk], s[2 * kk + 1]);
+      if constexpr (kWgmma) wgmma_fence();
+      mma_regs_by_tile<T, D, kWgmma>(acc, da, k_s, lane);
       if constexpr (kWgmma) {
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, D, 1>(acc, da[kk], desc_mn_major(k_s, kk));
         wgmma_commit();
         wgmma_wait<0>();  // before the next iteration's barrier: that iteration refills this K stage
         fence_operands(acc);
         fence_operands(da);
-      } else {
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-          for (int nd = 0; nd < D / 16; ++nd) {
-            uint32_t bf[4];
-            load_b_kn(bf, k_s, kk * 16, nd * 16, lane);
-            mma<T>(acc[2 * nd], da[kk], bf[0], bf[1]);
-            mma<T>(acc[2 * nd + 1], da[kk], bf[2], bf[3]);
-          }
       }
       continue;
     }
@@ -252,33 +241,15 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
       c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
       if constexpr (kExact) c_to_a_residual<T>(pl[kk], s[2 * kk], s[2 * kk + 1]);
     }
+    if constexpr (kWgmma) wgmma_fence();
+    mma_regs_by_tile<T, D, kWgmma>(acc, pa, v_s, lane);
+    if constexpr (kExact) mma_regs_by_tile<T, D, kWgmma>(acc, pl, v_s, lane);
     if constexpr (kWgmma) {
-      // Waits before the next iteration's barrier: that iteration refills this V stage.
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        wgmma_rs<T, D, 1>(acc, pa[kk], desc_mn_major(v_s, kk));
-        if constexpr (kExact) wgmma_rs<T, D, 1>(acc, pl[kk], desc_mn_major(v_s, kk));
-      }
       wgmma_commit();
-      wgmma_wait<0>();
+      wgmma_wait<0>();  // before the next iteration's barrier: that iteration refills this V stage
       fence_operands(acc);
       fence_operands(pa);
       fence_operands(pl);
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int nd = 0; nd < D / 16; ++nd) {
-          uint32_t bf[4];
-          load_b_kn(bf, v_s, kk * 16, nd * 16, lane);
-          mma<T>(acc[2 * nd], pa[kk], bf[0], bf[1]);
-          mma<T>(acc[2 * nd + 1], pa[kk], bf[2], bf[3]);
-          if constexpr (kExact) {
-            mma<T>(acc[2 * nd], pl[kk], bf[0], bf[1]);
-            mma<T>(acc[2 * nd + 1], pl[kk], bf[2], bf[3]);
-          }
-        }
     }
   }
 

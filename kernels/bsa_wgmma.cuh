@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "bsa_device.cuh"
+
 namespace st::kernels::dev {
 
 // Host side: whether a kernel's sm_90 form runs here, i.e. the device is a Hopper and this
@@ -154,5 +156,28 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
 #undef ST_ACC128
 #undef ST_REGS32
 #undef ST_REGS64
+
+// The product the kernels take four times (P V, P^T dO, dS^T Q, dS K): acc (64 x D) += A (64 x
+// 64, from registers: the warp's 16 rows as 4 k-step A fragments) * B, B a 64 x D tile stored
+// row-major with rows = k. kWgmma: 4 warpgroup MMAs, issued only (the caller fences before,
+// commits and waits after); else mma.sync per warp with B fragments by ldmatrix.
+template <typename T, int D, bool kWgmma>
+__device__ __forceinline__ void mma_regs_by_tile(float (&acc)[D / 8][4], const uint32_t (&a)[4][4], uint32_t b_tile,
+                                                 int lane) {
+  if constexpr (kWgmma) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, D, 1>(acc, a[kk], desc_mn_major(b_tile, kk));
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int nd = 0; nd < D / 16; ++nd) {
+        uint32_t b[4];
+        load_b_kn(b, b_tile, kk * 16, nd * 16, lane);
+        mma<T>(acc[2 * nd], a[kk], b[0], b[1]);
+        mma<T>(acc[2 * nd + 1], a[kk], b[2], b[3]);
+      }
+  }
+}
 
 }  // namespace st::kernels::dev
