@@ -30,6 +30,24 @@ struct Shape {
   int window;  // keys; 0: none
 };
 
+// The ATen reference in fp32 on the same (16-bit) inputs: output and every gradient.
+struct Reference {
+  torch::Tensor o, dq, dk, dv, dbias;
+};
+Reference reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& bias,
+                    const cuda::BlockLists& lists, const torch::Tensor& dout, const Shape& s) {
+  auto qr = q.to(torch::kFloat32).requires_grad_(true), kr = k.to(torch::kFloat32).requires_grad_(true),
+       vr = v.to(torch::kFloat32).requires_grad_(true), br = bias.clone().requires_grad_(true);
+  auto o = block_sparse_attention(qr, kr, vr, dense_bias({lists.row_ptr, lists.blocks, br}, s.B, s.Hkv, s.T, 64), 64,
+                                  s.window);
+  o.backward(dout.to(torch::kFloat32));
+  return {o.detach(), qr.grad(), kr.grad(), vr.grad(), br.grad()};
+}
+
+// bf16 keeps 8 mantissa bits, fp16 11: the kernels' P and dS round to them before the MMAs.
+double output_tolerance(const Shape& s) { return s.dtype == torch::kBFloat16 ? 1e-2 : 3e-3; }
+double grad_tolerance(const Shape& s) { return s.dtype == torch::kBFloat16 ? 2e-2 : 6e-3; }
+
 class GpuBlockSparse : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(GpuBlockSparse, MatchesReferenceForwardAndGradients) {
@@ -55,21 +73,14 @@ TEST_P(GpuBlockSparse, MatchesReferenceForwardAndGradients) {
   auto out = cuda::block_sparse_attention(qg, kg, vg, bg, lists);
   out.backward(dout);
 
-  auto qr = q.to(torch::kFloat32).requires_grad_(true), kr = k.to(torch::kFloat32).requires_grad_(true),
-       vr = v.to(torch::kFloat32).requires_grad_(true), br = bias.clone().requires_grad_(true);
-  auto ref = block_sparse_attention(qr, kr, vr, dense_bias({lists.row_ptr, lists.blocks, br}, s.B, s.Hkv, s.T, 64), 64,
-                                    s.window);
-  ref.backward(dout.to(torch::kFloat32));
-
-  // bf16 keeps 8 mantissa bits, fp16 11: the kernels' P and dS round to them before the MMAs.
-  const bool bf = s.dtype == torch::kBFloat16;
-  const double tol_o = bf ? 1e-2 : 3e-3, tol_g = bf ? 2e-2 : 6e-3;
-  EXPECT_LT(rel_err(out, ref), tol_o);
-  EXPECT_LT(rel_err(qg.grad(), qr.grad()), tol_g);
-  EXPECT_LT(rel_err(kg.grad(), kr.grad()), tol_g);
-  EXPECT_LT(rel_err(vg.grad(), vr.grad()), tol_g);
+  const Reference ref = reference(q, k, v, bias, lists, dout, s);
+  const double tol_o = output_tolerance(s), tol_g = grad_tolerance(s);
+  EXPECT_LT(rel_err(out, ref.o), tol_o);
+  EXPECT_LT(rel_err(qg.grad(), ref.dq), tol_g);
+  EXPECT_LT(rel_err(kg.grad(), ref.dk), tol_g);
+  EXPECT_LT(rel_err(vg.grad(), ref.dv), tol_g);
   if (bias.numel() > 0) {
-    EXPECT_LT(rel_err(bg.grad(), br.grad()), tol_g);
+    EXPECT_LT(rel_err(bg.grad(), ref.dbias), tol_g);
   }
 }
 
@@ -119,18 +130,13 @@ TEST(GpuBlockSparsePortable, MatchesReferenceAndDefaultPath) {
     const auto [o_p, g_p] = run(kernels::BsaPath::kPortable);
     const auto [o_d, g_d] = run(kernels::BsaPath::kAuto);
 
-    auto qr = q.to(torch::kFloat32).requires_grad_(true), kr = k.to(torch::kFloat32).requires_grad_(true),
-         vr = v.to(torch::kFloat32).requires_grad_(true), br = bias.clone().requires_grad_(true);
-    auto ref = block_sparse_attention(qr, kr, vr, dense_bias({lists.row_ptr, lists.blocks, br}, s.B, s.Hkv, s.T, 64), 64,
-                                      s.window);
-    ref.backward(dout.to(torch::kFloat32));
-    const bool bf = s.dtype == torch::kBFloat16;
-    const double tol_o = bf ? 1e-2 : 3e-3, tol_g = bf ? 2e-2 : 6e-3;
-    EXPECT_LT(rel_err(o_p, ref), tol_o);
-    EXPECT_LT(rel_err(g_p.dq, qr.grad()), tol_g);
-    EXPECT_LT(rel_err(g_p.dk, kr.grad()), tol_g);
-    EXPECT_LT(rel_err(g_p.dv, vr.grad()), tol_g);
-    EXPECT_LT(rel_err(g_p.dbias, br.grad()), tol_g);
+    const Reference ref = reference(q, k, v, bias, lists, dout, s);
+    const double tol_o = output_tolerance(s), tol_g = grad_tolerance(s);
+    EXPECT_LT(rel_err(o_p, ref.o), tol_o);
+    EXPECT_LT(rel_err(g_p.dq, ref.dq), tol_g);
+    EXPECT_LT(rel_err(g_p.dk, ref.dk), tol_g);
+    EXPECT_LT(rel_err(g_p.dv, ref.dv), tol_g);
+    EXPECT_LT(rel_err(g_p.dbias, ref.dbias), tol_g);
     // The two paths differ only in how the same fp32 sums are ordered.
     EXPECT_LT(rel_err(o_p, o_d), tol_o / 4);
     EXPECT_LT(rel_err(g_p.dq, g_d.dq), tol_g / 4);
