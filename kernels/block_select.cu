@@ -150,6 +150,7 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
     // s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 + 63 of the tile's rows.
     float s[8][4] = {};
     if constexpr (kWgmma) {
+      fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks)

@@ -208,6 +208,10 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     // groups, so that P (below) overlaps the dP^T matmul and dV's the dS^T math.
     float s[8][4] = {}, dp[8][4] = {};
     if constexpr (kWgmma) {
+      // The zeroed accumulators in their registers before the fence, so that ptxas need not
+      // insert a warpgroup arrive/wait of its own for them.
+      fence_operands(s);
+      fence_operands(dp);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(s, desc_k_major(sK, kk), desc_k_major(q_s, kk));

@@ -128,6 +128,8 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
     const uint32_t k_s = sK(st), v_s = sV(st);
     float s[8][4] = {}, dp[kDq ? 8 : 1][4] = {};
     if constexpr (kWgmma) {
+      fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
+      fence_operands(dp);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(s, desc_k_major(sQ, kk), desc_k_major(k_s, kk));
