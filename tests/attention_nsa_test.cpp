@@ -186,7 +186,9 @@ TEST(NsaAttention, GradientsReachCompressorGatesAndBranchKV) {
     auto grad = p.grad().clone();
     // A bias shared by all compressed keys shifts every compressed logit of a query equally,
     // which the softmax ignores: its gradient is zero, and finite differences agree.
-    if (name != "compress_k.out.bias") EXPECT_GT(grad.abs().max().item<double>(), 1e-6) << name;
+    if (name != "compress_k.out.bias") {
+      EXPECT_GT(grad.abs().max().item<double>(), 1e-6) << name;
+    }
     test::expect_finite_differences(p, grad, [&] { return loss().item<double>(); }, name);
   }
 }
