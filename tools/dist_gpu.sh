@@ -29,7 +29,8 @@ run() {  # name n_gpus extra-args...
 counts=(1)
 for n in 2 4 8; do [ "$n" -le "$n_gpus" ] && counts+=("$n"); done
 for n in "${counts[@]}"; do run "1b-8k-gpu$n" "$n"; done
-[ "$n_gpus" -ge 4 ] && run 8b-like-gpu4 4 --set model.config=configs/minicpm4-8b-like.yaml --set train.micro_batch=1
+[ "$n_gpus" -ge 4 ] && run 8b-like-gpu4 4 --set model.config=configs/minicpm4-8b-like.yaml --set train.micro_batch=1 \
+  --set train.activation_checkpointing=true
 
 python3 - "$OUT" <<'PY'
 import glob, json, os, sys
