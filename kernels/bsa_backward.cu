@@ -213,11 +213,9 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
       fence_operands(s);
       fence_operands(dp);
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(s, desc_k_major(sK, kk), desc_k_major(q_s, kk));
+      wgmma_tile_by_tile_t<T, D>(s, sK, q_s);
       wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(dp, desc_k_major(sV, kk), desc_k_major(do_s, kk));
+      wgmma_tile_by_tile_t<T, D>(dp, sV, do_s);
       wgmma_commit();
       wgmma_wait<1>();
       fence_operands(s);

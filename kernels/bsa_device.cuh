@@ -114,13 +114,6 @@ __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], uint32_t tile, int k
                     tile + tile_offset(k0 + (lane & 7) + ((m & 1) << 3), n0 + ((m >> 1) << 3)));
 }
 
-// A fragment (16x16 at rows r0.., cols k0..) of a tile that stores A transposed (row = k): dS from the dS^T tile in the backward.
-__device__ __forceinline__ void load_a_t(uint32_t (&a)[4], uint32_t tile, int r0, int k0,
-                                         int lane) {
-  const int m = lane >> 3;
-  ldmatrix_x4_trans(a, tile + tile_offset(k0 + (lane & 7) + ((m >> 1) << 3), r0 + ((m & 1) << 3)));
-}
-
 // Accumulator pair (n-tiles 2kk, 2kk+1 of a 16 x 64 C) -> A fragment for k-step kk.
 template <typename T>
 __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],

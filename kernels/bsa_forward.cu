@@ -131,12 +131,8 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
       fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
       fence_operands(dp);
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(s, desc_k_major(sQ, kk), desc_k_major(k_s, kk));
-      if constexpr (kDq) {
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T, 64, 0, 0>(dp, desc_k_major(sdO, kk), desc_k_major(v_s, kk));
-      }
+      wgmma_tile_by_tile_t<T, D>(s, sQ, k_s);
+      if constexpr (kDq) wgmma_tile_by_tile_t<T, D>(dp, sdO, v_s);
       wgmma_commit();
       wgmma_wait<0>();
       fence_operands(s);

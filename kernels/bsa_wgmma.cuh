@@ -100,30 +100,17 @@ __device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
   "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "  \
   "%59, %60, %61, %62, %63}"
 
-// d (64 x N) += A (64 x 16) * B (16 x N), A and B in shared memory; kTransA / kTransB: 1 where
-// the operand is MN-major.
-template <typename T, int N, int kTransA, int kTransB>
-__device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t a, uint64_t b) {
-  static_assert(N == 64 || N == 128, "N is 64 or 128");
-  if constexpr (N == 64) {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>)
-      ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " ST_REGS32 ", %32, %33, p, 1, 1, %34, %35;\n}\n"
-                  : ST_ACC64 : "l"(a), "l"(b), "n"(kTransA), "n"(kTransB));
-    else
-      ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " ST_REGS32 ", %32, %33, p, 1, 1, %34, %35;\n}\n"
-                  : ST_ACC64 : "l"(a), "l"(b), "n"(kTransA), "n"(kTransB));
-  } else {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>)
-      ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " ST_REGS64 ", %64, %65, p, 1, 1, %66, %67;\n}\n"
-                  : ST_ACC128 : "l"(a), "l"(b), "n"(kTransA), "n"(kTransB));
-    else
-      ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " ST_REGS64 ", %64, %65, p, 1, 1, %66, %67;\n}\n"
-                  : ST_ACC128 : "l"(a), "l"(b), "n"(kTransA), "n"(kTransB));
-  }
+// d (64 x 64) += A (64 x 16) * B (16 x 64), both K-major in shared memory.
+template <typename T>
+__device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t a, uint64_t b) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " ST_REGS32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                : ST_ACC64 : "l"(a), "l"(b));
+  else
+    ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " ST_REGS32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                : ST_ACC64 : "l"(a), "l"(b));
 }
 
 // d (64 x N) += A (64 x 16, registers: the warp's mma.sync A fragment) * B (shared memory).
@@ -156,6 +143,14 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
 #undef ST_ACC128
 #undef ST_REGS32
 #undef ST_REGS64
+
+// acc (64 x 64) += A B^T for two 64 x D tiles stored row-major in shared memory (S = Q K^T,
+// dP = dO V^T and their transposes in the backward): D / 16 warpgroup MMAs, issued only.
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_tile_by_tile_t(float (&acc)[8][4], uint32_t a_tile, uint32_t b_tile) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T>(acc, desc_k_major(a_tile, kk), desc_k_major(b_tile, kk));
+}
 
 // The product the kernels take four times (P V, P^T dO, dS^T Q, dS K): acc (64 x D) += A (64 x
 // 64, from registers: the warp's 16 rows as 4 k-step A fragments) * B, B a 64 x D tile stored
