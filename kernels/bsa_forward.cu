@@ -185,54 +185,40 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
             const float pe = fast_exp2(s[nt][2 * i + e] * p.scale_log2 + bias2[i] - lse2[i]);
             s[nt][2 * i + e] = pe * (dp[nt][2 * i + e] - delta2[i]);
           }
-        continue;
-      }
-      float mx = -INFINITY;
+      } else {
+        float mx = -INFINITY;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
+        for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float x = s[nt][2 * i + e] * p.scale_log2 + bias2[i];
-          s[nt][2 * i + e] = x;
-          mx = fmaxf(mx, x);
+          for (int e = 0; e < 2; ++e) {
+            const float x = s[nt][2 * i + e] * p.scale_log2 + bias2[i];
+            s[nt][2 * i + e] = x;
+            mx = fmaxf(mx, x);
+          }
         }
-      }
-      const float m_new = fmaxf(m_run[i], quad_max(mx));
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = fast_exp2(m_run[i] - m_use);
-      float rs = 0.f;
+        const float m_new = fmaxf(m_run[i], quad_max(mx));
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = fast_exp2(m_run[i] - m_use);
+        float rs = 0.f;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
+        for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float pe = fast_exp2(s[nt][2 * i + e] - m_use);
-          s[nt][2 * i + e] = pe;
-          rs += pe;
+          for (int e = 0; e < 2; ++e) {
+            const float pe = fast_exp2(s[nt][2 * i + e] - m_use);
+            s[nt][2 * i + e] = pe;
+            rs += pe;
+          }
         }
-      }
-      l_run[i] = l_run[i] * alpha + rs;
-      m_run[i] = m_new;
+        l_run[i] = l_run[i] * alpha + rs;
+        m_run[i] = m_new;
 #pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd) {
-        acc[nd][2 * i] *= alpha;
-        acc[nd][2 * i + 1] *= alpha;
+        for (int nd = 0; nd < D / 8; ++nd) {
+          acc[nd][2 * i] *= alpha;
+          acc[nd][2 * i + 1] *= alpha;
+        }
       }
     }
     // O += P V, or dQ += dS K (s holds dS then).
-    if constexpr (kDq) {
-      uint32_t da[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], s[2 * kk], s[2 * kk + 1]);
-      if constexpr (kWgmma) wgmma_fence();
-      mma_regs_by_tile<T, D, kWgmma>(acc, da, k_s, lane);
-      if constexpr (kWgmma) {
-        wgmma_commit();
-        wgmma_wait<0>();  // before the next iteration's barrier: that iteration refills this K stage
-        fence_operands(acc);
-        fence_operands(da);
-      }
-      continue;
-    }
     uint32_t pa[4][4], pl[kExact ? 4 : 1][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -240,41 +226,30 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
       if constexpr (kExact) c_to_a_residual<T>(pl[kk], s[2 * kk], s[2 * kk + 1]);
     }
     if constexpr (kWgmma) wgmma_fence();
-    mma_regs_by_tile<T, D, kWgmma>(acc, pa, v_s, lane);
+    mma_regs_by_tile<T, D, kWgmma>(acc, pa, kDq ? k_s : v_s, lane);
     if constexpr (kExact) mma_regs_by_tile<T, D, kWgmma>(acc, pl, v_s, lane);
     if constexpr (kWgmma) {
       wgmma_commit();
-      wgmma_wait<0>();  // before the next iteration's barrier: that iteration refills this V stage
+      wgmma_wait<0>();  // before the next iteration's barrier: that iteration refills this stage
       fence_operands(acc);
       fence_operands(pa);
       fence_operands(pl);
     }
   }
 
-  // Normalise and write O and the log-sum-exp (natural log); or write dQ.
-  T* o = static_cast<T*>(p.out);
-  if constexpr (kDq) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const TileRow row = row_of(wrow + g + 8 * i);
-      if (!row.valid) continue;
-      uint32_t* qrow = reinterpret_cast<uint32_t*>(o + row.off);
-#pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd) qrow[nd * 4 + c] = Elem<T>::pack(acc[nd][2 * i] * p.scale, acc[nd][2 * i + 1] * p.scale);
-    }
-    return;
-  }
+  // Normalise and write O and the log-sum-exp (natural log); or write dQ (scaled).
+  T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const float lsum = quad_sum(l_run[i]);
+    const float lsum = kDq ? 1.f : quad_sum(l_run[i]);  // every lane: the sum shuffles
     const TileRow row = row_of(wrow + g + 8 * i);
     if (!row.valid) continue;
-    const float inv = 1.f / lsum;
-    uint32_t* orow = reinterpret_cast<uint32_t*>(o + row.off);
+    const float mul = kDq ? p.scale : 1.f / lsum;
+    uint32_t* orow = reinterpret_cast<uint32_t*>(out + row.off);
     [[maybe_unused]] uint32_t* lorow = kExact ? reinterpret_cast<uint32_t*>(static_cast<T*>(p.o_lo) + row.off) : nullptr;
 #pragma unroll
     for (int nd = 0; nd < D / 8; ++nd) {
-      const float x0 = acc[nd][2 * i] * inv, x1 = acc[nd][2 * i + 1] * inv;
+      const float x0 = acc[nd][2 * i] * mul, x1 = acc[nd][2 * i + 1] * mul;
       const uint32_t hi = Elem<T>::pack(x0, x1);
       orow[nd * 4 + c] = hi;
       if constexpr (kExact) {
@@ -282,7 +257,7 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
         lorow[nd * 4 + c] = Elem<T>::pack(x0 - r.x, x1 - r.y);
       }
     }
-    if (c == 0) p.lse[row.lrow] = (m_run[i] + log2f(lsum)) * 0.6931471805599453f;
+    if (!kDq && c == 0) p.lse[row.lrow] = (m_run[i] + log2f(lsum)) * 0.6931471805599453f;
   }
 }
 
