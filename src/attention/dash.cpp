@@ -39,8 +39,8 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// One routing tile's entmax: query rows [t0, t0 + n) of one KV group against the chunk
-// summaries, the first half of routing_bias and of its backward.
+// One routing tile's entmax and group mean: query rows [t0, t0 + n) of one KV group against
+// the chunk summaries, the first half of routing_bias and of its backward.
 struct TileRouting {
   int64_t n_seen, n_chunks;
   double scale;             // z = scale (q . kbar)
@@ -48,6 +48,8 @@ struct TileRouting {
   torch::Tensor q_groups;   // [B, Hkv, G, n, d] in the reference dtype
   torch::Tensor kbar_seen;  // [B, Hkv, 1, n_seen, d]
   torch::Tensor p;          // [B, Hkv, G, n, n_seen] entmax over each row's candidates
+  torch::Tensor pbar;       // [B, Hkv, n, n_seen] their mean over the group's heads
+  torch::Tensor routed;     // pbar > 0: the group reads the union of its heads' supports
 };
 
 TileRouting tile_routing(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
@@ -78,6 +80,8 @@ TileRouting tile_routing(const DashConfig& cfg, const Tensor& q_rows, const Tens
   r.kbar_seen = kbar.narrow(2, 0, r.n_seen).to(dtype).unsqueeze(2);
   auto z = torch::matmul(r.q_groups, r.kbar_seen.transpose(-1, -2)) * r.scale;
   r.p = entmax(z.masked_fill(~candidate, -inf), cfg.alpha, -1);
+  r.pbar = r.p.mean(2);
+  r.routed = r.pbar > 0;
   return r;
 }
 
@@ -87,8 +91,7 @@ Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& k
   const TileRouting r = tile_routing(cfg, q_rows, kbar, t0, T);
   const double inf = std::numeric_limits<double>::infinity();
   // GQA: the group reads the union of its heads' supports, weighted by their mean.
-  auto pbar = r.p.mean(2);  // [B, Hkv, n, n_seen]
-  auto routed = pbar > 0;
+  const Tensor &pbar = r.pbar, &routed = r.routed;
   auto log_p = torch::log(torch::where(routed, pbar, torch::ones_like(pbar)));  // 0 off the support
   auto prior = log_p;
   if (cfg.prior == "normalized") {
@@ -111,8 +114,7 @@ std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Ten
   const TileRouting r = tile_routing(cfg, q_rows, kbar, t0, T);
   const int64_t G = r.q_groups.size(2);
   auto d_prior = torch::where(r.always, torch::zeros_like(d_bias), d_bias).narrow(1, 0, r.n_seen) / cfg.sigma;
-  auto pbar = r.p.mean(2);
-  auto routed = pbar > 0;
+  const Tensor &pbar = r.pbar, &routed = r.routed;
   d_prior = torch::where(routed, d_prior.to(pbar.scalar_type()), torch::zeros_like(pbar));
   auto d_log_p = d_prior;
   if (cfg.prior == "normalized") {
@@ -168,8 +170,9 @@ std::vector<RoutingTile> routing_tiles(int64_t B, int64_t Hkv, int64_t T, int64_
 
 // Inputs q [B, Hq, T, d] and kbar [B, Hkv, n_full, d]; outputs the entries' bias
 // (differentiable), row_ptr and blocks. Only q, kbar and the lists are saved; the backward
-// recomputes each tile's entmax and derives through it by hand (routing_bias_backward). Scores in fp32 with autocast off, in forward and backward alike:
-// the support's edge and log(pbar) near it are where bf16 scores would move the routing.
+// recomputes each tile's entmax and derives through it by hand (routing_bias_backward).
+// Scores in fp32 with autocast off, in forward and backward alike: the support's edge and
+// log(pbar) near it are where bf16 scores would move the routing.
 struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& kbar, const DashConfig& cfg,
                                int64_t tile_rows) {
