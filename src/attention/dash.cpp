@@ -9,6 +9,9 @@
 #include "attention/block_sparse.h"
 #include "attention/block_sparse_dispatch.h"
 #include "attention/entmax.h"
+#ifdef SPARSETRAIN_CUDA
+#include "attention/cuda/dash_routing.h"
+#endif
 
 namespace st {
 
@@ -39,46 +42,67 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// One routing tile's entmax and group mean: query rows [t0, t0 + n) of one KV group against
-// the chunk summaries, the first half of routing_bias and of its backward.
-struct TileRouting {
+// One routing tile's scores: query rows [t0, t0 + n) of one KV group against the chunk
+// summaries, before the temperature. Both routing paths start here, so they see the same
+// numbers.
+struct TileScores {
   int64_t n_seen, n_chunks;
-  double scale;             // z = scale (q . kbar)
-  torch::Tensor always;     // [n, n_chunks] read at bias 0: the own chunk and forced ones
+  double scale;             // z = scale * scores
   torch::Tensor q_groups;   // [B, Hkv, G, n, d] in the reference dtype
   torch::Tensor kbar_seen;  // [B, Hkv, 1, n_seen, d]
-  torch::Tensor p;          // [B, Hkv, G, n, n_seen] entmax over each row's candidates
-  torch::Tensor pbar;       // [B, Hkv, n, n_seen] their mean over the group's heads
-  torch::Tensor routed;     // pbar > 0: the group reads the union of its heads' supports
+  torch::Tensor scores;     // [B, Hkv, G, n, n_seen]
 };
 
-TileRouting tile_routing(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
   const int64_t B = q_rows.size(0), Hq = q_rows.size(1), n = q_rows.size(2), d = q_rows.size(3);
   const int64_t Hkv = kbar.size(1), C = cfg.chunk;
-  TileRouting r;
-  r.n_chunks = (T + C - 1) / C;
+  const auto dtype = reference_dtype(q_rows);
+  TileScores s;
+  s.n_chunks = (T + C - 1) / C;
   // Chunks some row of these queries may route to: complete ones strictly before the last
   // row's own (a tile early in the sequence scores few chunks).
-  r.n_seen = std::min(T / C, (t0 + n - 1) / C);
-  r.scale = cfg.temperature / std::sqrt(double(d));
+  s.n_seen = std::min(T / C, (t0 + n - 1) / C);
+  s.scale = cfg.temperature / std::sqrt(double(d));
+  s.q_groups = q_rows.to(dtype).reshape({B, Hkv, Hq / Hkv, n, d});
+  s.kbar_seen = kbar.narrow(2, 0, s.n_seen).to(dtype).unsqueeze(2);
+  s.scores = torch::matmul(s.q_groups, s.kbar_seen.transpose(-1, -2));
+  return s;
+}
+
+// The scores' vector-Jacobian product: d scores -> d q_rows [B, G, n, d] and d kbar's first
+// n_seen chunks [B, Hkv, n_seen, d].
+std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor& d_scores) {
+  auto dq = torch::matmul(d_scores, s.kbar_seen).flatten(1, 2);
+  auto dkbar = torch::matmul(d_scores.transpose(-1, -2), s.q_groups).sum(2);
+  return {dq, dkbar};
+}
+
+// A tile's entmax and group mean in ATen, the first half of routing_bias and of its backward.
+struct TileRouting {
+  torch::Tensor always;  // [n, n_chunks] read at bias 0: the own chunk and forced ones
+  torch::Tensor p;       // [B, Hkv, G, n, n_seen] entmax over each row's candidates
+  torch::Tensor pbar;    // [B, Hkv, n, n_seen] their mean over the group's heads
+  torch::Tensor routed;  // pbar > 0: the group reads the union of its heads' supports
+};
+
+TileRouting tile_routing(const DashConfig& cfg, const TileScores& s, int64_t t0) {
+  const int64_t n = s.scores.size(3), C = cfg.chunk;
+  TileRouting r;
   const double inf = std::numeric_limits<double>::infinity();
-  const auto dtype = reference_dtype(q_rows);
-  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(q_rows.device());
+  const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(s.scores.device());
 
   auto own = torch::arange(t0, t0 + n, ints).div(C, "floor").view({n, 1});
-  auto c = torch::arange(r.n_chunks, ints).view({1, r.n_chunks});
+  auto c = torch::arange(s.n_chunks, ints).view({1, s.n_chunks});
   // Forced sink and local chunks are read like the diagonal chunk, with b = 0, and left out
   // of the routing: entmax spends its mass only on the chunks it decides about, and a forced
   // chunk's bias does not jump when the router drops it from its support.
   auto forced = (c < own) & ((c < cfg.sink_chunks) | (c >= own - cfg.local_chunks));
   r.always = forced | (c == own);
   // Routing candidates: complete chunks strictly before the query's own, not already forced.
-  auto candidate = ((c < own) & ~forced).narrow(1, 0, r.n_seen);
+  auto candidate = ((c < own) & ~forced).narrow(1, 0, s.n_seen);
 
   // z = s (q . kbar) / sqrt(d) per query head, alpha-entmax over the candidates.
-  r.q_groups = q_rows.to(dtype).reshape({B, Hkv, Hq / Hkv, n, d});
-  r.kbar_seen = kbar.narrow(2, 0, r.n_seen).to(dtype).unsqueeze(2);
-  auto z = torch::matmul(r.q_groups, r.kbar_seen.transpose(-1, -2)) * r.scale;
+  auto z = s.scores * s.scale;
   r.p = entmax(z.masked_fill(~candidate, -inf), cfg.alpha, -1);
   r.pbar = r.p.mean(2);
   r.routed = r.pbar > 0;
@@ -88,7 +112,8 @@ TileRouting tile_routing(const DashConfig& cfg, const Tensor& q_rows, const Tens
 // DashAttention::bias_rows for a configuration (the routing's backward has the configuration,
 // not the module, which may be gone by then).
 Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
-  const TileRouting r = tile_routing(cfg, q_rows, kbar, t0, T);
+  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
+  const TileRouting r = tile_routing(cfg, s, t0);
   const double inf = std::numeric_limits<double>::infinity();
   // GQA: the group reads the union of its heads' supports, weighted by their mean.
   const Tensor &pbar = r.pbar, &routed = r.routed;
@@ -101,7 +126,7 @@ Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& k
     prior = log_p - log_p.sum(-1, /*keepdim=*/true) / count;
   }
   auto bias = torch::where(routed, prior / cfg.sigma, -inf);
-  bias = torch::constant_pad_nd(bias, {0, r.n_chunks - r.n_seen}, -inf);
+  bias = torch::constant_pad_nd(bias, {0, s.n_chunks - s.n_seen}, -inf);
   return torch::where(r.always, torch::zeros_like(bias), bias);
 }
 
@@ -111,9 +136,10 @@ Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& k
 // the mean over the group's heads, entmax's Jacobian and z = s q . kbar.
 std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
                                                 int64_t t0, int64_t T, const Tensor& d_bias) {
-  const TileRouting r = tile_routing(cfg, q_rows, kbar, t0, T);
-  const int64_t G = r.q_groups.size(2);
-  auto d_prior = torch::where(r.always, torch::zeros_like(d_bias), d_bias).narrow(1, 0, r.n_seen) / cfg.sigma;
+  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
+  const TileRouting r = tile_routing(cfg, s, t0);
+  const int64_t G = s.q_groups.size(2);
+  auto d_prior = torch::where(r.always, torch::zeros_like(d_bias), d_bias).narrow(1, 0, s.n_seen) / cfg.sigma;
   const Tensor &pbar = r.pbar, &routed = r.routed;
   d_prior = torch::where(routed, d_prior.to(pbar.scalar_type()), torch::zeros_like(pbar));
   auto d_log_p = d_prior;
@@ -123,10 +149,39 @@ std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Ten
   }
   auto d_pbar = d_log_p / torch::where(routed, pbar, torch::ones_like(pbar));
   auto dp = (d_pbar / double(G)).unsqueeze(2).expand_as(r.p);
-  auto dz = entmax_backward(r.p, dp, cfg.alpha, -1) * r.scale;  // [B, Hkv, G, n, n_seen]
-  auto dq = torch::matmul(dz, r.kbar_seen).flatten(1, 2);       // [B, G, n, d]
-  auto dkbar = torch::matmul(dz.transpose(-1, -2), r.q_groups).sum(2);  // [B, Hkv, n_seen, d]
-  return {dq, dkbar};
+  return tile_scores_backward(s, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale);
+}
+
+#ifdef SPARSETRAIN_CUDA
+// The same two functions on the fused routing kernels (one (b, hkv) group per tile).
+Tensor fused_routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
+  const int64_t n = s.scores.size(3);
+  auto bias = cuda::dash_routing_bias(s.scores.reshape({-1, n, s.n_seen}), cfg, s.scale, t0, s.n_chunks);
+  return bias.view({1, 1, n, s.n_chunks});
+}
+
+std::pair<Tensor, Tensor> fused_routing_bias_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
+                                                      int64_t t0, int64_t T, const Tensor& d_bias) {
+  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
+  const int64_t n = s.scores.size(3);
+  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({-1, n, s.n_seen}), d_bias, cfg, s.scale, t0);
+  return tile_scores_backward(s, d_scores.view(s.scores.sizes()));
+}
+#endif
+
+// Which code runs the tiles' entmax and prior: the fused kernels or ATen.
+struct RoutingPath {
+  Tensor (*bias)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t);
+  std::pair<Tensor, Tensor> (*backward)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t,
+                                        const Tensor&);
+};
+
+RoutingPath routing_path(bool fused) {
+#ifdef SPARSETRAIN_CUDA
+  if (fused) return {fused_routing_bias, fused_routing_bias_backward};
+#endif
+  return {routing_bias, routing_bias_backward};
 }
 
 // The configuration through autograd's saved_data, and back.
@@ -175,13 +230,14 @@ std::vector<RoutingTile> routing_tiles(int64_t B, int64_t Hkv, int64_t T, int64_
 // log(pbar) near it are where bf16 scores would move the routing.
 struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& kbar, const DashConfig& cfg,
-                               int64_t tile_rows) {
+                               int64_t tile_rows, bool fused) {
     const int64_t G = q.size(1) / kbar.size(1), T = q.size(2);
     const AutocastOff autocast_off;
+    const RoutingPath path = routing_path(fused);
     std::vector<Tensor> counts, blocks, entries;
     std::vector<int64_t> offsets{0};  // each tile's first entry
     for (const auto& t : routing_tiles(q.size(0), kbar.size(1), T, tile_rows)) {
-      auto bias = routing_bias(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T).view({t.n, -1});
+      auto bias = path.bias(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T).view({t.n, -1});
       auto listed = list_entries(torch::isfinite(bias), t.t0, cfg.chunk);
       counts.push_back(listed.counts);
       blocks.push_back(listed.flat.remainder(bias.size(1)).to(torch::kInt32));
@@ -193,6 +249,7 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     ctx->save_for_backward({q, kbar, row_ptr, block_ids});
     save_config(ctx, cfg);
     ctx->saved_data["tile_rows"] = tile_rows;
+    ctx->saved_data["fused"] = fused;
     ctx->saved_data["offsets"] = offsets;
     ctx->mark_non_differentiable({row_ptr, block_ids});
     return {torch::cat(entries), row_ptr, block_ids};
@@ -205,7 +262,8 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const auto offsets = ctx->saved_data["offsets"].toIntVector();
     const int64_t Hkv = kbar.size(1), G = q.size(1) / Hkv, T = q.size(2);
     auto dq = torch::zeros_like(q), dkbar = torch::zeros_like(kbar);
-    if (!grads[0].defined()) return {dq, dkbar, Tensor(), Tensor()};
+    if (!grads[0].defined()) return {dq, dkbar, Tensor(), Tensor(), Tensor()};
+    const RoutingPath path = routing_path(ctx->saved_data["fused"].toBool());
     const torch::NoGradGuard no_grad;
     const AutocastOff autocast_off;
     const auto tiles = routing_tiles(q.size(0), Hkv, T, ctx->saved_data["tile_rows"].toInt());
@@ -221,11 +279,11 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
       auto idx = row * n_chunks + block_ids.narrow(0, offsets[i], m).to(torch::kInt64);
       auto d_entries = grads[0].narrow(0, offsets[i], m).to(reference_dtype(q));
       auto d_bias = torch::zeros({t.n * n_chunks}, d_entries.options()).index_put_({idx}, d_entries).view({t.n, n_chunks});
-      auto [dq_rows, dkbar_seen] = routing_bias_backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, d_bias);
+      auto [dq_rows, dkbar_seen] = path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, d_bias);
       t.q_rows(dq, G).copy_(dq_rows);
       t.kbar_rows(dkbar).narrow(2, 0, dkbar_seen.size(2)).add_(dkbar_seen);
     }
-    return {dq, dkbar, Tensor(), Tensor()};
+    return {dq, dkbar, Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -243,7 +301,11 @@ BlockRows DashAttention::routing(const Tensor& q, const Tensor& kbar) const {
     const int64_t per_row = std::max<int64_t>(q.size(1) / kbar.size(1) * kbar.size(2), 1);
     rows = std::max<int64_t>((int64_t(1) << 27) / per_row, cfg_.chunk);
   }
-  auto out = DashRoutingFunction::apply(q, kbar, cfg_, rows);
+  bool fused = false;
+#ifdef SPARSETRAIN_CUDA
+  fused = impl_ != "reference" && cuda::dash_routing_runs(cfg_, q, q.size(1) / kbar.size(1));
+#endif
+  auto out = DashRoutingFunction::apply(q, kbar, cfg_, rows, fused);
   return {out[1], out[2], out[0]};
 }
 

@@ -23,7 +23,9 @@ class DashAttention : public AttentionVariant {
   torch::Tensor bias_rows(const torch::Tensor& q_rows, const torch::Tensor& kbar, int64_t t0, int64_t T) const;
   // The same routing as per-row lists (block_sparse_dispatch.h), built one tile of queries of
   // one KV group at a time, so the per-head scores over all chunks exist for one tile only;
-  // the backward recomputes each tile. Differentiable in q and kbar through rows.bias.
+  // the backward recomputes each tile. Differentiable in q and kbar through rows.bias. The
+  // entmax, group mean and prior run on the fused kernels (attention/cuda/dash_routing.h)
+  // unless impl is reference or they cannot (alpha != 1.5, CPU, fp64, G > 16): then in ATen.
   BlockRows routing(const torch::Tensor& q, const torch::Tensor& kbar) const;
 
   // Query rows per routing tile; 0 sizes tiles to ~128 MB of fp32 scores (tests set it small).

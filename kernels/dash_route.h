@@ -1,0 +1,35 @@
+// DashAttention's routing (DESIGN §2.2, step 2) after the score GEMM, fused: alpha = 1.5
+// entmax per query head over its row's candidate chunks, the mean over the KV group's heads,
+// and the log-prior bias, in one kernel; its backward (the bias's gradient through log pbar,
+// the group mean and entmax's Jacobian, to the scores) in another, which recomputes the
+// thresholds instead of keeping anything. Plain C++ launchers (raw device pointers, a stream);
+// src/attention/cuda/dash_routing.h wraps them for LibTorch.
+#pragma once
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace st::kernels {
+
+constexpr int kDashMaxGroup = 16;  // query heads per KV group
+constexpr int kDashBadShape = -2;  // returned for a group over kDashMaxGroup or no room for a row
+
+struct DashRoutingArgs {
+  // [G, n, n_seen] fp32: q . kbar for query positions t0 .. t0 + n - 1 of the G heads of one KV
+  // group against chunks 0 .. n_seen - 1 (n_seen covers every row's past complete chunks).
+  const float* scores;
+  int64_t G, n, n_seen, n_chunks, t0;
+  int64_t chunk, sink_chunks, local_chunks;  // row t routes among chunks sink <= c < t / chunk - local
+  float scale;                               // entmax's input z = scale * scores
+  float sigma;                               // bias = prior / sigma
+  bool normalized;                           // prior = log pbar - mean of the row's routed log pbar
+};
+
+// bias [n, n_chunks]: per row, 0 on its own chunk and on forced (sink/local) chunks before it,
+// prior / sigma on routed chunks (pbar > 0), -inf elsewhere.
+int dash_routing_bias(const DashRoutingArgs& a, float* bias, cudaStream_t stream);
+
+// d_scores [G, n, n_seen] from d_bias [n, n_chunks] (entries at bias 0 or -inf carry none).
+int dash_routing_backward(const DashRoutingArgs& a, const float* d_bias, float* d_scores, cudaStream_t stream);
+
+}  // namespace st::kernels

@@ -1,0 +1,84 @@
+// Device pieces of the alpha = 1.5 entmax (DESIGN §2.1) shared by the plain entmax kernels
+// (entmax15.cu) and DashAttention's fused routing (dash_route.cu), so both find the same
+// threshold the same way.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace st::kernels {
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// p_i = max(0.5 (z_i - max) - tau, 0)^2; max = -inf when the row has no finite entry (p = 0).
+struct Entmax15Threshold {
+  float max, tau;
+  __device__ float prob(float z) const {
+    const float d = fmaxf(0.5f * (z - max) - tau, 0.f);
+    return d * d;
+  }
+};
+
+// The threshold of one row, by one whole warp, over the entries z(i) with lo <= i < hi (the
+// rest of the row counts as -inf). Lane l reads i = l, l + 32, ... whatever lo is, so a row
+// masked to -inf outside [lo, hi) gets bit for bit the same threshold as this range. tau
+// solves sum_i [x_i - tau]_+^2 = 1 for x = (z - max z) / 2: Newton's method from tau = -1,
+// where f is convex and decreasing, climbs monotonically to the root and is exact once the
+// support stops changing (a quadratic on it); it stops when a step no longer moves tau (fp32
+// rounding), at most 64 steps.
+template <class Z>
+__device__ Entmax15Threshold entmax15_threshold(const Z& z, int64_t lo, int64_t hi) {
+  const int lane = threadIdx.x & 31;
+  const int64_t first = lo - lo % 32 + lane;
+  float mx = -INFINITY;
+  for (int64_t i = first; i < hi; i += 32)
+    if (i >= lo) mx = fmaxf(mx, z(i));
+  mx = warp_max(mx);
+  float tau = -1.f;
+  if (mx == -INFINITY) return {mx, tau};
+  for (int it = 0; it < 64; ++it) {
+    float s1 = 0.f, s2 = 0.f;
+    for (int64_t i = first; i < hi; i += 32) {
+      if (i < lo) continue;
+      const float d = 0.5f * (z(i) - mx) - tau;
+      if (d > 0.f) {
+        s1 += d;
+        s2 += d * d;
+      }
+    }
+    s1 = warp_sum(s1);
+    s2 = warp_sum(s2);
+    const float next = tau + (s2 - 1.f) / (2.f * s1);
+    if (!(next > tau)) break;  // at the root up to rounding (or past it by rounding)
+    tau = next;
+  }
+  return {mx, tau};
+}
+
+// The Jacobian-vector product's row constant s . dp / sum s (s = sqrt(p) on the support), by
+// one whole warp over i in [0, n); 0 for a row without support (it has no gradient).
+template <class P, class DP>
+__device__ float entmax15_jvp_mean(const P& p, const DP& dp, int64_t n) {
+  const int lane = threadIdx.x & 31;
+  float s_sum = 0.f, s_dot = 0.f;
+  for (int64_t i = lane; i < n; i += 32) {
+    const float pi = p(i);
+    const float s = pi > 0.f ? sqrtf(pi) : 0.f;
+    s_sum += s;
+    s_dot += s * dp(i);
+  }
+  s_sum = warp_sum(s_sum);
+  s_dot = warp_sum(s_dot);
+  return s_sum > 0.f ? s_dot / s_sum : 0.f;
+}
+
+}  // namespace st::kernels
