@@ -9,38 +9,45 @@
 namespace st::kernels {
 namespace {
 
-constexpr int kWarps = 8;  // one block per query row; warps take the group's heads in turn
+constexpr int kWarps = 8;  // one block per routing (R query rows); warps take its entmax rows in turn
 
-// One row's routing, by the whole block: the heads' thresholds, then the group-mean pbar
-// over chunks [0, n_seen) into pbar (0 off the candidates). Returns nothing; th and pbar are
-// shared memory.
-struct RowRouting {
+// One routing's rows (the R positions of block g, fewer at the tile's end) and its pbar, by the
+// whole block: each (head, position)'s threshold, then pbar over chunks [0, n_seen) into
+// shared memory (0 off the candidates). z = scale * scores is rounded before use (__fmul_rn:
+// no fused multiply-add), as the ATen path rounds it, so both find the same thresholds:
+// p = (z/2 - tau)^2 near the support's edge is a difference of nearly equal numbers, where
+// one rounding moves p by percents.
+struct Routing {
   const DashRoutingArgs& a;
-  int64_t r, own, lo, hi;  // the row, its own chunk, its candidates [lo, hi)
-  __device__ RowRouting(const DashRoutingArgs& args, int64_t row) : a(args), r(row) {
-    own = (a.t0 + r) / a.chunk;
+  int64_t r0, rows, own, lo, hi;  // rows r0 .. r0 + rows, their own chunk, candidates [lo, hi)
+  __device__ Routing(const DashRoutingArgs& args, int64_t g) : a(args) {
+    r0 = g * a.route_positions;
+    rows = a.n - r0 < a.route_positions ? a.n - r0 : a.route_positions;
+    own = (a.t0 + r0) / a.chunk;  // the same for all R rows: R divides chunk and t0
     lo = a.sink_chunks;
     hi = own - a.local_chunks;
     if (hi < lo) hi = lo;
   }
-  __device__ const float* scores(int64_t h) const { return a.scores + (h * a.n + r) * a.n_seen; }
+  __device__ int64_t entmax_rows() const { return a.G * rows; }
+  // Entmax row k: head k % G of row r0 + k / G.
+  __device__ const float* scores(int64_t k) const { return a.scores + ((k % a.G) * a.n + r0 + k / a.G) * a.n_seen; }
+  __device__ float z(const float* row, int64_t c) const { return __fmul_rn(a.scale, row[c]); }
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
   __device__ bool forced(int64_t c) const { return c == own || (c < own && !candidate(c)); }
 
   __device__ void route(Entmax15Threshold* th, float* pbar) const {
-    const int warp = threadIdx.x >> 5;
-    for (int64_t h = warp; h < a.G; h += kWarps) {
-      const float* z = scores(h);
-      const float scale = a.scale;
-      const auto t = entmax15_threshold([&](int64_t i) { return scale * z[i]; }, lo, hi);
-      if ((threadIdx.x & 31) == 0) th[h] = t;
+    for (int64_t k = threadIdx.x >> 5; k < entmax_rows(); k += kWarps) {
+      const float* row = scores(k);
+      const auto t = entmax15_threshold([&](int64_t c) { return z(row, c); }, lo, hi);
+      if ((threadIdx.x & 31) == 0) th[k] = t;
     }
     __syncthreads();
+    const float inv_count = 1.f / float(entmax_rows());
     for (int64_t c = threadIdx.x; c < a.n_seen; c += blockDim.x) {
       float sum = 0.f;
       if (candidate(c))
-        for (int64_t h = 0; h < a.G; ++h) sum += th[h].prob(a.scale * scores(h)[c]);
-      pbar[c] = sum * (1.f / float(a.G));
+        for (int64_t k = 0; k < entmax_rows(); ++k) sum += th[k].prob(z(scores(k), c));
+      pbar[c] = sum * inv_count;
     }
     __syncthreads();
   }
@@ -61,10 +68,10 @@ __device__ float2 block_sum(float2 v) {
 
 __global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingArgs a, float* bias) {
   extern __shared__ float pbar[];  // [n_seen]
-  __shared__ Entmax15Threshold th[kDashMaxGroup];
-  const RowRouting row(a, blockIdx.x);
-  row.route(th, pbar);
-  // normalized: the mean of the row's routed log pbar, subtracted from each.
+  __shared__ Entmax15Threshold th[kDashMaxRows];
+  const Routing rt(a, blockIdx.x);
+  rt.route(th, pbar);
+  // normalized: the mean of the routed log pbar, subtracted from each.
   float shift = 0.f;
   if (a.normalized) {
     float2 part{0.f, 0.f};
@@ -73,60 +80,68 @@ __global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingAr
     const float2 total = block_sum(part);
     shift = total.x / fmaxf(total.y, 1.f);
   }
-  float* out = bias + row.r * a.n_chunks;
   for (int64_t c = threadIdx.x; c < a.n_chunks; c += blockDim.x) {
     float b = -INFINITY;
-    if (row.forced(c))
+    if (rt.forced(c))
       b = 0.f;
     else if (c < a.n_seen && pbar[c] > 0.f)
       b = (logf(pbar[c]) - shift) / a.sigma;
-    out[c] = b;
+    for (int64_t i = 0; i < rt.rows; ++i) bias[(rt.r0 + i) * a.n_chunks + c] = b;
   }
 }
 
 __global__ void __launch_bounds__(32 * kWarps) routing_backward_kernel(DashRoutingArgs a, const float* d_bias,
                                                                        float* d_scores) {
   extern __shared__ float smem[];
-  float* pbar = smem;            // [n_seen]
-  float* dp = smem + a.n_seen;   // [n_seen]: d loss / d p_h, the same for every head
-  __shared__ Entmax15Threshold th[kDashMaxGroup];
-  const RowRouting row(a, blockIdx.x);
-  row.route(th, pbar);
-  // d prior on routed chunks (bias 0 and -inf entries have no path back).
-  const float* db = d_bias + row.r * a.n_chunks;
+  float* pbar = smem;           // [n_seen]
+  float* dp = smem + a.n_seen;  // [n_seen]: d loss / d p of every entmax row
+  __shared__ Entmax15Threshold th[kDashMaxRows];
+  const Routing rt(a, blockIdx.x);
+  rt.route(th, pbar);
+  // d prior on routed chunks, summed over the rows sharing the routing (bias 0 and -inf
+  // entries have no path back).
   float2 part{0.f, 0.f};
   for (int64_t c = threadIdx.x; c < a.n_seen; c += blockDim.x) {
-    const float g = pbar[c] > 0.f ? db[c] / a.sigma : 0.f;
+    float g = 0.f;
+    if (pbar[c] > 0.f) {
+      for (int64_t i = 0; i < rt.rows; ++i) g += d_bias[(rt.r0 + i) * a.n_chunks + c];
+      g /= a.sigma;
+      part.y += float(rt.rows);
+    }
     dp[c] = g;
-    part.x += g, part.y += pbar[c] > 0.f ? 1.f : 0.f;
+    part.x += g;
   }
   float shift = 0.f;
   if (a.normalized) {
-    const float2 total = block_sum(part);
-    shift = total.x / fmaxf(total.y, 1.f);
+    const float2 total = block_sum(part);  // y counts each routed chunk once per row
+    shift = total.x / fmaxf(total.y / float(rt.rows), 1.f);
   }
-  for (int64_t c = threadIdx.x; c < a.n_seen; c += blockDim.x)
-    dp[c] = pbar[c] > 0.f ? (dp[c] - shift) / pbar[c] / float(a.G) : 0.f;  // through log and the mean
+  const float inv_count = 1.f / float(rt.entmax_rows());
+  for (int64_t c = threadIdx.x; c < a.n_seen; c += blockDim.x)  // through log and the mean
+    dp[c] = pbar[c] > 0.f ? (dp[c] - shift) / pbar[c] * inv_count : 0.f;
   __syncthreads();
-  // Each head through entmax's Jacobian, then z = scale * scores.
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int64_t h = warp; h < a.G; h += kWarps) {
-    const float* z = row.scores(h);
-    const Entmax15Threshold t = th[h];
-    const float scale = a.scale;
-    const auto p = [&](int64_t c) { return row.candidate(c) ? t.prob(scale * z[c]) : 0.f; };
+  // Each entmax row through entmax's Jacobian, then z = scale * scores.
+  const int lane = threadIdx.x & 31;
+  for (int64_t k = threadIdx.x >> 5; k < rt.entmax_rows(); k += kWarps) {
+    const float* row = rt.scores(k);
+    const Entmax15Threshold t = th[k];
+    const auto p = [&](int64_t c) { return rt.candidate(c) ? t.prob(rt.z(row, c)) : 0.f; };
     const float mean = entmax15_jvp_mean(p, [&](int64_t c) { return dp[c]; }, a.n_seen);
-    float* out = d_scores + (h * a.n + row.r) * a.n_seen;
+    float* out = d_scores + (row - a.scores);
     for (int64_t c = lane; c < a.n_seen; c += 32) {
       const float pc = p(c);
       const float s = pc > 0.f ? sqrtf(pc) : 0.f;
-      out[c] = s * (dp[c] - mean) * scale;
+      out[c] = s * (dp[c] - mean) * a.scale;
     }
   }
 }
 
+int64_t routings(const DashRoutingArgs& a) { return (a.n + a.route_positions - 1) / a.route_positions; }
+
 bool shape_ok(const DashRoutingArgs& a, size_t smem) {
-  return a.G >= 1 && a.G <= kDashMaxGroup && a.chunk > 0 && smem <= 48 * 1024 && a.n < (int64_t(1) << 31);
+  return a.G >= 1 && a.route_positions >= 1 && a.G * a.route_positions <= kDashMaxRows && a.chunk > 0 &&
+         a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && smem <= 48 * 1024 &&
+         routings(a) < (int64_t(1) << 31);
 }
 
 }  // namespace
@@ -135,7 +150,7 @@ int dash_routing_bias(const DashRoutingArgs& a, float* bias, cudaStream_t stream
   const size_t smem = a.n_seen * sizeof(float);
   if (!shape_ok(a, smem)) return kDashBadShape;
   if (a.n == 0) return 0;
-  routing_bias_kernel<<<static_cast<unsigned>(a.n), 32 * kWarps, smem, stream>>>(a, bias);
+  routing_bias_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, bias);
   return cudaGetLastError();
 }
 
@@ -143,7 +158,7 @@ int dash_routing_backward(const DashRoutingArgs& a, const float* d_bias, float* 
   const size_t smem = 2 * a.n_seen * sizeof(float);
   if (!shape_ok(a, smem)) return kDashBadShape;
   if (a.n == 0) return 0;
-  routing_backward_kernel<<<static_cast<unsigned>(a.n), 32 * kWarps, smem, stream>>>(a, d_bias, d_scores);
+  routing_backward_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, d_bias, d_scores);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,6 @@
 // DashAttention's routing (DESIGN §2.2, step 2) after the score GEMM, fused: alpha = 1.5
-// entmax per query head over its row's candidate chunks, the mean over the KV group's heads,
-// and the log-prior bias, in one kernel; its backward (the bias's gradient through log pbar,
+// entmax per query head over its row's candidate chunks, the mean over the KV group's heads
+// (and over route_positions consecutive positions), and the log-prior bias, in one kernel; its backward (the bias's gradient through log pbar,
 // the group mean and entmax's Jacobian, to the scores) in another, which recomputes the
 // thresholds instead of keeping anything. Plain C++ launchers (raw device pointers, a stream);
 // src/attention/cuda/dash_routing.h wraps them for LibTorch.
@@ -11,8 +11,8 @@
 
 namespace st::kernels {
 
-constexpr int kDashMaxGroup = 16;  // query heads per KV group
-constexpr int kDashBadShape = -2;  // returned for a group over kDashMaxGroup or no room for a row
+constexpr int kDashMaxRows = 64;   // entmax rows per routing: group heads x route_positions
+constexpr int kDashBadShape = -2;  // returned for more rows than that or no room for a row
 
 struct DashRoutingArgs {
   // [G, n, n_seen] fp32: q . kbar for query positions t0 .. t0 + n - 1 of the G heads of one KV
@@ -20,6 +20,7 @@ struct DashRoutingArgs {
   const float* scores;
   int64_t G, n, n_seen, n_chunks, t0;
   int64_t chunk, sink_chunks, local_chunks;  // row t routes among chunks sink <= c < t / chunk - local
+  int64_t route_positions;                   // R: rows t0 + R i .. share one pbar (R divides chunk and t0)
   float scale;                               // entmax's input z = scale * scores
   float sigma;                               // bias = prior / sigma
   bool normalized;                           // prior = log pbar - mean of the row's routed log pbar

@@ -31,15 +31,19 @@ std::vector<double> brute_chunk_bias(const torch::Tensor& q, const torch::Tensor
         std::vector<int64_t> candidates;
         for (int64_t c = 0; c < own; ++c)
           if (!forced(c)) candidates.push_back(c);
+        // pbar: the mean of p over the group's heads and over the positions sharing i's routing.
+        const int64_t first = i - i % cfg.route_positions, last = std::min(first + cfg.route_positions, T);
         std::vector<double> pbar(n_chunks, 0.0);
         if (!candidates.empty())
-          for (int64_t g = 0; g < G; ++g) {
-            auto z = torch::empty({int64_t(candidates.size())}, torch::kFloat64);
-            for (size_t n = 0; n < candidates.size(); ++n)
-              z[n] = cfg.temperature * q[b][hk * G + g][i].dot(kbar[candidates[n]]).item<double>() / std::sqrt(double(d));
-            auto p = entmax(z, cfg.alpha);
-            for (size_t n = 0; n < candidates.size(); ++n) pbar[candidates[n]] += p[n].item<double>() / G;
-          }
+          for (int64_t pos = first; pos < last; ++pos)
+            for (int64_t g = 0; g < G; ++g) {
+              auto z = torch::empty({int64_t(candidates.size())}, torch::kFloat64);
+              for (size_t n = 0; n < candidates.size(); ++n)
+                z[n] = cfg.temperature * q[b][hk * G + g][pos].dot(kbar[candidates[n]]).item<double>() / std::sqrt(double(d));
+              auto p = entmax(z, cfg.alpha);
+              for (size_t n = 0; n < candidates.size(); ++n)
+                pbar[candidates[n]] += p[n].item<double>() / double(G * (last - first));
+            }
         double log_g = 0;
         int64_t routed = 0;
         for (int64_t c = 0; c < n_chunks; ++c)
@@ -63,8 +67,9 @@ struct Case {
 };
 
 DashConfig dash_knobs(int64_t chunk, double alpha, double temperature, double sigma, std::string prior = "normalized",
-                      int64_t sink = 0, int64_t local = 0) {
+                      int64_t sink = 0, int64_t local = 0, int64_t route_positions = 1) {
   DashConfig c;
+  c.route_positions = route_positions;
   c.chunk = chunk;
   c.alpha = alpha;
   c.temperature = temperature;
@@ -97,6 +102,8 @@ TEST(DashAttention, RoutingAndOutputMatchBruteForce) {
       {2, 16, 2, 38, 4, dash_knobs(4, 1.3, 2.0, 2.0, "normalized", 1, 1)},  // G = 8, forced sink + local
       {1, 16, 1, 33, 4, dash_knobs(5, 1.5, 3.0, 1.0, "normalized", 2, 0)},  // G = 16
       {1, 2, 1, 3, 4, dash_knobs(8, 1.5, 1.0, 1.0)},              // shorter than one chunk
+      {2, 8, 2, 45, 4, dash_knobs(6, 1.5, 2.0, 1.0, "unnormalized", 0, 0, 3)},  // routing per 3 positions, ragged
+      {1, 16, 1, 40, 4, dash_knobs(8, 1.5, 3.0, 1.0, "normalized", 1, 1, 4)},   // per 4 positions, G = 16
   };
   for (const auto& c : cases) {
     SCOPED_TRACE("B " + std::to_string(c.B) + " Hq " + std::to_string(c.Hq) + " Hkv " + std::to_string(c.Hkv) +
@@ -156,12 +163,14 @@ TEST(DashAttention, GradientsMatchFiniteDifferencesThroughTheEntmaxPrior) {
   struct Knobs {
     std::string prior;
     double alpha;
-    int64_t sink, local;
+    int64_t sink, local, route_positions;
   };
-  for (const Knobs& kn : {Knobs{"normalized", 1.5, 0, 0}, Knobs{"unnormalized", 1.5, 0, 0},
-                          Knobs{"normalized", 1.3, 1, 1}, Knobs{"unnormalized", 1.3, 1, 1}}) {
-    SCOPED_TRACE(kn.prior + " alpha " + std::to_string(kn.alpha) + " forced " + std::to_string(kn.sink + kn.local));
-    Case c{1, 2, 1, 13, 4, dash_knobs(3, kn.alpha, 2.0, 1.0, kn.prior, kn.sink, kn.local)};
+  for (const Knobs& kn : {Knobs{"normalized", 1.5, 0, 0, 1}, Knobs{"unnormalized", 1.5, 0, 0, 1},
+                          Knobs{"normalized", 1.3, 1, 1, 1}, Knobs{"unnormalized", 1.3, 1, 1, 1},
+                          Knobs{"normalized", 1.5, 0, 0, 3}, Knobs{"unnormalized", 1.5, 1, 0, 3}}) {
+    SCOPED_TRACE(kn.prior + " alpha " + std::to_string(kn.alpha) + " forced " + std::to_string(kn.sink + kn.local) +
+                 " route_positions " + std::to_string(kn.route_positions));
+    Case c{1, 2, 1, 13, 4, dash_knobs(3, kn.alpha, 2.0, 1.0, kn.prior, kn.sink, kn.local, kn.route_positions)};
     auto dash = make_dash(c);
     auto in = inputs_for(c, torch::kFloat64, 11);
     auto bias = dash->chunk_bias(in.q, in.k);
@@ -190,40 +199,43 @@ TEST(DashAttention, GradientsMatchFiniteDifferencesThroughTheEntmaxPrior) {
 // tile in the backward: any tiling gives the dense chunk_bias's lists, and the same output and
 // gradients as one tile per group.
 TEST(DashAttention, TiledRoutingMatchesOneTile) {
-  Case c{2, 4, 2, 45, 4, dash_knobs(4, 1.5, 3.0, 1.0, "normalized", 1, 1)};
-  auto dash = make_dash(c);
-  auto in = inputs_for(c, torch::kFloat64, 5);
-  struct Run {
-    torch::Tensor out, dq, dk, dh;
-  };
-  auto run = [&](int64_t tile_rows) {
-    dash->routing_tile_rows = tile_rows;
-    dash->zero_grad();
-    auto q = in.q.clone().requires_grad_(true), k = in.k.clone().requires_grad_(true);
-    auto rows = dash->routing(q, dash->chunk_summaries(k));
-    // Lists against the dense bias: the same selection and the same values.
-    auto dense = dense_bias(rows, c.B, c.Hkv, c.T, c.dash.chunk);
-    auto want = dash->chunk_bias(in.q, in.k);
-    EXPECT_TRUE(torch::equal(torch::isfinite(dense), torch::isfinite(want)));
-    EXPECT_TRUE(torch::allclose(dense.masked_select(torch::isfinite(want)), want.masked_select(torch::isfinite(want)),
-                                0, 1e-12));
-    auto out = dash->forward({q, k, in.v, in.x, in.cos, in.sin});
-    (out * out).sum().backward();
-    return Run{out.detach(), q.grad(), k.grad(), dash->pool_query.grad().clone()};
-  };
-  const Run whole = run(c.T);
-  for (int64_t tile_rows : {1, 7, 16}) {
-    SCOPED_TRACE("tile rows " + std::to_string(tile_rows));
-    const Run tiled = run(tile_rows);
-    // fp64, differing only in summation order (per-tile matmuls vs one): gradients reach ~170
-    // here, so the bound has a relative part (an absolute 1e-10 alone failed now and then by
-    // 1.7e-10, 1e-12 relative).
-    EXPECT_TRUE(torch::allclose(tiled.out, whole.out, 0, 1e-12));
-    EXPECT_TRUE(torch::allclose(tiled.dq, whole.dq, 1e-11, 1e-10));
-    EXPECT_TRUE(torch::allclose(tiled.dk, whole.dk, 1e-11, 1e-10));
-    EXPECT_TRUE(torch::allclose(tiled.dh, whole.dh, 1e-11, 1e-10));
+  for (int64_t route_positions : {1, 2}) {
+    SCOPED_TRACE("route_positions " + std::to_string(route_positions));
+    Case c{2, 4, 2, 45, 4, dash_knobs(4, 1.5, 3.0, 1.0, "normalized", 1, 1, route_positions)};
+    auto dash = make_dash(c);
+    auto in = inputs_for(c, torch::kFloat64, 5);
+    struct Run {
+      torch::Tensor out, dq, dk, dh;
+    };
+    auto run = [&](int64_t tile_rows) {
+      dash->routing_tile_rows = tile_rows;
+      dash->zero_grad();
+      auto q = in.q.clone().requires_grad_(true), k = in.k.clone().requires_grad_(true);
+      auto rows = dash->routing(q, dash->chunk_summaries(k));
+      // Lists against the dense bias: the same selection and the same values.
+      auto dense = dense_bias(rows, c.B, c.Hkv, c.T, c.dash.chunk);
+      auto want = dash->chunk_bias(in.q, in.k);
+      EXPECT_TRUE(torch::equal(torch::isfinite(dense), torch::isfinite(want)));
+      EXPECT_TRUE(torch::allclose(dense.masked_select(torch::isfinite(want)), want.masked_select(torch::isfinite(want)),
+                                  0, 1e-12));
+      auto out = dash->forward({q, k, in.v, in.x, in.cos, in.sin});
+      (out * out).sum().backward();
+      return Run{out.detach(), q.grad(), k.grad(), dash->pool_query.grad().clone()};
+    };
+    const Run whole = run(c.T);
+    for (int64_t tile_rows : {1, 7, 16}) {
+      SCOPED_TRACE("tile rows " + std::to_string(tile_rows));
+      const Run tiled = run(tile_rows);
+      // fp64, differing only in summation order (per-tile matmuls vs one): gradients reach ~170
+      // here, so the bound has a relative part (an absolute 1e-10 alone failed now and then by
+      // 1.7e-10, 1e-12 relative).
+      EXPECT_TRUE(torch::allclose(tiled.out, whole.out, 0, 1e-12));
+      EXPECT_TRUE(torch::allclose(tiled.dq, whole.dq, 1e-11, 1e-10));
+      EXPECT_TRUE(torch::allclose(tiled.dk, whole.dk, 1e-11, 1e-10));
+      EXPECT_TRUE(torch::allclose(tiled.dh, whole.dh, 1e-11, 1e-10));
+    }
+    EXPECT_GT(whole.dh.abs().max().item<double>(), 1e-3);
   }
-  EXPECT_GT(whole.dh.abs().max().item<double>(), 1e-3);
 }
 
 TEST(DashAttention, SparsityCountMatchesBruteForce) {

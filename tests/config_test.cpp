@@ -99,6 +99,8 @@ INSTANTIATE_TEST_SUITE_P(
                 "model.attention.nsa.window: expected a multiple of nsa.sel_block"},
         BadCase{"infllm_topk", "train: {steps: 5}\nmodel: {attention: {infllmv2: {top_k: 2}}}\n",
                 "model.attention.infllmv2.top_k: expected >= init_blocks + local_blocks"},
+        BadCase{"dash_route_positions", "train: {steps: 5}\nmodel: {attention: {dash: {route_positions: 3}}}\n",
+                "model.attention.dash.route_positions: expected a divisor of dash.chunk (64)"},
         BadCase{"yaml_syntax", "train: {steps: 5\n", "YAML syntax error"},
         BadCase{"missing_config_file", "train: {steps: 5}\nmodel: {config: nowhere.yaml}\n", "model.config: cannot open model config file 'nowhere.yaml'"}),
     [](const auto& info) { return std::string(info.param.name); });

@@ -22,6 +22,7 @@ struct Case {
   double temperature, sigma;
   std::string prior;
   int64_t sink, local, tile_rows;
+  int64_t route_positions = 1;
 };
 
 TEST(GpuDashRouting, FusedKernelsMatchAten) {
@@ -33,10 +34,14 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
       {1, 1, 16, 4096, 128, 64, 3.0, 1.0, "unnormalized", 0, 0, 1000},
       {1, 1, 16, 8192, 128, 64, 16.0, 1.0, "normalized", 2, 1, 0},
       {1, 1, 8, 20000, 128, 64, 6.0, 1.0, "unnormalized", 0, 0, 0},  // over 256 chunks per row
+      {1, 2, 16, 4099, 128, 64, 6.0, 1.0, "unnormalized", 0, 0, 1000, 4},  // one routing per 4 positions
+      {2, 1, 4, 3001, 64, 64, 4.0, 1.0, "normalized", 1, 1, 0, 16},        // per 16, ragged
+      {1, 1, 3, 2000, 64, 32, 5.0, 1.0, "unnormalized", 0, 2, 500, 2},
   };
   torch::manual_seed(11);
   for (const Case& c : cases) {
-    SCOPED_TRACE("G " + std::to_string(c.G) + " T " + std::to_string(c.T) + " " + c.prior);
+    SCOPED_TRACE("G " + std::to_string(c.G) + " T " + std::to_string(c.T) + " " + c.prior + " route_positions " +
+                 std::to_string(c.route_positions));
     auto cfg = test::attention_config("dash", c.Hkv * c.G, c.Hkv, c.d);
     cfg.attention.dash.chunk = c.chunk;
     cfg.attention.dash.temperature = c.temperature;
@@ -44,6 +49,7 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
     cfg.attention.dash.prior = c.prior;
     cfg.attention.dash.sink_chunks = c.sink;
     cfg.attention.dash.local_chunks = c.local;
+    cfg.attention.dash.route_positions = c.route_positions;
     const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
     const auto q0 = torch::randn({c.B, c.Hkv * c.G, c.T, c.d}, f32);
     const auto kbar0 = torch::randn({c.B, c.Hkv, c.T / c.chunk, c.d}, f32);
@@ -71,8 +77,8 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
     EXPECT_LT(nnz, causal * 9 / 10) << "the routing should be sparse here";
     const double bias_err = (got.rows.bias - want.rows.bias).abs().max().item<double>();
     const double dq_err = test::rel_err(got.dq, want.dq), dkbar_err = test::rel_err(got.dkbar, want.dkbar);
-    std::printf("  G %ld T %ld %s: %ld entries, bias max abs diff %.2e, dq %.2e, dkbar %.2e\n", long(c.G),
-                long(c.T), c.prior.c_str(), long(nnz), bias_err, dq_err, dkbar_err);
+    std::printf("  G %ld T %ld %s R %ld: %ld entries, bias max abs diff %.2e, dq %.2e, dkbar %.2e\n", long(c.G),
+                long(c.T), c.prior.c_str(), long(c.route_positions), long(nnz), bias_err, dq_err, dkbar_err);
     EXPECT_LT(bias_err, 1e-4);
     EXPECT_LT(dq_err, 1e-4);
     EXPECT_LT(dkbar_err, 1e-4);

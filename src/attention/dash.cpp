@@ -77,17 +77,33 @@ std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor
   return {dq, dkbar};
 }
 
+// x [..., n, n_seen] of rows t0 .. t0 + n (t0 a multiple of R) -> each row's mean over its
+// group of R consecutive rows (the last group may be short). Symmetric, so it is also its own
+// vector-Jacobian product.
+Tensor mean_over_positions(const Tensor& x, int64_t R) {
+  if (R == 1) return x;
+  const int64_t n = x.size(-2), groups = (n + R - 1) / R;
+  auto sizes = x.sizes().vec();
+  sizes[sizes.size() - 2] = groups;
+  sizes.insert(sizes.end() - 1, R);
+  auto sums = torch::constant_pad_nd(x, {0, 0, 0, groups * R - n}).view(sizes).sum(-2);
+  auto counts = torch::full({groups, 1}, double(R), x.options());
+  counts[groups - 1] = double(n - (groups - 1) * R);
+  return (sums / counts).repeat_interleave(R, -2).narrow(-2, 0, n);
+}
+
 // A tile's entmax and group mean in ATen, the first half of routing_bias and of its backward.
 struct TileRouting {
   torch::Tensor always;  // [n, n_chunks] read at bias 0: the own chunk and forced ones
   torch::Tensor p;       // [B, Hkv, G, n, n_seen] entmax over each row's candidates
-  torch::Tensor pbar;    // [B, Hkv, n, n_seen] their mean over the group's heads
+  torch::Tensor pbar;    // [B, Hkv, n, n_seen] their mean over the group's heads (and positions)
   torch::Tensor routed;  // pbar > 0: the group reads the union of its heads' supports
 };
 
 TileRouting tile_routing(const DashConfig& cfg, const TileScores& s, int64_t t0) {
   const int64_t n = s.scores.size(3), C = cfg.chunk;
   TileRouting r;
+  TORCH_CHECK(t0 % cfg.route_positions == 0, "dash routing: tile start ", t0, " is not a multiple of route_positions");
   const double inf = std::numeric_limits<double>::infinity();
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(s.scores.device());
 
@@ -104,7 +120,7 @@ TileRouting tile_routing(const DashConfig& cfg, const TileScores& s, int64_t t0)
   // z = s (q . kbar) / sqrt(d) per query head, alpha-entmax over the candidates.
   auto z = s.scores * s.scale;
   r.p = entmax(z.masked_fill(~candidate, -inf), cfg.alpha, -1);
-  r.pbar = r.p.mean(2);
+  r.pbar = mean_over_positions(r.p.mean(2), cfg.route_positions);
   r.routed = r.pbar > 0;
   return r;
 }
@@ -148,7 +164,7 @@ std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Ten
     d_log_p = torch::where(routed, d_prior - d_prior.sum(-1, /*keepdim=*/true) / count, torch::zeros_like(d_prior));
   }
   auto d_pbar = d_log_p / torch::where(routed, pbar, torch::ones_like(pbar));
-  auto dp = (d_pbar / double(G)).unsqueeze(2).expand_as(r.p);
+  auto dp = (mean_over_positions(d_pbar, cfg.route_positions) / double(G)).unsqueeze(2).expand_as(r.p);
   return tile_scores_backward(s, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale);
 }
 
@@ -156,16 +172,16 @@ std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Ten
 // The same two functions on the fused routing kernels (one (b, hkv) group per tile).
 Tensor fused_routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
   const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
-  const int64_t n = s.scores.size(3);
-  auto bias = cuda::dash_routing_bias(s.scores.reshape({-1, n, s.n_seen}), cfg, s.scale, t0, s.n_chunks);
+  const int64_t G = s.scores.size(2), n = s.scores.size(3);
+  auto bias = cuda::dash_routing_bias(s.scores.reshape({G, n, s.n_seen}), cfg, s.scale, t0, s.n_chunks);
   return bias.view({1, 1, n, s.n_chunks});
 }
 
 std::pair<Tensor, Tensor> fused_routing_bias_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
                                                       int64_t t0, int64_t T, const Tensor& d_bias) {
   const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
-  const int64_t n = s.scores.size(3);
-  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({-1, n, s.n_seen}), d_bias, cfg, s.scale, t0);
+  const int64_t G = s.scores.size(2), n = s.scores.size(3);
+  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), d_bias, cfg, s.scale, t0);
   return tile_scores_backward(s, d_scores.view(s.scores.sizes()));
 }
 #endif
@@ -193,6 +209,7 @@ void save_config(AutogradContext* ctx, const DashConfig& c) {
   ctx->saved_data["prior"] = c.prior;
   ctx->saved_data["sink_chunks"] = c.sink_chunks;
   ctx->saved_data["local_chunks"] = c.local_chunks;
+  ctx->saved_data["route_positions"] = c.route_positions;
 }
 
 DashConfig saved_config(AutogradContext* ctx) {
@@ -204,6 +221,7 @@ DashConfig saved_config(AutogradContext* ctx) {
   c.prior = ctx->saved_data["prior"].toStringRef();
   c.sink_chunks = ctx->saved_data["sink_chunks"].toInt();
   c.local_chunks = ctx->saved_data["local_chunks"].toInt();
+  c.route_positions = ctx->saved_data["route_positions"].toInt();
   return c;
 }
 
@@ -299,8 +317,9 @@ BlockRows DashAttention::routing(const Tensor& q, const Tensor& kbar) const {
     // ~2^27 fp32 scores per tile (512 MB; a tile's forward holds a few tensors of that size):
     // each tile costs host round trips (its lists' sizes), so few large tiles beat many.
     const int64_t per_row = std::max<int64_t>(q.size(1) / kbar.size(1) * kbar.size(2), 1);
-    rows = std::max<int64_t>((int64_t(1) << 27) / per_row, cfg_.chunk);
+    rows = std::max<int64_t>((int64_t(1) << 27) / per_row / cfg_.chunk, 1) * cfg_.chunk;
   }
+  rows = (rows + cfg_.route_positions - 1) / cfg_.route_positions * cfg_.route_positions;  // whole routings
   bool fused = false;
 #ifdef SPARSETRAIN_CUDA
   fused = impl_ != "reference" && cuda::dash_routing_runs(cfg_, q, q.size(1) / kbar.size(1));

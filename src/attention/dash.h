@@ -25,10 +25,12 @@ class DashAttention : public AttentionVariant {
   // one KV group at a time, so the per-head scores over all chunks exist for one tile only;
   // the backward recomputes each tile. Differentiable in q and kbar through rows.bias. The
   // entmax, group mean and prior run on the fused kernels (attention/cuda/dash_routing.h)
-  // unless impl is reference or they cannot (alpha != 1.5, CPU, fp64, G > 16): then in ATen.
+  // unless impl is reference or they cannot (alpha != 1.5, CPU, fp64, G x route_positions >
+  // 64): then in ATen.
   BlockRows routing(const torch::Tensor& q, const torch::Tensor& kbar) const;
 
-  // Query rows per routing tile; 0 sizes tiles to ~128 MB of fp32 scores (tests set it small).
+  // Query rows per routing tile, rounded up to whole routings (route_positions); 0 sizes tiles
+  // to ~512 MB of fp32 scores (tests set it small).
   int64_t routing_tile_rows = 0;
 
   torch::Tensor pool_query;  // h [Hkv, d], zero-initialised

@@ -169,6 +169,7 @@ template <class V> void visit_fields(V& v, DashConfig& c) {
   v.field("prior", c.prior, one_of({"normalized", "unnormalized"}));
   v.field("sink_chunks", c.sink_chunks, at_least(0));
   v.field("local_chunks", c.local_chunks, at_least(0));
+  v.field("route_positions", c.route_positions, at_least(1));
 }
 template <class V> void visit_fields(V& v, NsaConfig& c) {
   v.field("cmp_block", c.cmp_block, at_least(1));
@@ -406,6 +407,8 @@ void validate(const Recipe& r) {
   if (m.head_dim_or_default() % 2 != 0) fail("model.head_dim", "expected an even head dimension (RoPE rotates pairs)");
   const std::string a = "model.attention.";
   const auto& nsa = m.attention.nsa;
+  if (m.attention.dash.chunk % m.attention.dash.route_positions != 0)
+    fail(a + "dash.route_positions", fmt::format("expected a divisor of dash.chunk ({})", m.attention.dash.chunk));
   if (nsa.cmp_stride > nsa.cmp_block) fail(a + "nsa.cmp_stride", "expected <= nsa.cmp_block");
   if (nsa.sel_block % nsa.cmp_stride != 0)
     fail(a + "nsa.sel_block", fmt::format("expected a multiple of nsa.cmp_stride ({})", nsa.cmp_stride));

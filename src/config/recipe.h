@@ -25,6 +25,10 @@ struct DashConfig {
   std::string prior = "unnormalized";
   int64_t sink_chunks = 0;            // always-selected leading chunks
   int64_t local_chunks = 0;           // always-selected chunks just before the diagonal one
+  // Consecutive query positions that share one routing: pbar is the mean over their heads and
+  // positions (1: per query, DESIGN §2.2). 64 / G makes it one routing per kernel tile, which
+  // then reads no block that only some of its rows routed to. Divides chunk.
+  int64_t route_positions = 1;
 };
 
 struct NsaConfig {

@@ -29,6 +29,7 @@ kn::DashRoutingArgs args(const Tensor& scores, const DashConfig& cfg, double sca
   a.scores = scores.data_ptr<float>();
   a.G = scores.size(0); a.n = scores.size(1); a.n_seen = scores.size(2); a.n_chunks = n_chunks; a.t0 = t0;
   a.chunk = cfg.chunk; a.sink_chunks = cfg.sink_chunks; a.local_chunks = cfg.local_chunks;
+  a.route_positions = cfg.route_positions;
   a.scale = static_cast<float>(scale);
   a.sigma = static_cast<float>(cfg.sigma);
   a.normalized = cfg.prior == "normalized";
@@ -40,7 +41,8 @@ cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 }  // namespace
 
 bool dash_routing_runs(const DashConfig& cfg, const Tensor& q, int64_t group) {
-  return cfg.alpha == 1.5 && q.is_cuda() && q.scalar_type() != torch::kFloat64 && group <= kn::kDashMaxGroup;
+  return cfg.alpha == 1.5 && q.is_cuda() && q.scalar_type() != torch::kFloat64 &&
+         group * cfg.route_positions <= kn::kDashMaxRows;
 }
 
 Tensor dash_routing_bias(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0, int64_t n_chunks) {

@@ -9,11 +9,13 @@
 namespace st::cuda {
 
 // Whether the kernels take the routing of these queries q [B, Hq, T, d] in KV groups of
-// `group` heads: alpha = 1.5, CUDA, scores in fp32 (q in any type but fp64), group <= 16.
+// `group` heads: alpha = 1.5, CUDA, scores in fp32 (q in any type but fp64), group times
+// route_positions <= 64.
 bool dash_routing_runs(const DashConfig& cfg, const torch::Tensor& q, int64_t group);
 
 // scores [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's
-// tile routing) -> the rows' bias [n, n_chunks] (dash.h's chunk_bias, rows t0 .. t0 + n).
+// tile routing; t0 a multiple of route_positions) -> the rows' bias [n, n_chunks] (dash.h's
+// chunk_bias, rows t0 .. t0 + n).
 torch::Tensor dash_routing_bias(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
                                 int64_t n_chunks);
 

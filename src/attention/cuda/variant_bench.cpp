@@ -57,6 +57,7 @@ ModelConfig variant_config(const VariantBenchConfig& b, const std::string& varia
   cfg.dim = b.q_heads * b.head_dim;
   cfg.attention.variant = variant;
   cfg.attention.impl = "auto";
+  cfg.attention.dash.route_positions = b.dash_route_positions;
   return cfg;
 }
 
@@ -193,8 +194,8 @@ void run_variant_bench(const VariantBenchConfig& b) {
     throw std::runtime_error("bench attention needs a CUDA GPU; none is visible to LibTorch");
   torch::manual_seed(7);
   std::printf("whole attention variants (selection + core, impl auto) vs SDPA flash dense causal; Hq %ld, Hkv %ld, "
-              "d %ld, batch 1, bf16 q/k/v\n",
-              long(b.q_heads), long(b.kv_heads), long(b.head_dim));
+              "d %ld, batch 1, bf16 q/k/v; Dash route_positions %ld\n",
+              long(b.q_heads), long(b.kv_heads), long(b.head_dim), long(b.dash_route_positions));
   std::printf("sel = the selection stage alone (its share of the variant's time in %%); spd = SDPA / variant; "
               "ideal = 1 / (1 - measured sparsity)\n\n");
   std::printf("%-8s %7s %6s %8s %6s | %8s %8s %5s | %8s %8s %5s | %8s %8s | %6s %6s %6s %6s\n", "variant", "T",

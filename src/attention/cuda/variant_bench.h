@@ -13,6 +13,7 @@ struct VariantBenchConfig {
   std::vector<int64_t> lengths{16384, 32768, 65536, 131072};
   std::vector<double> sparsities{0.75, 0.875, 0.9375};
   int64_t q_heads = 32, kv_heads = 2, head_dim = 128;  // batch 1, bf16 q/k/v
+  int64_t dash_route_positions = 1;                   // model.attention.dash.route_positions
   std::string json_path;                              // empty: no JSON file
   int top_kernels = 0;                                // > 0: profile a f+b per row, list this many kernels
   std::string command;                                // recorded in the JSON
