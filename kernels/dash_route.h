@@ -12,7 +12,8 @@
 namespace st::kernels {
 
 constexpr int kDashMaxRows = 64;   // entmax rows per routing: group heads x route_positions
-constexpr int kDashBadShape = -2;  // returned for more rows than that or no room for a row
+constexpr int64_t kDashMaxSeen = 20480;  // chunks a row may route among (T <= 1.3M at chunk 64)
+constexpr int kDashBadShape = -2;  // returned for more rows or chunks than these
 
 struct DashRoutingArgs {
   // [G, n, n_seen] fp32: q . kbar for query positions t0 .. t0 + n - 1 of the G heads of one KV

@@ -42,7 +42,7 @@ cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 bool dash_routing_runs(const DashConfig& cfg, const Tensor& q, int64_t group) {
   return cfg.alpha == 1.5 && q.is_cuda() && q.scalar_type() != torch::kFloat64 &&
-         group * cfg.route_positions <= kn::kDashMaxRows;
+         group * cfg.route_positions <= kn::kDashMaxRows && q.size(2) / cfg.chunk <= kn::kDashMaxSeen;
 }
 
 Tensor dash_routing_bias(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0, int64_t n_chunks) {
