@@ -10,10 +10,6 @@ namespace st::kernels {
 namespace {
 
 constexpr int kWarps = 8;  // one block per routing (R query rows); warps take its entmax rows in turn
-// Each warp copies the entmax row it works on into shared memory once, where Newton's steps
-// and the backward's two passes read it (they re-read it from L2/DRAM otherwise: a routing's
-// 64 rows of up to 8 KB do not stay in L1), when the copies fit in this much shared memory.
-constexpr size_t kMaxSmem = 2 * kDashMaxSeen * sizeof(float);  // 160 KB
 
 // One routing's rows (the R positions of block g, fewer at the tile's end) and its pbar, by the
 // whole block: each (head, position)'s threshold, then pbar over chunks [0, n_seen) into
@@ -24,9 +20,7 @@ constexpr size_t kMaxSmem = 2 * kDashMaxSeen * sizeof(float);  // 160 KB
 struct Routing {
   const DashRoutingArgs& a;
   int64_t r0, rows, own, lo, hi;  // rows r0 .. r0 + rows, their own chunk, candidates [lo, hi)
-  float* row_copy;                // this warp's copy of its current row (n_seen floats), or null
-  __device__ Routing(const DashRoutingArgs& args, int64_t g, float* copies) : a(args) {
-    row_copy = copies ? copies + (threadIdx.x >> 5) * a.n_seen : nullptr;
+  __device__ Routing(const DashRoutingArgs& args, int64_t g) : a(args) {
     r0 = g * a.route_positions;
     rows = a.n - r0 < a.route_positions ? a.n - r0 : a.route_positions;
     own = (a.t0 + r0) / a.chunk;  // the same for all R rows: R divides chunk and t0
@@ -39,21 +33,11 @@ struct Routing {
   __device__ const float* scores(int64_t k) const { return a.scores + ((k % a.G) * a.n + r0 + k / a.G) * a.n_seen; }
   __device__ float z(const float* row, int64_t c) const { return __fmul_rn(a.scale, row[c]); }
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
-  // Entmax row k's candidates, from this warp's copy where there is one. Lane l copies and
-  // later reads only entries c = l mod 32 (as entmax15_threshold and entmax15_jvp_mean read),
-  // so the copy needs no synchronisation.
-  __device__ const float* load(int64_t k) const {
-    const float* row = scores(k);
-    if (!row_copy) return row;
-    for (int64_t c = lo - lo % 32 + (threadIdx.x & 31); c < hi; c += 32)
-      if (c >= lo) row_copy[c] = row[c];
-    return row_copy;
-  }
   __device__ bool forced(int64_t c) const { return c == own || (c < own && !candidate(c)); }
 
   __device__ void route(Entmax15Threshold* th, float* pbar) const {
     for (int64_t k = threadIdx.x >> 5; k < entmax_rows(); k += kWarps) {
-      const float* row = load(k);
+      const float* row = scores(k);
       const auto t = entmax15_threshold([&](int64_t c) { return z(row, c); }, lo, hi);
       if ((threadIdx.x & 31) == 0) th[k] = t;
     }
@@ -82,11 +66,10 @@ __device__ float2 block_sum(float2 v) {
   return total;
 }
 
-__global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingArgs a, bool copy_rows, float* bias) {
-  extern __shared__ float smem[];
-  float* pbar = smem;  // [n_seen], then the warps' row copies
+__global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingArgs a, float* bias) {
+  extern __shared__ float pbar[];  // [n_seen]
   __shared__ Entmax15Threshold th[kDashMaxRows];
-  const Routing rt(a, blockIdx.x, copy_rows ? smem + a.n_seen : nullptr);
+  const Routing rt(a, blockIdx.x);
   rt.route(th, pbar);
   // normalized: the mean of the routed log pbar, subtracted from each.
   float shift = 0.f;
@@ -107,13 +90,13 @@ __global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingAr
   }
 }
 
-__global__ void __launch_bounds__(32 * kWarps) routing_backward_kernel(DashRoutingArgs a, bool copy_rows,
-                                                                       const float* d_bias, float* d_scores) {
+__global__ void __launch_bounds__(32 * kWarps) routing_backward_kernel(DashRoutingArgs a, const float* d_bias,
+                                                                       float* d_scores) {
   extern __shared__ float smem[];
   float* pbar = smem;           // [n_seen]
-  float* dp = smem + a.n_seen;  // [n_seen]: d loss / d p of every entmax row; then the row copies
+  float* dp = smem + a.n_seen;  // [n_seen]: d loss / d p of every entmax row
   __shared__ Entmax15Threshold th[kDashMaxRows];
-  const Routing rt(a, blockIdx.x, copy_rows ? smem + 2 * a.n_seen : nullptr);
+  const Routing rt(a, blockIdx.x);
   rt.route(th, pbar);
   // d prior on routed chunks, summed over the rows sharing the routing (bias 0 and -inf
   // entries have no path back).
@@ -140,11 +123,11 @@ __global__ void __launch_bounds__(32 * kWarps) routing_backward_kernel(DashRouti
   // Each entmax row through entmax's Jacobian, then z = scale * scores.
   const int lane = threadIdx.x & 31;
   for (int64_t k = threadIdx.x >> 5; k < rt.entmax_rows(); k += kWarps) {
-    const float* row = rt.load(k);
+    const float* row = rt.scores(k);
     const Entmax15Threshold t = th[k];
     const auto p = [&](int64_t c) { return rt.candidate(c) ? t.prob(rt.z(row, c)) : 0.f; };
     const float mean = entmax15_jvp_mean(p, [&](int64_t c) { return dp[c]; }, a.n_seen);
-    float* out = d_scores + (rt.scores(k) - a.scores);
+    float* out = d_scores + (row - a.scores);
     for (int64_t c = lane; c < a.n_seen; c += 32) {
       const float pc = p(c);
       const float s = pc > 0.f ? sqrtf(pc) : 0.f;
@@ -155,37 +138,29 @@ __global__ void __launch_bounds__(32 * kWarps) routing_backward_kernel(DashRouti
 
 int64_t routings(const DashRoutingArgs& a) { return (a.n + a.route_positions - 1) / a.route_positions; }
 
-bool shape_ok(const DashRoutingArgs& a) {
+// The backward keeps two [n_seen] vectors in shared memory: 48 KB at kDashMaxSeen.
+bool shape_ok(const DashRoutingArgs& a, size_t smem) {
   return a.G >= 1 && a.route_positions >= 1 && a.G * a.route_positions <= kDashMaxRows && a.chunk > 0 &&
          a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen <= kDashMaxSeen &&
-         routings(a) < (int64_t(1) << 31);
-}
-
-// Launches kernel with `vectors` [n_seen] float arrays of shared memory, plus the warps' row
-// copies when they fit.
-template <class Kernel, class... Args>
-int launch(Kernel kernel, const DashRoutingArgs& a, int vectors, cudaStream_t stream, Args... args) {
-  if (!shape_ok(a)) return kDashBadShape;
-  if (a.n == 0) return 0;
-  const size_t vector = a.n_seen * sizeof(float), with_copies = (vectors + kWarps) * vector;
-  const bool copy_rows = with_copies <= kMaxSmem;
-  const size_t smem = copy_rows ? with_copies : vectors * vector;
-  if (smem > 48 * 1024) {
-    const int rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (rc != 0) return rc;
-  }
-  kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, copy_rows, args...);
-  return cudaGetLastError();
+         smem <= 48 * 1024 && routings(a) < (int64_t(1) << 31);
 }
 
 }  // namespace
 
 int dash_routing_bias(const DashRoutingArgs& a, float* bias, cudaStream_t stream) {
-  return launch(routing_bias_kernel, a, 1, stream, bias);
+  const size_t smem = a.n_seen * sizeof(float);
+  if (!shape_ok(a, smem)) return kDashBadShape;
+  if (a.n == 0) return 0;
+  routing_bias_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, bias);
+  return cudaGetLastError();
 }
 
 int dash_routing_backward(const DashRoutingArgs& a, const float* d_bias, float* d_scores, cudaStream_t stream) {
-  return launch(routing_backward_kernel, a, 2, stream, d_bias, d_scores);
+  const size_t smem = 2 * a.n_seen * sizeof(float);
+  if (!shape_ok(a, smem)) return kDashBadShape;
+  if (a.n == 0) return 0;
+  routing_backward_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, d_bias, d_scores);
+  return cudaGetLastError();
 }
 
 }  // namespace st::kernels

@@ -12,7 +12,7 @@
 namespace st::kernels {
 
 constexpr int kDashMaxRows = 64;   // entmax rows per routing: group heads x route_positions
-constexpr int64_t kDashMaxSeen = 20480;  // chunks a row may route among (T <= 1.3M at chunk 64)
+constexpr int64_t kDashMaxSeen = 6144;  // chunks a row may route among (T <= 384K at chunk 64)
 constexpr int kDashBadShape = -2;  // returned for more rows or chunks than these
 
 struct DashRoutingArgs {

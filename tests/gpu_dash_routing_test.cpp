@@ -74,7 +74,7 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
     ASSERT_TRUE(torch::equal(got.rows.blocks, want.rows.blocks));
     const int64_t nnz = want.rows.blocks.numel(), causal = c.B * c.Hkv * (c.T / c.chunk) * c.T / 2;
     EXPECT_GT(nnz, 0);
-    EXPECT_LT(nnz, causal * 9 / 10) << "the routing should be sparse here";
+    EXPECT_LT(nnz, causal * 19 / 20) << "the routing should leave chunks out here";
     const double bias_err = (got.rows.bias - want.rows.bias).abs().max().item<double>();
     const double dq_err = test::rel_err(got.dq, want.dq), dkbar_err = test::rel_err(got.dkbar, want.dkbar);
     std::printf("  G %ld T %ld %s R %ld: %ld entries, bias max abs diff %.2e, dq %.2e, dkbar %.2e\n", long(c.G),

@@ -26,7 +26,7 @@ class DashAttention : public AttentionVariant {
   // the backward recomputes each tile. Differentiable in q and kbar through rows.bias. The
   // entmax, group mean and prior run on the fused kernels (attention/cuda/dash_routing.h)
   // unless impl is reference or they cannot (alpha != 1.5, CPU, fp64, G x route_positions >
-  // 64, over 20480 chunks): then in ATen.
+  // 64, over 6144 chunks): then in ATen.
   BlockRows routing(const torch::Tensor& q, const torch::Tensor& kbar) const;
 
   // Query rows per routing tile, rounded up to whole routings (route_positions); 0 sizes tiles

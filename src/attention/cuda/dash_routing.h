@@ -10,7 +10,7 @@ namespace st::cuda {
 
 // Whether the kernels take the routing of these queries q [B, Hq, T, d] in KV groups of
 // `group` heads: alpha = 1.5, CUDA, scores in fp32 (q in any type but fp64), group times
-// route_positions <= 64, at most 20480 complete chunks.
+// route_positions <= 64, at most 6144 complete chunks (T <= 384K at chunk 64).
 bool dash_routing_runs(const DashConfig& cfg, const torch::Tensor& q, int64_t group);
 
 // scores [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's
