@@ -1,6 +1,6 @@
 // DashAttention's fused routing kernels (kernels/dash_route.cu) against its ATen routing on the
 // same GPU and inputs: the same lists, the same bias entries up to fp32 rounding, the same
-// gradients into q and the chunk summaries. Both paths take the same score GEMM and the same
+// gradients into q and the chunk summaries up to TF32 rounding. Both paths take the same score GEMM and the same
 // entmax threshold code (kernels/entmax15.cuh), so the supports must agree exactly. Skips
 // without a GPU.
 #ifdef SPARSETRAIN_CUDA
@@ -80,8 +80,9 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
     std::printf("  G %ld T %ld %s R %ld: %ld entries, bias max abs diff %.2e, dq %.2e, dkbar %.2e\n", long(c.G),
                 long(c.T), c.prior.c_str(), long(c.route_positions), long(nnz), bias_err, dq_err, dkbar_err);
     EXPECT_LT(bias_err, 1e-4);
-    EXPECT_LT(dq_err, 1e-4);
-    EXPECT_LT(dkbar_err, 1e-4);
+    // The kernels' path takes the scores' gradient products in TF32 (dash.cpp): ~5e-4.
+    EXPECT_LT(dq_err, 3e-3);
+    EXPECT_LT(dkbar_err, 3e-3);
   }
 }
 

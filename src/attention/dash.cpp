@@ -71,9 +71,25 @@ TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor
 
 // The scores' vector-Jacobian product: d scores -> d q_rows [B, G, n, d] and d kbar's first
 // n_seen chunks [B, Hkv, n_seen, d].
-std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor& d_scores) {
+// tf32: both products on TF32 tensor cores (10-bit mantissas, ~5e-4 relative), for the
+// kernels' path: these gradients join the core's, whose products round to bf16 (8 bits), and
+// in fp32 on CUDA cores they took ~12 of the ~60 ms of Dash's routing at 64K (H200).
+std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor& d_scores, bool tf32) {
+  // cuBLAS's fp32 products in TF32 for this scope only, restored even on a throw.
+  struct Tf32Products {
+    const at::Float32Precision was =
+        at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
+    explicit Tf32Products(bool on) {
+      if (on) set(at::Float32Precision::TF32);
+    }
+    ~Tf32Products() { set(was); }
+    static void set(at::Float32Precision p) {
+      at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, p);
+    }
+  } const precision(tf32);
   auto dq = torch::matmul(d_scores, s.kbar_seen).flatten(1, 2);
-  auto dkbar = torch::matmul(d_scores.transpose(-1, -2), s.q_groups).sum(2);
+  // The sum over the group's heads inside one product: [B, Hkv, n_seen, G n] x [B, Hkv, G n, d].
+  auto dkbar = torch::matmul(d_scores.flatten(2, 3).transpose(-1, -2), s.q_groups.flatten(2, 3));
   return {dq, dkbar};
 }
 
@@ -165,7 +181,7 @@ std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Ten
   }
   auto d_pbar = d_log_p / torch::where(routed, pbar, torch::ones_like(pbar));
   auto dp = (mean_over_positions(d_pbar, cfg.route_positions) / double(G)).unsqueeze(2).expand_as(r.p);
-  return tile_scores_backward(s, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale);
+  return tile_scores_backward(s, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale, /*tf32=*/false);
 }
 
 #ifdef SPARSETRAIN_CUDA
@@ -182,7 +198,7 @@ std::pair<Tensor, Tensor> fused_routing_bias_backward(const DashConfig& cfg, con
   const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
   auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), d_bias, cfg, s.scale, t0);
-  return tile_scores_backward(s, d_scores.view(s.scores.sizes()));
+  return tile_scores_backward(s, d_scores.view(s.scores.sizes()), /*tf32=*/true);
 }
 #endif
 
