@@ -13,7 +13,7 @@ namespace st::kernels {
 
 constexpr int kDashMaxRows = 64;   // entmax rows per routing: group heads x route_positions
 constexpr int64_t kDashMaxSeen = 6144;  // chunks a row may route among (T <= 384K at chunk 64)
-constexpr int kDashBadShape = -2;  // returned for more rows or chunks than these
+constexpr int kDashBadShape = -1;  // as kBsaBadShape: more rows or chunks than these
 
 struct DashRoutingArgs {
   // [G, n, n_seen] fp32: q . kbar for query positions t0 .. t0 + n - 1 of the G heads of one KV

@@ -2,7 +2,6 @@
 #include "attention/cuda/attention_bench.h"
 
 #include <ATen/Context.h>
-#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 #include <torch/torch.h>
 
@@ -16,6 +15,7 @@
 #include <stdexcept>
 
 #include "attention/cuda/block_sparse.h"
+#include "attention/cuda/launch.h"
 #include "util/json.h"
 
 namespace st::cuda {
@@ -23,14 +23,6 @@ namespace kn = st::kernels;
 using torch::Tensor;
 
 namespace {
-
-cudaStream_t cur_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-
-void check(int rc, const char* what) {
-  if (rc == 0) return;
-  throw std::runtime_error(std::string(what) + " failed: " +
-                           (rc > 0 ? cudaGetErrorString(static_cast<cudaError_t>(rc)) : "bad shape"));
-}
 
 // Lists shared by the 64 positions of each query block (what block-level selection produces):
 // n random past blocks per query block, n chosen so that attended / causal pairs ~ 1 - sparsity.
@@ -76,9 +68,9 @@ double time_ms(const std::function<void()>& fn, int reps) {
   cudaEventCreate(&b);
   std::vector<double> ts;
   for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(a, cur_stream());
+    cudaEventRecord(a, current_stream());
     fn();
-    cudaEventRecord(b, cur_stream());
+    cudaEventRecord(b, current_stream());
     cudaEventSynchronize(b);
     float ms = 0.f;
     cudaEventElapsedTime(&ms, a, b);
@@ -86,7 +78,7 @@ double time_ms(const std::function<void()>& fn, int reps) {
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
-  check(cudaGetLastError(), "timing");
+  check_launch(cudaGetLastError(), "timing");
   std::sort(ts.begin(), ts.end());
   return ts[ts.size() / 2];
 }
@@ -144,7 +136,7 @@ int bench_reps(int64_t T) { return T <= 32768 ? 10 : (T <= 65536 ? 5 : 3); }
 
 void write_bench_json(const std::string& path, const std::string& command, const std::vector<std::string>& rows) {
   cudaDeviceProp prop;
-  check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  check_launch(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%MZ", std::gmtime(&now));
@@ -167,7 +159,7 @@ void run_attention_bench(const AttentionBenchConfig& cfg) {
   const auto opt = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
   cudaDeviceProp prop;
-  check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  check_launch(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%MZ", std::gmtime(&now));
@@ -205,15 +197,17 @@ void run_attention_bench(const AttentionBenchConfig& cfg) {
         rows_k.nnz = lists.blocks.numel();
         Plan plan = make_plan(lists, 1, Hq, Hkv, T, d);
         auto fwd = [&] {
-          check(kn::bsa_forward(shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_k,
-                                plan.view, scale, o.data_ptr(), nullptr, lse.data_ptr<float>(), cur_stream()),
-                "bsa_forward");
+          check_launch(
+              kn::bsa_forward(shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_k, plan.view,
+                              scale, o.data_ptr(), nullptr, lse.data_ptr<float>(), current_stream()),
+              "bsa_forward");
         };
         auto bwd = [&] {
-          check(kn::bsa_backward(shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                                 nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_k, plan.view, scale, dq.data_ptr(),
-                                 dk.data_ptr(), dv.data_ptr(), nullptr, scratch.data_ptr(), cur_stream()),
-                "bsa_backward");
+          check_launch(
+              kn::bsa_backward(shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+                               nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_k, plan.view, scale, dq.data_ptr(),
+                               dk.data_ptr(), dv.data_ptr(), nullptr, scratch.data_ptr(), current_stream()),
+              "bsa_backward");
         };
         const double plan_ms = time_ms([&] { plan = make_plan(lists, 1, Hq, Hkv, T, d); }, reps);
         const double f_ms = time_ms(fwd, reps);

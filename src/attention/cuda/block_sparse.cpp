@@ -2,25 +2,16 @@
 #include "attention/cuda/block_sparse.h"
 
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <cmath>
 #include <stdexcept>
-#include <string>
+
+#include "attention/cuda/launch.h"
 
 namespace st::cuda {
 namespace kn = st::kernels;
 
 namespace {
-
-void check(int rc, const char* what) {
-  if (rc == 0) return;
-  if (rc == kn::kBsaBadShape) throw std::invalid_argument(std::string(what) + ": unsupported shape");
-  throw std::runtime_error(std::string(what) + ": " +
-                           cudaGetErrorString(static_cast<cudaError_t>(rc)));
-}
-
-cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 kn::BsaDtype dtype_of(const torch::Tensor& t) {
   if (t.scalar_type() == torch::kBFloat16) return kn::BsaDtype::kBf16;
@@ -66,13 +57,15 @@ BlockLists lists_from_topk(const torch::Tensor& ids_in) {
   BlockLists l;
   l.row_ptr = torch::empty({rows + 1}, ids.options().dtype(torch::kInt64));
   torch::Tensor tmp = scratch(kn::bsa_scan_bytes(rows), ids.device());
-  check(kn::bsa_rows_count(s, ids.data_ptr<int32_t>(), k, l.row_ptr.data_ptr<int64_t>(),
-                           tmp.data_ptr(), stream()), "lists_from_topk");
+  check_launch(kn::bsa_rows_count(s, ids.data_ptr<int32_t>(), k, l.row_ptr.data_ptr<int64_t>(), tmp.data_ptr(),
+                                  current_stream()),
+               "lists_from_topk");
   const int64_t nnz = l.row_ptr[rows].item<int64_t>();
   l.blocks = torch::empty({nnz}, l.row_ptr.options().dtype(torch::kInt32));
   if (nnz > 0)
-    check(kn::bsa_rows_fill(s, ids.data_ptr<int32_t>(), k, l.row_ptr.data_ptr<int64_t>(),
-                            l.blocks.data_ptr<int32_t>(), stream()), "lists_from_topk");
+    check_launch(kn::bsa_rows_fill(s, ids.data_ptr<int32_t>(), k, l.row_ptr.data_ptr<int64_t>(),
+                                   l.blocks.data_ptr<int32_t>(), current_stream()),
+                 "lists_from_topk");
   return l;
 }
 
@@ -87,8 +80,8 @@ Plan make_plan(const BlockLists& l, int64_t B, int64_t Hq, int64_t Hkv, int64_t 
   Plan p;
   p.shape = {B, Hq, Hkv, T, d};
   p.workspace = scratch(kn::bsa_plan_bytes(p.shape, l.blocks.numel(), l.window), l.row_ptr.device());
-  check(kn::bsa_plan(p.shape, rows_of(l, torch::Tensor()), p.workspace.data_ptr(), &p.view,
-                     stream()), "make_plan");
+  check_launch(kn::bsa_plan(p.shape, rows_of(l, torch::Tensor()), p.workspace.data_ptr(), &p.view, current_stream()),
+               "make_plan");
   return p;
 }
 
@@ -101,10 +94,11 @@ Forward forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Ten
   f.o = torch::empty_like(q);
   if (with_residual) f.o_lo = torch::empty_like(q);
   f.lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat32));
-  check(kn::bsa_forward(plan.shape, dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                        rows_of(lists, bias), plan.view, static_cast<float>(scale), f.o.data_ptr(),
-                        with_residual ? f.o_lo.data_ptr() : nullptr, f.lse.data_ptr<float>(), stream(), path),
-        "block_sparse_attention forward");
+  check_launch(
+      kn::bsa_forward(plan.shape, dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
+                      plan.view, static_cast<float>(scale), f.o.data_ptr(), with_residual ? f.o_lo.data_ptr() : nullptr,
+                      f.lse.data_ptr<float>(), current_stream(), path),
+      "block_sparse_attention forward");
   return f;
 }
 
@@ -122,14 +116,12 @@ Grads backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
   g.dv = torch::empty_like(v);
   if (want_dbias) g.dbias = torch::empty({lists.blocks.numel()}, q.options().dtype(torch::kFloat32));
   torch::Tensor tmp = scratch(kn::bsa_backward_scratch_bytes(plan.shape), q.device());
-  check(kn::bsa_backward(plan.shape, dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                         o.data_ptr(), o_lo.defined() ? o_lo.data_ptr() : nullptr,
-                         lse.data_ptr<float>(), dout.data_ptr(),
-                         rows_of(lists, bias), plan.view, static_cast<float>(scale),
-                         g.dq.data_ptr(), g.dk.data_ptr(), g.dv.data_ptr(),
-                         want_dbias ? g.dbias.data_ptr<float>() : nullptr, tmp.data_ptr(),
-                         stream(), path),
-        "block_sparse_attention backward");
+  check_launch(kn::bsa_backward(plan.shape, dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+                                o_lo.defined() ? o_lo.data_ptr() : nullptr, lse.data_ptr<float>(), dout.data_ptr(),
+                                rows_of(lists, bias), plan.view, static_cast<float>(scale), g.dq.data_ptr(),
+                                g.dk.data_ptr(), g.dv.data_ptr(), want_dbias ? g.dbias.data_ptr<float>() : nullptr,
+                                tmp.data_ptr(), current_stream(), path),
+               "block_sparse_attention backward");
   return g;
 }
 

@@ -2,11 +2,8 @@
 #include "attention/cuda/dash_routing.h"
 
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
-#include <stdexcept>
-#include <string>
-
+#include "attention/cuda/launch.h"
 #include "dash_route.h"
 
 namespace st::cuda {
@@ -15,12 +12,6 @@ namespace kn = st::kernels;
 namespace {
 
 using torch::Tensor;
-
-void check(int rc, const char* what) {
-  if (rc == 0) return;
-  if (rc == kn::kDashBadShape) throw std::invalid_argument(std::string(what) + ": unsupported shape");
-  throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(static_cast<cudaError_t>(rc)));
-}
 
 kn::DashRoutingArgs args(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0, int64_t n_chunks) {
   TORCH_CHECK(scores.is_cuda() && scores.scalar_type() == torch::kFloat32 && scores.dim() == 3 && scores.is_contiguous(),
@@ -36,8 +27,6 @@ kn::DashRoutingArgs args(const Tensor& scores, const DashConfig& cfg, double sca
   return a;
 }
 
-cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-
 }  // namespace
 
 bool dash_routing_runs(const DashConfig& cfg, const Tensor& q, int64_t group) {
@@ -48,8 +37,8 @@ bool dash_routing_runs(const DashConfig& cfg, const Tensor& q, int64_t group) {
 Tensor dash_routing_bias(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0, int64_t n_chunks) {
   const c10::cuda::CUDAGuard guard(scores.device());
   auto bias = torch::empty({scores.size(1), n_chunks}, scores.options());
-  check(kn::dash_routing_bias(args(scores, cfg, scale, t0, n_chunks), bias.data_ptr<float>(), stream()),
-        "dash routing");
+  check_launch(kn::dash_routing_bias(args(scores, cfg, scale, t0, n_chunks), bias.data_ptr<float>(), current_stream()),
+               "dash routing");
   return bias;
 }
 
@@ -58,9 +47,9 @@ Tensor dash_routing_backward(const Tensor& scores, const Tensor& d_bias, const D
   const c10::cuda::CUDAGuard guard(scores.device());
   const Tensor g = d_bias.to(torch::kFloat32).contiguous();
   auto d_scores = torch::empty_like(scores);
-  check(kn::dash_routing_backward(args(scores, cfg, scale, t0, g.size(1)), g.data_ptr<float>(),
-                                  d_scores.data_ptr<float>(), stream()),
-        "dash routing backward");
+  check_launch(kn::dash_routing_backward(args(scores, cfg, scale, t0, g.size(1)), g.data_ptr<float>(),
+                                         d_scores.data_ptr<float>(), current_stream()),
+               "dash routing backward");
   return d_scores;
 }
 

@@ -2,12 +2,9 @@
 #include "attention/cuda/entmax.h"
 
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/autograd.h>
 
-#include <stdexcept>
-#include <string>
-
+#include "attention/cuda/launch.h"
 #include "entmax15.h"
 
 namespace st::cuda {
@@ -15,20 +12,15 @@ namespace {
 
 using torch::Tensor;
 
-void check(int rc, const char* what) {
-  if (rc != 0) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(static_cast<cudaError_t>(rc)));
-}
-
-cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-
 struct Entmax15Function : torch::autograd::Function<Entmax15Function> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& z_in) {
     const c10::cuda::CUDAGuard guard(z_in.device());
     const Tensor z = z_in.contiguous();
     Tensor p = torch::empty_like(z);
     const int64_t n = z.size(-1);
-    check(st::kernels::entmax15_forward(z.data_ptr<float>(), p.data_ptr<float>(), n ? z.numel() / n : 0, n, stream()),
-          "entmax15 forward");
+    check_launch(st::kernels::entmax15_forward(z.data_ptr<float>(), p.data_ptr<float>(), n ? z.numel() / n : 0, n,
+                                               current_stream()),
+                 "entmax15 forward");
     ctx->save_for_backward({p});
     return p;
   }
@@ -46,9 +38,9 @@ torch::Tensor entmax15_backward(const torch::Tensor& p_in, const torch::Tensor& 
   const Tensor p = p_in.contiguous(), dp = dp_in.to(torch::kFloat32).contiguous();
   Tensor dz = torch::empty_like(p);
   const int64_t n = p.size(-1);
-  check(st::kernels::entmax15_backward(p.data_ptr<float>(), dp.data_ptr<float>(), dz.data_ptr<float>(),
-                                       n ? p.numel() / n : 0, n, stream()),
-        "entmax15 backward");
+  check_launch(st::kernels::entmax15_backward(p.data_ptr<float>(), dp.data_ptr<float>(), dz.data_ptr<float>(),
+                                              n ? p.numel() / n : 0, n, current_stream()),
+               "entmax15 backward");
   return dz;
 }
 

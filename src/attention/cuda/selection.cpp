@@ -2,13 +2,11 @@
 #include "attention/cuda/selection.h"
 
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
+#include "attention/cuda/launch.h"
 #include "block_select.h"
 
 namespace st::cuda {
@@ -17,14 +15,6 @@ namespace kn = st::kernels;
 namespace {
 
 using torch::Tensor;
-
-void check(int rc, const char* what) {
-  if (rc == 0) return;
-  if (rc == kn::kSelectBadShape) throw std::invalid_argument(std::string(what) + ": unsupported shape");
-  throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(static_cast<cudaError_t>(rc)));
-}
-
-cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 int64_t blocks_of(int64_t T, const SelectionKnobs& knobs) { return (T + knobs.block - 1) / knobs.block; }
 
@@ -52,7 +42,7 @@ void launch_scores(const Operands& in, const SelectionKnobs& knobs, int64_t b, i
   a.block = static_cast<int>(knobs.block); a.n_blocks = static_cast<int>(blocks_of(in.q.size(2), knobs));
   a.pool = knobs.pool == Pool::Max ? kn::SelectPool::kMax : kn::SelectPool::kSum;
   a.path = path;
-  check(kn::block_scores(a, stream()), "block_scores");
+  check_launch(kn::block_scores(a, current_stream()), "block_scores");
 }
 
 // Top-k of scores rows [0, n) (queries t0 .. t0 + n) into counts[0 .. n); returns the entries.
@@ -67,7 +57,7 @@ Tensor launch_top_k(const Tensor& scores, const SelectionKnobs& knobs, int64_t t
   a.n_blocks = static_cast<int>(n_blocks); a.cap = static_cast<int>(cap); a.block = static_cast<int>(knobs.block);
   a.top_k = static_cast<int>(knobs.top_k); a.init_blocks = static_cast<int>(knobs.init_blocks);
   a.local_blocks = static_cast<int>(knobs.local_blocks);
-  check(kn::select_top_k(a, stream()), "select_top_k");
+  check_launch(kn::select_top_k(a, current_stream()), "select_top_k");
   auto slot = torch::arange(cap, counts.options()).view({1, cap});
   return ids.masked_select(slot < counts.view({n, 1}));
 }
