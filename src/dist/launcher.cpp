@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -105,16 +106,32 @@ int launch(const LaunchOptions& opt, const std::string& program, const std::vect
   auto old_int = std::signal(SIGINT, remember_signal);
   auto old_term = std::signal(SIGTERM, remember_signal);
   const pid_t self = ::getpid();
+  // A child inherits remember_signal until it execs: a SIGTERM that reached it in between (a
+  // rank that failed at once makes the launcher stop the others while it is still starting
+  // them) would be remembered in the child's copy of g_signal and lost. So the stop signals
+  // stay blocked across fork; the child puts back the caller's dispositions, then unblocks,
+  // and a pending SIGTERM kills it as it should.
+  sigset_t stop_signals, unblocked;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
   std::vector<Rank> ranks;
   for (int64_t local = 0; local < opt.nproc_per_node; ++local) {
     std::fflush(nullptr);  // the child must not inherit (and flush again) buffered output
+    ::pthread_sigmask(SIG_BLOCK, &stop_signals, &unblocked);
     pid_t pid = ::fork();
+    if (pid == 0) {
+      std::signal(SIGINT, old_int);
+      std::signal(SIGTERM, old_term);
+      ::pthread_sigmask(SIG_SETMASK, &unblocked, nullptr);
+      exec_rank(opt, local, port, self, program, args);
+    }
+    ::pthread_sigmask(SIG_SETMASK, &unblocked, nullptr);
     if (pid < 0) {
       fmt::print(stderr, "launch: fork failed: {}\n", std::strerror(errno));
       g_signal = SIGTERM;  // stop what was started
       break;
     }
-    if (pid == 0) exec_rank(opt, local, port, self, program, args);
     ranks.push_back({opt.node_rank * opt.nproc_per_node + local, pid});
     fmt::print(stderr, "launch: rank {} pid {}\n", ranks.back().rank, pid);
   }
