@@ -212,12 +212,15 @@ TEST(DashAttention, TiledRoutingMatchesOneTile) {
       dash->zero_grad();
       auto q = in.q.clone().requires_grad_(true), k = in.k.clone().requires_grad_(true);
       auto rows = dash->routing(q, dash->chunk_summaries(k));
-      // Lists against the dense bias: the same selection and the same values.
+      // Lists against the dense bias: the same selection and the same values, up to 1e-9. Near
+      // the support's edge log p = 2 log(x - tau) turns fp64 rounding of x - tau into 2e-16 /
+      // (x - tau), and the threaded sums' order changes from run to run: under load the
+      // difference reached 2e-12 (1e-12 failed about 1 run in 20).
       auto dense = dense_bias(rows, c.B, c.Hkv, c.T, c.dash.chunk);
       auto want = dash->chunk_bias(in.q, in.k);
       EXPECT_TRUE(torch::equal(torch::isfinite(dense), torch::isfinite(want)));
       EXPECT_TRUE(torch::allclose(dense.masked_select(torch::isfinite(want)), want.masked_select(torch::isfinite(want)),
-                                  0, 1e-12));
+                                  0, 1e-9));
       auto out = dash->forward({q, k, in.v, in.x, in.cos, in.sin});
       (out * out).sum().backward();
       return Run{out.detach(), q.grad(), k.grad(), dash->pool_query.grad().clone()};
