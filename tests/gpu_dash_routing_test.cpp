@@ -1,8 +1,8 @@
 // DashAttention's fused routing kernels (kernels/dash_route.cu) against its ATen routing on the
 // same GPU and inputs: the same lists, the same bias entries up to fp32 rounding, the same
-// gradients into q and the chunk summaries up to TF32 rounding. Both paths take the same score GEMM and the same
-// entmax threshold code (kernels/entmax15.cuh), so the supports must agree exactly. Skips
-// without a GPU.
+// gradients into q and the chunk summaries up to TF32 rounding. Both paths take the same score
+// GEMM and the same entmax threshold code (kernels/entmax15.cuh), so the supports must agree
+// exactly. Skips without a GPU.
 #ifdef SPARSETRAIN_CUDA
 #include <gtest/gtest.h>
 #include <torch/torch.h>
