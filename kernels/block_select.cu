@@ -335,7 +335,7 @@ int block_scores(const BlockScoreArgs& a, cudaStream_t stream) {
   if (a.Hkv <= 0 || a.Hq % a.Hkv || a.Hq / a.Hkv > 64 || (a.d != 64 && a.d != 128) || a.stride <= 0 ||
       a.length <= 0 || a.block % a.stride || kCols % (a.block / a.stride) || (a.length - 1) / a.stride > kMaxLead ||
       a.n_rows < 0 || a.t_first < 0 || a.t_first + a.n_rows > a.T || a.n_blocks <= 0)
-    return kSelectBadShape;
+    return kBsaBadShape;
   if (a.n_rows == 0) return 0;
   ScoreParams p{};
   p.q = a.q;
@@ -357,7 +357,7 @@ int block_scores(const BlockScoreArgs& a, cudaStream_t stream) {
 }
 
 int select_top_k(const TopKArgs& a, cudaStream_t stream) {
-  if (a.n_rows < 0 || a.n_blocks <= 0 || a.block <= 0 || a.cap < std::min(a.top_k, a.n_blocks)) return kSelectBadShape;
+  if (a.n_rows < 0 || a.n_blocks <= 0 || a.block <= 0 || a.cap < std::min(a.top_k, a.n_blocks)) return kBsaBadShape;
   if (a.n_rows == 0) return 0;
   const unsigned grid = static_cast<unsigned>((a.n_rows + kTopKWarps - 1) / kTopKWarps);
   select_top_k_kernel<<<grid, 32 * kTopKWarps, 0, stream>>>(a);

@@ -16,7 +16,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "block_sparse_attention.h"  // BsaPath
+#include "block_sparse_attention.h"  // BsaPath, kBsaBadShape
 
 namespace st::kernels {
 
@@ -35,7 +35,7 @@ struct BlockScoreArgs {
   BsaPath path = BsaPath::kAuto;  // the logits' matmul on wgmma (Hopper) or mma.sync
 };
 // Supported: d 64 or 128, G = Hq / Hkv <= 64, block a multiple of stride with 64 a multiple of
-// block / stride, (length - 1) / stride <= 16. Returns 0 or a cudaError_t / kSelectBadShape.
+// block / stride, (length - 1) / stride <= 16. Returns 0 or a cudaError_t / kBsaBadShape.
 int block_scores(const BlockScoreArgs& a, cudaStream_t stream);
 
 struct TopKArgs {
@@ -46,7 +46,5 @@ struct TopKArgs {
   int n_blocks, cap, block, top_k, init_blocks, local_blocks;  // cap >= min(top_k, n_blocks)
 };
 int select_top_k(const TopKArgs& a, cudaStream_t stream);
-
-constexpr int kSelectBadShape = -1;  // as kBsaBadShape
 
 }  // namespace st::kernels

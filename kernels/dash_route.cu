@@ -149,7 +149,7 @@ bool shape_ok(const DashRoutingArgs& a, size_t smem) {
 
 int dash_routing_bias(const DashRoutingArgs& a, float* bias, cudaStream_t stream) {
   const size_t smem = a.n_seen * sizeof(float);
-  if (!shape_ok(a, smem)) return kDashBadShape;
+  if (!shape_ok(a, smem)) return kBsaBadShape;
   if (a.n == 0) return 0;
   routing_bias_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, bias);
   return cudaGetLastError();
@@ -157,7 +157,7 @@ int dash_routing_bias(const DashRoutingArgs& a, float* bias, cudaStream_t stream
 
 int dash_routing_backward(const DashRoutingArgs& a, const float* d_bias, float* d_scores, cudaStream_t stream) {
   const size_t smem = 2 * a.n_seen * sizeof(float);
-  if (!shape_ok(a, smem)) return kDashBadShape;
+  if (!shape_ok(a, smem)) return kBsaBadShape;
   if (a.n == 0) return 0;
   routing_backward_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, d_bias, d_scores);
   return cudaGetLastError();

@@ -1,19 +1,20 @@
 // DashAttention's routing (DESIGN §2.2, step 2) after the score GEMM, fused: alpha = 1.5
 // entmax per query head over its row's candidate chunks, the mean over the KV group's heads
-// (and over route_positions consecutive positions), and the log-prior bias, in one kernel; its backward (the bias's gradient through log pbar,
-// the group mean and entmax's Jacobian, to the scores) in another, which recomputes the
-// thresholds instead of keeping anything. Plain C++ launchers (raw device pointers, a stream);
+// (and over route_positions consecutive positions), and the log-prior bias, in one kernel;
+// its backward (the bias's gradient through log pbar, the group mean and entmax's Jacobian,
+// to the scores) in another, which recomputes the thresholds instead of keeping anything. Plain C++ launchers (raw device pointers, a stream);
 // src/attention/cuda/dash_routing.h wraps them for LibTorch.
 #pragma once
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
 
+#include "block_sparse_attention.h"  // kBsaBadShape
+
 namespace st::kernels {
 
 constexpr int kDashMaxRows = 64;   // entmax rows per routing: group heads x route_positions
 constexpr int64_t kDashMaxSeen = 6144;  // chunks a row may route among (T <= 384K at chunk 64)
-constexpr int kDashBadShape = -1;  // as kBsaBadShape: more rows or chunks than these
 
 struct DashRoutingArgs {
   // [G, n, n_seen] fp32: q . kbar for query positions t0 .. t0 + n - 1 of the G heads of one KV
@@ -32,6 +33,7 @@ struct DashRoutingArgs {
 int dash_routing_bias(const DashRoutingArgs& a, float* bias, cudaStream_t stream);
 
 // d_scores [G, n, n_seen] from d_bias [n, n_chunks] (entries at bias 0 or -inf carry none).
+// Both return 0, a cudaError_t, or kBsaBadShape beyond kDashMaxRows / kDashMaxSeen.
 int dash_routing_backward(const DashRoutingArgs& a, const float* d_bias, float* d_scores, cudaStream_t stream);
 
 }  // namespace st::kernels
