@@ -100,42 +100,47 @@ __device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
   "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "  \
   "%59, %60, %61, %62, %63}"
 
+// One wgmma instruction, 64 x N x 16 with fp32 accumulators: SHAPE is "m64n64k16" or
+// "m64n128k16", TY the inputs' type ("bf16" or "f16"), REGS the accumulators' operand list and
+// ARGS the rest of the instruction's operands. Inline asm takes only literal text, so the
+// templates below pick among literal instantiations of this one pattern.
+#define ST_WGMMA(SHAPE, TY, REGS, ARGS, ...) \
+  ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n" \
+              "wgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " " REGS ", " ARGS ";\n}\n" : __VA_ARGS__)
+
 // d (64 x 64) += A (64 x 16) * B (16 x 64), both K-major in shared memory.
 template <typename T>
 __device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t a, uint64_t b) {
+#define ST_SS(TY) ST_WGMMA("m64n64k16", TY, ST_REGS32, "%32, %33, p, 1, 1, 0, 0", ST_ACC64 : "l"(a), "l"(b))
   if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " ST_REGS32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-                : ST_ACC64 : "l"(a), "l"(b));
+    ST_SS("bf16");
   else
-    ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " ST_REGS32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-                : ST_ACC64 : "l"(a), "l"(b));
+    ST_SS("f16");
+#undef ST_SS
 }
 
 // d (64 x N) += A (64 x 16, registers: the warp's mma.sync A fragment) * B (shared memory).
 template <typename T, int N, int kTransB>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b) {
   static_assert(N == 64 || N == 128, "N is 64 or 128");
+#define ST_A_B "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kTransB)
+#define ST_RS64(TY) ST_WGMMA("m64n64k16", TY, ST_REGS32, "{%32, %33, %34, %35}, %36, p, 1, 1, %37", ST_ACC64 : ST_A_B)
+#define ST_RS128(TY) ST_WGMMA("m64n128k16", TY, ST_REGS64, "{%64, %65, %66, %67}, %68, p, 1, 1, %69", ST_ACC128 : ST_A_B)
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   if constexpr (N == 64) {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>)
-      ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " ST_REGS32 ", {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
-                  : ST_ACC64 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kTransB));
+    if constexpr (kBf16)
+      ST_RS64("bf16");
     else
-      ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " ST_REGS32 ", {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
-                  : ST_ACC64 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kTransB));
+      ST_RS64("f16");
   } else {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>)
-      ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " ST_REGS64 ", {%64, %65, %66, %67}, %68, p, 1, 1, %69;\n}\n"
-                  : ST_ACC128 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kTransB));
+    if constexpr (kBf16)
+      ST_RS128("bf16");
     else
-      ST_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " ST_REGS64 ", {%64, %65, %66, %67}, %68, p, 1, 1, %69;\n}\n"
-                  : ST_ACC128 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kTransB));
+      ST_RS128("f16");
   }
+#undef ST_RS128
+#undef ST_RS64
+#undef ST_A_B
 }
 
 #undef ST_ACC8
