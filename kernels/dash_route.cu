@@ -35,13 +35,27 @@ struct Routing {
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
   __device__ bool forced(int64_t c) const { return c == own || (c < own && !candidate(c)); }
 
-  __device__ void route(Entmax15Threshold* th, float* pbar) const {
+  // Entmax row k's threshold in global memory: [G, n, 2] like the scores' rows.
+  __device__ int64_t threshold_index(int64_t k) const { return 2 * ((k % a.G) * a.n + r0 + k / a.G); }
+
+  __device__ void find_thresholds(Entmax15Threshold* th, float* thresholds) const {
     for (int64_t k = threadIdx.x >> 5; k < entmax_rows(); k += kWarps) {
       const float* row = scores(k);
       const auto t = entmax15_threshold([&](int64_t c) { return z(row, c); }, lo, hi);
-      if ((threadIdx.x & 31) == 0) th[k] = t;
+      if ((threadIdx.x & 31) == 0) {
+        th[k] = t;
+        thresholds[threshold_index(k)] = t.max;
+        thresholds[threshold_index(k) + 1] = t.tau;
+      }
     }
     __syncthreads();
+  }
+  __device__ void load_thresholds(Entmax15Threshold* th, const float* thresholds) const {
+    for (int64_t k = threadIdx.x; k < entmax_rows(); k += blockDim.x)
+      th[k] = {thresholds[threshold_index(k)], thresholds[threshold_index(k) + 1]};
+    __syncthreads();
+  }
+  __device__ void mean_probs(const Entmax15Threshold* th, float* pbar) const {
     const float inv_count = 1.f / float(entmax_rows());
     for (int64_t c = threadIdx.x; c < a.n_seen; c += blockDim.x) {
       float sum = 0.f;
@@ -66,11 +80,13 @@ __device__ float2 block_sum(float2 v) {
   return total;
 }
 
-__global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingArgs a, float* bias) {
+__global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingArgs a, float* bias,
+                                                                   float* thresholds) {
   extern __shared__ float pbar[];  // [n_seen]
   __shared__ Entmax15Threshold th[kDashMaxRows];
   const Routing rt(a, blockIdx.x);
-  rt.route(th, pbar);
+  rt.find_thresholds(th, thresholds);
+  rt.mean_probs(th, pbar);
   // normalized: the mean of the routed log pbar, subtracted from each.
   float shift = 0.f;
   if (a.normalized) {
@@ -90,14 +106,15 @@ __global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingAr
   }
 }
 
-__global__ void __launch_bounds__(32 * kWarps) routing_backward_kernel(DashRoutingArgs a, const float* d_bias,
-                                                                       float* d_scores) {
+__global__ void __launch_bounds__(32 * kWarps) routing_backward_kernel(DashRoutingArgs a, const float* thresholds,
+                                                                       const float* d_bias, float* d_scores) {
   extern __shared__ float smem[];
   float* pbar = smem;           // [n_seen]
   float* dp = smem + a.n_seen;  // [n_seen]: d loss / d p of every entmax row
   __shared__ Entmax15Threshold th[kDashMaxRows];
   const Routing rt(a, blockIdx.x);
-  rt.route(th, pbar);
+  rt.load_thresholds(th, thresholds);
+  rt.mean_probs(th, pbar);
   // d prior on routed chunks, summed over the rows sharing the routing (bias 0 and -inf
   // entries have no path back).
   float2 part{0.f, 0.f};
@@ -147,19 +164,21 @@ bool shape_ok(const DashRoutingArgs& a, size_t smem) {
 
 }  // namespace
 
-int dash_routing_bias(const DashRoutingArgs& a, float* bias, cudaStream_t stream) {
+int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* thresholds, cudaStream_t stream) {
   const size_t smem = a.n_seen * sizeof(float);
   if (!shape_ok(a, smem)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  routing_bias_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, bias);
+  routing_bias_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, bias, thresholds);
   return cudaGetLastError();
 }
 
-int dash_routing_backward(const DashRoutingArgs& a, const float* d_bias, float* d_scores, cudaStream_t stream) {
+int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const float* d_bias, float* d_scores,
+                          cudaStream_t stream) {
   const size_t smem = 2 * a.n_seen * sizeof(float);
   if (!shape_ok(a, smem)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  routing_backward_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, d_bias, d_scores);
+  routing_backward_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, thresholds, d_bias,
+                                                                                              d_scores);
   return cudaGetLastError();
 }
 

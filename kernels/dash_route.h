@@ -2,8 +2,10 @@
 // entmax per query head over its row's candidate chunks, the mean over the KV group's heads
 // (and over route_positions consecutive positions), and the log-prior bias, in one kernel;
 // its backward (the bias's gradient through log pbar, the group mean and entmax's Jacobian,
-// to the scores) in another, which recomputes the thresholds instead of keeping anything. Plain C++ launchers (raw device pointers, a stream);
-// src/attention/cuda/dash_routing.h wraps them for LibTorch.
+// to the scores) in another, which takes the forward's thresholds (8 bytes per entmax row)
+// with the recomputed scores instead of finding them again by Newton's method. Plain C++
+// launchers (raw device pointers, a stream); src/attention/cuda/dash_routing.h wraps them for
+// LibTorch.
 #pragma once
 #include <cstdint>
 
@@ -29,11 +31,14 @@ struct DashRoutingArgs {
 };
 
 // bias [n, n_chunks]: per row, 0 on its own chunk and on forced (sink/local) chunks before it,
-// prior / sigma on routed chunks (pbar > 0), -inf elsewhere.
-int dash_routing_bias(const DashRoutingArgs& a, float* bias, cudaStream_t stream);
+// prior / sigma on routed chunks (pbar > 0), -inf elsewhere. thresholds [G, n, 2]: each
+// entmax row's max and tau, for the backward.
+int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* thresholds, cudaStream_t stream);
 
-// d_scores [G, n, n_seen] from d_bias [n, n_chunks] (entries at bias 0 or -inf carry none).
-// Both return 0, a cudaError_t, or kBsaBadShape beyond kDashMaxRows / kDashMaxSeen.
-int dash_routing_backward(const DashRoutingArgs& a, const float* d_bias, float* d_scores, cudaStream_t stream);
+// d_scores [G, n, n_seen] from d_bias [n, n_chunks] (entries at bias 0 or -inf carry none),
+// with the forward's thresholds for the same scores. Both return 0, a cudaError_t, or
+// kBsaBadShape beyond kDashMaxRows / kDashMaxSeen.
+int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const float* d_bias, float* d_scores,
+                          cudaStream_t stream);
 
 }  // namespace st::kernels

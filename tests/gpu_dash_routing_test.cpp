@@ -1,14 +1,17 @@
-// DashAttention's fused routing kernels (kernels/dash_route.cu) against its ATen routing on the
-// same GPU and inputs: the same lists, the same bias entries up to fp32 rounding, the same
-// gradients into q and the chunk summaries up to TF32 rounding. Both paths take the same score
-// GEMM and the same entmax threshold code (kernels/entmax15.cuh), so the supports must agree
-// exactly. Skips without a GPU.
+// DashAttention's fused routing kernels (kernels/dash_route.cu, kernels/dash_scores.cu)
+// against its ATen routing on the same GPU and inputs. With fp32 q both paths take the same
+// score GEMM and the same entmax threshold code (kernels/entmax15.cuh): the same lists, the
+// same bias entries up to fp32 rounding, the same gradients into q and the chunk summaries up
+// to TF32 rounding. With bf16 q the kernels' path scores on tensor cores: checked against fp64,
+// and its routing against the fp32 GEMM's. Skips without a GPU (and the tensor-core tests
+// without an sm_90 one).
 #ifdef SPARSETRAIN_CUDA
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cstdio>
 
+#include "attention/cuda/dash_routing.h"
 #include "attention/dash.h"
 #include "attention_brute_force.h"
 #include "relative_error.h"
@@ -25,6 +28,48 @@ struct Case {
   int64_t route_positions = 1;
 };
 
+struct Routed {
+  BlockRows rows;
+  torch::Tensor dq, dkbar;
+};
+
+// The routing of q0 (fp32 or bf16) and kbar0 through DashAttention with `impl`, and its
+// gradients for the upstream gradient `upstream` of the bias entries.
+Routed route(const Case& c, const std::string& impl, const torch::Tensor& q0, const torch::Tensor& kbar0,
+          const torch::Tensor& upstream) {
+  auto cfg = test::attention_config("dash", c.Hkv * c.G, c.Hkv, c.d);
+  cfg.attention.dash.chunk = c.chunk;
+  cfg.attention.dash.temperature = c.temperature;
+  cfg.attention.dash.sigma = c.sigma;
+  cfg.attention.dash.prior = c.prior;
+  cfg.attention.dash.sink_chunks = c.sink;
+  cfg.attention.dash.local_chunks = c.local;
+  cfg.attention.dash.route_positions = c.route_positions;
+  cfg.attention.impl = impl;
+  auto dash = std::dynamic_pointer_cast<DashAttention>(test::build(cfg, torch::kFloat32));
+  dash->routing_tile_rows = c.tile_rows;
+  auto q = q0.clone().requires_grad_(true), kbar = kbar0.clone().requires_grad_(true);
+  Routed r{dash->routing(q, kbar), {}, {}};
+  (r.rows.bias * upstream.narrow(0, 0, r.rows.bias.numel())).sum().backward();
+  r.dq = q.grad();
+  r.dkbar = kbar.grad();
+  return r;
+}
+
+// A routing's entries as dense [rows, n_chunks] bias, -inf where not listed.
+torch::Tensor dense_bias(const BlockRows& rows, int64_t n_chunks) {
+  const auto counts = rows.row_ptr.diff();
+  const auto row = torch::repeat_interleave(torch::arange(counts.size(0), counts.options()), counts);
+  auto dense = torch::full({counts.size(0) * n_chunks}, -INFINITY, rows.bias.options());
+  dense.index_put_({row * n_chunks + rows.blocks.to(torch::kInt64)}, rows.bias.detach());
+  return dense.view({counts.size(0), n_chunks});
+}
+
+std::string describe(const Case& c) {
+  return "G " + std::to_string(c.G) + " T " + std::to_string(c.T) + " " + c.prior + " route_positions " +
+         std::to_string(c.route_positions);
+}
+
 TEST(GpuDashRouting, FusedKernelsMatchAten) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const Case cases[] = {
@@ -40,36 +85,13 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
   };
   torch::manual_seed(11);
   for (const Case& c : cases) {
-    SCOPED_TRACE("G " + std::to_string(c.G) + " T " + std::to_string(c.T) + " " + c.prior + " route_positions " +
-                 std::to_string(c.route_positions));
-    auto cfg = test::attention_config("dash", c.Hkv * c.G, c.Hkv, c.d);
-    cfg.attention.dash.chunk = c.chunk;
-    cfg.attention.dash.temperature = c.temperature;
-    cfg.attention.dash.sigma = c.sigma;
-    cfg.attention.dash.prior = c.prior;
-    cfg.attention.dash.sink_chunks = c.sink;
-    cfg.attention.dash.local_chunks = c.local;
-    cfg.attention.dash.route_positions = c.route_positions;
+    SCOPED_TRACE(describe(c));
     const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
     const auto q0 = torch::randn({c.B, c.Hkv * c.G, c.T, c.d}, f32);
     const auto kbar0 = torch::randn({c.B, c.Hkv, c.T / c.chunk, c.d}, f32);
     const auto upstream = torch::randn({c.B * c.Hkv * c.T * (c.T / c.chunk + 1)}, f32);
-    struct Run {
-      BlockRows rows;
-      torch::Tensor dq, dkbar;
-    };
-    auto run = [&](const std::string& impl) {
-      cfg.attention.impl = impl;
-      auto dash = std::dynamic_pointer_cast<DashAttention>(test::build(cfg, torch::kFloat32));
-      dash->routing_tile_rows = c.tile_rows;
-      auto q = q0.clone().requires_grad_(true), kbar = kbar0.clone().requires_grad_(true);
-      Run r{dash->routing(q, kbar), {}, {}};
-      (r.rows.bias * upstream.narrow(0, 0, r.rows.bias.numel())).sum().backward();
-      r.dq = q.grad();
-      r.dkbar = kbar.grad();
-      return r;
-    };
-    const Run want = run("reference"), got = run("cuda");
+    // fp32 q: both paths take the same fp32 score GEMM, so the supports must agree exactly.
+    const Routed want = route(c, "reference", q0, kbar0, upstream), got = route(c, "cuda", q0, kbar0, upstream);
     ASSERT_TRUE(torch::equal(got.rows.row_ptr, want.rows.row_ptr));
     ASSERT_TRUE(torch::equal(got.rows.blocks, want.rows.blocks));
     const int64_t nnz = want.rows.blocks.numel(), causal = c.B * c.Hkv * (c.T / c.chunk) * c.T / 2;
@@ -82,6 +104,90 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
     EXPECT_LT(bias_err, 1e-4);
     // The kernels' path takes the scores' gradient products in TF32 (dash.cpp): ~5e-4.
     EXPECT_LT(dq_err, 3e-3);
+    EXPECT_LT(dkbar_err, 3e-3);
+  }
+}
+
+// The tensor-core scores kernel (bf16 q, kbar in three bf16 parts) against fp64, next to the
+// fp32 GEMM it replaces: as accurate, on every entry a routing reads (chunks before the own
+// chunk of the last row of each 64 / G-row query tile), for strided views of q, G 1-16, odd
+// chunk counts and tiles that start and end off chunk edges.
+TEST(GpuDashRouting, TensorCoreScoresAreFp32Accurate) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  struct ScoreCase {
+    int64_t Hkv, G, T, d, chunk, t0, n;
+  };
+  const ScoreCase cases[] = {
+      {1, 1, 1000, 64, 64, 0, 1000},     {2, 3, 3001, 64, 32, 257, 2744}, {2, 4, 2048, 128, 64, 64, 1984},
+      {1, 16, 5000, 128, 64, 1024, 3000}, {2, 8, 4100, 128, 16, 4000, 100},
+  };
+  torch::manual_seed(5);
+  for (const ScoreCase& c : cases) {
+    SCOPED_TRACE("G " + std::to_string(c.G) + " T " + std::to_string(c.T) + " d " + std::to_string(c.d));
+    const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+    const auto q = torch::randn({1, c.Hkv * c.G, c.T, c.d}, f32).to(torch::kBFloat16);
+    const int64_t n_seen = std::min(c.T / c.chunk, (c.t0 + c.n - 1) / c.chunk);
+    const auto kbar = torch::randn({n_seen, c.d}, f32) * 3;
+    const auto q_rows = q.narrow(1, (c.Hkv - 1) * c.G, c.G).narrow(2, c.t0, c.n);  // the last group: strided
+    if (!cuda::dash_scores_run(q_rows)) GTEST_SKIP() << "no sm_90 device";
+    const auto got = cuda::dash_scores(q_rows, kbar, c.t0, c.chunk).to(torch::kFloat64);
+    const auto q64 = q_rows[0].to(torch::kFloat64), k64 = kbar.to(torch::kFloat64);
+    const auto exact = torch::matmul(q64, k64.t());
+    const auto scale = torch::matmul(q64.abs(), k64.abs().t());  // sum |q_i kbar_i| per entry
+    const auto fp32 = torch::matmul(q_rows[0].to(torch::kFloat32), kbar.t()).to(torch::kFloat64);
+    // The entries a routing reads: c < own chunk of the last row of the row's query tile.
+    const int64_t P = 64 / c.G;
+    const auto i = torch::arange(c.n, f32.dtype(torch::kInt64));
+    const auto last = torch::minimum(torch::div(i, P, "floor") * P + P - 1, torch::full_like(i, c.n - 1));
+    const auto cols = torch::clamp_max(torch::div(last + c.t0, c.chunk, "floor"), n_seen);
+    const auto read = (torch::arange(n_seen, i.options()).view({1, n_seen}) < cols.view({c.n, 1})).unsqueeze(0);
+    ASSERT_GT(read.sum().item<int64_t>(), 0);
+    auto worst = [&](const torch::Tensor& x) {
+      return torch::where(read, (x - exact).abs() / scale, torch::zeros_like(scale)).max().item<double>();
+    };
+    const double tc = worst(got), gemm = worst(fp32);
+    std::printf("  G %ld d %ld: worst |error| / sum |q kbar|: tensor cores %.2e, fp32 GEMM %.2e\n", long(c.G),
+                long(c.d), tc, gemm);
+    EXPECT_LT(tc, 2e-6);
+    EXPECT_LT(tc, 4 * gemm + 1e-7);
+  }
+}
+
+// With bf16 q the kernels' path scores on tensor cores (above) and the ATen path in an fp32
+// GEMM: both fp32-accurate, not bit-identical, so a chunk at the very edge of a support may
+// fall on either side. Nearly all entries agree, and the rest of the routing with them.
+TEST(GpuDashRouting, TensorCoreScoresRouteLikeTheFp32Gemm) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const Case cases[] = {
+      {1, 1, 16, 8192, 128, 64, 16.0, 1.0, "unnormalized", 0, 0, 0},
+      {1, 2, 4, 4099, 64, 32, 6.0, 1.0, "normalized", 1, 1, 1000, 2},
+      {1, 2, 3, 3001, 128, 64, 8.0, 1.0, "unnormalized", 0, 0, 0},
+  };
+  torch::manual_seed(7);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+    const auto q0 = torch::randn({c.B, c.Hkv * c.G, c.T, c.d}, f32).to(torch::kBFloat16);
+    if (!cuda::dash_scores_run(q0)) GTEST_SKIP() << "no sm_90 device";
+    const auto kbar0 = torch::randn({c.B, c.Hkv, c.T / c.chunk, c.d}, f32);
+    const auto upstream = torch::randn({c.B * c.Hkv * c.T * (c.T / c.chunk + 1)}, f32);
+    const Routed want = route(c, "reference", q0, kbar0, upstream), got = route(c, "cuda", q0, kbar0, upstream);
+    const int64_t n_chunks = (c.T + c.chunk - 1) / c.chunk;
+    const auto a = dense_bias(want.rows, n_chunks), b = dense_bias(got.rows, n_chunks);
+    const int64_t nnz = want.rows.blocks.numel();
+    const int64_t flipped = (torch::isfinite(a) != torch::isfinite(b)).sum().item<int64_t>();
+    const auto both = torch::isfinite(a) & torch::isfinite(b);
+    const auto diff = torch::where(both, (a - b).abs(), torch::zeros_like(a));
+    const double mean_diff = (diff.sum() / both.sum()).item<double>(), max_diff = diff.max().item<double>();
+    const double dq_err = test::rel_err(got.dq, want.dq), dkbar_err = test::rel_err(got.dkbar, want.dkbar);
+    std::printf("  G %ld T %ld R %ld: %ld entries, %ld flipped, bias diff mean %.2e max %.2e, dq %.2e, dkbar %.2e\n",
+                long(c.G), long(c.T), long(c.route_positions), long(nnz), long(flipped), mean_diff, max_diff, dq_err,
+                dkbar_err);
+    EXPECT_LE(flipped, 2 + nnz / 10000);
+    EXPECT_LT(mean_diff, 1e-4);
+    EXPECT_LT(max_diff, 5e-2);
+    // dq comes out in q's bf16 on both paths: one rounding each (~2^-9) on top of TF32.
+    EXPECT_LT(dq_err, 5e-3);
     EXPECT_LT(dkbar_err, 3e-3);
   }
 }

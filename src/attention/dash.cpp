@@ -43,29 +43,40 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // One routing tile's scores: query rows [t0, t0 + n) of one KV group against the chunk
-// summaries, before the temperature. Both routing paths start here, so they see the same
-// numbers.
+// summaries, before the temperature, as an fp32 GEMM (the reference, and both paths where q is
+// not bf16 or the device not a Hopper) or, for the kernels' path (tensor_cores), on the
+// tensor-core scores kernel at the same accuracy. Forward and backward take the same path, so
+// the backward's recomputed scores are the forward's, bit for bit.
 struct TileScores {
   int64_t n_seen, n_chunks;
   double scale;             // z = scale * scores
-  torch::Tensor q_groups;   // [B, Hkv, G, n, d] in the reference dtype
-  torch::Tensor kbar_seen;  // [B, Hkv, 1, n_seen, d]
+  torch::Tensor kbar_seen;  // [B, Hkv, 1, n_seen, d] in the reference dtype
   torch::Tensor scores;     // [B, Hkv, G, n, n_seen]
 };
 
-TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+// q_rows [B, Hq, n, d] -> [B, Hkv, G, n, d] in the reference dtype.
+Tensor q_groups(const Tensor& q_rows, int64_t Hkv) {
   const int64_t B = q_rows.size(0), Hq = q_rows.size(1), n = q_rows.size(2), d = q_rows.size(3);
-  const int64_t Hkv = kbar.size(1), C = cfg.chunk;
-  const auto dtype = reference_dtype(q_rows);
+  return q_rows.to(reference_dtype(q_rows)).reshape({B, Hkv, Hq / Hkv, n, d});
+}
+
+TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T,
+                       bool tensor_cores) {
+  const int64_t n = q_rows.size(2), d = q_rows.size(3), C = cfg.chunk;
   TileScores s;
   s.n_chunks = (T + C - 1) / C;
   // Chunks some row of these queries may route to: complete ones strictly before the last
   // row's own (a tile early in the sequence scores few chunks).
   s.n_seen = std::min(T / C, (t0 + n - 1) / C);
   s.scale = cfg.temperature / std::sqrt(double(d));
-  s.q_groups = q_rows.to(dtype).reshape({B, Hkv, Hq / Hkv, n, d});
-  s.kbar_seen = kbar.narrow(2, 0, s.n_seen).to(dtype).unsqueeze(2);
-  s.scores = torch::matmul(s.q_groups, s.kbar_seen.transpose(-1, -2));
+  s.kbar_seen = kbar.narrow(2, 0, s.n_seen).to(reference_dtype(q_rows)).unsqueeze(2);
+#ifdef SPARSETRAIN_CUDA
+  if (tensor_cores && q_rows.size(0) == 1 && kbar.size(1) == 1 && cuda::dash_scores_run(q_rows)) {
+    s.scores = cuda::dash_scores(q_rows, s.kbar_seen.view({s.n_seen, d}), t0, C).unsqueeze(0).unsqueeze(0);
+    return s;
+  }
+#endif
+  s.scores = torch::matmul(q_groups(q_rows, kbar.size(1)), s.kbar_seen.transpose(-1, -2));
   return s;
 }
 
@@ -74,7 +85,8 @@ TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor
 // tf32: both products on TF32 tensor cores (10-bit mantissas, ~5e-4 relative), for the
 // kernels' path: these gradients join the core's, whose products round to bf16 (8 bits), and
 // in fp32 on CUDA cores they took ~12 of the ~60 ms of Dash's routing at 64K (H200).
-std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor& d_scores, bool tf32) {
+std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor& q_rows, const Tensor& d_scores,
+                                               bool tf32) {
   // cuBLAS's fp32 products in TF32 for this scope only, restored even on a throw.
   struct Tf32Products {
     const at::Float32Precision was =
@@ -89,7 +101,7 @@ std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor
   } const precision(tf32);
   auto dq = torch::matmul(d_scores, s.kbar_seen).flatten(1, 2);
   // The sum over the group's heads inside one product: [B, Hkv, n_seen, G n] x [B, Hkv, G n, d].
-  auto dkbar = torch::matmul(d_scores.flatten(2, 3).transpose(-1, -2), s.q_groups.flatten(2, 3));
+  auto dkbar = torch::matmul(d_scores.flatten(2, 3).transpose(-1, -2), q_groups(q_rows, s.kbar_seen.size(1)).flatten(2, 3));
   return {dq, dkbar};
 }
 
@@ -144,7 +156,7 @@ TileRouting tile_routing(const DashConfig& cfg, const TileScores& s, int64_t t0)
 // DashAttention::bias_rows for a configuration (the routing's backward has the configuration,
 // not the module, which may be gone by then).
 Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
-  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
+  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/false);
   const TileRouting r = tile_routing(cfg, s, t0);
   const double inf = std::numeric_limits<double>::infinity();
   // GQA: the group reads the union of its heads' supports, weighted by their mean.
@@ -168,9 +180,9 @@ Tensor routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& k
 // the mean over the group's heads, entmax's Jacobian and z = s q . kbar.
 std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
                                                 int64_t t0, int64_t T, const Tensor& d_bias) {
-  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
+  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/false);
   const TileRouting r = tile_routing(cfg, s, t0);
-  const int64_t G = s.q_groups.size(2);
+  const int64_t G = s.scores.size(2);
   auto d_prior = torch::where(r.always, torch::zeros_like(d_bias), d_bias).narrow(1, 0, s.n_seen) / cfg.sigma;
   const Tensor &pbar = r.pbar, &routed = r.routed;
   d_prior = torch::where(routed, d_prior.to(pbar.scalar_type()), torch::zeros_like(pbar));
@@ -181,39 +193,57 @@ std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Ten
   }
   auto d_pbar = d_log_p / torch::where(routed, pbar, torch::ones_like(pbar));
   auto dp = (mean_over_positions(d_pbar, cfg.route_positions) / double(G)).unsqueeze(2).expand_as(r.p);
-  return tile_scores_backward(s, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale, /*tf32=*/false);
+  return tile_scores_backward(s, q_rows, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale, /*tf32=*/false);
+}
+
+// A tile's bias [n, n_chunks] and what its path's backward keeps of the forward (the fused
+// kernels' entmax thresholds; nothing for ATen's, which recomputes them).
+struct TileBias {
+  Tensor bias, kept;
+};
+
+TileBias aten_routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+  return {routing_bias(cfg, q_rows, kbar, t0, T), Tensor()};
+}
+
+std::pair<Tensor, Tensor> aten_routing_bias_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
+                                                     int64_t t0, int64_t T, const Tensor& /*kept*/,
+                                                     const Tensor& d_bias) {
+  return routing_bias_backward(cfg, q_rows, kbar, t0, T, d_bias);
 }
 
 #ifdef SPARSETRAIN_CUDA
 // The same two functions on the fused routing kernels (one (b, hkv) group per tile).
-Tensor fused_routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
-  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
+TileBias fused_routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/true);
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
-  auto bias = cuda::dash_routing_bias(s.scores.reshape({G, n, s.n_seen}), cfg, s.scale, t0, s.n_chunks);
-  return bias.view({1, 1, n, s.n_chunks});
+  auto routed = cuda::dash_routing_bias(s.scores.reshape({G, n, s.n_seen}), cfg, s.scale, t0, s.n_chunks);
+  return {routed.bias, routed.thresholds};
 }
 
 std::pair<Tensor, Tensor> fused_routing_bias_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
-                                                      int64_t t0, int64_t T, const Tensor& d_bias) {
-  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T);
+                                                      int64_t t0, int64_t T, const Tensor& thresholds,
+                                                      const Tensor& d_bias) {
+  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/true);
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
-  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), d_bias, cfg, s.scale, t0);
-  return tile_scores_backward(s, d_scores.view(s.scores.sizes()), /*tf32=*/true);
+  auto d_scores =
+      cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), thresholds, d_bias, cfg, s.scale, t0);
+  return tile_scores_backward(s, q_rows, d_scores.view(s.scores.sizes()), /*tf32=*/true);
 }
 #endif
 
-// Which code runs the tiles' entmax and prior: the fused kernels or ATen.
+// Which code runs the tiles' scores, entmax and prior: the fused kernels or ATen.
 struct RoutingPath {
-  Tensor (*bias)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t);
+  TileBias (*bias)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t);
   std::pair<Tensor, Tensor> (*backward)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t,
-                                        const Tensor&);
+                                        const Tensor& kept, const Tensor& d_bias);
 };
 
 RoutingPath routing_path(bool fused) {
 #ifdef SPARSETRAIN_CUDA
   if (fused) return {fused_routing_bias, fused_routing_bias_backward};
 #endif
-  return {routing_bias, routing_bias_backward};
+  return {aten_routing_bias, aten_routing_bias_backward};
 }
 
 // The configuration through autograd's saved_data, and back.
@@ -268,10 +298,12 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const int64_t G = q.size(1) / kbar.size(1), T = q.size(2);
     const AutocastOff autocast_off;
     const RoutingPath path = routing_path(fused);
-    std::vector<Tensor> counts, blocks, entries;
+    std::vector<Tensor> counts, blocks, entries, kept;
     std::vector<int64_t> offsets{0};  // each tile's first entry
     for (const auto& t : routing_tiles(q.size(0), kbar.size(1), T, tile_rows)) {
-      auto bias = path.bias(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T).view({t.n, -1});
+      const TileBias tile = path.bias(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T);
+      auto bias = tile.bias.view({t.n, -1});
+      if (tile.kept.defined()) kept.push_back(tile.kept.flatten());
       auto listed = list_entries(torch::isfinite(bias), t.t0, cfg.chunk);
       counts.push_back(listed.counts);
       blocks.push_back(listed.flat.remainder(bias.size(1)).to(torch::kInt32));
@@ -280,7 +312,8 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     }
     auto row_ptr = row_ptr_from_counts(torch::cat(counts));
     auto block_ids = torch::cat(blocks);
-    ctx->save_for_backward({q, kbar, row_ptr, block_ids});
+    // What the path keeps per tile, in tile order: [G n 2] floats each for the fused kernels.
+    ctx->save_for_backward({q, kbar, row_ptr, block_ids, kept.empty() ? Tensor() : torch::cat(kept)});
     save_config(ctx, cfg);
     ctx->saved_data["tile_rows"] = tile_rows;
     ctx->saved_data["fused"] = fused;
@@ -291,7 +324,7 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const Tensor &q = saved[0], &kbar = saved[1], &row_ptr = saved[2], &block_ids = saved[3];
+    const Tensor &q = saved[0], &kbar = saved[1], &row_ptr = saved[2], &block_ids = saved[3], &kept = saved[4];
     const DashConfig cfg = saved_config(ctx);
     const auto offsets = ctx->saved_data["offsets"].toIntVector();
     const int64_t Hkv = kbar.size(1), G = q.size(1) / Hkv, T = q.size(2);
@@ -302,9 +335,12 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const AutocastOff autocast_off;
     const auto tiles = routing_tiles(q.size(0), Hkv, T, ctx->saved_data["tile_rows"].toInt());
     const int64_t n_chunks = (T + cfg.chunk - 1) / cfg.chunk;
+    int64_t kept_at = 0;
     for (size_t i = 0; i < tiles.size(); ++i) {
       const auto& t = tiles[i];
       const int64_t m = offsets[i + 1] - offsets[i];
+      const Tensor tile_kept = kept.defined() ? kept.narrow(0, kept_at, G * t.n * 2) : Tensor();
+      kept_at += G * t.n * 2;
       if (m == 0) continue;
       // The entries' gradients into the tile's dense [n, n_chunks], placed by the saved lists
       // (not by a recomputed bias, which could round differently).
@@ -313,7 +349,7 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
       auto idx = row * n_chunks + block_ids.narrow(0, offsets[i], m).to(torch::kInt64);
       auto d_entries = grads[0].narrow(0, offsets[i], m).to(reference_dtype(q));
       auto d_bias = torch::zeros({t.n * n_chunks}, d_entries.options()).index_put_({idx}, d_entries).view({t.n, n_chunks});
-      auto [dq_rows, dkbar_seen] = path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, d_bias);
+      auto [dq_rows, dkbar_seen] = path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, tile_kept, d_bias);
       t.q_rows(dq, G).copy_(dq_rows);
       t.kbar_rows(dkbar).narrow(2, 0, dkbar_seen.size(2)).add_(dkbar_seen);
     }

@@ -5,6 +5,7 @@
 
 #include "attention/cuda/launch.h"
 #include "dash_route.h"
+#include "dash_scores.h"
 
 namespace st::cuda {
 namespace kn = st::kernels;
@@ -34,21 +35,55 @@ bool dash_routing_runs(const DashConfig& cfg, const Tensor& q, int64_t group) {
          group * cfg.route_positions <= kn::kDashMaxRows && q.size(2) / cfg.chunk <= kn::kDashMaxSeen;
 }
 
-Tensor dash_routing_bias(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0, int64_t n_chunks) {
-  const c10::cuda::CUDAGuard guard(scores.device());
-  auto bias = torch::empty({scores.size(1), n_chunks}, scores.options());
-  check_launch(kn::dash_routing_bias(args(scores, cfg, scale, t0, n_chunks), bias.data_ptr<float>(), current_stream()),
-               "dash routing");
-  return bias;
+bool dash_scores_run(const Tensor& q_rows) {
+  return q_rows.is_cuda() && q_rows.scalar_type() == torch::kBFloat16 && (q_rows.size(-1) == 64 || q_rows.size(-1) == 128) &&
+         kn::dash_scores_runs_here();
 }
 
-Tensor dash_routing_backward(const Tensor& scores, const Tensor& d_bias, const DashConfig& cfg, double scale,
-                             int64_t t0) {
+Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t chunk) {
+  TORCH_CHECK(q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && q_rows.scalar_type() == torch::kBFloat16,
+              "dash scores: q rows must be bf16 [1, G, n, d] with unit stride over d");
+  TORCH_CHECK(kbar.dim() == 2 && kbar.size(1) == q_rows.size(3) && kbar.scalar_type() == torch::kFloat32,
+              "dash scores: kbar must be fp32 [n_seen, d]");
+  const c10::cuda::CUDAGuard guard(q_rows.device());
+  // kbar = hi + mid + lo, each part the bf16 rounding of what the earlier ones leave.
+  auto hi = kbar.to(torch::kBFloat16);
+  auto rest = kbar - hi.to(torch::kFloat32);
+  auto mid = rest.to(torch::kBFloat16);
+  auto lo = (rest - mid.to(torch::kFloat32)).to(torch::kBFloat16);
+  const Tensor parts = torch::stack({hi, mid, lo});
+  const int64_t G = q_rows.size(1), n = q_rows.size(2), n_seen = kbar.size(0);
+  auto scores = torch::empty({G, n, n_seen}, kbar.options());
+  kn::DashScoreArgs a{};
+  a.q = q_rows.data_ptr();
+  a.head_stride = q_rows.stride(1);
+  a.row_stride = q_rows.stride(2);
+  a.kbar_parts = parts.data_ptr();
+  a.scores = scores.data_ptr<float>();
+  a.G = G; a.n = n; a.n_seen = n_seen; a.t0 = t0; a.chunk = chunk; a.d = q_rows.size(3);
+  check_launch(kn::dash_scores(a, current_stream()), "dash scores");
+  return scores;
+}
+
+RoutedBias dash_routing_bias(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0, int64_t n_chunks) {
+  const c10::cuda::CUDAGuard guard(scores.device());
+  RoutedBias r{torch::empty({scores.size(1), n_chunks}, scores.options()),
+               torch::empty({scores.size(0), scores.size(1), 2}, scores.options())};
+  check_launch(kn::dash_routing_bias(args(scores, cfg, scale, t0, n_chunks), r.bias.data_ptr<float>(),
+                                     r.thresholds.data_ptr<float>(), current_stream()),
+               "dash routing");
+  return r;
+}
+
+Tensor dash_routing_backward(const Tensor& scores, const Tensor& thresholds, const Tensor& d_bias,
+                             const DashConfig& cfg, double scale, int64_t t0) {
+  TORCH_CHECK(thresholds.is_contiguous() && thresholds.numel() == 2 * scores.size(0) * scores.size(1),
+              "dash routing backward: thresholds must be the forward's [G, n, 2]");
   const c10::cuda::CUDAGuard guard(scores.device());
   const Tensor g = d_bias.to(torch::kFloat32).contiguous();
   auto d_scores = torch::empty_like(scores);
-  check_launch(kn::dash_routing_backward(args(scores, cfg, scale, t0, g.size(1)), g.data_ptr<float>(),
-                                         d_scores.data_ptr<float>(), current_stream()),
+  check_launch(kn::dash_routing_backward(args(scores, cfg, scale, t0, g.size(1)), thresholds.data_ptr<float>(),
+                                         g.data_ptr<float>(), d_scores.data_ptr<float>(), current_stream()),
                "dash routing backward");
   return d_scores;
 }

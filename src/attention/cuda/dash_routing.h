@@ -13,15 +13,29 @@ namespace st::cuda {
 // route_positions <= 64, at most 6144 complete chunks (T <= 384K at chunk 64).
 bool dash_routing_runs(const DashConfig& cfg, const torch::Tensor& q, int64_t group);
 
-// scores [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's
-// tile routing; t0 a multiple of route_positions) -> the rows' bias [n, n_chunks] (dash.h's
-// chunk_bias, rows t0 .. t0 + n).
-torch::Tensor dash_routing_bias(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
-                                int64_t n_chunks);
+// Whether dash_scores takes these query rows: bf16 CUDA, head dim 64 or 128, an sm_90 device.
+bool dash_scores_run(const torch::Tensor& q_rows);
 
-// d_bias [n, n_chunks] -> d scores [G, n, n_seen].
-torch::Tensor dash_routing_backward(const torch::Tensor& scores, const torch::Tensor& d_bias, const DashConfig& cfg,
-                                    double scale, int64_t t0);
+// q_rows [1, G, n, d] bf16 (rows t0 .. t0 + n of one KV group, a view with unit stride over d)
+// and kbar [n_seen, d] fp32 -> scores [G, n, n_seen] = q . kbar in fp32 accuracy on tensor
+// cores (kernels/dash_scores.h); entries past a query tile's last own chunk are unspecified
+// (no routing reads them).
+torch::Tensor dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar, int64_t t0, int64_t chunk);
+
+struct RoutedBias {
+  torch::Tensor bias;        // [n, n_chunks]
+  torch::Tensor thresholds;  // [G, n, 2]: what dash_routing_backward needs of the forward
+};
+
+// scores [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's
+// tile routing; t0 a multiple of route_positions) -> the rows' bias (dash.h's chunk_bias,
+// rows t0 .. t0 + n) and the entmax thresholds.
+RoutedBias dash_routing_bias(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
+                             int64_t n_chunks);
+
+// d_bias [n, n_chunks] -> d scores [G, n, n_seen], for the scores and thresholds of the forward.
+torch::Tensor dash_routing_backward(const torch::Tensor& scores, const torch::Tensor& thresholds,
+                                    const torch::Tensor& d_bias, const DashConfig& cfg, double scale, int64_t t0);
 
 }  // namespace st::cuda
 #endif  // SPARSETRAIN_CUDA

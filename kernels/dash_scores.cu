@@ -1,0 +1,147 @@
+// DashAttention's routing scores on wgmma (dash_scores.h).
+#include "dash_scores.h"
+
+#include <climits>
+
+#include "bsa_wgmma.cuh"
+
+namespace st::kernels {
+namespace {
+
+using namespace dev;
+
+constexpr int kParts = 3;       // kbar = hi + mid + lo, each bf16
+constexpr int kTilesPerCta = 4;  // column tiles of 64 chunks per CTA; the Q tile stays in registers
+
+struct ScoreParams {
+  const __nv_bfloat16* q;
+  int64_t head_stride, row_stride;
+  const __nv_bfloat16* kbar_parts;
+  float* scores;
+  int64_t n, n_seen, t0, chunk;
+  int G, P;  // P = 64 / G positions per query tile
+};
+
+template <int D>
+constexpr int smem_bytes() {
+  return (1 + 2 * kParts) * 64 * D * 2 + 1024;  // Q, two stages of the parts, alignment slack
+}
+
+// One CTA per (query tile, kTilesPerCta column tiles): 64 MMA rows = the G heads of P
+// positions (row r: head r % G, position r / G). The Q tile goes to registers once; the kbar
+// parts come double-buffered through cp.async, and each column tile is 3 x D / 16 wgmma with
+// Q from registers, then the fp32 result straight to global memory.
+template <int D>
+__global__ void __launch_bounds__(128) dash_scores_kernel(const ScoreParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  constexpr int kTile = 64 * D * 2;
+  const uint32_t q_s = smem_addr(smem);
+  auto part_tile = [&](int st, int part) { return q_s + (1 + st * kParts + part) * kTile; };
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * p.P;  // first row of the tile, from t0
+  const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.n - i0));
+  // Candidates of the tile's rows are chunks before the last row's own.
+  const int64_t n_cols = min(p.n_seen, (p.t0 + i0 + n_pos - 1) / p.chunk);
+  const int first_tile = blockIdx.y * kTilesPerCta;
+  const int n_tiles = static_cast<int>(min(static_cast<int64_t>(kTilesPerCta), (n_cols + 63) / 64 - first_tile));
+  if (n_tiles <= 0) return;
+  auto row_valid = [&](int r) { return r < p.P * p.G && r / p.G < n_pos; };
+
+  load_tile_async<D>(
+      q_s, [&](int r) { return row_valid(r) ? p.q + (r % p.G) * p.head_stride + (i0 + r / p.G) * p.row_stride : nullptr; },
+      p.q, tid);
+  auto load_parts = [&](int tile, int st) {
+    const int64_t c0 = static_cast<int64_t>(first_tile + tile) * 64;
+    for (int part = 0; part < kParts; ++part) {
+      const __nv_bfloat16* src = p.kbar_parts + part * p.n_seen * D;
+      load_tile_async<D>(part_tile(st, part), [&](int r) { return c0 + r < n_cols ? src + (c0 + r) * D : nullptr; },
+                         src, tid);
+    }
+  };
+  load_parts(0, 0);
+  cp_async_commit();
+
+  uint32_t qa[D / 16][4];
+  for (int u = 0; u < n_tiles; ++u) {
+    const int st = u & 1;
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // stage st (and at u = 0 the Q tile) landed; stage st ^ 1 is free
+    if (u == 0) {
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], q_s, warp * 16, ks * 16, lane);
+    }
+    if (u + 1 < n_tiles) {
+      load_parts(u + 1, st ^ 1);
+      cp_async_commit();
+    }
+    float s[8][4] = {};
+    fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+      for (int part = 0; part < kParts; ++part)
+        wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(st, part), ks));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(s);
+    fence_operands(qa);
+
+    const int64_t c0 = static_cast<int64_t>(first_tile + u) * 64;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = warp * 16 + g4 + 8 * half;
+      if (!row_valid(r)) continue;
+      float* out = p.scores + ((r % p.G) * p.n + i0 + r / p.G) * p.n_seen;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int64_t col = c0 + nt * 8 + 2 * c;
+        const float x = s[nt][2 * half], y = s[nt][2 * half + 1];
+        if (col + 1 < n_cols && (p.n_seen & 1) == 0) {
+          *reinterpret_cast<float2*>(out + col) = make_float2(x, y);
+        } else {
+          if (col < n_cols) out[col] = x;
+          if (col + 1 < n_cols) out[col + 1] = y;
+        }
+      }
+    }
+  }
+}
+
+template <int D>
+int launch(const ScoreParams& p, cudaStream_t stream) {
+  constexpr int kSmem = smem_bytes<D>();
+  cudaError_t e = cudaFuncSetAttribute(dash_scores_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (e != cudaSuccess) return e;
+  const int64_t col_tiles = (p.n_seen + 63) / 64;
+  const dim3 grid(static_cast<unsigned>((p.n + p.P - 1) / p.P),
+                  static_cast<unsigned>((col_tiles + kTilesPerCta - 1) / kTilesPerCta));
+  dash_scores_kernel<D><<<grid, 128, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool dash_scores_runs_here() { return wgmma_runs_here(dash_scores_kernel<128>); }
+
+int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
+  if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.t0 < 0 || a.chunk <= 0 ||
+      (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX || (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
+    return kBsaBadShape;
+  if (a.n == 0 || a.n_seen == 0) return 0;
+  ScoreParams p{};
+  p.q = static_cast<const __nv_bfloat16*>(a.q);
+  p.head_stride = a.head_stride;
+  p.row_stride = a.row_stride;
+  p.kbar_parts = static_cast<const __nv_bfloat16*>(a.kbar_parts);
+  p.scores = a.scores;
+  p.n = a.n; p.n_seen = a.n_seen; p.t0 = a.t0; p.chunk = a.chunk;
+  p.G = static_cast<int>(a.G);
+  p.P = 64 / p.G;
+  return a.d == 64 ? launch<64>(p, stream) : launch<128>(p, stream);
+}
+
+}  // namespace st::kernels

@@ -1,0 +1,34 @@
+// DashAttention's routing scores q . kbar on Hopper tensor cores at fp32 accuracy: q is exact
+// in bf16, and the fp32 chunk summaries kbar enter as three bf16 parts (kbar rounded, then each
+// part the rounding residual of the rest), so the three bf16 products, accumulated in fp32,
+// carry kbar's 24 mantissa bits. The cuBLAS fp32 GEMM that src/attention/dash.cpp runs
+// elsewhere is the reference; this replaces it where q is bf16 on an sm_90 device.
+#pragma once
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "block_sparse_attention.h"  // kBsaBadShape
+
+namespace st::kernels {
+
+struct DashScoreArgs {
+  // Query rows t0 .. t0 + n of one KV group's G heads (bf16): row i of head h at
+  // q + h * head_stride + i * row_stride, d contiguous elements.
+  const void* q;
+  int64_t head_stride, row_stride;
+  const void* kbar_parts;  // [3, n_seen, d] bf16: hi, mid, lo with kbar = hi + mid + lo
+  float* scores;           // out: [G, n, n_seen]
+  int64_t G, n, n_seen, t0, chunk, d;
+};
+
+// Whether this device and build run dash_scores (an sm_90 GPU, sm_90a code in the build).
+bool dash_scores_runs_here();
+
+// scores[h, i, c] = q_h(t0 + i) . kbar_c for every chunk c before the own chunk of the last row
+// of i's query tile (64 / G consecutive rows, as the attention kernels pack them): every
+// routing candidate of row i. Other entries are left unwritten. d 64 or 128, G <= 64. Returns 0,
+// a cudaError_t, or kBsaBadShape.
+int dash_scores(const DashScoreArgs& a, cudaStream_t stream);
+
+}  // namespace st::kernels
