@@ -8,7 +8,8 @@
 //                 registers and are added into fp32 accumulators once per CTA (other windows'
 //                 CTAs add to the same keys). d(bias) of a selected (position, block) is dS
 //                 summed over the block's keys and the group's G heads: a column sum of dS^T in
-//                 each warp (shuffles), then across the 4 warps in shared memory.
+//                 each warp (a halving butterfly: each lane ends with two columns' sums), added
+//                 into the position's sum in shared memory (over warps and heads at once).
 //   dQ pass:      bsa_forward.cu's walk over each query tile's blocks, recomputing S and dP
 //                 (TilePass::kDq); dQ stays in registers, no atomics.
 //   convert:      dk, dv from the accumulators, in the input dtype.
@@ -125,7 +126,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   __shared__ int s_plo[2][64];
   __shared__ int s_entry[2][64];
   __shared__ int s_t0[2];
-  __shared__ float s_colsum[4][64];  // per warp: dS summed over its 16 keys, per tile row
+  __shared__ float s_dbias[2][64];  // per stage and tile position: d(bias) for block j
   __shared__ uint16_t s_tiles[kWindowTiles];  // tiles of this window, less w0
   __shared__ int s_n_tiles;
 
@@ -148,6 +149,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   __syncthreads();
   const int n_tiles = s_n_tiles;
   if (n_tiles == 0) return;
+  if (tid < 64) s_dbias[0][tid] = s_dbias[1][tid] = 0.f;  // visible after the loop's first barrier
   const T* q = static_cast<const T*>(p.q);
   const T* dout = static_cast<const T*>(p.dout);
   const T* kbase = static_cast<const T*>(p.k) + bh * p.T * D;
@@ -271,37 +273,44 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - s_delta[st][nt * 8 + 2 * c + (e & 1)]);
-    if (p.dbias) {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float x = dp[nt][e] + dp[nt][e + 2];
-          x += __shfl_xor_sync(0xffffffffu, x, 4);
-          x += __shfl_xor_sync(0xffffffffu, x, 8);
-          x += __shfl_xor_sync(0xffffffffu, x, 16);
-          if (g == 0) s_colsum[warp][nt * 8 + 2 * c + e] = x;
-        }
-      }
-    }
     uint32_t da[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
+    if (p.dbias) {
+      // Column sums of dS^T over the warp's 16 keys. v[k] (k = 2 nt + e) is column 8 nt + 2 c + e
+      // summed over this lane's two keys (formed as dp dies, so no more registers are live than
+      // dp took); each step of the butterfly halves the columns a lane keeps and adds its
+      // partner's (lane bits 4, 3, 2 = the key row g), ending with columns 8 g + 2 c and + 1:
+      // 14 shuffles instead of 48 for a sum per column in every lane.
+      float v[16];
+#pragma unroll
+      for (int k = 0; k < 16; ++k) v[k] = dp[k >> 1][k & 1] + dp[k >> 1][(k & 1) + 2];
+#pragma unroll
+      for (int half = 8; half >= 2; half >>= 1) {
+        const bool upper = lane & (half * 2);
+#pragma unroll
+        for (int k = 0; k < half; ++k) {
+          const float sent = upper ? v[k] : v[k + half];
+          const float kept = upper ? v[k + half] : v[k];
+          v[k] = kept + __shfl_xor_sync(0xffffffffu, sent, half * 2);
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = 8 * g + 2 * c + e;  // tile row n = position n / G
+        if (n < p.P * p.G) atomicAdd(&s_dbias[st][n / p.G], v[e]);
+      }
+    }
     // dK += dS^T Q.
     if constexpr (kWgmma) wgmma_fence();
     mma_regs_by_tile<T, D, kWgmma>(dk, da, q_s, lane);
     if constexpr (kWgmma) wgmma_commit();
-    __syncthreads();  // the column sums and the next tile's positions are visible
+    __syncthreads();  // the d(bias) sums and the next tile's positions are visible
     if (u + 1 < n_tiles) add_bias(st ^ 1);
     if (p.dbias && tid < p.P) {
       const int e = s_entry[st][tid];
-      if (e >= 0) {
-        float sum = 0.f;
-        for (int h = 0; h < p.G; ++h)
-          sum += s_colsum[0][tid * p.G + h] + s_colsum[1][tid * p.G + h] +
-                 s_colsum[2][tid * p.G + h] + s_colsum[3][tid * p.G + h];
-        p.dbias[e] = sum;
-      }
+      if (e >= 0) p.dbias[e] = s_dbias[st][tid];
+      s_dbias[st][tid] = 0.f;  // for tile u + 2, past the next iteration's barrier
     }
     if constexpr (kWgmma) {
       wgmma_wait<0>();  // before the next iteration's barrier: it refills this stage
