@@ -156,14 +156,14 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   const T* vbase = static_cast<const T*>(p.v) + bh * p.T * D;
   const int key0 = j * kBsaBlock;
 
-  load_tile_async<D>(sK, [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
-  load_tile_async<D>(sV, [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
+  load_tile_pair_async<D>(sK, kbase, sV, vbase,
+                          [&](int r) { return key0 + r < p.T ? static_cast<int64_t>(key0 + r) * D : int64_t{-1}; }, tid);
   // Warps 0-1 fetch the per-row values; warps 2-3 search the positions' lists (G times fewer
   // searches than one per row; their dependent loads stall only those warps).
   auto load_tile = [&](int tile_t, int stage) {
     auto row_of = [&](int r) { return tile_row<D>(p, b, hkv, tile_t, r); };
-    load_tile_async<D>(sQ(stage), [&](int r) { const TileRow x = row_of(r); return x.valid ? q + x.off : nullptr; }, q, tid);
-    load_tile_async<D>(sdO(stage), [&](int r) { const TileRow x = row_of(r); return x.valid ? dout + x.off : nullptr; }, dout, tid);
+    load_tile_pair_async<D>(sQ(stage), q, sdO(stage), dout,
+                            [&](int r) { const TileRow x = row_of(r); return x.valid ? x.off : int64_t{-1}; }, tid);
     if (tid < 64) {
       const TileRow x = row_of(tid);
       s_bl[stage][tid] = x.valid ? -p.lse[x.lrow] * kLog2e : -INFINITY;
