@@ -8,9 +8,8 @@
 //                 registers and are added into fp32 accumulators once per CTA (other windows'
 //                 CTAs add to the same keys). d(bias) of a selected (position, block) is dS
 //                 summed over the block's keys and the group's G heads: a column sum of dS^T in
-//                 each warp (a halving butterfly: each lane ends with two columns' sums) into
-//                 shared memory, then summed over the 4 warps and G heads by one thread per
-//                 position while the next tile's first matmuls run.
+//                 each warp (a halving butterfly: each lane ends with two columns' sums), then
+//                 across the 4 warps and G heads in shared memory.
 //   dQ pass:      bsa_forward.cu's walk over each query tile's blocks, recomputing S and dP
 //                 (TilePass::kDq); dQ stays in registers, no atomics.
 //   convert:      dk, dv from the accumulators, in the input dtype.
@@ -127,7 +126,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   __shared__ int s_plo[2][64];
   __shared__ int s_entry[2][64];
   __shared__ int s_t0[2];
-  __shared__ float s_colsum[2][4][64];  // per stage and warp: dS summed over its 16 keys, per tile row
+  __shared__ float s_colsum[4][64];  // per warp: dS summed over its 16 keys, per tile row
   __shared__ uint16_t s_tiles[kWindowTiles];  // tiles of this window, less w0
   __shared__ int s_n_tiles;
 
@@ -195,18 +194,6 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   const int g = lane >> 2, c = lane & 3;
   const int kw = warp * 16;  // this warp's keys within the block
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
-  // A tile's d(bias) entry for this thread's position (threads < P), written during the next
-  // tile from the column sums of its stage, which stay put until that tile's end.
-  int dbias_entry = -1, dbias_stage = 0;
-  auto flush_dbias = [&] {
-    if (dbias_entry < 0) return;
-    float sum = 0.f;
-    for (int h = 0; h < p.G; ++h)
-#pragma unroll
-      for (int w4 = 0; w4 < 4; ++w4) sum += s_colsum[dbias_stage][w4][tid * p.G + h];
-    p.dbias[dbias_entry] = sum;
-    dbias_entry = -1;
-  };
 
   for (int u = 0; u < n_tiles; ++u) {
     const int st = u & 1;
@@ -231,7 +218,6 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
       wgmma_commit();
       wgmma_tile_by_tile_t<T, D>(dp, sV, do_s);
       wgmma_commit();
-      flush_dbias();  // the previous tile's, while these two matmuls run
       wgmma_wait<1>();
       fence_operands(s);
     } else {
@@ -251,7 +237,6 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
           mma<T>(dp[2 * nn + 1], va, bo[2], bo[3]);
         }
       }
-      flush_dbias();
     }
     // P^T; column n of the C fragment is tile row n. Only the diagonal block and the window's
     // edge need the token mask: a window starts inside block j for positions key0 + window ..
@@ -309,7 +294,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
           v[k] = kept + __shfl_xor_sync(0xffffffffu, sent, half * 2);
         }
       }
-      *reinterpret_cast<float2*>(&s_colsum[st][warp][8 * g + 2 * c]) = make_float2(v[0], v[1]);
+      *reinterpret_cast<float2*>(&s_colsum[warp][8 * g + 2 * c]) = make_float2(v[0], v[1]);
     }
     // dK += dS^T Q.
     if constexpr (kWgmma) wgmma_fence();
@@ -317,9 +302,15 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     if constexpr (kWgmma) wgmma_commit();
     __syncthreads();  // the column sums and the next tile's positions are visible
     if (u + 1 < n_tiles) add_bias(st ^ 1);
-    if (p.dbias && tid < p.P) {  // s_entry[st] is refilled for tile u + 2 past the next barrier
-      dbias_entry = s_entry[st][tid];
-      dbias_stage = st;
+    if (p.dbias && tid < p.P) {
+      const int e = s_entry[st][tid];
+      if (e >= 0) {
+        float sum = 0.f;
+        for (int h = 0; h < p.G; ++h)
+          sum += s_colsum[0][tid * p.G + h] + s_colsum[1][tid * p.G + h] +
+                 s_colsum[2][tid * p.G + h] + s_colsum[3][tid * p.G + h];
+        p.dbias[e] = sum;
+      }
     }
     if constexpr (kWgmma) {
       wgmma_wait<0>();  // before the next iteration's barrier: it refills this stage
@@ -330,7 +321,6 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     }
   }
 
-  flush_dbias();  // the last tile's
   // Other windows' CTAs add to the same keys.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {

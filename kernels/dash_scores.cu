@@ -24,20 +24,22 @@ struct ScoreParams {
 
 template <int D>
 constexpr int smem_bytes() {
-  return (1 + 2 * kParts) * 64 * D * 2 + 1024;  // Q, two stages of the parts, alignment slack
+  return kParts * 64 * D * 2 + 1024;  // one column tile's parts, alignment slack
 }
 
 // One CTA per (query tile, kTilesPerCta column tiles): 64 MMA rows = the G heads of P
-// positions (row r: head r % G, position r / G). The Q tile goes to registers once; the kbar
-// parts come double-buffered through cp.async, and each column tile is 3 x D / 16 wgmma with
-// Q from registers, then the fp32 result straight to global memory.
+// positions (row r: head r % G, position r / G). The Q tile passes through shared memory into
+// registers once; each column tile's kbar parts come through cp.async, then 3 x D / 16 wgmma
+// with Q from registers, and the fp32 result goes straight to global memory while the next
+// parts load. One stage only: 49 KB of shared memory lets 4 CTAs share an SM, and ncu showed
+// the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per scheduler).
 template <int D>
-__global__ void __launch_bounds__(128) dash_scores_kernel(const ScoreParams p) {
+__global__ void __launch_bounds__(128, 4) dash_scores_kernel(const ScoreParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
-  const uint32_t q_s = smem_addr(smem);
-  auto part_tile = [&](int st, int part) { return q_s + (1 + st * kParts + part) * kTile; };
+  const uint32_t parts_s = smem_addr(smem);
+  auto part_tile = [&](int part) { return parts_s + part * kTile; };
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * p.P;  // first row of the tile, from t0
@@ -50,33 +52,31 @@ __global__ void __launch_bounds__(128) dash_scores_kernel(const ScoreParams p) {
   auto row_valid = [&](int r) { return r < p.P * p.G && r / p.G < n_pos; };
 
   load_tile_async<D>(
-      q_s, [&](int r) { return row_valid(r) ? p.q + (r % p.G) * p.head_stride + (i0 + r / p.G) * p.row_stride : nullptr; },
+      part_tile(0),
+      [&](int r) { return row_valid(r) ? p.q + (r % p.G) * p.head_stride + (i0 + r / p.G) * p.row_stride : nullptr; },
       p.q, tid);
-  auto load_parts = [&](int tile, int st) {
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+  uint32_t qa[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(0), warp * 16, ks * 16, lane);
+  __syncthreads();  // every warp holds its Q fragments before the parts overwrite them
+
+  auto load_parts = [&](int tile) {
     const int64_t c0 = static_cast<int64_t>(first_tile + tile) * 64;
     for (int part = 0; part < kParts; ++part) {
       const __nv_bfloat16* src = p.kbar_parts + part * p.n_seen * D;
-      load_tile_async<D>(part_tile(st, part), [&](int r) { return c0 + r < n_cols ? src + (c0 + r) * D : nullptr; },
-                         src, tid);
+      load_tile_async<D>(part_tile(part), [&](int r) { return c0 + r < n_cols ? src + (c0 + r) * D : nullptr; }, src,
+                         tid);
     }
+    cp_async_commit();
   };
-  load_parts(0, 0);
-  cp_async_commit();
-
-  uint32_t qa[D / 16][4];
+  load_parts(0);
   for (int u = 0; u < n_tiles; ++u) {
-    const int st = u & 1;
     cp_async_wait_all();
     fence_proxy_async();
-    __syncthreads();  // stage st (and at u = 0 the Q tile) landed; stage st ^ 1 is free
-    if (u == 0) {
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], q_s, warp * 16, ks * 16, lane);
-    }
-    if (u + 1 < n_tiles) {
-      load_parts(u + 1, st ^ 1);
-      cp_async_commit();
-    }
+    __syncthreads();  // column tile u's parts landed
     float s[8][4] = {};
     fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
     wgmma_fence();
@@ -84,11 +84,13 @@ __global__ void __launch_bounds__(128) dash_scores_kernel(const ScoreParams p) {
     for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
       for (int part = 0; part < kParts; ++part)
-        wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(st, part), ks));
+        wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(part), ks));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
     fence_operands(qa);
+    __syncthreads();  // every warp's matmuls have read the parts
+    if (u + 1 < n_tiles) load_parts(u + 1);
 
     const int64_t c0 = static_cast<int64_t>(first_tile + u) * 64;
 #pragma unroll
