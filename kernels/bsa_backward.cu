@@ -8,8 +8,7 @@
 //                 registers and are added into fp32 accumulators once per CTA (other windows'
 //                 CTAs add to the same keys). d(bias) of a selected (position, block) is dS
 //                 summed over the block's keys and the group's G heads: a column sum of dS^T in
-//                 each warp (a halving butterfly: each lane ends with two columns' sums), then
-//                 across the 4 warps and G heads in shared memory.
+//                 each warp (shuffles), then across the 4 warps in shared memory.
 //   dQ pass:      bsa_forward.cu's walk over each query tile's blocks, recomputing S and dP
 //                 (TilePass::kDq); dQ stays in registers, no atomics.
 //   convert:      dk, dv from the accumulators, in the input dtype.
@@ -155,14 +154,14 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   const T* vbase = static_cast<const T*>(p.v) + bh * p.T * D;
   const int key0 = j * kBsaBlock;
 
-  load_tile_pair_async<D>(sK, kbase, sV, vbase,
-                          [&](int r) { return key0 + r < p.T ? static_cast<int64_t>(key0 + r) * D : int64_t{-1}; }, tid);
+  load_tile_async<D>(sK, [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
+  load_tile_async<D>(sV, [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
   // Warps 0-1 fetch the per-row values; warps 2-3 search the positions' lists (G times fewer
   // searches than one per row; their dependent loads stall only those warps).
   auto load_tile = [&](int tile_t, int stage) {
     auto row_of = [&](int r) { return tile_row<D>(p, b, hkv, tile_t, r); };
-    load_tile_pair_async<D>(sQ(stage), q, sdO(stage), dout,
-                            [&](int r) { const TileRow x = row_of(r); return x.valid ? x.off : int64_t{-1}; }, tid);
+    load_tile_async<D>(sQ(stage), [&](int r) { const TileRow x = row_of(r); return x.valid ? q + x.off : nullptr; }, q, tid);
+    load_tile_async<D>(sdO(stage), [&](int r) { const TileRow x = row_of(r); return x.valid ? dout + x.off : nullptr; }, dout, tid);
     if (tid < 64) {
       const TileRow x = row_of(tid);
       s_bl[stage][tid] = x.valid ? -p.lse[x.lrow] * kLog2e : -INFINITY;
@@ -272,30 +271,22 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - s_delta[st][nt * 8 + 2 * c + (e & 1)]);
+    if (p.dbias) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float x = dp[nt][e] + dp[nt][e + 2];
+          x += __shfl_xor_sync(0xffffffffu, x, 4);
+          x += __shfl_xor_sync(0xffffffffu, x, 8);
+          x += __shfl_xor_sync(0xffffffffu, x, 16);
+          if (g == 0) s_colsum[warp][nt * 8 + 2 * c + e] = x;
+        }
+      }
+    }
     uint32_t da[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
-    if (p.dbias) {
-      // Column sums of dS^T over the warp's 16 keys. v[k] (k = 2 nt + e) is column 8 nt + 2 c + e
-      // summed over this lane's two keys (formed as dp dies, so no more registers are live than
-      // dp took); each step of the butterfly halves the columns a lane keeps and adds its
-      // partner's (lane bits 4, 3, 2 = the key row g), ending with columns 8 g + 2 c and + 1:
-      // 14 shuffles instead of 48 for a sum per column in every lane.
-      float v[16];
-#pragma unroll
-      for (int k = 0; k < 16; ++k) v[k] = dp[k >> 1][k & 1] + dp[k >> 1][(k & 1) + 2];
-#pragma unroll
-      for (int half = 8; half >= 2; half >>= 1) {
-        const bool upper = lane & (half * 2);
-#pragma unroll
-        for (int k = 0; k < half; ++k) {
-          const float sent = upper ? v[k] : v[k + half];
-          const float kept = upper ? v[k + half] : v[k];
-          v[k] = kept + __shfl_xor_sync(0xffffffffu, sent, half * 2);
-        }
-      }
-      *reinterpret_cast<float2*>(&s_colsum[warp][8 * g + 2 * c]) = make_float2(v[0], v[1]);
-    }
     // dK += dS^T Q.
     if constexpr (kWgmma) wgmma_fence();
     mma_regs_by_tile<T, D, kWgmma>(dk, da, q_s, lane);

@@ -155,25 +155,6 @@ __device__ __forceinline__ void load_tile_async(uint32_t tile, RowFn row_src, co
   }
 }
 
-// load_tile_async of two tiles whose rows sit at the same element offsets in a and b (K and V
-// of a block, Q and dO of a query tile): row_offset(row) is that offset, or -1 to zero-fill the
-// row, and is computed once for both tiles.
-template <int D, typename T, typename RowFn>
-__device__ __forceinline__ void load_tile_pair_async(uint32_t tile_a, const T* a, uint32_t tile_b, const T* b,
-                                                     RowFn row_offset, int tid) {
-  constexpr int kChunks = D / 8;
-#pragma unroll
-  for (int it = 0; it < 64 * kChunks / 128; ++it) {
-    const int i = it * 128 + tid;
-    const int row = i / kChunks, ch = i % kChunks;
-    const int64_t off = row_offset(row);
-    const uint32_t dst = tile_offset(row, ch * 8);
-    const int bytes = off >= 0 ? 16 : 0;
-    cp_async_16(tile_a + dst, off >= 0 ? a + off + ch * 8 : a, bytes);
-    cp_async_16(tile_b + dst, off >= 0 ? b + off + ch * 8 : b, bytes);
-  }
-}
-
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));

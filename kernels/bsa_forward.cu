@@ -68,8 +68,8 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
   };
   auto load_kv = [&](int j, int stage) {
     const int64_t key0 = static_cast<int64_t>(j) * kBsaBlock;
-    load_tile_pair_async<D>(sK(stage), kbase, sV(stage), vbase,
-                            [&](int r) { return key0 + r < p.T ? (key0 + r) * D : int64_t{-1}; }, tid);
+    load_tile_async<D>(sK(stage), [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
+    load_tile_async<D>(sV(stage), [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
   };
   load_tile_async<D>(sQ, [&](int r) { const TileRow x = row_of(r); return x.valid ? q + x.off : nullptr; }, q, tid);
   if constexpr (kDq) {
