@@ -80,8 +80,7 @@ __device__ float2 block_sum(float2 v) {
   return total;
 }
 
-__global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingArgs a, float* bias,
-                                                                   float* thresholds) {
+__global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingArgs a, float* bias, float* thresholds) {
   extern __shared__ float pbar[];  // [n_seen]
   __shared__ Entmax15Threshold th[kDashMaxRows];
   const Routing rt(a, blockIdx.x);
@@ -106,8 +105,8 @@ __global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingAr
   }
 }
 
-__global__ void __launch_bounds__(32 * kWarps) routing_backward_kernel(DashRoutingArgs a, const float* thresholds,
-                                                                       const float* d_bias, float* d_scores) {
+__global__ void __launch_bounds__(32 * kWarps)
+    routing_backward_kernel(DashRoutingArgs a, const float* thresholds, const float* d_bias, float* d_scores) {
   extern __shared__ float smem[];
   float* pbar = smem;           // [n_seen]
   float* dp = smem + a.n_seen;  // [n_seen]: d loss / d p of every entmax row
@@ -178,7 +177,7 @@ int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, con
   if (!shape_ok(a, smem)) return kBsaBadShape;
   if (a.n == 0) return 0;
   routing_backward_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, thresholds, d_bias,
-                                                                                              d_scores);
+                                                                                             d_scores);
   return cudaGetLastError();
 }
 

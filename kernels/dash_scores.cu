@@ -10,7 +10,7 @@ namespace {
 
 using namespace dev;
 
-constexpr int kParts = 3;       // kbar = hi + mid + lo, each bf16
+constexpr int kParts = 3;        // kbar = hi + mid + lo, each bf16
 constexpr int kTilesPerCta = 4;  // column tiles of 64 chunks per CTA; the Q tile stays in registers
 
 struct ScoreParams {
@@ -67,8 +67,8 @@ __global__ void __launch_bounds__(128, 4) dash_scores_kernel(const ScoreParams p
     const int64_t c0 = static_cast<int64_t>(first_tile + tile) * 64;
     for (int part = 0; part < kParts; ++part) {
       const __nv_bfloat16* src = p.kbar_parts + part * p.n_seen * D;
-      load_tile_async<D>(part_tile(part), [&](int r) { return c0 + r < n_cols ? src + (c0 + r) * D : nullptr; }, src,
-                         tid);
+      load_tile_async<D>(
+          part_tile(part), [&](int r) { return c0 + r < n_cols ? src + (c0 + r) * D : nullptr; }, src, tid);
     }
     cp_async_commit();
   };
@@ -140,7 +140,10 @@ int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   p.row_stride = a.row_stride;
   p.kbar_parts = static_cast<const __nv_bfloat16*>(a.kbar_parts);
   p.scores = a.scores;
-  p.n = a.n; p.n_seen = a.n_seen; p.t0 = a.t0; p.chunk = a.chunk;
+  p.n = a.n;
+  p.n_seen = a.n_seen;
+  p.t0 = a.t0;
+  p.chunk = a.chunk;
   p.G = static_cast<int>(a.G);
   p.P = 64 / p.G;
   return a.d == 64 ? launch<64>(p, stream) : launch<128>(p, stream);

@@ -126,7 +126,7 @@ TEST(GpuDashRouting, TensorCoreScoresAreFp32Accurate) {
     int64_t Hkv, G, T, d, chunk, t0, n;
   };
   const ScoreCase cases[] = {
-      {1, 1, 1000, 64, 64, 0, 1000},     {2, 3, 3001, 64, 32, 257, 2744}, {2, 4, 2048, 128, 64, 64, 1984},
+      {1, 1, 1000, 64, 64, 0, 1000},      {2, 3, 3001, 64, 32, 257, 2744},  {2, 4, 2048, 128, 64, 64, 1984},
       {1, 16, 5000, 128, 64, 1024, 3000}, {2, 8, 4100, 128, 16, 4000, 100},
   };
   torch::manual_seed(5);
@@ -197,8 +197,7 @@ TEST(GpuDashRouting, TensorCoreScoresRouteLikeTheFp32Gemm) {
     const double prior_diff = (a.exp() - b.exp()).abs().max().item<double>();
     const double dq_err = test::rel_err(got.dq, want.dq), dkbar_err = test::rel_err(got.dkbar, want.dkbar);
     std::printf("  G %ld T %ld R %ld: %ld entries, %ld flipped, max |exp(bias) diff| %.2e, dq %.2e, dkbar %.2e\n",
-                long(c.G), long(c.T), long(c.route_positions), long(nnz), long(flipped), prior_diff, dq_err,
-                dkbar_err);
+                long(c.G), long(c.T), long(c.route_positions), long(nnz), long(flipped), prior_diff, dq_err, dkbar_err);
     EXPECT_LE(flipped, 2 + nnz / 10000);
     EXPECT_LT(prior_diff, 1e-5);
     // dq comes out in q's bf16 on both paths: one rounding each (~2^-9) on top of TF32.

@@ -101,7 +101,8 @@ std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor
   } const precision(tf32);
   auto dq = torch::matmul(d_scores, s.kbar_seen).flatten(1, 2);
   // The sum over the group's heads inside one product: [B, Hkv, n_seen, G n] x [B, Hkv, G n, d].
-  auto dkbar = torch::matmul(d_scores.flatten(2, 3).transpose(-1, -2), q_groups(q_rows, s.kbar_seen.size(1)).flatten(2, 3));
+  auto dkbar =
+      torch::matmul(d_scores.flatten(2, 3).transpose(-1, -2), q_groups(q_rows, s.kbar_seen.size(1)).flatten(2, 3));
   return {dq, dkbar};
 }
 
@@ -226,8 +227,7 @@ std::pair<Tensor, Tensor> fused_routing_bias_backward(const DashConfig& cfg, con
                                                       const Tensor& d_bias) {
   const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/true);
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
-  auto d_scores =
-      cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), thresholds, d_bias, cfg, s.scale, t0);
+  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), thresholds, d_bias, cfg, s.scale, t0);
   return tile_scores_backward(s, q_rows, d_scores.view(s.scores.sizes()), /*tf32=*/true);
 }
 #endif

@@ -36,13 +36,14 @@ bool dash_routing_runs(const DashConfig& cfg, const Tensor& q, int64_t group) {
 }
 
 bool dash_scores_run(const Tensor& q_rows) {
-  return q_rows.is_cuda() && q_rows.scalar_type() == torch::kBFloat16 && (q_rows.size(-1) == 64 || q_rows.size(-1) == 128) &&
-         kn::dash_scores_runs_here();
+  return q_rows.is_cuda() && q_rows.scalar_type() == torch::kBFloat16 &&
+         (q_rows.size(-1) == 64 || q_rows.size(-1) == 128) && kn::dash_scores_runs_here();
 }
 
 Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t chunk) {
-  TORCH_CHECK(q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && q_rows.scalar_type() == torch::kBFloat16,
-              "dash scores: q rows must be bf16 [1, G, n, d] with unit stride over d");
+  TORCH_CHECK(
+      q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && q_rows.scalar_type() == torch::kBFloat16,
+      "dash scores: q rows must be bf16 [1, G, n, d] with unit stride over d");
   TORCH_CHECK(kbar.dim() == 2 && kbar.size(1) == q_rows.size(3) && kbar.scalar_type() == torch::kFloat32,
               "dash scores: kbar must be fp32 [n_seen, d]");
   const c10::cuda::CUDAGuard guard(q_rows.device());
@@ -60,7 +61,12 @@ Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t
   a.row_stride = q_rows.stride(2);
   a.kbar_parts = parts.data_ptr();
   a.scores = scores.data_ptr<float>();
-  a.G = G; a.n = n; a.n_seen = n_seen; a.t0 = t0; a.chunk = chunk; a.d = q_rows.size(3);
+  a.G = G;
+  a.n = n;
+  a.n_seen = n_seen;
+  a.t0 = t0;
+  a.chunk = chunk;
+  a.d = q_rows.size(3);
   check_launch(kn::dash_scores(a, current_stream()), "dash scores");
   return scores;
 }
