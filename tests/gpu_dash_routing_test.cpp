@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <functional>
 
+#include "attention/block_sparse_dispatch.h"
 #include "attention/cuda/dash_routing.h"
 #include "attention/dash.h"
 #include "attention_brute_force.h"
@@ -55,21 +56,6 @@ Routed route(const Case& c, const std::string& impl, const torch::Tensor& q0, co
   r.dq = q.grad();
   r.dkbar = kbar.grad();
   return r;
-}
-
-// Each entry's index row * n_chunks + chunk into a dense [rows, n_chunks].
-torch::Tensor entry_index(const BlockRows& rows, int64_t n_chunks) {
-  const auto counts = rows.row_ptr.diff();
-  const auto row = torch::repeat_interleave(torch::arange(counts.size(0), counts.options()), counts);
-  return row * n_chunks + rows.blocks.to(torch::kInt64);
-}
-
-// A routing's entries as dense [rows, n_chunks] bias, -inf where not listed.
-torch::Tensor dense_bias(const BlockRows& rows, int64_t n_chunks) {
-  const int64_t n_rows = rows.row_ptr.numel() - 1;
-  auto dense = torch::full({n_rows * n_chunks}, -INFINITY, rows.bias.options());
-  dense.index_put_({entry_index(rows, n_chunks)}, rows.bias.detach());
-  return dense.view({n_rows, n_chunks});
 }
 
 std::string describe(const Case& c) {
@@ -166,7 +152,8 @@ TEST(GpuDashRouting, TensorCoreScoresAreFp32Accurate) {
 // difference of nearly equal numbers: there log pbar (the bias) and its gradient, ~1/sqrt(p),
 // move by percents for a last-bit change of a score, whichever GEMM made it. Attention damps
 // those entries by the prior itself (its weights scale with pbar), so the loss here weighs each
-// entry by exp(bias): L = sum exp(b) W[row, chunk], W fixed and random. The lists, the prior
+// entry by exp(bias): L = sum exp(b) W[row, chunk], W fixed and random (dense_bias: 0 on each
+// row's own chunk, a constant term on both paths). The lists, the prior
 // exp(b) and the gradients must then agree to fp32 / TF32 rounding. (Unnormalized priors
 // only: the normalized prior subtracts the mean routed log pbar, so every entry of a row
 // inherits its edge entries' ill-conditioning; H200: exp(bias) 0.3 apart at G 4.)
@@ -186,12 +173,11 @@ TEST(GpuDashRouting, TensorCoreScoresRouteLikeTheFp32Gemm) {
     if (!cuda::dash_scores_run(q0)) GTEST_SKIP() << "no sm_90 device";
     const auto kbar0 = torch::randn({c.B, c.Hkv, c.T / c.chunk, c.d}, f32);
     const int64_t n_chunks = (c.T + c.chunk - 1) / c.chunk;
-    const auto weights = torch::randn({c.B * c.Hkv * c.T * n_chunks}, f32);
-    auto loss = [&](const BlockRows& r) {
-      return (r.bias.exp() * weights.index_select(0, entry_index(r, n_chunks))).sum();
-    };
+    const auto weights = torch::randn({c.B, c.Hkv, c.T, n_chunks}, f32);
+    auto dense = [&](const BlockRows& r) { return dense_bias(r, c.B, c.Hkv, c.T, c.chunk); };
+    auto loss = [&](const BlockRows& r) { return (dense(r).exp() * weights).sum(); };
     const Routed want = route(c, "reference", q0, kbar0, loss), got = route(c, "cuda", q0, kbar0, loss);
-    const auto a = dense_bias(want.rows, n_chunks), b = dense_bias(got.rows, n_chunks);
+    const auto a = dense(want.rows).detach(), b = dense(got.rows).detach();
     const int64_t nnz = want.rows.blocks.numel();
     const int64_t flipped = (torch::isfinite(a) != torch::isfinite(b)).sum().item<int64_t>();
     const double prior_diff = (a.exp() - b.exp()).abs().max().item<double>();

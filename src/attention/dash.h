@@ -30,7 +30,7 @@ class DashAttention : public AttentionVariant {
   BlockRows routing(const torch::Tensor& q, const torch::Tensor& kbar) const;
 
   // Query rows per routing tile, rounded up to whole routings (route_positions); 0 sizes tiles
-  // to ~512 MB of fp32 scores (tests set it small).
+  // to ~2^28 fp32 scores on the fused kernels, 2^27 in ATen (tests set it small).
   int64_t routing_tile_rows = 0;
 
   torch::Tensor pool_query;  // h [Hkv, d], zero-initialised
