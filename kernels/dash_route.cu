@@ -80,7 +80,8 @@ __device__ float2 block_sum(float2 v) {
   return total;
 }
 
-__global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingArgs a, float* bias, float* thresholds) {
+__global__ void __launch_bounds__(32 * kWarps)
+    routing_bias_kernel(DashRoutingArgs a, float* bias, float* thresholds, int64_t* counts) {
   extern __shared__ float pbar[];  // [n_seen]
   __shared__ Entmax15Threshold th[kDashMaxRows];
   const Routing rt(a, blockIdx.x);
@@ -95,18 +96,48 @@ __global__ void __launch_bounds__(32 * kWarps) routing_bias_kernel(DashRoutingAr
     const float2 total = block_sum(part);
     shift = total.x / fmaxf(total.y, 1.f);
   }
-  for (int64_t c = threadIdx.x; c < a.n_chunks; c += blockDim.x) {
+  int64_t listed = 0;  // the finite entries before the own chunk: each row's list length
+  for (int64_t c0 = 0; c0 < a.n_chunks; c0 += blockDim.x) {
+    const int64_t c = c0 + threadIdx.x;
     float b = -INFINITY;
-    if (rt.forced(c))
-      b = 0.f;
-    else if (c < a.n_seen && pbar[c] > 0.f)
-      b = (logf(pbar[c]) - shift) / a.sigma;
-    for (int64_t i = 0; i < rt.rows; ++i) bias[(rt.r0 + i) * a.n_chunks + c] = b;
+    if (c < a.n_chunks) {
+      if (rt.forced(c))
+        b = 0.f;
+      else if (c < a.n_seen && pbar[c] > 0.f)
+        b = (logf(pbar[c]) - shift) / a.sigma;
+      for (int64_t i = 0; i < rt.rows; ++i) bias[(rt.r0 + i) * a.n_chunks + c] = b;
+    }
+    listed += __syncthreads_count(c < rt.own && isfinite(b));
+  }
+  if (threadIdx.x < rt.rows) counts[rt.r0 + threadIdx.x] = listed;
+}
+
+// One warp per row: its finite entries before the own chunk, in order, by ballot.
+__global__ void __launch_bounds__(32 * kWarps) routing_lists_kernel(DashRoutingArgs a, const float* bias,
+                                                                     const int64_t* row_ptr, int32_t* blocks,
+                                                                     float* entries) {
+  const int64_t r = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
+  if (r >= a.n) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t own = (a.t0 + r) / a.chunk;
+  const float* row = bias + r * a.n_chunks;
+  int64_t at = row_ptr[r] - row_ptr[0];
+  for (int64_t c0 = 0; c0 < own; c0 += 32) {
+    const int64_t c = c0 + lane;
+    const float b = c < own ? row[c] : -INFINITY;
+    const unsigned listed = __ballot_sync(0xffffffffu, isfinite(b));
+    if (isfinite(b)) {
+      const int64_t i = at + __popc(listed & ((1u << lane) - 1u));
+      blocks[i] = static_cast<int32_t>(c);
+      entries[i] = b;
+    }
+    at += __popc(listed);
   }
 }
 
 __global__ void __launch_bounds__(32 * kWarps)
-    routing_backward_kernel(DashRoutingArgs a, const float* thresholds, const float* d_bias, float* d_scores) {
+    routing_backward_kernel(DashRoutingArgs a, const float* thresholds, const int64_t* row_ptr, const int32_t* blocks,
+                            const float* d_entries, float* d_scores) {
   extern __shared__ float smem[];
   float* pbar = smem;           // [n_seen]
   float* dp = smem + a.n_seen;  // [n_seen]: d loss / d p of every entmax row
@@ -114,14 +145,22 @@ __global__ void __launch_bounds__(32 * kWarps)
   const Routing rt(a, blockIdx.x);
   rt.load_thresholds(th, thresholds);
   rt.mean_probs(th, pbar);
-  // d prior on routed chunks, summed over the rows sharing the routing (bias 0 and -inf
-  // entries have no path back).
+  // d prior on routed chunks, summed over the rows sharing the routing, from their lists
+  // (forced entries, at bias 0, have no path back). A row lists a chunk once, so its entries
+  // add without atomics; the rows take turns.
+  for (int64_t c = threadIdx.x; c < a.n_seen; c += blockDim.x) dp[c] = 0.f;
+  __syncthreads();
+  for (int64_t i = 0; i < rt.rows; ++i) {
+    const int64_t r = rt.r0 + i, end = row_ptr[r + 1] - row_ptr[0];
+    for (int64_t e = row_ptr[r] - row_ptr[0] + threadIdx.x; e < end; e += blockDim.x)
+      if (rt.candidate(blocks[e])) dp[blocks[e]] += d_entries[e];
+    __syncthreads();
+  }
   float2 part{0.f, 0.f};
   for (int64_t c = threadIdx.x; c < a.n_seen; c += blockDim.x) {
     float g = 0.f;
     if (pbar[c] > 0.f) {
-      for (int64_t i = 0; i < rt.rows; ++i) g += d_bias[(rt.r0 + i) * a.n_chunks + c];
-      g /= a.sigma;
+      g = dp[c] / a.sigma;
       part.y += float(rt.rows);
     }
     dp[c] = g;
@@ -163,21 +202,30 @@ bool shape_ok(const DashRoutingArgs& a, size_t smem) {
 
 }  // namespace
 
-int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* thresholds, cudaStream_t stream) {
+int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* thresholds, int64_t* counts, cudaStream_t stream) {
   const size_t smem = a.n_seen * sizeof(float);
   if (!shape_ok(a, smem)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  routing_bias_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, bias, thresholds);
+  routing_bias_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, bias, thresholds, counts);
   return cudaGetLastError();
 }
 
-int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const float* d_bias, float* d_scores,
-                          cudaStream_t stream) {
+int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const int64_t* row_ptr, int32_t* blocks,
+                       float* entries, cudaStream_t stream) {
+  if (!shape_ok(a, 0)) return kBsaBadShape;
+  if (a.n == 0) return 0;
+  routing_lists_kernel<<<static_cast<unsigned>((a.n + kWarps - 1) / kWarps), 32 * kWarps, 0, stream>>>(
+      a, bias, row_ptr, blocks, entries);
+  return cudaGetLastError();
+}
+
+int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr,
+                          const int32_t* blocks, const float* d_entries, float* d_scores, cudaStream_t stream) {
   const size_t smem = 2 * a.n_seen * sizeof(float);
   if (!shape_ok(a, smem)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  routing_backward_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(a, thresholds, d_bias,
-                                                                                             d_scores);
+  routing_backward_kernel<<<static_cast<unsigned>(routings(a)), 32 * kWarps, smem, stream>>>(
+      a, thresholds, row_ptr, blocks, d_entries, d_scores);
   return cudaGetLastError();
 }
 

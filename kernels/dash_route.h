@@ -1,9 +1,11 @@
 // DashAttention's routing (DESIGN §2.2, step 2) after the score GEMM, fused: alpha = 1.5
 // entmax per query head over its row's candidate chunks, the mean over the KV group's heads
 // (and over route_positions consecutive positions), and the log-prior bias, in one kernel;
-// its backward (the bias's gradient through log pbar, the group mean and entmax's Jacobian,
-// to the scores) in another, which takes the forward's thresholds (8 bytes per entmax row)
-// with the recomputed scores instead of finding them again by Newton's method. Plain C++
+// the rows' block lists from that bias in a second (no host round trip but the lists' total
+// size); the backward (the list entries' gradient through log pbar, the group mean and
+// entmax's Jacobian, to the scores) in a third, which takes the forward's thresholds (8 bytes
+// per entmax row) with the recomputed scores instead of finding them again by Newton's
+// method, and reads the entries' gradient from the lists as they are. Plain C++
 // launchers (raw device pointers, a stream); src/attention/cuda/dash_routing.h wraps them for
 // LibTorch.
 #pragma once
@@ -32,13 +34,21 @@ struct DashRoutingArgs {
 
 // bias [n, n_chunks]: per row, 0 on its own chunk and on forced (sink/local) chunks before it,
 // prior / sigma on routed chunks (pbar > 0), -inf elsewhere. thresholds [G, n, 2]: each
-// entmax row's max and tau, for the backward.
-int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* thresholds, cudaStream_t stream);
+// entmax row's max and tau, for the backward. counts [n]: each row's list length, the finite
+// entries before its own chunk.
+int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* thresholds, int64_t* counts, cudaStream_t stream);
 
-// d_scores [G, n, n_seen] from d_bias [n, n_chunks] (entries at bias 0 or -inf carry none),
-// with the forward's thresholds for the same scores. Both return 0, a cudaError_t, or
-// kBsaBadShape beyond kDashMaxRows / kDashMaxSeen.
-int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const float* d_bias, float* d_scores,
-                          cudaStream_t stream);
+// The rows' lists (block_sparse_dispatch.h's BlockRows, for these n rows) from that bias:
+// row r's finite entries before its own chunk, ascending, at blocks / entries[row_ptr[r] -
+// row_ptr[0] ..]; row_ptr [n + 1] is the running sum of counts.
+int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const int64_t* row_ptr, int32_t* blocks,
+                       float* entries, cudaStream_t stream);
+
+// d_scores [G, n, n_seen] from the gradient of the rows' list entries (d_entries, laid out as
+// dash_routing_lists writes them; entries at bias 0 carry none), with the forward's thresholds
+// for the same scores. All three return 0, a cudaError_t, or kBsaBadShape beyond
+// kDashMaxRows / kDashMaxSeen.
+int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr,
+                          const int32_t* blocks, const float* d_entries, float* d_scores, cudaStream_t stream);
 
 }  // namespace st::kernels

@@ -197,53 +197,75 @@ std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Ten
   return tile_scores_backward(s, q_rows, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale, /*tf32=*/false);
 }
 
-// A tile's bias [n, n_chunks] and what its path's backward keeps of the forward (the fused
-// kernels' entmax thresholds; nothing for ATen's, which recomputes them).
-struct TileBias {
-  Tensor bias, kept;
+// A tile's routing as lists (block_sparse_dispatch.h's BlockRows for its n rows) and what
+// its path's backward keeps of the forward (the fused kernels' entmax thresholds; nothing for
+// ATen's, which recomputes them).
+struct TileLists {
+  Tensor counts;   // [n] int64
+  Tensor blocks;   // [m] int32
+  Tensor entries;  // [m]: the bias on each listed block, differentiable
+  Tensor kept;
 };
 
-TileBias aten_routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
-  return {routing_bias(cfg, q_rows, kbar, t0, T), Tensor()};
+// The gradient of a tile's entries, with its lists as saved: row_ptr [n + 1] (indices into
+// the whole routing's entries), the tile's blocks and d_entries (from row_ptr[0] on).
+struct TileEntriesGrad {
+  Tensor row_ptr, blocks, d_entries;
+};
+
+TileLists aten_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+  auto bias = routing_bias(cfg, q_rows, kbar, t0, T);
+  bias = bias.view({q_rows.size(2), bias.size(-1)});
+  auto listed = list_entries(torch::isfinite(bias), t0, cfg.chunk);
+  return {listed.counts, listed.flat.remainder(bias.size(1)).to(torch::kInt32),
+          bias.flatten().index_select(0, listed.flat), Tensor()};
 }
 
-std::pair<Tensor, Tensor> aten_routing_bias_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
-                                                     int64_t t0, int64_t T, const Tensor& /*kept*/,
-                                                     const Tensor& d_bias) {
-  return routing_bias_backward(cfg, q_rows, kbar, t0, T, d_bias);
+std::pair<Tensor, Tensor> aten_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
+                                                int64_t t0, int64_t T, const Tensor& /*kept*/,
+                                                const TileEntriesGrad& g) {
+  // The entries' gradients into the tile's dense [n, n_chunks], placed by the saved lists
+  // (not by a recomputed bias, which could round differently).
+  const int64_t n = q_rows.size(2), n_chunks = (T + cfg.chunk - 1) / cfg.chunk, m = g.blocks.numel();
+  auto counts = g.row_ptr.diff();
+  auto row = torch::repeat_interleave(torch::arange(n, counts.options()), counts, /*dim=*/0, m);
+  auto idx = row * n_chunks + g.blocks.to(torch::kInt64);
+  auto d_bias = torch::zeros({n * n_chunks}, g.d_entries.options()).index_put_({idx}, g.d_entries);
+  return routing_bias_backward(cfg, q_rows, kbar, t0, T, d_bias.view({n, n_chunks}));
 }
 
 #ifdef SPARSETRAIN_CUDA
 // The same two functions on the fused routing kernels (one (b, hkv) group per tile).
-TileBias fused_routing_bias(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
+TileLists fused_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
   const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/true);
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
-  auto routed = cuda::dash_routing_bias(s.scores.reshape({G, n, s.n_seen}), cfg, s.scale, t0, s.n_chunks);
-  return {routed.bias, routed.thresholds};
+  auto r = cuda::dash_routing_lists(s.scores.reshape({G, n, s.n_seen}), cfg, s.scale, t0, s.n_chunks);
+  return {r.counts, r.blocks, r.entries, r.thresholds};
 }
 
-std::pair<Tensor, Tensor> fused_routing_bias_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
-                                                      int64_t t0, int64_t T, const Tensor& thresholds,
-                                                      const Tensor& d_bias) {
+std::pair<Tensor, Tensor> fused_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
+                                                 int64_t t0, int64_t T, const Tensor& thresholds,
+                                                 const TileEntriesGrad& g) {
   const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/true);
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
-  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), thresholds, d_bias, cfg, s.scale, t0);
+  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), thresholds, g.row_ptr, g.blocks,
+                                              g.d_entries, cfg, s.scale, t0);
   return tile_scores_backward(s, q_rows, d_scores.view(s.scores.sizes()), /*tf32=*/true);
 }
 #endif
 
-// Which code runs the tiles' scores, entmax and prior: the fused kernels or ATen.
+// Which code runs the tiles' scores, entmax, prior and lists: the fused kernels or ATen.
 struct RoutingPath {
-  TileBias (*bias)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t);
+  TileLists (*lists)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t);
   std::pair<Tensor, Tensor> (*backward)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t,
-                                        const Tensor& kept, const Tensor& d_bias);
+                                        const Tensor& kept, const TileEntriesGrad& g);
 };
 
 RoutingPath routing_path(bool fused) {
 #ifdef SPARSETRAIN_CUDA
-  if (fused) return {fused_routing_bias, fused_routing_bias_backward};
+  if (fused) return {fused_routing_lists, fused_routing_backward};
 #endif
-  return {aten_routing_bias, aten_routing_bias_backward};
+  return {aten_routing_lists, aten_routing_backward};
 }
 
 // The configuration through autograd's saved_data, and back.
@@ -301,14 +323,12 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     std::vector<Tensor> counts, blocks, entries, kept;
     std::vector<int64_t> offsets{0};  // each tile's first entry
     for (const auto& t : routing_tiles(q.size(0), kbar.size(1), T, tile_rows)) {
-      const TileBias tile = path.bias(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T);
-      auto bias = tile.bias.view({t.n, -1});
+      const TileLists tile = path.lists(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T);
       if (tile.kept.defined()) kept.push_back(tile.kept.flatten());
-      auto listed = list_entries(torch::isfinite(bias), t.t0, cfg.chunk);
-      counts.push_back(listed.counts);
-      blocks.push_back(listed.flat.remainder(bias.size(1)).to(torch::kInt32));
-      entries.push_back(bias.flatten().index_select(0, listed.flat));
-      offsets.push_back(offsets.back() + listed.flat.numel());
+      counts.push_back(tile.counts);
+      blocks.push_back(tile.blocks);
+      entries.push_back(tile.entries);
+      offsets.push_back(offsets.back() + tile.blocks.numel());
     }
     auto row_ptr = row_ptr_from_counts(torch::cat(counts));
     auto block_ids = torch::cat(blocks);
@@ -334,7 +354,6 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const torch::NoGradGuard no_grad;
     const AutocastOff autocast_off;
     const auto tiles = routing_tiles(q.size(0), Hkv, T, ctx->saved_data["tile_rows"].toInt());
-    const int64_t n_chunks = (T + cfg.chunk - 1) / cfg.chunk;
     int64_t kept_at = 0;
     for (size_t i = 0; i < tiles.size(); ++i) {
       const auto& t = tiles[i];
@@ -342,14 +361,9 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
       const Tensor tile_kept = kept.defined() ? kept.narrow(0, kept_at, G * t.n * 2) : Tensor();
       kept_at += G * t.n * 2;
       if (m == 0) continue;
-      // The entries' gradients into the tile's dense [n, n_chunks], placed by the saved lists
-      // (not by a recomputed bias, which could round differently).
-      auto counts = row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1).diff();
-      auto row = torch::repeat_interleave(torch::arange(t.n, counts.options()), counts, /*dim=*/0, m);
-      auto idx = row * n_chunks + block_ids.narrow(0, offsets[i], m).to(torch::kInt64);
-      auto d_entries = grads[0].narrow(0, offsets[i], m).to(reference_dtype(q));
-      auto d_bias = torch::zeros({t.n * n_chunks}, d_entries.options()).index_put_({idx}, d_entries).view({t.n, n_chunks});
-      auto [dq_rows, dkbar_seen] = path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, tile_kept, d_bias);
+      const TileEntriesGrad g{row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1), block_ids.narrow(0, offsets[i], m),
+                              grads[0].narrow(0, offsets[i], m).to(reference_dtype(q))};
+      auto [dq_rows, dkbar_seen] = path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, tile_kept, g);
       t.q_rows(dq, G).copy_(dq_rows);
       t.kbar_rows(dkbar).narrow(2, 0, dkbar_seen.size(2)).add_(dkbar_seen);
     }

@@ -3,6 +3,7 @@
 
 #include <c10/cuda/CUDAGuard.h>
 
+#include "attention/block_sparse_dispatch.h"
 #include "attention/cuda/launch.h"
 #include "dash_route.h"
 #include "dash_scores.h"
@@ -71,25 +72,43 @@ Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t
   return scores;
 }
 
-RoutedBias dash_routing_bias(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0, int64_t n_chunks) {
+RoutedLists dash_routing_lists(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
+                               int64_t n_chunks) {
   const c10::cuda::CUDAGuard guard(scores.device());
-  RoutedBias r{torch::empty({scores.size(1), n_chunks}, scores.options()),
-               torch::empty({scores.size(0), scores.size(1), 2}, scores.options())};
-  check_launch(kn::dash_routing_bias(args(scores, cfg, scale, t0, n_chunks), r.bias.data_ptr<float>(),
-                                     r.thresholds.data_ptr<float>(), current_stream()),
+  const int64_t G = scores.size(0), n = scores.size(1);
+  const kn::DashRoutingArgs a = args(scores, cfg, scale, t0, n_chunks);
+  auto bias = torch::empty({n, n_chunks}, scores.options());
+  RoutedLists r;
+  r.thresholds = torch::empty({G, n, 2}, scores.options());
+  r.counts = torch::empty({n}, scores.options().dtype(torch::kInt64));
+  check_launch(kn::dash_routing_bias(a, bias.data_ptr<float>(), r.thresholds.data_ptr<float>(),
+                                     r.counts.data_ptr<int64_t>(), current_stream()),
                "dash routing");
+  const Tensor row_ptr = row_ptr_from_counts(r.counts);
+  const int64_t m = row_ptr[n].item<int64_t>();
+  r.blocks = torch::empty({m}, r.counts.options().dtype(torch::kInt32));
+  r.entries = torch::empty({m}, scores.options());
+  check_launch(kn::dash_routing_lists(a, bias.data_ptr<float>(), row_ptr.data_ptr<int64_t>(),
+                                      r.blocks.data_ptr<int32_t>(), r.entries.data_ptr<float>(), current_stream()),
+               "dash routing lists");
   return r;
 }
 
-Tensor dash_routing_backward(const Tensor& scores, const Tensor& thresholds, const Tensor& d_bias,
-                             const DashConfig& cfg, double scale, int64_t t0) {
+Tensor dash_routing_backward(const Tensor& scores, const Tensor& thresholds, const Tensor& row_ptr,
+                             const Tensor& blocks, const Tensor& d_entries, const DashConfig& cfg, double scale,
+                             int64_t t0) {
   TORCH_CHECK(thresholds.is_contiguous() && thresholds.numel() == 2 * scores.size(0) * scores.size(1),
               "dash routing backward: thresholds must be the forward's [G, n, 2]");
+  TORCH_CHECK(row_ptr.scalar_type() == torch::kInt64 && row_ptr.numel() == scores.size(1) + 1 &&
+                  blocks.scalar_type() == torch::kInt32 && blocks.numel() == d_entries.numel(),
+              "dash routing backward: row_ptr [n + 1] int64, blocks int32 as many as d_entries");
   const c10::cuda::CUDAGuard guard(scores.device());
-  const Tensor g = d_bias.to(torch::kFloat32).contiguous();
+  const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), g = d_entries.to(torch::kFloat32).contiguous();
   auto d_scores = torch::empty_like(scores);
-  check_launch(kn::dash_routing_backward(args(scores, cfg, scale, t0, g.size(1)), thresholds.data_ptr<float>(),
-                                         g.data_ptr<float>(), d_scores.data_ptr<float>(), current_stream()),
+  // n_chunks is not read by the backward: the lists say which chunks each row reads.
+  check_launch(kn::dash_routing_backward(args(scores, cfg, scale, t0, scores.size(2)), thresholds.data_ptr<float>(),
+                                         starts.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), g.data_ptr<float>(),
+                                         d_scores.data_ptr<float>(), current_stream()),
                "dash routing backward");
   return d_scores;
 }

@@ -22,20 +22,26 @@ bool dash_scores_run(const torch::Tensor& q_rows);
 // (no routing reads them).
 torch::Tensor dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar, int64_t t0, int64_t chunk);
 
-struct RoutedBias {
-  torch::Tensor bias;        // [n, n_chunks]
+// A routing tile's lists: block_sparse_dispatch.h's BlockRows for its n rows.
+struct RoutedLists {
+  torch::Tensor counts;      // [n] int64: each row's list length
+  torch::Tensor blocks;      // [m] int32: the rows' listed chunks, row after row, ascending
+  torch::Tensor entries;     // [m] fp32: their bias (dash.h's chunk_bias)
   torch::Tensor thresholds;  // [G, n, 2]: what dash_routing_backward needs of the forward
 };
 
 // scores [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's
-// tile routing; t0 a multiple of route_positions) -> the rows' bias (dash.h's chunk_bias,
-// rows t0 .. t0 + n) and the entmax thresholds.
-RoutedBias dash_routing_bias(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
-                             int64_t n_chunks);
+// tile routing; t0 a multiple of route_positions) -> the routing of rows t0 .. t0 + n as
+// lists, and the entmax thresholds. One host round trip: the lists' total size.
+RoutedLists dash_routing_lists(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
+                               int64_t n_chunks);
 
-// d_bias [n, n_chunks] -> d scores [G, n, n_seen], for the scores and thresholds of the forward.
+// The gradient of the entries -> d scores [G, n, n_seen], for the scores and thresholds of the
+// forward. row_ptr [n + 1]: where each row's entries start in the lists these rows are part
+// of; blocks and d_entries: this tile's entries (from row_ptr[0] on).
 torch::Tensor dash_routing_backward(const torch::Tensor& scores, const torch::Tensor& thresholds,
-                                    const torch::Tensor& d_bias, const DashConfig& cfg, double scale, int64_t t0);
+                                    const torch::Tensor& row_ptr, const torch::Tensor& blocks,
+                                    const torch::Tensor& d_entries, const DashConfig& cfg, double scale, int64_t t0);
 
 }  // namespace st::cuda
 #endif  // SPARSETRAIN_CUDA
