@@ -75,6 +75,7 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
       {1, 2, 16, 4099, 128, 64, 24.0, 1.0, "unnormalized", 0, 0, 1000, 4},  // one routing per 4 positions
       {2, 1, 4, 3001, 64, 64, 16.0, 1.0, "normalized", 1, 1, 0, 16},        // per 16, ragged
       {1, 1, 3, 2000, 64, 32, 5.0, 1.0, "unnormalized", 0, 2, 500, 2},
+      {1, 1, 2, 98304, 64, 16, 4.0, 1.0, "normalized", 1, 1, 0},  // 6143 chunks: fewer warps per block
   };
   torch::manual_seed(11);
   for (const Case& c : cases) {
