@@ -39,27 +39,71 @@ struct Routing {
 
   // Entmax row k's threshold in global memory: [G, n, 2] like the scores' rows.
   __device__ int64_t threshold_index(int64_t k) const { return 2 * ((k % a.G) * a.n + r0 + k / a.G); }
+};
 
-  // pbar[c] = the mean over the routing's entmax rows of p_k(c): rows added in order k = 0,
-  // 1, .., each lane its own chunks, so the forward and the backward sum the same way.
-  // threshold(k) gives row k's threshold (found, or the forward's).
-  template <class Threshold>
-  __device__ void mean_probs(const Threshold& threshold, float* pbar) const {
-    for (int64_t c = lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
-    for (int64_t k = 0; k < entmax_rows(); ++k) {
-      const float* row = scores(k);
-      const Entmax15Threshold t = threshold(k, row);
-      for (int64_t c = lane; c < hi; c += 32) {
-        const float pc = c >= lo ? t.prob(z(row, c)) : 0.f;
-        if (pc > 0.f) pbar[c] += pc;
-      }
+// Entmax row k's z on this lane's chunks c = lane + 32 j, -inf off the candidates, for the
+// passes over the row (the threshold's ~3-6, the backward's two): with kPerLane > 0 read once
+// into registers (kPerLane * 32 >= n_seen), with 0 read from memory at every pass.
+template <int kPerLane>
+struct RowZ {
+  const Routing& rt;
+  const float* row;
+  float v[kPerLane > 0 ? kPerLane : 1];
+  __device__ RowZ(const Routing& routing, int64_t k) : rt(routing), row(routing.scores(k)) {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int64_t c = rt.lane + 32 * j;
+      v[j] = rt.candidate(c) ? rt.z(row, c) : -INFINITY;
     }
-    const float inv_count = 1.f / float(entmax_rows());
-    for (int64_t c = lane; c < a.n_seen; c += 32) pbar[c] *= inv_count;
-    __syncwarp();
+  }
+  // f(c, z) over the lane's candidates, ascending.
+  template <class F>
+  __device__ void each_candidate(const F& f) const {
+    if constexpr (kPerLane > 0) {
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j)
+        if (rt.candidate(rt.lane + 32 * j)) f(rt.lane + 32 * j, v[j]);
+    } else {
+      for (int64_t c = rt.lane; c < rt.hi; c += 32)
+        if (c >= rt.lo) f(c, rt.z(row, c));
+    }
+  }
+  // f(c, z) over the lane's chunks below n_seen, z = -inf off the candidates.
+  template <class F>
+  __device__ void each_seen(const F& f) const {
+    if constexpr (kPerLane > 0) {
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j)
+        if (rt.lane + 32 * j < rt.a.n_seen) f(rt.lane + 32 * j, v[j]);
+    } else {
+      for (int64_t c = rt.lane; c < rt.a.n_seen; c += 32) f(c, rt.candidate(c) ? rt.z(row, c) : -INFINITY);
+    }
+  }
+  __device__ Entmax15Threshold threshold() const {
+    return entmax15_threshold_of([&](const auto& f) { each_candidate([&](int64_t, float z) { f(z); }); });
   }
 };
 
+// pbar[c] = the mean over the routing's entmax rows of p_k(c): rows added in order k = 0, 1,
+// .., each lane its own chunks, so the forward and the backward sum the same way.
+// threshold(k, row) gives row k's threshold (found, or the forward's).
+template <int kPerLane, class Threshold>
+__device__ void mean_probs(const Routing& rt, const Threshold& threshold, float* pbar) {
+  for (int64_t c = rt.lane; c < rt.a.n_seen; c += 32) pbar[c] = 0.f;
+  for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
+    const RowZ<kPerLane> row(rt, k);
+    const Entmax15Threshold t = threshold(k, row);
+    row.each_candidate([&](int64_t c, float z) {
+      const float pc = t.prob(z);
+      if (pc > 0.f) pbar[c] += pc;
+    });
+  }
+  const float inv_count = 1.f / float(rt.entmax_rows());
+  for (int64_t c = rt.lane; c < rt.a.n_seen; c += 32) pbar[c] *= inv_count;
+  __syncwarp();
+}
+
+template <int kPerLane>
 __global__ void __launch_bounds__(32 * kMaxWarps)
     routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* bias, float* thresholds, int64_t* counts) {
   extern __shared__ float smem[];
@@ -67,9 +111,10 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   if (g >= n_routings) return;
   float* pbar = smem + (threadIdx.x >> 5) * a.n_seen;
   const Routing rt(a, g);
-  rt.mean_probs(
-      [&](int64_t k, const float* row) {
-        const auto t = entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, rt.lo, rt.hi);
+  mean_probs<kPerLane>(
+      rt,
+      [&](int64_t k, const RowZ<kPerLane>& row) {
+        const auto t = row.threshold();
         if (rt.lane == 0) {
           thresholds[rt.threshold_index(k)] = t.max;
           thresholds[rt.threshold_index(k) + 1] = t.tau;
@@ -124,6 +169,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps) routing_lists_kernel(DashRouti
   }
 }
 
+template <int kPerLane>
 __global__ void __launch_bounds__(32 * kMaxWarps)
     routing_backward_kernel(DashRoutingArgs a, int64_t n_routings, const float* thresholds, const int64_t* row_ptr,
                             const int32_t* blocks, const float* d_entries, float* d_scores) {
@@ -135,7 +181,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   auto threshold = [&](int64_t k) {
     return Entmax15Threshold{thresholds[rt.threshold_index(k)], thresholds[rt.threshold_index(k) + 1]};
   };
-  rt.mean_probs([&](int64_t k, const float*) { return threshold(k); }, dp);
+  mean_probs<0>(rt, [&](int64_t k, const RowZ<0>&) { return threshold(k); }, dp);  // one pass: no cache
   // The R rows share the routing, so their lists are the same chunks in the same order: entry
   // j's d prior is the sum of the rows' entry j. Forced entries (bias 0) have no path back;
   // the routed ones are exactly the chunks with pbar > 0.
@@ -152,7 +198,6 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
       if (rt.candidate(blocks[first + j])) sum += d_prior(j), count += 1.f;
     shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
   }
-  __syncwarp();  // every lane has read pbar before the lanes overwrite it out of their order
   // Through log and the mean: in place, pbar -> d p on the routed chunks (0 stays 0 elsewhere).
   const float inv_count = 1.f / float(rt.entmax_rows());
   for (int64_t j = rt.lane; j < length; j += 32) {
@@ -162,16 +207,16 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   __syncwarp();
   // Each entmax row through entmax's Jacobian, then z = scale * scores.
   for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
-    const float* row = rt.scores(k);
+    const RowZ<kPerLane> row(rt, k);
     const Entmax15Threshold t = threshold(k);
-    const auto p = [&](int64_t c) { return rt.candidate(c) ? t.prob(rt.z(row, c)) : 0.f; };
-    const float mean = entmax15_jvp_mean(p, [&](int64_t c) { return dp[c]; }, a.n_seen);
-    float* out = d_scores + (row - a.scores);
-    for (int64_t c = rt.lane; c < a.n_seen; c += 32) {
-      const float pc = p(c);
+    const float mean = entmax15_jvp_mean_of(
+        [&](const auto& f) { row.each_candidate([&](int64_t c, float z) { f(t.prob(z), dp[c]); }); });
+    float* out = d_scores + (row.row - a.scores);
+    row.each_seen([&](int64_t c, float z) {
+      const float pc = t.prob(z);
       const float s = pc > 0.f ? sqrtf(pc) : 0.f;
       out[c] = s * (dp[c] - mean) * a.scale;
-    }
+    });
   }
 }
 
@@ -197,20 +242,49 @@ struct RoutingLaunch {
   }
 };
 
-template <class Kernel>
-cudaError_t allow_smem(Kernel kernel) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBudget));
+// Runs kernel<kPerLane> with the smallest register row cache that holds n_seen chunks (none
+// past 2048: the registers would cost more occupancy than the re-reads).
+template <template <int> class Launch, class... Args>
+int with_row_cache(const DashRoutingArgs& a, Args&&... args) {
+  if (a.n_seen <= 8 * 32) return Launch<8>::run(a, args...);
+  if (a.n_seen <= 32 * 32) return Launch<32>::run(a, args...);
+  if (a.n_seen <= 64 * 32) return Launch<64>::run(a, args...);
+  return Launch<0>::run(a, args...);
 }
+
+template <class Kernel, class... Args>
+int launch_routing(Kernel kernel, const DashRoutingArgs& a, cudaStream_t stream, Args... args) {
+  if (const cudaError_t e =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBudget));
+      e != cudaSuccess)
+    return e;
+  const RoutingLaunch l(a);
+  kernel<<<l.blocks, 32 * l.warps, l.smem, stream>>>(a, routings(a), args...);
+  return cudaGetLastError();
+}
+
+template <int kPerLane>
+struct BiasLaunch {
+  static int run(const DashRoutingArgs& a, float* bias, float* thresholds, int64_t* counts, cudaStream_t stream) {
+    return launch_routing(routing_bias_kernel<kPerLane>, a, stream, bias, thresholds, counts);
+  }
+};
+
+template <int kPerLane>
+struct BackwardLaunch {
+  static int run(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr, const int32_t* blocks,
+                 const float* d_entries, float* d_scores, cudaStream_t stream) {
+    return launch_routing(routing_backward_kernel<kPerLane>, a, stream, thresholds, row_ptr, blocks, d_entries,
+                          d_scores);
+  }
+};
 
 }  // namespace
 
 int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* thresholds, int64_t* counts, cudaStream_t stream) {
   if (!shape_ok(a)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  if (const cudaError_t e = allow_smem(routing_bias_kernel); e != cudaSuccess) return e;
-  const RoutingLaunch l(a);
-  routing_bias_kernel<<<l.blocks, 32 * l.warps, l.smem, stream>>>(a, routings(a), bias, thresholds, counts);
-  return cudaGetLastError();
+  return with_row_cache<BiasLaunch>(a, bias, thresholds, counts, stream);
 }
 
 int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const int64_t* row_ptr, int32_t* blocks,
@@ -226,11 +300,7 @@ int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, con
                           const int32_t* blocks, const float* d_entries, float* d_scores, cudaStream_t stream) {
   if (!shape_ok(a)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  if (const cudaError_t e = allow_smem(routing_backward_kernel); e != cudaSuccess) return e;
-  const RoutingLaunch l(a);
-  routing_backward_kernel<<<l.blocks, 32 * l.warps, l.smem, stream>>>(a, routings(a), thresholds, row_ptr, blocks,
-                                                                       d_entries, d_scores);
-  return cudaGetLastError();
+  return with_row_cache<BackwardLaunch>(a, thresholds, row_ptr, blocks, d_entries, d_scores, stream);
 }
 
 }  // namespace st::kernels

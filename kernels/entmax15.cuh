@@ -28,33 +28,28 @@ struct Entmax15Threshold {
   }
 };
 
-// The threshold of one row, by one whole warp, over the entries z(i) with lo <= i < hi (the
-// rest of the row counts as -inf). Lane l reads i = l, l + 32, ... whatever lo is, so a row
-// masked to -inf outside [lo, hi) gets bit for bit the same threshold as this range. tau
-// solves sum_i [x_i - tau]_+^2 = 1 for x = (z - max z) / 2: Newton's method from tau = -1,
-// where f is convex and decreasing, climbs monotonically to the root and is exact once the
-// support stops changing (a quadratic on it); it stops when a step no longer moves tau (fp32
-// rounding), at most 64 steps.
-template <class Z>
-__device__ Entmax15Threshold entmax15_threshold(const Z& z, int64_t lo, int64_t hi) {
-  const int lane = threadIdx.x & 31;
-  const int64_t first = lo - lo % 32 + lane;
+// The threshold of one row, by one whole warp. each(f) calls f(z_i) for this lane's entries,
+// i = l, l + 32, ... ascending for lane l; -inf entries may be left out or not, the threshold
+// is the same bit for bit. tau solves sum_i [x_i - tau]_+^2 = 1 for x = (z - max z) / 2:
+// Newton's method from tau = -1, where f is convex and decreasing, climbs monotonically to the
+// root and is exact once the support stops changing (a quadratic on it); it stops when a step
+// no longer moves tau (fp32 rounding), at most 64 steps.
+template <class Each>
+__device__ Entmax15Threshold entmax15_threshold_of(const Each& each) {
   float mx = -INFINITY;
-  for (int64_t i = first; i < hi; i += 32)
-    if (i >= lo) mx = fmaxf(mx, z(i));
+  each([&](float z) { mx = fmaxf(mx, z); });
   mx = warp_max(mx);
   float tau = -1.f;
   if (mx == -INFINITY) return {mx, tau};
   for (int it = 0; it < 64; ++it) {
     float s1 = 0.f, s2 = 0.f;
-    for (int64_t i = first; i < hi; i += 32) {
-      if (i < lo) continue;
-      const float d = 0.5f * (z(i) - mx) - tau;
+    each([&](float z) {
+      const float d = 0.5f * (z - mx) - tau;
       if (d > 0.f) {
         s1 += d;
         s2 += d * d;
       }
-    }
+    });
     s1 = warp_sum(s1);
     s2 = warp_sum(s2);
     const float next = tau + (s2 - 1.f) / (2.f * s1);
@@ -64,21 +59,40 @@ __device__ Entmax15Threshold entmax15_threshold(const Z& z, int64_t lo, int64_t 
   return {mx, tau};
 }
 
+// The same over the entries z(i) with lo <= i < hi (the rest of the row counts as -inf), read
+// at every pass. Lane l reads i = l, l + 32, ... whatever lo is, so a row masked to -inf
+// outside [lo, hi) gets bit for bit the same threshold as this range.
+template <class Z>
+__device__ Entmax15Threshold entmax15_threshold(const Z& z, int64_t lo, int64_t hi) {
+  const int64_t first = lo - lo % 32 + (threadIdx.x & 31);
+  return entmax15_threshold_of([&](const auto& f) {
+    for (int64_t i = first; i < hi; i += 32)
+      if (i >= lo) f(z(i));
+  });
+}
+
 // The Jacobian-vector product's row constant s . dp / sum s (s = sqrt(p) on the support), by
-// one whole warp over i in [0, n); 0 for a row without support (it has no gradient).
-template <class P, class DP>
-__device__ float entmax15_jvp_mean(const P& p, const DP& dp, int64_t n) {
-  const int lane = threadIdx.x & 31;
+// one whole warp; 0 for a row without support (it has no gradient). each(f) calls f(p_i, dp_i)
+// for this lane's entries, ascending; entries with p = 0 may be left out.
+template <class Each>
+__device__ float entmax15_jvp_mean_of(const Each& each) {
   float s_sum = 0.f, s_dot = 0.f;
-  for (int64_t i = lane; i < n; i += 32) {
-    const float pi = p(i);
+  each([&](float pi, float dpi) {
     const float s = pi > 0.f ? sqrtf(pi) : 0.f;
     s_sum += s;
-    s_dot += s * dp(i);
-  }
+    s_dot += s * dpi;
+  });
   s_sum = warp_sum(s_sum);
   s_dot = warp_sum(s_dot);
   return s_sum > 0.f ? s_dot / s_sum : 0.f;
+}
+
+// The same over i in [0, n).
+template <class P, class DP>
+__device__ float entmax15_jvp_mean(const P& p, const DP& dp, int64_t n) {
+  return entmax15_jvp_mean_of([&](const auto& f) {
+    for (int64_t i = threadIdx.x & 31; i < n; i += 32) f(p(i), dp(i));
+  });
 }
 
 }  // namespace st::kernels
