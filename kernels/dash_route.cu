@@ -13,8 +13,8 @@ constexpr int kMaxWarps = 8;              // routings per block, one warp each
 constexpr size_t kSmemBudget = 96 * 1024;  // per block: a [n_seen] float array per warp
 
 // One routing's rows (the R positions of routing g, fewer at the tile's end), by one warp, with
-// a [n_seen] float array of its own in shared memory for pbar (0 off the candidates). Lane l
-// owns chunks l, l + 32, ... of that array, so the warp never races on it. z = scale * scores
+// a [n_seen] float array of its own in shared memory (pbar in the forward, d p in the
+// backward). Lane l owns chunks l, l + 32, ... of it, so the warp never races on it. z = scale * scores
 // is rounded before use (__fmul_rn: no fused multiply-add), as the ATen path rounds it, so
 // both find the same thresholds: p = (z/2 - tau)^2 near the support's edge is a difference of
 // nearly equal numbers, where one rounding moves p by percents.
@@ -84,44 +84,32 @@ struct RowZ {
   }
 };
 
-// pbar[c] = the mean over the routing's entmax rows of p_k(c): rows added in order k = 0, 1,
-// .., each lane its own chunks, so the forward and the backward sum the same way.
-// threshold(k, row) gives row k's threshold (found, or the forward's).
-template <int kPerLane, class Threshold>
-__device__ void mean_probs(const Routing& rt, const Threshold& threshold, float* pbar) {
-  for (int64_t c = rt.lane; c < rt.a.n_seen; c += 32) pbar[c] = 0.f;
+template <int kPerLane>
+__global__ void __launch_bounds__(32 * kMaxWarps)
+    routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* bias, float* pbar_out, float* thresholds,
+                        int64_t* counts) {
+  extern __shared__ float smem[];
+  const int64_t g = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (g >= n_routings) return;
+  float* pbar = smem + (threadIdx.x >> 5) * a.n_seen;
+  const Routing rt(a, g);
+  // pbar[c] = the mean over the routing's entmax rows of p_k(c), each lane its own chunks.
+  for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
   for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
     const RowZ<kPerLane> row(rt, k);
-    const Entmax15Threshold t = threshold(k, row);
+    const Entmax15Threshold t = row.threshold();
+    if (rt.lane == 0) {
+      thresholds[rt.threshold_index(k)] = t.max;
+      thresholds[rt.threshold_index(k) + 1] = t.tau;
+    }
     row.each_candidate([&](int64_t c, float z) {
       const float pc = t.prob(z);
       if (pc > 0.f) pbar[c] += pc;
     });
   }
   const float inv_count = 1.f / float(rt.entmax_rows());
-  for (int64_t c = rt.lane; c < rt.a.n_seen; c += 32) pbar[c] *= inv_count;
+  for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar_out[g * a.n_seen + c] = pbar[c] *= inv_count;
   __syncwarp();
-}
-
-template <int kPerLane>
-__global__ void __launch_bounds__(32 * kMaxWarps)
-    routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* bias, float* thresholds, int64_t* counts) {
-  extern __shared__ float smem[];
-  const int64_t g = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (g >= n_routings) return;
-  float* pbar = smem + (threadIdx.x >> 5) * a.n_seen;
-  const Routing rt(a, g);
-  mean_probs<kPerLane>(
-      rt,
-      [&](int64_t k, const RowZ<kPerLane>& row) {
-        const auto t = row.threshold();
-        if (rt.lane == 0) {
-          thresholds[rt.threshold_index(k)] = t.max;
-          thresholds[rt.threshold_index(k) + 1] = t.tau;
-        }
-        return t;
-      },
-      pbar);
   // normalized: the mean of the routed log pbar, subtracted from each.
   float shift = 0.f;
   if (a.normalized) {
@@ -146,15 +134,17 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   if (rt.lane < rt.rows) counts[rt.r0 + rt.lane] = listed;
 }
 
-// One warp per row: its finite entries before the own chunk, in order, by ballot.
-__global__ void __launch_bounds__(32 * kMaxWarps) routing_lists_kernel(DashRoutingArgs a, const float* bias,
-                                                                     const int64_t* row_ptr, int32_t* blocks,
-                                                                     float* entries) {
+// One warp per row: its finite entries before the own chunk, in order, by ballot, with their
+// routing's pbar.
+__global__ void __launch_bounds__(32 * kMaxWarps)
+    routing_lists_kernel(DashRoutingArgs a, const float* bias, const float* pbar, const int64_t* row_ptr,
+                         int32_t* blocks, float* entries, float* entry_pbar) {
   const int64_t r = blockIdx.x * int64_t(kMaxWarps) + (threadIdx.x >> 5);
   if (r >= a.n) return;
   const int lane = threadIdx.x & 31;
   const int64_t own = (a.t0 + r) / a.chunk;
   const float* row = bias + r * a.n_chunks;
+  const float* routing_pbar = pbar + (r / a.route_positions) * a.n_seen;  // own <= n_seen
   int64_t at = row_ptr[r] - row_ptr[0];
   for (int64_t c0 = 0; c0 < own; c0 += 32) {
     const int64_t c = c0 + lane;
@@ -164,6 +154,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps) routing_lists_kernel(DashRouti
       const int64_t i = at + __popc(listed & ((1u << lane) - 1u));
       blocks[i] = static_cast<int32_t>(c);
       entries[i] = b;
+      entry_pbar[i] = routing_pbar[c];
     }
     at += __popc(listed);
   }
@@ -172,19 +163,16 @@ __global__ void __launch_bounds__(32 * kMaxWarps) routing_lists_kernel(DashRouti
 template <int kPerLane>
 __global__ void __launch_bounds__(32 * kMaxWarps)
     routing_backward_kernel(DashRoutingArgs a, int64_t n_routings, const float* thresholds, const int64_t* row_ptr,
-                            const int32_t* blocks, const float* d_entries, float* d_scores) {
+                            const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* d_scores) {
   extern __shared__ float smem[];
   const int64_t g = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
   if (g >= n_routings) return;
-  float* dp = smem + (threadIdx.x >> 5) * a.n_seen;  // pbar first, then d loss / d p
+  float* dp = smem + (threadIdx.x >> 5) * a.n_seen;  // d loss / d p, shared by the routing's rows
   const Routing rt(a, g);
-  auto threshold = [&](int64_t k) {
-    return Entmax15Threshold{thresholds[rt.threshold_index(k)], thresholds[rt.threshold_index(k) + 1]};
-  };
-  mean_probs<0>(rt, [&](int64_t k, const RowZ<0>&) { return threshold(k); }, dp);  // one pass: no cache
+  for (int64_t c = rt.lane; c < a.n_seen; c += 32) dp[c] = 0.f;
   // The R rows share the routing, so their lists are the same chunks in the same order: entry
   // j's d prior is the sum of the rows' entry j. Forced entries (bias 0) have no path back;
-  // the routed ones are exactly the chunks with pbar > 0.
+  // the routed ones are the candidates, with the forward's pbar > 0 kept.
   const int64_t base = row_ptr[0], first = row_ptr[rt.r0] - base, length = row_ptr[rt.r0 + 1] - row_ptr[rt.r0];
   auto d_prior = [&](int64_t j) {
     float sum = 0.f;
@@ -198,17 +186,18 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
       if (rt.candidate(blocks[first + j])) sum += d_prior(j), count += 1.f;
     shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
   }
-  // Through log and the mean: in place, pbar -> d p on the routed chunks (0 stays 0 elsewhere).
+  __syncwarp();  // dp zeroed, each lane its own chunks, before the entries' lanes write it
+  // Through log and the mean over the rows.
   const float inv_count = 1.f / float(rt.entmax_rows());
   for (int64_t j = rt.lane; j < length; j += 32) {
     const int64_t c = blocks[first + j];
-    if (rt.candidate(c) && dp[c] > 0.f) dp[c] = (d_prior(j) - shift) / dp[c] * inv_count;
+    if (rt.candidate(c)) dp[c] = (d_prior(j) - shift) / entry_pbar[first + j] * inv_count;
   }
   __syncwarp();
   // Each entmax row through entmax's Jacobian, then z = scale * scores.
   for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
     const RowZ<kPerLane> row(rt, k);
-    const Entmax15Threshold t = threshold(k);
+    const Entmax15Threshold t{thresholds[rt.threshold_index(k)], thresholds[rt.threshold_index(k) + 1]};
     const float mean = entmax15_jvp_mean_of(
         [&](const auto& f) { row.each_candidate([&](int64_t c, float z) { f(t.prob(z), dp[c]); }); });
     float* out = d_scores + (row.row - a.scores);
@@ -265,42 +254,45 @@ int launch_routing(Kernel kernel, const DashRoutingArgs& a, cudaStream_t stream,
 
 template <int kPerLane>
 struct BiasLaunch {
-  static int run(const DashRoutingArgs& a, float* bias, float* thresholds, int64_t* counts, cudaStream_t stream) {
-    return launch_routing(routing_bias_kernel<kPerLane>, a, stream, bias, thresholds, counts);
+  static int run(const DashRoutingArgs& a, float* bias, float* pbar, float* thresholds, int64_t* counts,
+                 cudaStream_t stream) {
+    return launch_routing(routing_bias_kernel<kPerLane>, a, stream, bias, pbar, thresholds, counts);
   }
 };
 
 template <int kPerLane>
 struct BackwardLaunch {
   static int run(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr, const int32_t* blocks,
-                 const float* d_entries, float* d_scores, cudaStream_t stream) {
-    return launch_routing(routing_backward_kernel<kPerLane>, a, stream, thresholds, row_ptr, blocks, d_entries,
-                          d_scores);
+                 const float* entry_pbar, const float* d_entries, float* d_scores, cudaStream_t stream) {
+    return launch_routing(routing_backward_kernel<kPerLane>, a, stream, thresholds, row_ptr, blocks, entry_pbar,
+                          d_entries, d_scores);
   }
 };
 
 }  // namespace
 
-int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* thresholds, int64_t* counts, cudaStream_t stream) {
+int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* pbar, float* thresholds, int64_t* counts,
+                      cudaStream_t stream) {
   if (!shape_ok(a)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  return with_row_cache<BiasLaunch>(a, bias, thresholds, counts, stream);
+  return with_row_cache<BiasLaunch>(a, bias, pbar, thresholds, counts, stream);
 }
 
-int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const int64_t* row_ptr, int32_t* blocks,
-                       float* entries, cudaStream_t stream) {
+int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const float* pbar, const int64_t* row_ptr,
+                       int32_t* blocks, float* entries, float* entry_pbar, cudaStream_t stream) {
   if (!shape_ok(a)) return kBsaBadShape;
   if (a.n == 0) return 0;
   routing_lists_kernel<<<static_cast<unsigned>((a.n + kMaxWarps - 1) / kMaxWarps), 32 * kMaxWarps, 0, stream>>>(
-      a, bias, row_ptr, blocks, entries);
+      a, bias, pbar, row_ptr, blocks, entries, entry_pbar);
   return cudaGetLastError();
 }
 
 int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr,
-                          const int32_t* blocks, const float* d_entries, float* d_scores, cudaStream_t stream) {
+                          const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* d_scores,
+                          cudaStream_t stream) {
   if (!shape_ok(a)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  return with_row_cache<BackwardLaunch>(a, thresholds, row_ptr, blocks, d_entries, d_scores, stream);
+  return with_row_cache<BackwardLaunch>(a, thresholds, row_ptr, blocks, entry_pbar, d_entries, d_scores, stream);
 }
 
 }  // namespace st::kernels

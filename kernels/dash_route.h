@@ -3,9 +3,11 @@
 // (and over route_positions consecutive positions), and the log-prior bias, in one kernel;
 // the rows' block lists from that bias in a second (no host round trip but the lists' total
 // size); the backward (the list entries' gradient through log pbar, the group mean and
-// entmax's Jacobian, to the scores) in a third, which takes the forward's thresholds (8 bytes
-// per entmax row) with the recomputed scores instead of finding them again by Newton's
-// method, and reads the entries' gradient from the lists as they are. Plain C++
+// entmax's Jacobian, to the scores) in a third, which takes what the forward kept (each entmax
+// row's threshold, 8 bytes, and each list entry's pbar) with the recomputed scores, so it
+// neither runs Newton's method again nor sums the group's probabilities, and reads the
+// entries' gradient from the lists as they are. Each row's z sits in registers while a warp
+// passes over it. Plain C++
 // launchers (raw device pointers, a stream); src/attention/cuda/dash_routing.h wraps them for
 // LibTorch.
 #pragma once
@@ -33,22 +35,25 @@ struct DashRoutingArgs {
 };
 
 // bias [n, n_chunks]: per row, 0 on its own chunk and on forced (sink/local) chunks before it,
-// prior / sigma on routed chunks (pbar > 0), -inf elsewhere. thresholds [G, n, 2]: each
-// entmax row's max and tau, for the backward. counts [n]: each row's list length, the finite
-// entries before its own chunk.
-int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* thresholds, int64_t* counts, cudaStream_t stream);
+// prior / sigma on routed chunks (pbar > 0), -inf elsewhere. pbar [ceil(n / R), n_seen]: each
+// routing's mean probabilities. thresholds [G, n, 2]: each entmax row's max and tau, for the
+// backward. counts [n]: each row's list length, the finite entries before its own chunk.
+int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* pbar, float* thresholds, int64_t* counts,
+                      cudaStream_t stream);
 
 // The rows' lists (block_sparse_dispatch.h's BlockRows, for these n rows) from that bias:
 // row r's finite entries before its own chunk, ascending, at blocks / entries[row_ptr[r] -
-// row_ptr[0] ..]; row_ptr [n + 1] is the running sum of counts.
-int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const int64_t* row_ptr, int32_t* blocks,
-                       float* entries, cudaStream_t stream);
+// row_ptr[0] ..], and their pbar at entry_pbar (for the backward); row_ptr [n + 1] is the
+// running sum of counts.
+int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const float* pbar, const int64_t* row_ptr,
+                       int32_t* blocks, float* entries, float* entry_pbar, cudaStream_t stream);
 
 // d_scores [G, n, n_seen] from the gradient of the rows' list entries (d_entries, laid out as
 // dash_routing_lists writes them; entries at bias 0 carry none), with the forward's thresholds
-// for the same scores. All three return 0, a cudaError_t, or kBsaBadShape beyond
-// kDashMaxRows / kDashMaxSeen.
+// and entry_pbar for the same scores. All three return 0, a cudaError_t, or kBsaBadShape
+// beyond kDashMaxRows / kDashMaxSeen.
 int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr,
-                          const int32_t* blocks, const float* d_entries, float* d_scores, cudaStream_t stream);
+                          const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* d_scores,
+                          cudaStream_t stream);
 
 }  // namespace st::kernels

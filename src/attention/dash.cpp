@@ -197,20 +197,21 @@ std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Ten
   return tile_scores_backward(s, q_rows, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale, /*tf32=*/false);
 }
 
-// A tile's routing as lists (block_sparse_dispatch.h's BlockRows for its n rows) and what
-// its path's backward keeps of the forward (the fused kernels' entmax thresholds; nothing for
-// ATen's, which recomputes them).
+// A tile's routing as lists (block_sparse_dispatch.h's BlockRows for its n rows) and what the
+// fused kernels' backward keeps of their forward (undefined on ATen's path, whose backward
+// recomputes it all).
 struct TileLists {
-  Tensor counts;   // [n] int64
-  Tensor blocks;   // [m] int32
-  Tensor entries;  // [m]: the bias on each listed block, differentiable
-  Tensor kept;
+  Tensor counts;      // [n] int64
+  Tensor blocks;      // [m] int32
+  Tensor entries;     // [m]: the bias on each listed block, differentiable
+  Tensor thresholds;  // [G, n, 2]: each entmax row's threshold
+  Tensor entry_pbar;  // [m]: each entry's pbar
 };
 
-// The gradient of a tile's entries, with its lists as saved: row_ptr [n + 1] (indices into
-// the whole routing's entries), the tile's blocks and d_entries (from row_ptr[0] on).
-struct TileEntriesGrad {
-  Tensor row_ptr, blocks, d_entries;
+// A tile's backward: its lists as saved (row_ptr [n + 1] indexes the whole routing's entries;
+// blocks, entry_pbar and d_entries are the tile's, from row_ptr[0] on), and the thresholds.
+struct TileGrad {
+  Tensor row_ptr, blocks, entry_pbar, thresholds, d_entries;
 };
 
 TileLists aten_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
@@ -218,12 +219,11 @@ TileLists aten_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const 
   bias = bias.view({q_rows.size(2), bias.size(-1)});
   auto listed = list_entries(torch::isfinite(bias), t0, cfg.chunk);
   return {listed.counts, listed.flat.remainder(bias.size(1)).to(torch::kInt32),
-          bias.flatten().index_select(0, listed.flat), Tensor()};
+          bias.flatten().index_select(0, listed.flat), Tensor(), Tensor()};
 }
 
 std::pair<Tensor, Tensor> aten_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
-                                                int64_t t0, int64_t T, const Tensor& /*kept*/,
-                                                const TileEntriesGrad& g) {
+                                                int64_t t0, int64_t T, const TileGrad& g) {
   // The entries' gradients into the tile's dense [n, n_chunks], placed by the saved lists
   // (not by a recomputed bias, which could round differently).
   const int64_t n = q_rows.size(2), n_chunks = (T + cfg.chunk - 1) / cfg.chunk, m = g.blocks.numel();
@@ -240,16 +240,15 @@ TileLists fused_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const
   const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/true);
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
   auto r = cuda::dash_routing_lists(s.scores.reshape({G, n, s.n_seen}), cfg, s.scale, t0, s.n_chunks);
-  return {r.counts, r.blocks, r.entries, r.thresholds};
+  return {r.counts, r.blocks, r.entries, r.thresholds, r.entry_pbar};
 }
 
 std::pair<Tensor, Tensor> fused_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
-                                                 int64_t t0, int64_t T, const Tensor& thresholds,
-                                                 const TileEntriesGrad& g) {
+                                                 int64_t t0, int64_t T, const TileGrad& g) {
   const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/true);
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
-  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), thresholds, g.row_ptr, g.blocks,
-                                              g.d_entries, cfg, s.scale, t0);
+  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), g.thresholds, g.row_ptr, g.blocks,
+                                              g.entry_pbar, g.d_entries, cfg, s.scale, t0);
   return tile_scores_backward(s, q_rows, d_scores.view(s.scores.sizes()), /*tf32=*/true);
 }
 #endif
@@ -258,7 +257,7 @@ std::pair<Tensor, Tensor> fused_routing_backward(const DashConfig& cfg, const Te
 struct RoutingPath {
   TileLists (*lists)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t);
   std::pair<Tensor, Tensor> (*backward)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t,
-                                        const Tensor& kept, const TileEntriesGrad& g);
+                                        const TileGrad&);
 };
 
 RoutingPath routing_path(bool fused) {
@@ -320,11 +319,12 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const int64_t G = q.size(1) / kbar.size(1), T = q.size(2);
     const AutocastOff autocast_off;
     const RoutingPath path = routing_path(fused);
-    std::vector<Tensor> counts, blocks, entries, kept;
+    std::vector<Tensor> counts, blocks, entries, thresholds, entry_pbar;
     std::vector<int64_t> offsets{0};  // each tile's first entry
     for (const auto& t : routing_tiles(q.size(0), kbar.size(1), T, tile_rows)) {
       const TileLists tile = path.lists(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T);
-      if (tile.kept.defined()) kept.push_back(tile.kept.flatten());
+      if (tile.thresholds.defined()) thresholds.push_back(tile.thresholds.flatten());
+      if (tile.entry_pbar.defined()) entry_pbar.push_back(tile.entry_pbar);
       counts.push_back(tile.counts);
       blocks.push_back(tile.blocks);
       entries.push_back(tile.entries);
@@ -332,8 +332,9 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     }
     auto row_ptr = row_ptr_from_counts(torch::cat(counts));
     auto block_ids = torch::cat(blocks);
-    // What the path keeps per tile, in tile order: [G n 2] floats each for the fused kernels.
-    ctx->save_for_backward({q, kbar, row_ptr, block_ids, kept.empty() ? Tensor() : torch::cat(kept)});
+    // What the fused kernels keep, in tile order: G n 2 thresholds per tile, a pbar per entry.
+    auto cat = [](const std::vector<Tensor>& v) { return v.empty() ? Tensor() : torch::cat(v); };
+    ctx->save_for_backward({q, kbar, row_ptr, block_ids, cat(thresholds), cat(entry_pbar)});
     save_config(ctx, cfg);
     ctx->saved_data["tile_rows"] = tile_rows;
     ctx->saved_data["fused"] = fused;
@@ -344,7 +345,8 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const Tensor &q = saved[0], &kbar = saved[1], &row_ptr = saved[2], &block_ids = saved[3], &kept = saved[4];
+    const Tensor &q = saved[0], &kbar = saved[1], &row_ptr = saved[2], &block_ids = saved[3],
+                 &thresholds = saved[4], &entry_pbar = saved[5];
     const DashConfig cfg = saved_config(ctx);
     const auto offsets = ctx->saved_data["offsets"].toIntVector();
     const int64_t Hkv = kbar.size(1), G = q.size(1) / Hkv, T = q.size(2);
@@ -354,16 +356,17 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const torch::NoGradGuard no_grad;
     const AutocastOff autocast_off;
     const auto tiles = routing_tiles(q.size(0), Hkv, T, ctx->saved_data["tile_rows"].toInt());
-    int64_t kept_at = 0;
+    auto part = [](const Tensor& x, int64_t at, int64_t size) { return x.defined() ? x.narrow(0, at, size) : x; };
+    int64_t thresholds_at = 0;
     for (size_t i = 0; i < tiles.size(); ++i) {
       const auto& t = tiles[i];
-      const int64_t m = offsets[i + 1] - offsets[i];
-      const Tensor tile_kept = kept.defined() ? kept.narrow(0, kept_at, G * t.n * 2) : Tensor();
-      kept_at += G * t.n * 2;
+      const int64_t m = offsets[i + 1] - offsets[i], first_threshold = thresholds_at;
+      thresholds_at += G * t.n * 2;
       if (m == 0) continue;
-      const TileEntriesGrad g{row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1), block_ids.narrow(0, offsets[i], m),
-                              grads[0].narrow(0, offsets[i], m).to(reference_dtype(q))};
-      auto [dq_rows, dkbar_seen] = path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, tile_kept, g);
+      const TileGrad g{row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1), block_ids.narrow(0, offsets[i], m),
+                       part(entry_pbar, offsets[i], m), part(thresholds, first_threshold, G * t.n * 2),
+                       grads[0].narrow(0, offsets[i], m).to(reference_dtype(q))};
+      auto [dq_rows, dkbar_seen] = path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, g);
       t.q_rows(dq, G).copy_(dq_rows);
       t.kbar_rows(dkbar).narrow(2, 0, dkbar_seen.size(2)).add_(dkbar_seen);
     }

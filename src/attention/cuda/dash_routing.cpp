@@ -78,37 +78,42 @@ RoutedLists dash_routing_lists(const Tensor& scores, const DashConfig& cfg, doub
   const int64_t G = scores.size(0), n = scores.size(1);
   const kn::DashRoutingArgs a = args(scores, cfg, scale, t0, n_chunks);
   auto bias = torch::empty({n, n_chunks}, scores.options());
+  auto pbar = torch::empty({(n + cfg.route_positions - 1) / cfg.route_positions, scores.size(2)}, scores.options());
   RoutedLists r;
   r.thresholds = torch::empty({G, n, 2}, scores.options());
   r.counts = torch::empty({n}, scores.options().dtype(torch::kInt64));
-  check_launch(kn::dash_routing_bias(a, bias.data_ptr<float>(), r.thresholds.data_ptr<float>(),
+  check_launch(kn::dash_routing_bias(a, bias.data_ptr<float>(), pbar.data_ptr<float>(), r.thresholds.data_ptr<float>(),
                                      r.counts.data_ptr<int64_t>(), current_stream()),
                "dash routing");
   const Tensor row_ptr = row_ptr_from_counts(r.counts);
   const int64_t m = row_ptr[n].item<int64_t>();
   r.blocks = torch::empty({m}, r.counts.options().dtype(torch::kInt32));
   r.entries = torch::empty({m}, scores.options());
-  check_launch(kn::dash_routing_lists(a, bias.data_ptr<float>(), row_ptr.data_ptr<int64_t>(),
-                                      r.blocks.data_ptr<int32_t>(), r.entries.data_ptr<float>(), current_stream()),
+  r.entry_pbar = torch::empty({m}, scores.options());
+  check_launch(kn::dash_routing_lists(a, bias.data_ptr<float>(), pbar.data_ptr<float>(), row_ptr.data_ptr<int64_t>(),
+                                      r.blocks.data_ptr<int32_t>(), r.entries.data_ptr<float>(),
+                                      r.entry_pbar.data_ptr<float>(), current_stream()),
                "dash routing lists");
   return r;
 }
 
 Tensor dash_routing_backward(const Tensor& scores, const Tensor& thresholds, const Tensor& row_ptr,
-                             const Tensor& blocks, const Tensor& d_entries, const DashConfig& cfg, double scale,
-                             int64_t t0) {
+                             const Tensor& blocks, const Tensor& entry_pbar, const Tensor& d_entries,
+                             const DashConfig& cfg, double scale, int64_t t0) {
   TORCH_CHECK(thresholds.is_contiguous() && thresholds.numel() == 2 * scores.size(0) * scores.size(1),
               "dash routing backward: thresholds must be the forward's [G, n, 2]");
   TORCH_CHECK(row_ptr.scalar_type() == torch::kInt64 && row_ptr.numel() == scores.size(1) + 1 &&
-                  blocks.scalar_type() == torch::kInt32 && blocks.numel() == d_entries.numel(),
-              "dash routing backward: row_ptr [n + 1] int64, blocks int32 as many as d_entries");
+                  blocks.scalar_type() == torch::kInt32 && entry_pbar.scalar_type() == torch::kFloat32 &&
+                  blocks.numel() == d_entries.numel() && entry_pbar.numel() == d_entries.numel(),
+              "dash routing backward: row_ptr [n + 1] int64; blocks int32, entry_pbar fp32, as many as d_entries");
   const c10::cuda::CUDAGuard guard(scores.device());
-  const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), g = d_entries.to(torch::kFloat32).contiguous();
+  const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
+               g = d_entries.to(torch::kFloat32).contiguous();
   auto d_scores = torch::empty_like(scores);
   // n_chunks is not read by the backward: the lists say which chunks each row reads.
   check_launch(kn::dash_routing_backward(args(scores, cfg, scale, t0, scores.size(2)), thresholds.data_ptr<float>(),
-                                         starts.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), g.data_ptr<float>(),
-                                         d_scores.data_ptr<float>(), current_stream()),
+                                         starts.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), pbar.data_ptr<float>(),
+                                         g.data_ptr<float>(), d_scores.data_ptr<float>(), current_stream()),
                "dash routing backward");
   return d_scores;
 }

@@ -27,7 +27,10 @@ struct RoutedLists {
   torch::Tensor counts;      // [n] int64: each row's list length
   torch::Tensor blocks;      // [m] int32: the rows' listed chunks, row after row, ascending
   torch::Tensor entries;     // [m] fp32: their bias (dash.h's chunk_bias)
-  torch::Tensor thresholds;  // [G, n, 2]: what dash_routing_backward needs of the forward
+  // What dash_routing_backward needs of the forward: each entmax row's threshold and each
+  // entry's pbar (the group's mean probability).
+  torch::Tensor thresholds;  // [G, n, 2]
+  torch::Tensor entry_pbar;  // [m]
 };
 
 // scores [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's
@@ -36,12 +39,14 @@ struct RoutedLists {
 RoutedLists dash_routing_lists(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
                                int64_t n_chunks);
 
-// The gradient of the entries -> d scores [G, n, n_seen], for the scores and thresholds of the
-// forward. row_ptr [n + 1]: where each row's entries start in the lists these rows are part
-// of; blocks and d_entries: this tile's entries (from row_ptr[0] on).
+// The gradient of the entries -> d scores [G, n, n_seen], for the scores, thresholds and
+// entry_pbar of the forward. row_ptr [n + 1]: where each row's entries start in the lists
+// these rows are part of; blocks, entry_pbar and d_entries: this tile's entries (from
+// row_ptr[0] on).
 torch::Tensor dash_routing_backward(const torch::Tensor& scores, const torch::Tensor& thresholds,
                                     const torch::Tensor& row_ptr, const torch::Tensor& blocks,
-                                    const torch::Tensor& d_entries, const DashConfig& cfg, double scale, int64_t t0);
+                                    const torch::Tensor& entry_pbar, const torch::Tensor& d_entries,
+                                    const DashConfig& cfg, double scale, int64_t t0);
 
 }  // namespace st::cuda
 #endif  // SPARSETRAIN_CUDA
