@@ -32,7 +32,7 @@ struct Routing {
   }
   __device__ int64_t entmax_rows() const { return a.G * rows; }
   // Entmax row k: head k % G of row r0 + k / G.
-  __device__ const float* scores(int64_t k) const { return a.scores + ((k % a.G) * a.n + r0 + k / a.G) * a.n_seen; }
+  __device__ const float* scores(int64_t k) const { return a.scores + ((k % a.G) * a.n + r0 + k / a.G) * a.scores_ld; }
   __device__ float z(const float* row, int64_t c) const { return __fmul_rn(a.scale, row[c]); }
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
   __device__ bool forced(int64_t c) const { return c == own || (c < own && !candidate(c)); }
@@ -213,7 +213,7 @@ int64_t routings(const DashRoutingArgs& a) { return (a.n + a.route_positions - 1
 
 bool shape_ok(const DashRoutingArgs& a) {
   return a.G >= 1 && a.route_positions >= 1 && a.G * a.route_positions <= kDashMaxRows && a.chunk > 0 &&
-         a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 &&
+         a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 && a.scores_ld >= a.n_seen &&
          a.n_seen <= kDashMaxSeen && routings(a) < (int64_t(1) << 31);
 }
 

@@ -26,6 +26,7 @@ struct DashRoutingArgs {
   // [G, n, n_seen] fp32: q . kbar for query positions t0 .. t0 + n - 1 of the G heads of one KV
   // group against chunks 0 .. n_seen - 1 (n_seen covers every row's past complete chunks).
   const float* scores;
+  int64_t scores_ld;  // the row stride of scores and d_scores, >= n_seen
   int64_t G, n, n_seen, n_chunks, t0;
   int64_t chunk, sink_chunks, local_chunks;  // row t routes among chunks sink <= c < t / chunk - local
   int64_t route_positions;                   // R: rows t0 + R i .. share one pbar (R divides chunk and t0)

@@ -18,7 +18,7 @@ struct ScoreParams {
   int64_t head_stride, row_stride;
   const __nv_bfloat16* kbar_parts;
   float* scores;
-  int64_t n, n_seen, t0, chunk;
+  int64_t n, n_seen, ld, t0, chunk;  // ld: the scores' row stride
   int G, P;  // P = 64 / G positions per query tile
 };
 
@@ -97,12 +97,12 @@ __global__ void __launch_bounds__(128, 4) dash_scores_kernel(const ScoreParams p
     for (int half = 0; half < 2; ++half) {
       const int r = warp * 16 + g4 + 8 * half;
       if (!row_valid(r)) continue;
-      float* out = p.scores + ((r % p.G) * p.n + i0 + r / p.G) * p.n_seen;
+      float* out = p.scores + ((r % p.G) * p.n + i0 + r / p.G) * p.ld;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         const int64_t col = c0 + nt * 8 + 2 * c;
         const float x = s[nt][2 * half], y = s[nt][2 * half + 1];
-        if (col + 1 < n_cols && (p.n_seen & 1) == 0) {
+        if (col + 1 < n_cols && (p.ld & 1) == 0) {
           *reinterpret_cast<float2*>(out + col) = make_float2(x, y);
         } else {
           if (col < n_cols) out[col] = x;
@@ -130,7 +130,7 @@ int launch(const ScoreParams& p, cudaStream_t stream) {
 bool dash_scores_runs_here() { return wgmma_runs_here(dash_scores_kernel<128>); }
 
 int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
-  if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.t0 < 0 || a.chunk <= 0 ||
+  if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.scores_ld < a.n_seen || a.t0 < 0 || a.chunk <= 0 ||
       (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX || (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
     return kBsaBadShape;
   if (a.n == 0 || a.n_seen == 0) return 0;
@@ -142,6 +142,7 @@ int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   p.scores = a.scores;
   p.n = a.n;
   p.n_seen = a.n_seen;
+  p.ld = a.scores_ld;
   p.t0 = a.t0;
   p.chunk = a.chunk;
   p.G = static_cast<int>(a.G);

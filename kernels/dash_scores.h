@@ -18,8 +18,8 @@ struct DashScoreArgs {
   const void* q;
   int64_t head_stride, row_stride;
   const void* kbar_parts;  // [3, n_seen, d] bf16: hi, mid, lo with kbar = hi + mid + lo
-  float* scores;           // out: [G, n, n_seen]
-  int64_t G, n, n_seen, t0, chunk, d;
+  float* scores;           // out: [G, n, n_seen], rows scores_ld >= n_seen floats apart
+  int64_t G, n, n_seen, scores_ld, t0, chunk, d;
 };
 
 // Whether this device and build run dash_scores (an sm_90 GPU, sm_90a code in the build).

@@ -15,11 +15,20 @@ namespace {
 
 using torch::Tensor;
 
+// [G, n, n_seen] fp32 with rows padded to 16 bytes: cuBLAS runs the scores' TF32 products
+// (dash.cpp) on its aligned sm_90 kernels only when the rows' stride allows 16-byte loads.
+Tensor padded_rows(int64_t G, int64_t n, int64_t n_seen, const torch::TensorOptions& options) {
+  return torch::empty({G, n, (n_seen + 3) / 4 * 4}, options.dtype(torch::kFloat32)).narrow(2, 0, n_seen);
+}
+
 kn::DashRoutingArgs args(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0, int64_t n_chunks) {
-  TORCH_CHECK(scores.is_cuda() && scores.scalar_type() == torch::kFloat32 && scores.dim() == 3 && scores.is_contiguous(),
-              "dash routing: scores must be contiguous fp32 CUDA [G, n, n_seen]");
+  TORCH_CHECK(scores.is_cuda() && scores.scalar_type() == torch::kFloat32 && scores.dim() == 3 &&
+                  scores.stride(2) == 1 && scores.stride(1) >= scores.size(2) &&
+                  scores.stride(0) == scores.size(1) * scores.stride(1),
+              "dash routing: scores must be fp32 CUDA [G, n, n_seen], rows apart by a stride >= n_seen");
   kn::DashRoutingArgs a{};
   a.scores = scores.data_ptr<float>();
+  a.scores_ld = scores.stride(1);
   a.G = scores.size(0); a.n = scores.size(1); a.n_seen = scores.size(2); a.n_chunks = n_chunks; a.t0 = t0;
   a.chunk = cfg.chunk; a.sink_chunks = cfg.sink_chunks; a.local_chunks = cfg.local_chunks;
   a.route_positions = cfg.route_positions;
@@ -55,7 +64,7 @@ Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t
   auto lo = (rest - mid.to(torch::kFloat32)).to(torch::kBFloat16);
   const Tensor parts = torch::stack({hi, mid, lo});
   const int64_t G = q_rows.size(1), n = q_rows.size(2), n_seen = kbar.size(0);
-  auto scores = torch::empty({G, n, n_seen}, kbar.options());
+  auto scores = padded_rows(G, n, n_seen, kbar.options());
   kn::DashScoreArgs a{};
   a.q = q_rows.data_ptr();
   a.head_stride = q_rows.stride(1);
@@ -65,6 +74,7 @@ Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t
   a.G = G;
   a.n = n;
   a.n_seen = n_seen;
+  a.scores_ld = scores.stride(1);
   a.t0 = t0;
   a.chunk = chunk;
   a.d = q_rows.size(3);
@@ -109,9 +119,10 @@ Tensor dash_routing_backward(const Tensor& scores, const Tensor& thresholds, con
   const c10::cuda::CUDAGuard guard(scores.device());
   const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
                g = d_entries.to(torch::kFloat32).contiguous();
-  auto d_scores = torch::empty_like(scores);
-  // n_chunks is not read by the backward: the lists say which chunks each row reads.
-  check_launch(kn::dash_routing_backward(args(scores, cfg, scale, t0, scores.size(2)), thresholds.data_ptr<float>(),
+  const kn::DashRoutingArgs a = args(scores, cfg, scale, t0, scores.size(2));  // the backward reads no n_chunks
+  // d_scores in the scores' layout: the kernel writes both with one row stride.
+  auto d_scores = torch::empty({scores.size(0), scores.size(1), a.scores_ld}, scores.options()).narrow(2, 0, a.n_seen);
+  check_launch(kn::dash_routing_backward(a, thresholds.data_ptr<float>(),
                                          starts.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), pbar.data_ptr<float>(),
                                          g.data_ptr<float>(), d_scores.data_ptr<float>(), current_stream()),
                "dash routing backward");
