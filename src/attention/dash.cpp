@@ -80,8 +80,8 @@ TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor
   return s;
 }
 
-// The scores' vector-Jacobian product: d scores -> d q_rows [B, G, n, d] and d kbar's first
-// n_seen chunks [B, Hkv, n_seen, d].
+// The scores' vector-Jacobian product for one (b, hkv) group's tile: d scores [1, 1, G, n,
+// n_seen] -> d q_rows [1, G, n, d] and d kbar's first n_seen chunks [1, 1, n_seen, d].
 // tf32: both products on TF32 tensor cores (10-bit mantissas, ~5e-4 relative), for the
 // kernels' path: these gradients join the core's, whose products round to bf16 (8 bits), and
 // in fp32 on CUDA cores they took ~12 of the ~60 ms of Dash's routing at 64K (H200).
@@ -99,10 +99,13 @@ std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor
       at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, p);
     }
   } const precision(tf32);
-  auto dq = torch::matmul(d_scores, s.kbar_seen).flatten(1, 2);
-  // The sum over the group's heads inside one product: [B, Hkv, n_seen, G n] x [B, Hkv, G n, d].
-  auto dkbar =
-      torch::matmul(d_scores.flatten(2, 3).transpose(-1, -2), q_groups(q_rows, s.kbar_seen.size(1)).flatten(2, 3));
+  // A tile is one (b, hkv) group: each product is one 2-D GEMM over the group's G n rows, and
+  // the scores' padded row stride (attention/cuda/dash_routing.h) reaches cuBLAS as it is.
+  const int64_t G = d_scores.size(2), n = d_scores.size(3), n_seen = d_scores.size(4), d = s.kbar_seen.size(4);
+  auto rows = d_scores.reshape({G * n, n_seen});
+  auto dq = torch::mm(rows, s.kbar_seen.reshape({n_seen, d})).view({1, G, n, d});
+  // The sum over the group's heads inside one product: [n_seen, G n] x [G n, d].
+  auto dkbar = torch::mm(rows.t(), q_groups(q_rows, 1).reshape({G * n, d})).view({1, 1, n_seen, d});
   return {dq, dkbar};
 }
 
