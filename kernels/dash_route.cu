@@ -9,7 +9,7 @@
 namespace st::kernels {
 namespace {
 
-constexpr int kMaxWarps = 8;              // routings per block, one warp each
+constexpr int kMaxWarps = 8;               // routings per block, one warp each
 constexpr size_t kSmemBudget = 96 * 1024;  // per block: a [n_seen] float array per warp
 
 // One routing's rows (the R positions of routing g, fewer at the tile's end), by one warp, with
@@ -213,8 +213,8 @@ int64_t routings(const DashRoutingArgs& a) { return (a.n + a.route_positions - 1
 
 bool shape_ok(const DashRoutingArgs& a) {
   return a.G >= 1 && a.route_positions >= 1 && a.G * a.route_positions <= kDashMaxRows && a.chunk > 0 &&
-         a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 && a.scores_ld >= a.n_seen &&
-         a.n_seen <= kDashMaxSeen && routings(a) < (int64_t(1) << 31);
+         a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 &&
+         a.scores_ld >= a.n_seen && a.n_seen <= kDashMaxSeen && routings(a) < (int64_t(1) << 31);
 }
 
 // Warps per block for the routing kernels: as many [n_seen] arrays as kSmemBudget holds (8 at

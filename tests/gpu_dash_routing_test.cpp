@@ -71,7 +71,7 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
       {1, 2, 3, 4096, 64, 64, 8.0, 2.0, "unnormalized", 1, 2, 0},
       {1, 1, 16, 4096, 128, 64, 3.0, 1.0, "unnormalized", 0, 0, 1000},
       {1, 1, 16, 8192, 128, 64, 16.0, 1.0, "normalized", 2, 1, 0},
-      {1, 1, 8, 20000, 128, 64, 6.0, 1.0, "unnormalized", 0, 0, 0},  // over 256 chunks per row
+      {1, 1, 8, 20000, 128, 64, 6.0, 1.0, "unnormalized", 0, 0, 0},         // over 256 chunks per row
       {1, 2, 16, 4099, 128, 64, 24.0, 1.0, "unnormalized", 0, 0, 1000, 4},  // one routing per 4 positions
       {2, 1, 4, 3001, 64, 64, 16.0, 1.0, "normalized", 1, 1, 0, 16},        // per 16, ragged
       {1, 1, 3, 2000, 64, 32, 5.0, 1.0, "unnormalized", 0, 2, 500, 2},

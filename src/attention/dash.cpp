@@ -348,8 +348,8 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const Tensor &q = saved[0], &kbar = saved[1], &row_ptr = saved[2], &block_ids = saved[3],
-                 &thresholds = saved[4], &entry_pbar = saved[5];
+    const Tensor &q = saved[0], &kbar = saved[1], &row_ptr = saved[2], &block_ids = saved[3], &thresholds = saved[4],
+                 &entry_pbar = saved[5];
     const DashConfig cfg = saved_config(ctx);
     const auto offsets = ctx->saved_data["offsets"].toIntVector();
     const int64_t Hkv = kbar.size(1), G = q.size(1) / Hkv, T = q.size(2);

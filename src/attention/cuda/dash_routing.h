@@ -24,9 +24,9 @@ torch::Tensor dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar
 
 // A routing tile's lists: block_sparse_dispatch.h's BlockRows for its n rows.
 struct RoutedLists {
-  torch::Tensor counts;      // [n] int64: each row's list length
-  torch::Tensor blocks;      // [m] int32: the rows' listed chunks, row after row, ascending
-  torch::Tensor entries;     // [m] fp32: their bias (dash.h's chunk_bias)
+  torch::Tensor counts;   // [n] int64: each row's list length
+  torch::Tensor blocks;   // [m] int32: the rows' listed chunks, row after row, ascending
+  torch::Tensor entries;  // [m] fp32: their bias (dash.h's chunk_bias)
   // What dash_routing_backward needs of the forward: each entmax row's threshold and each
   // entry's pbar (the group's mean probability).
   torch::Tensor thresholds;  // [G, n, 2]
