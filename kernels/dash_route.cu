@@ -206,6 +206,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
       const float s = pc > 0.f ? sqrtf(pc) : 0.f;
       out[c] = s * (dp[c] - mean) * a.scale;
     });
+    for (int64_t c = a.n_seen + rt.lane; c < a.scores_ld; c += 32) out[c] = 0.f;  // whole rows: 0 past n_seen
   }
 }
 

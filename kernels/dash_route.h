@@ -49,10 +49,10 @@ int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* pbar, float*
 int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const float* pbar, const int64_t* row_ptr,
                        int32_t* blocks, float* entries, float* entry_pbar, cudaStream_t stream);
 
-// d_scores [G, n, n_seen] from the gradient of the rows' list entries (d_entries, laid out as
-// dash_routing_lists writes them; entries at bias 0 carry none), with the forward's thresholds
-// and entry_pbar for the same scores. All three return 0, a cudaError_t, or kBsaBadShape
-// beyond kDashMaxRows / kDashMaxSeen.
+// d_scores [G, n, scores_ld] (0 past n_seen) from the gradient of the rows' list entries
+// (d_entries, laid out as dash_routing_lists writes them; entries at bias 0 carry none), with
+// the forward's thresholds and entry_pbar for the same scores. All three return 0, a
+// cudaError_t, or kBsaBadShape beyond kDashMaxRows / kDashMaxSeen.
 int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr,
                           const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* d_scores,
                           cudaStream_t stream);

@@ -81,7 +81,7 @@ TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor
 }
 
 // The scores' vector-Jacobian product for one (b, hkv) group's tile: d scores [1, 1, G, n,
-// n_seen] -> d q_rows [1, G, n, d] and d kbar's first n_seen chunks [1, 1, n_seen, d].
+// w >= n_seen] -> d q_rows [1, G, n, d] and d kbar's first n_seen chunks [1, 1, n_seen, d].
 // tf32: both products on TF32 tensor cores (10-bit mantissas, ~5e-4 relative), for the
 // kernels' path: these gradients join the core's, whose products round to bf16 (8 bits), and
 // in fp32 on CUDA cores they took ~12 of the ~60 ms of Dash's routing at 64K (H200).
@@ -101,11 +101,16 @@ std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor
   } const precision(tf32);
   // A tile is one (b, hkv) group: each product is one 2-D GEMM over the group's G n rows, and
   // the scores' padded row stride (attention/cuda/dash_routing.h) reaches cuBLAS as it is.
-  const int64_t G = d_scores.size(2), n = d_scores.size(3), n_seen = d_scores.size(4), d = s.kbar_seen.size(4);
-  auto rows = d_scores.reshape({G * n, n_seen});
-  auto dq = torch::mm(rows, s.kbar_seen.reshape({n_seen, d})).view({1, G, n, d});
-  // The sum over the group's heads inside one product: [n_seen, G n] x [G n, d].
-  auto dkbar = torch::mm(rows.t(), q_groups(q_rows, 1).reshape({G * n, d})).view({1, 1, n_seen, d});
+  // d_scores may be wider than n_seen, zero past it (the kernels' padded rows): the products
+  // then run over whole 16-byte rows, and kbar gets zero rows to match.
+  const int64_t G = d_scores.size(2), n = d_scores.size(3), w = d_scores.size(4), d = s.kbar_seen.size(4),
+                n_seen = s.kbar_seen.size(3);
+  auto rows = d_scores.reshape({G * n, w});
+  auto kbar_rows = torch::constant_pad_nd(s.kbar_seen.reshape({n_seen, d}), {0, 0, 0, w - n_seen});
+  auto dq = torch::mm(rows, kbar_rows).view({1, G, n, d});
+  // The sum over the group's heads inside one product: [w, G n] x [G n, d].
+  auto dkbar =
+      torch::mm(rows.t(), q_groups(q_rows, 1).reshape({G * n, d})).narrow(0, 0, n_seen).view({1, 1, n_seen, d});
   return {dq, dkbar};
 }
 
@@ -252,7 +257,7 @@ std::pair<Tensor, Tensor> fused_routing_backward(const DashConfig& cfg, const Te
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
   auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), g.thresholds, g.row_ptr, g.blocks,
                                               g.entry_pbar, g.d_entries, cfg, s.scale, t0);
-  return tile_scores_backward(s, q_rows, d_scores.view(s.scores.sizes()), /*tf32=*/true);
+  return tile_scores_backward(s, q_rows, d_scores.view({1, 1, G, n, d_scores.size(2)}), /*tf32=*/true);
 }
 #endif
 

@@ -120,8 +120,8 @@ Tensor dash_routing_backward(const Tensor& scores, const Tensor& thresholds, con
   const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
                g = d_entries.to(torch::kFloat32).contiguous();
   const kn::DashRoutingArgs a = args(scores, cfg, scale, t0, scores.size(2));  // the backward reads no n_chunks
-  // d_scores in the scores' layout: the kernel writes both with one row stride.
-  auto d_scores = torch::empty({scores.size(0), scores.size(1), a.scores_ld}, scores.options()).narrow(2, 0, a.n_seen);
+  // d_scores in the scores' layout, whole rows: the kernel writes both with one row stride.
+  auto d_scores = torch::empty({scores.size(0), scores.size(1), a.scores_ld}, scores.options());
   check_launch(kn::dash_routing_backward(a, thresholds.data_ptr<float>(), starts.data_ptr<int64_t>(),
                                          ids.data_ptr<int32_t>(), pbar.data_ptr<float>(), g.data_ptr<float>(),
                                          d_scores.data_ptr<float>(), current_stream()),

@@ -39,10 +39,11 @@ struct RoutedLists {
 RoutedLists dash_routing_lists(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
                                int64_t n_chunks);
 
-// The gradient of the entries -> d scores [G, n, n_seen], for the scores, thresholds and
-// entry_pbar of the forward. row_ptr [n + 1]: where each row's entries start in the lists
-// these rows are part of; blocks, entry_pbar and d_entries: this tile's entries (from
-// row_ptr[0] on).
+// The gradient of the entries -> d scores [G, n, w], w >= n_seen the scores' row stride and the
+// columns past n_seen 0 (so the backward's products run over whole aligned rows), for the
+// scores, thresholds and entry_pbar of the forward. row_ptr [n + 1]: where each row's entries
+// start in the lists these rows are part of; blocks, entry_pbar and d_entries: this tile's
+// entries (from row_ptr[0] on).
 torch::Tensor dash_routing_backward(const torch::Tensor& scores, const torch::Tensor& thresholds,
                                     const torch::Tensor& row_ptr, const torch::Tensor& blocks,
                                     const torch::Tensor& entry_pbar, const torch::Tensor& d_entries,
