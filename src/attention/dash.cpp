@@ -365,14 +365,13 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const AutocastOff autocast_off;
     const auto tiles = routing_tiles(q.size(0), Hkv, T, ctx->saved_data["tile_rows"].toInt());
     auto part = [](const Tensor& x, int64_t at, int64_t size) { return x.defined() ? x.narrow(0, at, size) : x; };
-    int64_t thresholds_at = 0;
     for (size_t i = 0; i < tiles.size(); ++i) {
       const auto& t = tiles[i];
-      const int64_t m = offsets[i + 1] - offsets[i], first_threshold = thresholds_at;
-      thresholds_at += G * t.n * 2;
+      const int64_t m = offsets[i + 1] - offsets[i];
       if (m == 0) continue;
+      // The tiles cover the rows in order, G x 2 thresholds per row.
       const TileGrad g{row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1), block_ids.narrow(0, offsets[i], m),
-                       part(entry_pbar, offsets[i], m), part(thresholds, first_threshold, G * t.n * 2),
+                       part(entry_pbar, offsets[i], m), part(thresholds, G * 2 * t.first_row(Hkv, T), G * 2 * t.n),
                        grads[0].narrow(0, offsets[i], m).to(reference_dtype(q))};
       auto [dq_rows, dkbar_seen] = path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, g);
       t.q_rows(dq, G).copy_(dq_rows);
