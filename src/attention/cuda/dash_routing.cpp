@@ -5,6 +5,7 @@
 
 #include "attention/block_sparse_dispatch.h"
 #include "attention/cuda/launch.h"
+#include "attention/cuda/rounding_parts.h"
 #include "dash_route.h"
 #include "dash_scores.h"
 
@@ -57,12 +58,7 @@ Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t
   TORCH_CHECK(kbar.dim() == 2 && kbar.size(1) == q_rows.size(3) && kbar.scalar_type() == torch::kFloat32,
               "dash scores: kbar must be fp32 [n_seen, d]");
   const c10::cuda::CUDAGuard guard(q_rows.device());
-  // kbar = hi + mid + lo, each part the bf16 rounding of what the earlier ones leave.
-  auto hi = kbar.to(torch::kBFloat16);
-  auto rest = kbar - hi.to(torch::kFloat32);
-  auto mid = rest.to(torch::kBFloat16);
-  auto lo = (rest - mid.to(torch::kFloat32)).to(torch::kBFloat16);
-  const Tensor parts = torch::stack({hi, mid, lo});
+  const Tensor parts = rounding_parts(kbar, torch::kBFloat16, 3);  // kbar = hi + mid + lo
   const int64_t G = q_rows.size(1), n = q_rows.size(2), n_seen = kbar.size(0);
   auto scores = padded_rows(G, n, n_seen, kbar.options());
   kn::DashScoreArgs a{};

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "attention/cuda/launch.h"
+#include "attention/cuda/rounding_parts.h"
 #include "block_select.h"
 
 namespace st::cuda {
@@ -21,9 +22,10 @@ int64_t blocks_of(int64_t T, const SelectionKnobs& knobs) { return (T + knobs.bl
 // The kernels' inputs: q in `dtype`; k_cmp as its high part in `dtype` plus the residual.
 struct Operands {
   Tensor q, k_hi, k_lo;
-  Operands(const Tensor& q_in, const Tensor& k_cmp, torch::ScalarType dtype)
-      : q(q_in.to(dtype).contiguous()), k_hi(k_cmp.to(dtype).contiguous()) {
-    k_lo = (k_cmp.to(torch::kFloat32) - k_hi.to(torch::kFloat32)).to(dtype).contiguous();
+  Operands(const Tensor& q_in, const Tensor& k_cmp, torch::ScalarType dtype) : q(q_in.to(dtype).contiguous()) {
+    const Tensor parts = rounding_parts(k_cmp, dtype, 2);
+    k_hi = parts[0];
+    k_lo = parts[1];
   }
 };
 
