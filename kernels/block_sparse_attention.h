@@ -75,30 +75,26 @@ int bsa_plan(const BsaShape& s, const BsaRows& rows, void* workspace, BsaPlan* p
 // build has sm_90a code), mma.sync elsewhere; kPortable: mma.sync everywhere (tests compare).
 enum class BsaPath { kAuto, kPortable };
 
-// Forward: o and lse; and, when o_lo is not null, o's rounding residual o_lo = o32 - o (o32
-// the fp32 output before rounding, o_lo in o's dtype), which the backward adds back for an
-// exact delta. With o_lo the P V product also takes P as hi + lo 16-bit parts (one more MMA
-// per step), so that o32 is the output of the fp32 P and not of P rounded to 16 bits.
+// Forward: o and lse.
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
-                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, void* o_lo,
-                float* lse, cudaStream_t stream, BsaPath path = BsaPath::kAuto);
+                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, float* lse,
+                cudaStream_t stream, BsaPath path = BsaPath::kAuto);
 
 // Backward: dq, dk, dv and dbias ([nnz], may be null when rows.bias is null or unused).
-// o_lo: the forward's residual or null. delta = rowsum(dO * O) is the row's sum of P dP, so
-// every row's dS sums to 0; from the 16-bit O (and a P V product of 16-bit P) it is ~2^-9
-// relative off, which adds delta's error times the block's probability mass to each d(bias). A caller that
-// differentiates a bias that was itself computed (DashAttention's log prior, whose gradient
-// divides by small routing weights) passes o_lo; d(bias) then matches an fp32 reference.
-// scratch: bsa_backward_scratch_bytes(s) bytes (fp32 dK/dV accumulators and delta =
-// rowsum(do * o)). One CTA per (b, hkv, KV block, window of 512 query tiles) walks that part
-// of the block's reverse list with dK/dV in registers and adds them into the fp32 scratch with
-// atomics; a second pass walks each query tile's blocks for dQ, in registers, written once.
+// scratch: bsa_backward_scratch_bytes(s) bytes (fp32 dK/dV accumulators and delta, the rows'
+// sums of P dP). A pass over each query tile's blocks computes dQ in registers (written once)
+// and each row's sum of P dP; then one CTA per (b, hkv, KV block, window of 512 query tiles)
+// walks that part of the block's reverse list with dK/dV in registers and adds them into the
+// fp32 scratch with atomics. dS = P (dP - delta) takes delta as that sum, not as dO . O from
+// the 16-bit O (~2^-9 relative off it), so each row of dS sums to 0 to fp32 rounding and
+// d(bias), a sum of dS over a block, matches an fp32 reference (DashAttention's prior divides
+// d(bias) by small routing weights). dQ's own dS uses dO . O, as FlashAttention does.
 // dQ and dbias (once per list entry) are deterministic; dK and dV are not bitwise where a
 // block's query tiles span several windows (more than 512 tiles per head, i.e. T * G > 32K):
 // their summation order follows the atomics (differences at fp32 rounding level).
 size_t bsa_backward_scratch_bytes(const BsaShape& s);
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
-                 const void* o, const void* o_lo, const float* lse, const void* dout, const BsaRows& rows,
+                 const void* o, const float* lse, const void* dout, const BsaRows& rows,
                  const BsaPlan& plan, float scale, void* dq, void* dk, void* dv, float* dbias,
                  void* scratch, cudaStream_t stream, BsaPath path = BsaPath::kAuto);
 

@@ -1,6 +1,9 @@
-// Backward of block-sparse attention, FlashAttention-2 style, in three launches:
-//   prep kernel:  delta = rowsum(dO * O) per query row (O plus the forward's rounding residual
-//                 when given).
+// Backward of block-sparse attention, FlashAttention-2 style, in four launches:
+//   prep kernel:  delta = rowsum(dO * O) per query row.
+//   dQ pass:      bsa_forward.cu's walk over each query tile's blocks, recomputing S and dP
+//                 (TilePass::kDq); dQ stays in registers, no atomics. It also replaces each
+//                 row's delta by the row's sum of P dP (what delta stands for, to fp32
+//                 rounding; the 16-bit O puts dO . O ~2^-9 relative off it, bsa_forward.cu).
 //   dK/dV kernel: one CTA per (b, hkv, query window w, KV block j) takes the tiles of j's
 //                 reverse list (the query tiles whose union holds j, built by bsa_plan) that lie
 //                 in window w. Per tile: S^T = K Q^T and dP^T = V dO^T, P^T from the saved
@@ -9,8 +12,6 @@
 //                 CTAs add to the same keys). d(bias) of a selected (position, block) is dS
 //                 summed over the block's keys and the group's G heads: a column sum of dS^T in
 //                 each warp (shuffles), then across the 4 warps in shared memory.
-//   dQ pass:      bsa_forward.cu's walk over each query tile's blocks, recomputing S and dP
-//                 (TilePass::kDq); dQ stays in registers, no atomics.
 //   convert:      dk, dv from the accumulators, in the input dtype.
 // dQ used to come from this kernel too (dS^T through shared memory, dS K per tile, fp32
 // atomics): five matmuls per pair instead of seven, but L2 had to add 32 KB of atomics per
@@ -48,15 +49,6 @@ __global__ void __launch_bounds__(kPrepThreads) bsa_bwd_prep_kernel(const BsaPar
     for (int e = 0; e < 4; ++e) {
       const float2 fa = Elem<T>::unpack(av[e]), fd = Elem<T>::unpack(dv[e]);
       acc += fa.x * fd.x + fa.y * fd.y;
-    }
-    if (p.o_lo) {
-      const uint4 r = *reinterpret_cast<const uint4*>(static_cast<const T*>(p.o_lo) + off);
-      const uint32_t rv[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 fr = Elem<T>::unpack(rv[e]), fd = Elem<T>::unpack(dv[e]);
-        acc += fr.x * fd.x + fr.y * fd.y;
-      }
     }
   }
 #pragma unroll
@@ -352,9 +344,10 @@ int launch(const BsaParams& p, int64_t B, BsaPath path, cudaStream_t stream) {
   // Two CTAs per SM need nearly all of the 228 KB: ask for the largest shared-memory carveout.
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
   const unsigned windows = static_cast<unsigned>((p.tiles_per_head + kWindowTiles - 1) / kWindowTiles);
+  // The dQ pass first: it leaves the rows' sums of P dP in delta for the dK/dV kernel.
+  if (const int rc = launch_tile_pass(p, B, D, std::is_same_v<T, __nv_bfloat16>, TilePass::kDq, path, stream)) return rc;
   kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), 128, kSmem, stream>>>(p);
   if ((e = cudaGetLastError())) return e;
-  if (const int rc = launch_tile_pass(p, B, D, std::is_same_v<T, __nv_bfloat16>, TilePass::kDq, path, stream)) return rc;
   if ((e = convert<T>(p.dk_accum, p.dk, p.scale, kv_elems, stream))) return e;
   return convert<T>(p.dv_accum, p.dv, 1.f, kv_elems, stream);
 }
@@ -381,7 +374,7 @@ Scratch scratch_layout(const BsaShape& s) {
 size_t bsa_backward_scratch_bytes(const BsaShape& s) { return scratch_layout(s).total; }
 
 int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
-                 const void* o, const void* o_lo, const float* lse, const void* dout, const BsaRows& rows,
+                 const void* o, const float* lse, const void* dout, const BsaRows& rows,
                  const BsaPlan& plan, float scale, void* dq, void* dk, void* dv, float* dbias,
                  void* scratch, cudaStream_t stream, BsaPath path) {
   if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || (s.d != 64 && s.d != 128) || s.T <= 0 ||
@@ -393,7 +386,7 @@ int bsa_backward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, c
     if (e) return e;
   }
   dev::BsaParams p{};
-  p.q = q; p.k = k; p.v = v; p.o = o; p.o_lo = const_cast<void*>(o_lo); p.dout = dout; p.out = dq; p.dk = dk; p.dv = dv;
+  p.q = q; p.k = k; p.v = v; p.o = o; p.dout = dout; p.out = dq; p.dk = dk; p.dv = dv;
   p.lse = const_cast<float*>(lse); p.dbias = dbias;
   const Scratch l = scratch_layout(s);
   char* base = static_cast<char*>(scratch);

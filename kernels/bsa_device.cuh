@@ -124,21 +124,6 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
   a[3] = Elem<T>::pack(c1[2], c1[3]);
 }
 
-// What c_to_a rounds off: the A fragment of c - T(c). c_to_a plus this, through two MMAs,
-// carries the fp32 values to ~16 mantissa bits.
-template <typename T>
-__device__ __forceinline__ void c_to_a_residual(uint32_t (&a)[4], const float (&c0)[4],
-                                                const float (&c1)[4]) {
-  auto lo = [](float x, float y) {
-    const float2 r = Elem<T>::unpack(Elem<T>::pack(x, y));
-    return Elem<T>::pack(x - r.x, y - r.y);
-  };
-  a[0] = lo(c0[0], c0[1]);
-  a[1] = lo(c0[2], c0[3]);
-  a[2] = lo(c1[0], c1[1]);
-  a[3] = lo(c1[2], c1[3]);
-}
-
 // 128 threads copy a 64-row x D tile into the swizzled layout. row_src(row) returns the row's
 // global address, or nullptr to zero-fill the row; `any` is any valid global address (a
 // zero-byte cp.async still needs one).

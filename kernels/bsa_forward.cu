@@ -11,11 +11,14 @@
 // kernel walks the other way (a KV block's query tiles) for dK, dV and d(bias); computing dQ
 // there too took fp32 atomics for every (tile, block), which L2 could not absorb (NOTES.md).
 // This pass recomputes S and dP (two more matmuls per pair) and needs none.
-// kExact (when the caller asks for o's rounding residual, i.e. d(bias) matters): P goes into
-// P V as two 16-bit parts, hi + lo, so that the fp32 O and with it the backward's delta =
-// dO . O are those of the fp32 P, not of P rounded to 8 mantissa bits. That rounding put
-// delta 2^-9-relative off, which reaches every d(bias) times the block's probability mass
-// (NOTES.md, Dash gradient). Costs one more MMA per P V step.
+// The dQ pass also sums P dP over each row's blocks and leaves that sum in delta for the dK/dV
+// kernel, which runs after it. The prep kernel's delta = dO . O takes O as the forward wrote
+// it, from P rounded to 16 bits and O rounded again: ~2^-9 relative off the sum of P dP that
+// makes each row of dS sum to 0. dQ tolerates that (as in FlashAttention); d(bias), a sum of
+// dS over a block, gets delta's error times the block's probability mass, which DashAttention's
+// prior then amplifies (NOTES.md, Dash gradient). The sum costs one FMA per element here,
+// where the alternative (P V from P's high and low 16-bit parts in the forward, and O's
+// rounding residual kept for the backward) cost one more MMA per forward step.
 //
 // kWgmma (sm_90): the matmuls as warpgroup MMAs over the whole tile (Q, dO, K and V straight
 // from shared memory, P or dS from registers; bsa_wgmma.cuh) instead of per-warp mma.sync
@@ -34,7 +37,7 @@ using namespace dev;
 
 template <typename T, int D, TilePass kPass, bool kWgmma>
 __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
-  constexpr bool kExact = kPass == TilePass::kForwardExact, kDq = kPass == TilePass::kDq;
+  constexpr bool kDq = kPass == TilePass::kDq;
   constexpr int kTile = 64 * D * 2;        // bytes of one 64 x D tile
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
@@ -86,6 +89,7 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
   const int wrow = warp * 16;
   int t_row[2];
   float lse2[2] = {}, delta2[2] = {};  // dQ: the row's log-sum-exp (base 2) and delta
+  float p_dp[2] = {};                  // dQ: this thread's part of the row's sum of P dP
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const TileRow row = row_of(wrow + g + 8 * i);
@@ -183,6 +187,7 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const float pe = fast_exp2(s[nt][2 * i + e] * p.scale_log2 + bias2[i] - lse2[i]);
+            p_dp[i] += pe * dp[nt][2 * i + e];
             s[nt][2 * i + e] = pe * (dp[nt][2 * i + e] - delta2[i]);
           }
       } else {
@@ -219,45 +224,35 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
       }
     }
     // O += P V, or dQ += dS K (s holds dS then).
-    uint32_t pa[4][4], pl[kExact ? 4 : 1][4];
+    uint32_t pa[4][4];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
-      if constexpr (kExact) c_to_a_residual<T>(pl[kk], s[2 * kk], s[2 * kk + 1]);
-    }
+    for (int kk = 0; kk < 4; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
     if constexpr (kWgmma) wgmma_fence();
     mma_regs_by_tile<T, D, kWgmma>(acc, pa, kDq ? k_s : v_s, lane);
-    if constexpr (kExact) mma_regs_by_tile<T, D, kWgmma>(acc, pl, v_s, lane);
     if constexpr (kWgmma) {
       wgmma_commit();
       wgmma_wait<0>();  // before the next iteration's barrier: that iteration refills this stage
       fence_operands(acc);
       fence_operands(pa);
-      fence_operands(pl);
     }
   }
 
-  // Normalise and write O and the log-sum-exp (natural log); or write dQ (scaled).
+  // Normalise and write O and the log-sum-exp (natural log); or write dQ (scaled) and the
+  // row's sum of P dP into delta (the row's only reader in this pass is this thread, above).
   T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const float lsum = kDq ? 1.f : quad_sum(l_run[i]);  // every lane: the sum shuffles
+    const float row_sum = quad_sum(kDq ? p_dp[i] : l_run[i]);  // every lane: the sum shuffles
     const TileRow row = row_of(wrow + g + 8 * i);
     if (!row.valid) continue;
-    const float mul = kDq ? p.scale : 1.f / lsum;
+    const float mul = kDq ? p.scale : 1.f / row_sum;
     uint32_t* orow = reinterpret_cast<uint32_t*>(out + row.off);
-    [[maybe_unused]] uint32_t* lorow = kExact ? reinterpret_cast<uint32_t*>(static_cast<T*>(p.o_lo) + row.off) : nullptr;
 #pragma unroll
-    for (int nd = 0; nd < D / 8; ++nd) {
-      const float x0 = acc[nd][2 * i] * mul, x1 = acc[nd][2 * i + 1] * mul;
-      const uint32_t hi = Elem<T>::pack(x0, x1);
-      orow[nd * 4 + c] = hi;
-      if constexpr (kExact) {
-        const float2 r = Elem<T>::unpack(hi);
-        lorow[nd * 4 + c] = Elem<T>::pack(x0 - r.x, x1 - r.y);
-      }
+    for (int nd = 0; nd < D / 8; ++nd) orow[nd * 4 + c] = Elem<T>::pack(acc[nd][2 * i] * mul, acc[nd][2 * i + 1] * mul);
+    if (c == 0) {
+      if constexpr (kDq) p.delta[row.lrow] = row_sum;
+      else p.lse[row.lrow] = (m_run[i] + log2f(row_sum)) * 0.6931471805599453f;
     }
-    if (!kDq && c == 0) p.lse[row.lrow] = (m_run[i] + log2f(lsum)) * 0.6931471805599453f;
   }
 }
 
@@ -277,7 +272,6 @@ template <typename T, int D>
 int launch(const BsaParams& p, int64_t B, TilePass pass, BsaPath path, cudaStream_t stream) {
   switch (pass) {
     case TilePass::kForward: return launch<T, D, TilePass::kForward>(p, B, path, stream);
-    case TilePass::kForwardExact: return launch<T, D, TilePass::kForwardExact>(p, B, path, stream);
     case TilePass::kDq: return launch<T, D, TilePass::kDq>(p, B, path, stream);
   }
   return kBsaBadShape;
@@ -295,16 +289,16 @@ int launch_tile_pass(const BsaParams& p, int64_t B, int d, bool bf16, TilePass p
 }  // namespace dev
 
 int bsa_forward(const BsaShape& s, BsaDtype dt, const void* q, const void* k, const void* v,
-                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, void* o_lo,
-                float* lse, cudaStream_t stream, BsaPath path) {
+                const BsaRows& rows, const BsaPlan& plan, float scale, void* o, float* lse,
+                cudaStream_t stream, BsaPath path) {
   if (s.Hkv <= 0 || s.Hq % s.Hkv || s.group() > 16 || (s.d != 64 && s.d != 128) || s.T <= 0 ||
       s.B <= 0 || s.T > INT32_MAX / 2 || s.tiles_per_head() > INT32_MAX / 2 || s.Hkv > 65535 || s.B > 65535)
     return kBsaBadShape;
   dev::BsaParams p{};
-  p.q = q; p.k = k; p.v = v; p.out = o; p.o_lo = o_lo; p.lse = lse;
+  p.q = q; p.k = k; p.v = v; p.out = o; p.lse = lse;
   dev::set_lists_and_sizes(p, s, rows, plan, scale);
-  return dev::launch_tile_pass(p, s.B, static_cast<int>(s.d), dt == BsaDtype::kBf16,
-                               o_lo ? dev::TilePass::kForwardExact : dev::TilePass::kForward, path, stream);
+  return dev::launch_tile_pass(p, s.B, static_cast<int>(s.d), dt == BsaDtype::kBf16, dev::TilePass::kForward,
+                               path, stream);
 }
 
 }  // namespace st::kernels

@@ -21,13 +21,12 @@ struct BsaParams {
   const void* k;
   const void* v;
   const void* o;
-  void* o_lo;  // o's rounding residual (may be null): written by the forward, read by the prep
   const void* dout;
   void* out;  // o (forward) or dq (backward)
   void* dk;
   void* dv;
   float* lse;
-  float* delta;
+  float* delta;     // per query row: dO . O from the prep, then the dQ pass's sum of P dP
   float* dk_accum;  // [B, Hkv, T, d] fp32, dK / scale, likewise
   float* dv_accum;  // [B, Hkv, T, d] fp32, dV, likewise
   float* dbias;
@@ -127,9 +126,9 @@ struct RowCursor {
   }
 };
 
-// The passes bsa_forward.cu runs over a query tile's blocks (the forward, with or without o's
-// rounding residual, and the backward's dQ), launched for every tile of the plan.
-enum class TilePass { kForward, kForwardExact, kDq };
+// The passes bsa_forward.cu runs over a query tile's blocks (the forward and the backward's
+// dQ), launched for every tile of the plan.
+enum class TilePass { kForward, kDq };
 int launch_tile_pass(const BsaParams& p, int64_t B, int d, bool bf16, TilePass pass, BsaPath path,
                      cudaStream_t stream);
 

@@ -123,8 +123,8 @@ TEST(GpuBlockSparsePortable, MatchesReferenceAndDefaultPath) {
     const cuda::Plan plan = cuda::make_plan(lists, s.B, Hq, s.Hkv, s.T, s.d);
     const double scale = 1.0 / std::sqrt(static_cast<double>(s.d));
     auto run = [&](kernels::BsaPath path) {
-      const cuda::Forward f = cuda::forward(q, k, v, bias, lists, plan, scale, false, path);
-      cuda::Grads g = cuda::backward(q, k, v, f.o, torch::Tensor(), f.lse, dout, bias, lists, plan, scale, true, path);
+      const cuda::Forward f = cuda::forward(q, k, v, bias, lists, plan, scale, path);
+      cuda::Grads g = cuda::backward(q, k, v, f.o, f.lse, dout, bias, lists, plan, scale, true, path);
       return std::make_pair(f.o, g);
     };
     const auto [o_p, g_p] = run(kernels::BsaPath::kPortable);

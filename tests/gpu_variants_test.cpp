@@ -101,9 +101,8 @@ Result run(const Case& c, const std::string& impl, torch::ScalarType dtype,
 // amplified ~50x on chunks with a small prior. The kernels' d(bias) used to take delta =
 // rowsum(dO O) from the bf16 O, itself the product of P rounded to bf16: each rounding alone
 // put dq 0.08-0.17 off fp64 in a CPU emulation (T 1000, G 1, d 128), both together 0.19 on the
-// H200. With the exact forward (P V from P's hi + lo parts) and O's rounding residual added
-// back (bsa_forward/bsa_backward's o_lo), the emulation gives 1.2e-3; GpuVariantsDash.Fp64Oracle
-// measures both impls against fp64 on the GPU.
+// H200. With delta as the row's sum of P dP (bsa_backward's dQ pass computes it), the
+// emulation gives 1.2e-3; GpuVariantsDash.Fp64Oracle measures both impls against fp64 on the GPU.
 void expect_close(const Case& c, const Result& got, const Result& want) {
   double worst_grad = 0;
   auto grad = [&](const std::string& what, const torch::Tensor& g, const torch::Tensor& w) {

@@ -210,7 +210,7 @@ void run_case(const Case& c, std::mt19937& rng) {
   // Outputs poisoned with NaN: any element the kernels fail to write shows up.
   Tensor o = torch::full_like(q, NAN), lse = torch::full({c.B, Hq, c.T}, NAN, opt.dtype(torch::kFloat32));
   CK(kn::bsa_forward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
-                     plan.view, static_cast<float>(scale), o.data_ptr(), nullptr, lse.data_ptr<float>(),
+                     plan.view, static_cast<float>(scale), o.data_ptr(), lse.data_ptr<float>(),
                      cur_stream()));
   CK(cudaDeviceSynchronize());
   const RefOut ref = reference(q, k, v, bias, lists, dout, scale, c.grads);
@@ -221,7 +221,7 @@ void run_case(const Case& c, std::mt19937& rng) {
   {
     Tensor o2 = torch::full_like(q, NAN), lse2 = torch::full_like(lse, NAN);
     CK(kn::bsa_forward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
-                       plan.view, static_cast<float>(scale), o2.data_ptr(), nullptr, lse2.data_ptr<float>(),
+                       plan.view, static_cast<float>(scale), o2.data_ptr(), lse2.data_ptr<float>(),
                        cur_stream(), kn::BsaPath::kPortable));
     CK(cudaDeviceSynchronize());
     report(c, "O port.", compare(o2, ref.o), tol_o);
@@ -235,7 +235,7 @@ void run_case(const Case& c, std::mt19937& rng) {
       dq = torch::full_like(q, NAN), dk = torch::full_like(k, NAN), dv = torch::full_like(v, NAN);
       if (dbias) *dbias = torch::full({lists.blocks.numel()}, NAN, opt.dtype(torch::kFloat32));
       CK(kn::bsa_backward(plan.shape, dt, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                          nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
+                          lse.data_ptr<float>(), dout.data_ptr(), rows_of(lists, bias), plan.view,
                           static_cast<float>(scale), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
                           dbias ? dbias->data_ptr<float>() : nullptr, scratch.data_ptr(), cur_stream(), path));
       CK(cudaDeviceSynchronize());

@@ -199,13 +199,13 @@ void run_attention_bench(const AttentionBenchConfig& cfg) {
         auto fwd = [&] {
           check_launch(
               kn::bsa_forward(shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_k, plan.view,
-                              scale, o.data_ptr(), nullptr, lse.data_ptr<float>(), current_stream()),
+                              scale, o.data_ptr(), lse.data_ptr<float>(), current_stream()),
               "bsa_forward");
         };
         auto bwd = [&] {
           check_launch(
               kn::bsa_backward(shape, kn::BsaDtype::kBf16, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                               nullptr, lse.data_ptr<float>(), dout.data_ptr(), rows_k, plan.view, scale, dq.data_ptr(),
+                               lse.data_ptr<float>(), dout.data_ptr(), rows_k, plan.view, scale, dq.data_ptr(),
                                dk.data_ptr(), dv.data_ptr(), nullptr, scratch.data_ptr(), current_stream()),
               "bsa_backward");
         };

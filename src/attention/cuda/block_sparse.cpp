@@ -87,24 +87,22 @@ Plan make_plan(const BlockLists& l, int64_t B, int64_t Hq, int64_t Hkv, int64_t 
 
 Forward forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                 const torch::Tensor& bias, const BlockLists& lists, const Plan& plan, double scale,
-                bool with_residual, kn::BsaPath path) {
+                kn::BsaPath path) {
   check_qkv(q, k, v);
   const c10::cuda::CUDAGuard guard(q.device());
   Forward f;
   f.o = torch::empty_like(q);
-  if (with_residual) f.o_lo = torch::empty_like(q);
   f.lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat32));
   check_launch(
       kn::bsa_forward(plan.shape, dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(), rows_of(lists, bias),
-                      plan.view, static_cast<float>(scale), f.o.data_ptr(), with_residual ? f.o_lo.data_ptr() : nullptr,
-                      f.lse.data_ptr<float>(), current_stream(), path),
+                      plan.view, static_cast<float>(scale), f.o.data_ptr(), f.lse.data_ptr<float>(),
+                      current_stream(), path),
       "block_sparse_attention forward");
   return f;
 }
 
 Grads backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-               const torch::Tensor& o, const torch::Tensor& o_lo, const torch::Tensor& lse,
-               const torch::Tensor& dout_in,
+               const torch::Tensor& o, const torch::Tensor& lse, const torch::Tensor& dout_in,
                const torch::Tensor& bias, const BlockLists& lists, const Plan& plan,
                double scale, bool want_dbias, kn::BsaPath path) {
   check_qkv(q, k, v);
@@ -117,7 +115,7 @@ Grads backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
   if (want_dbias) g.dbias = torch::empty({lists.blocks.numel()}, q.options().dtype(torch::kFloat32));
   torch::Tensor tmp = scratch(kn::bsa_backward_scratch_bytes(plan.shape), q.device());
   check_launch(kn::bsa_backward(plan.shape, dtype_of(q), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                                o_lo.defined() ? o_lo.data_ptr() : nullptr, lse.data_ptr<float>(), dout.data_ptr(),
+                                lse.data_ptr<float>(), dout.data_ptr(),
                                 rows_of(lists, bias), plan.view, static_cast<float>(scale), g.dq.data_ptr(),
                                 g.dk.data_ptr(), g.dv.data_ptr(), want_dbias ? g.dbias.data_ptr<float>() : nullptr,
                                 tmp.data_ptr(), current_stream(), path),
@@ -135,11 +133,8 @@ struct BlockSparseFn : public torch::autograd::Function<BlockSparseFn> {
                                const BlockLists* lists, double scale) {
     const int64_t B = q.size(0), Hq = q.size(1), T = q.size(2), d = q.size(3), Hkv = k.size(1);
     Plan plan = make_plan(*lists, B, Hq, Hkv, T, d);
-    const bool bias_grad = bias.numel() > 0 && bias.requires_grad();
-    Forward f = st::cuda::forward(q, k, v, bias, *lists, plan, scale, /*with_residual=*/bias_grad);
-    // No residual travels as an empty tensor (saved variables must be defined).
-    const torch::Tensor o_lo = bias_grad ? f.o_lo : torch::empty({0}, q.options());
-    ctx->save_for_backward({q, k, v, f.o, f.lse, bias, lists->row_ptr, lists->blocks, plan.workspace, o_lo});
+    Forward f = st::cuda::forward(q, k, v, bias, *lists, plan, scale);
+    ctx->save_for_backward({q, k, v, f.o, f.lse, bias, lists->row_ptr, lists->blocks, plan.workspace});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["window"] = static_cast<int64_t>(lists->window);
     ctx->saved_data["has_bias"] = bias.numel() > 0;
@@ -168,8 +163,7 @@ struct BlockSparseFn : public torch::autograd::Function<BlockSparseFn> {
     plan.view.rev_ptr = reinterpret_cast<int64_t*>(ctx->saved_data["rev_ptr"].toInt());
     plan.view.rev_tiles = reinterpret_cast<int32_t*>(ctx->saved_data["rev_tiles"].toInt());
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const torch::Tensor o_lo = s[9].numel() > 0 ? s[9] : torch::Tensor();
-    Grads g = st::cuda::backward(q, k, v, o, o_lo, lse, grad[0], bias, lists, plan,
+    Grads g = st::cuda::backward(q, k, v, o, lse, grad[0], bias, lists, plan,
                                  ctx->saved_data["scale"].toDouble(),
                                  has_bias && ctx->needs_input_grad(3));
     return {g.dq, g.dk, g.dv, g.dbias, torch::Tensor(), torch::Tensor()};

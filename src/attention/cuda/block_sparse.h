@@ -37,27 +37,24 @@ struct Plan {
 Plan make_plan(const BlockLists& lists, int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t d);
 
 // q [B,Hq,T,d], k/v [B,Hkv,T,d] (bf16/fp16, contiguous); bias [nnz] fp32 or undefined.
-// o_lo (o's rounding residual, for an exact delta in the backward) only when asked for.
 // path: kPortable runs the sm_80 (mma.sync) kernels on a Hopper too, for tests.
 struct Forward {
-  torch::Tensor o, o_lo, lse;
+  torch::Tensor o, lse;
 };
 Forward forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                 const torch::Tensor& bias, const BlockLists& lists, const Plan& plan, double scale,
-                bool with_residual = false, st::kernels::BsaPath path = st::kernels::BsaPath::kAuto);
+                st::kernels::BsaPath path = st::kernels::BsaPath::kAuto);
 
 struct Grads {
   torch::Tensor dq, dk, dv, dbias;  // dbias undefined when want_dbias is false
 };
-// o_lo: the forward's residual or undefined (see bsa_backward).
 Grads backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-               const torch::Tensor& o, const torch::Tensor& o_lo, const torch::Tensor& lse, const torch::Tensor& dout,
+               const torch::Tensor& o, const torch::Tensor& lse, const torch::Tensor& dout,
                const torch::Tensor& bias, const BlockLists& lists, const Plan& plan,
                double scale, bool want_dbias, st::kernels::BsaPath path = st::kernels::BsaPath::kAuto);
 
-// Differentiable in q, k, v and bias (when defined). scale <= 0 means 1/sqrt(d). When the bias
-// requires grad, the forward also keeps o's rounding residual, so that d(bias) is exact to
-// fp32 rounding (one more [B,Hq,T,d] 16-bit tensor saved for the backward).
+// Differentiable in q, k, v and bias (when defined). scale <= 0 means 1/sqrt(d). d(bias) is
+// exact to fp32 rounding (bsa_backward's delta).
 torch::Tensor block_sparse_attention(const torch::Tensor& q, const torch::Tensor& k,
                                      const torch::Tensor& v, const torch::Tensor& bias,
                                      const BlockLists& lists, double scale = 0.0);
