@@ -71,50 +71,31 @@ __global__ void __launch_bounds__(256) bsa_convert_kernel(const float* acc, T* o
   reinterpret_cast<uint4*>(out)[i] = packed;
 }
 
-// Searches for position t's entry of KV block j in its sorted list [lo, hi) with the k lanes
-// of an aligned group (k a power of two <= 32; `base` its first lane, `mask` its lanes). Each
-// step every lane probes one entry, which cuts the range k + 1 ways: ~log_{k+1}(n) dependent
-// loads instead of a binary search's log2(n). Those loads are the longest wait before the
-// warpgroup's next wgmma (ncu, NOTES.md). Returns the entry or -1.
-__device__ __forceinline__ int group_find(const int32_t* blocks, int64_t lo, int64_t hi, int j, int k,
-                                          int base, unsigned mask) {
-  const int lane = (threadIdx.x & 31) - base;
-  for (;;) {
-    const int64_t n = hi - lo;
-    if (n <= 0) return -1;
-    const bool last = n <= k;  // one entry per lane
-    const int64_t probe = last ? lo + lane : lo + (lane + 1) * n / (k + 1);
-    const int v = probe < hi ? blocks[probe] : INT_MAX;
-    const unsigned hit = (__ballot_sync(mask, v == j) & mask) >> base;
-    if (hit) return static_cast<int>(__shfl_sync(mask, probe, base + __ffs(hit) - 1));
-    if (last) return -1;
-    const int below = __popc(__ballot_sync(mask, v < j) & mask);  // probes before j's place
-    const int64_t lo0 = lo;
-    if (below > 0) lo = lo0 + below * n / (k + 1) + 1;
-    if (below < k) hi = lo0 + (below + 1) * n / (k + 1);
-  }
-}
-
 // How position t (row list `list`) reads KV block j, as RowCursor::step says, plus the list
-// entry: the diagonal: bias 0, entry -1; a listed block: the list's bias and entry; a block
-// only the window reaches: bias 0 from key *first on, entry -1; else -inf and -1. Called by
-// every lane of a group_find group alike. (Entries fit 32 bits: bsa_backward refuses nnz past
-// INT32_MAX.)
-__device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, int64_t t, int j, int k,
-                                            int base, unsigned mask, int* entry, int* first) {
+// entry: the diagonal: bias 0, entry -1; a listed block (binary search in the sorted list): the
+// list's bias and entry; a block only the window reaches: bias 0 from key *first on, entry -1;
+// else -inf and -1. (Entries fit 32 bits: bsa_backward refuses nnz past INT32_MAX.)
+__device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, int64_t t, int j,
+                                            int* entry, int* first) {
   *entry = -1;
   *first = 0;
   const int diag = static_cast<int>(t / kBsaBlock);
   if (j == diag) return 0.f;
   if (j > diag) return -INFINITY;
-  *entry = group_find(p.blocks, p.row_ptr[list], p.row_ptr[list + 1], j, k, base, mask);
-  if (*entry < 0) {
+  const int64_t end = p.row_ptr[list + 1];
+  int64_t lo = p.row_ptr[list], hi = end;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) >> 1;
+    if (p.blocks[mid] < j) lo = mid + 1; else hi = mid;
+  }
+  if (lo == end || p.blocks[lo] != j) {
     const int w = window_first_key(t, j, p.window);
     if (w == INT_MAX) return -INFINITY;
     *first = w;
     return 0.f;
   }
-  return p.bias ? p.bias[*entry] * kLog2e : 0.f;
+  *entry = static_cast<int>(lo);
+  return p.bias ? p.bias[lo] * kLog2e : 0.f;
 }
 
 template <typename T, int D, bool kWgmma>
@@ -126,10 +107,9 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   const uint32_t sK = smem_addr(smem), sV = sK + kTile;
   auto sQ = [&](int stage) { return sK + (2 + stage) * kTile; };
   auto sdO = [&](int stage) { return sK + (4 + stage) * kTile; };
-  // Per stage and tile row: bias for block j (base 2; -inf where the row does not attend j),
-  // lse and delta (copied by cp.async with the tile: no load waits before the first wgmma),
-  // position (-1: padding row) and first key read in j.
-  __shared__ float s_bl[2][64], s_lse[2][64], s_delta[2][64];
+  // Per stage and tile row: bias - lse for block j (base 2; -inf where the row does not attend
+  // j), delta, position (-1: padding row) and first key read in j.
+  __shared__ float s_bl[2][64], s_delta[2][64];
   __shared__ int s_t[2][64], s_lo[2][64];
   // Per stage and tile position: bias (base 2), first key read and list entry for block j;
   // the tile's first position.
@@ -168,37 +148,32 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
 
   load_tile_async<D>(sK, [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
   load_tile_async<D>(sV, [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
-  // Warps 0-1 copy the per-row values; warps 2-3 search the positions' lists (G times fewer
-  // searches than one per row), `search_lanes` lanes per position.
-  const int search_lanes = min(32, 1 << (31 - __clz(64 / p.P)));
+  // Warps 0-1 fetch the per-row values; warps 2-3 search the positions' lists (G times fewer
+  // searches than one per row; their dependent loads stall only those warps).
   auto load_tile = [&](int tile_t, int stage) {
     auto row_of = [&](int r) { return tile_row<D>(p, b, hkv, tile_t, r); };
     load_tile_async<D>(sQ(stage), [&](int r) { const TileRow x = row_of(r); return x.valid ? q + x.off : nullptr; }, q, tid);
     load_tile_async<D>(sdO(stage), [&](int r) { const TileRow x = row_of(r); return x.valid ? dout + x.off : nullptr; }, dout, tid);
     if (tid < 64) {
       const TileRow x = row_of(tid);
-      cp_async_4(smem_addr(&s_lse[stage][tid]), p.lse + (x.valid ? x.lrow : 0), x.valid ? 4 : 0);
-      cp_async_4(smem_addr(&s_delta[stage][tid]), p.delta + (x.valid ? x.lrow : 0), x.valid ? 4 : 0);
+      s_bl[stage][tid] = x.valid ? -p.lse[x.lrow] * kLog2e : -INFINITY;
+      s_delta[stage][tid] = x.valid ? p.delta[x.lrow] : 0.f;
       s_t[stage][tid] = x.valid ? static_cast<int>(x.t) : -1;
-    } else if ((tid - 64) / search_lanes < p.P) {
-      const int pos = (tid - 64) / search_lanes, base = (tid & 31) & ~(search_lanes - 1);
-      const unsigned mask = (search_lanes == 32 ? 0xffffffffu : (1u << search_lanes) - 1) << base;
+    } else if (tid - 64 < p.P) {
+      const int pos = tid - 64;
       const int64_t t = static_cast<int64_t>(tile_t) * p.P + pos;
       int entry = -1, first = 0;
-      const float bias = t < p.T ? block_bias(p, bh * p.T + t, t, j, search_lanes, base, mask, &entry, &first) : -INFINITY;
-      if ((tid & (search_lanes - 1)) == 0) {
-        s_pbias[stage][pos] = bias;
-        s_entry[stage][pos] = entry;
-        s_plo[stage][pos] = first;
-        if (pos == 0) s_t0[stage] = tile_t * p.P;
-      }
+      s_pbias[stage][pos] = t < p.T ? block_bias(p, bh * p.T + t, t, j, &entry, &first) : -INFINITY;
+      s_entry[stage][pos] = entry;
+      s_plo[stage][pos] = first;
+      if (pos == 0) s_t0[stage] = tile_t * p.P;
     }
   };
   // After a barrier that follows load_tile: row r's bias and first key are its position's (r / G).
   auto add_bias = [&](int stage) {
     if (tid < 64) {
       const bool real = tid < p.P * p.G;
-      s_bl[stage][tid] = real ? s_pbias[stage][tid / p.G] : -INFINITY;
+      s_bl[stage][tid] += real ? s_pbias[stage][tid / p.G] : -INFINITY;
       s_lo[stage][tid] = real ? s_plo[stage][tid / p.G] : 0;
     }
   };
@@ -271,10 +246,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int n = nt * 8 + 2 * c + (e & 1);
-        s[nt][e] = fast_exp2(s[nt][e] * p.scale_log2 + (s_bl[st][n] - s_lse[st][n] * kLog2e));
-      }
+      for (int e = 0; e < 4; ++e) s[nt][e] = fast_exp2(s[nt][e] * p.scale_log2 + s_bl[st][2 * c + nt * 8 + (e & 1)]);
     // dV += P^T dO (k-steps over the tile's rows).
     uint32_t pa[4][4];
 #pragma unroll
