@@ -10,8 +10,8 @@ namespace {
 
 using namespace dev;
 
-constexpr int kParts = 3;          // kbar = hi + mid + lo, each bf16
-constexpr int kQTilesPerCta = 32;  // query tiles that stream past one CTA's column tile
+constexpr int kParts = 3;        // kbar = hi + mid + lo, each bf16
+constexpr int kTilesPerCta = 4;  // column tiles of 64 chunks per CTA; the Q tile stays in registers
 
 struct ScoreParams {
   const __nv_bfloat16* q;
@@ -20,81 +20,83 @@ struct ScoreParams {
   float* scores;
   int64_t n, n_seen, ld, t0, chunk;  // ld: the scores' row stride
   int G, P;  // P = 64 / G positions per query tile
-  int64_t q_tiles;
 };
 
 template <int D>
 constexpr int smem_bytes() {
-  return (kParts + 2) * 64 * D * 2 + 1024;  // the column tile's parts, two Q stages, alignment slack
+  return kParts * 64 * D * 2 + 1024;  // one column tile's parts, alignment slack
 }
 
-// One CTA per (column tile of 64 chunks, run of kQTilesPerCta query tiles): the column tile's
-// kbar parts come into shared memory once and the query tiles stream past them (cp.async, two
-// stages): per score ~4 bytes of Q and a fraction of a byte of kbar read from L2, where one Q
-// tile meeting a run of column tiles read 12 bytes of parts. A query tile is 64 MMA rows = the
-// G heads of P positions (row r: head r % G, position r / G); per tile 3 x D / 16 wgmma with both
-// operands in shared memory, then the fp32 scores straight to global memory.
+// One CTA per (query tile, kTilesPerCta column tiles): 64 MMA rows = the G heads of P
+// positions (row r: head r % G, position r / G). The Q tile passes through shared memory into
+// registers once; each column tile's kbar parts come through cp.async, then 3 x D / 16 wgmma
+// with Q from registers, and the fp32 result goes straight to global memory while the next
+// parts load. One stage only: 49 KB of shared memory lets 4 CTAs share an SM, and ncu showed
+// the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per scheduler).
 template <int D>
-__global__ void __launch_bounds__(128, 2) dash_scores_kernel(const ScoreParams p) {
+__global__ void __launch_bounds__(128, 4) dash_scores_kernel(const ScoreParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
   const uint32_t parts_s = smem_addr(smem);
   auto part_tile = [&](int part) { return parts_s + part * kTile; };
-  auto q_tile = [&](int stage) { return parts_s + (kParts + stage) * kTile; };
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * 64;  // the column tile's first chunk
-  // Query tiles whose candidates reach chunk c0: the last row's own chunk is past c0, i.e.
-  // t0 + i0 + P - 1 >= (c0 + 1) chunk for a whole tile (the store checks each tile exactly).
-  const int64_t first_reader = max(int64_t{0}, (c0 + 1) * p.chunk - p.t0 - p.P + 1) / p.P;
-  const int64_t qa = max(static_cast<int64_t>(blockIdx.y) * kQTilesPerCta, first_reader);
-  const int64_t qb = min(static_cast<int64_t>(blockIdx.y + 1) * kQTilesPerCta, p.q_tiles);
-  if (qa >= qb) return;
-  const int n_chunks = static_cast<int>(min(int64_t{64}, p.n_seen - c0));  // chunks in this tile
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * p.P;  // first row of the tile, from t0
+  const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.n - i0));
+  // Candidates of the tile's rows are chunks before the last row's own.
+  const int64_t n_cols = min(p.n_seen, (p.t0 + i0 + n_pos - 1) / p.chunk);
+  const int first_tile = blockIdx.y * kTilesPerCta;
+  const int n_tiles = static_cast<int>(min(static_cast<int64_t>(kTilesPerCta), (n_cols + 63) / 64 - first_tile));
+  if (n_tiles <= 0) return;
+  auto row_valid = [&](int r) { return r < p.P * p.G && r / p.G < n_pos; };
 
-  auto load_q = [&](int64_t qt, int stage) {
-    const int64_t i0 = qt * p.P;
-    load_tile_async<D>(
-        q_tile(stage),
-        [&](int r) {
-          return r < p.P * p.G && i0 + r / p.G < p.n ? p.q + (r % p.G) * p.head_stride + (i0 + r / p.G) * p.row_stride
-                                                    : nullptr;
-        },
-        p.q, tid);
-  };
-  for (int part = 0; part < kParts; ++part) {
-    const __nv_bfloat16* src = p.kbar_parts + part * p.n_seen * D;
-    load_tile_async<D>(part_tile(part), [&](int r) { return r < n_chunks ? src + (c0 + r) * D : nullptr; }, src, tid);
-  }
-  load_q(qa, 0);
+  load_tile_async<D>(
+      part_tile(0),
+      [&](int r) { return row_valid(r) ? p.q + (r % p.G) * p.head_stride + (i0 + r / p.G) * p.row_stride : nullptr; },
+      p.q, tid);
   cp_async_commit();
-  for (int64_t qt = qa; qt < qb; ++qt) {
-    const int st = static_cast<int>(qt - qa) & 1;
+  cp_async_wait_all();
+  __syncthreads();
+  uint32_t qa[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(0), warp * 16, ks * 16, lane);
+  __syncthreads();  // every warp holds its Q fragments before the parts overwrite them
+
+  auto load_parts = [&](int tile) {
+    const int64_t c0 = static_cast<int64_t>(first_tile + tile) * 64;
+    for (int part = 0; part < kParts; ++part) {
+      const __nv_bfloat16* src = p.kbar_parts + part * p.n_seen * D;
+      load_tile_async<D>(
+          part_tile(part), [&](int r) { return c0 + r < n_cols ? src + (c0 + r) * D : nullptr; }, src, tid);
+    }
+    cp_async_commit();
+  };
+  load_parts(0);
+  for (int u = 0; u < n_tiles; ++u) {
     cp_async_wait_all();
     fence_proxy_async();
-    __syncthreads();  // this tile's Q (and the parts) landed; the other stage is free
-    if (qt + 1 < qb) {
-      load_q(qt + 1, st ^ 1);
-      cp_async_commit();
-    }
+    __syncthreads();  // column tile u's parts landed
     float s[8][4] = {};
     fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
     wgmma_fence();
 #pragma unroll
-    for (int part = 0; part < kParts; ++part) wgmma_tile_by_tile_t<__nv_bfloat16, D>(s, q_tile(st), part_tile(part));
+    for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+      for (int part = 0; part < kParts; ++part)
+        wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(part), ks));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
+    fence_operands(qa);
+    __syncthreads();  // every warp's matmuls have read the parts
+    if (u + 1 < n_tiles) load_parts(u + 1);
 
-    const int64_t i0 = qt * p.P;
-    const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.n - i0));
-    // Candidates of the tile's rows are chunks before the last row's own.
-    const int64_t n_cols = min(p.n_seen, (p.t0 + i0 + n_pos - 1) / p.chunk);
+    const int64_t c0 = static_cast<int64_t>(first_tile + u) * 64;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = warp * 16 + g4 + 8 * half;
-      if (r >= p.P * p.G || r / p.G >= n_pos) continue;
+      if (!row_valid(r)) continue;
       float* out = p.scores + ((r % p.G) * p.n + i0 + r / p.G) * p.ld;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -116,8 +118,9 @@ int launch(const ScoreParams& p, cudaStream_t stream) {
   constexpr int kSmem = smem_bytes<D>();
   cudaError_t e = cudaFuncSetAttribute(dash_scores_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
-  const dim3 grid(static_cast<unsigned>((p.n_seen + 63) / 64),
-                  static_cast<unsigned>((p.q_tiles + kQTilesPerCta - 1) / kQTilesPerCta));
+  const int64_t col_tiles = (p.n_seen + 63) / 64;
+  const dim3 grid(static_cast<unsigned>((p.n + p.P - 1) / p.P),
+                  static_cast<unsigned>((col_tiles + kTilesPerCta - 1) / kTilesPerCta));
   dash_scores_kernel<D><<<grid, 128, kSmem, stream>>>(p);
   return cudaGetLastError();
 }
@@ -128,8 +131,8 @@ bool dash_scores_runs_here() { return wgmma_runs_here(dash_scores_kernel<128>); 
 
 int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.scores_ld < a.n_seen ||
-      a.t0 < 0 || a.chunk <= 0 || (a.n_seen + 63) / 64 > INT32_MAX ||
-      ((a.n + 64 / a.G - 1) / (64 / a.G) + kQTilesPerCta - 1) / kQTilesPerCta > 65535)
+      a.t0 < 0 || a.chunk <= 0 || (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX ||
+      (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
     return kBsaBadShape;
   if (a.n == 0 || a.n_seen == 0) return 0;
   ScoreParams p{};
@@ -145,7 +148,6 @@ int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   p.chunk = a.chunk;
   p.G = static_cast<int>(a.G);
   p.P = 64 / p.G;
-  p.q_tiles = (p.n + p.P - 1) / p.P;
   return a.d == 64 ? launch<64>(p, stream) : launch<128>(p, stream);
 }
 
