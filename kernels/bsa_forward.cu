@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
   }
 
   // Normalise and write O and the log-sum-exp (natural log); or write dQ (scaled) and the
-  // row's sum of P dP into delta (the row's only reader in this pass is this thread, above).
+  // row's sum of P dP into delta (which only this warp read in this pass, before its loop).
   T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
