@@ -85,11 +85,11 @@ TEST(BlockSparseAttention, EverythingSelectedIsDenseInFloat32) {
 // (always read), plus the window.
 TEST(AttendedPairs, ListsMatchBruteForceCount) {
   torch::manual_seed(3);
-  const int64_t B = 2, Hkv = 2, G = 3, T = 45, block = 8, n_blocks = 6;
+  const int64_t B = 2, Hkv = 2, G = 3, T = 45, block = 8;
   auto sel = random_selection(B, Hkv, T, block, 0.3);
   auto S = sel.selected.accessor<bool, 4>();
   auto entries = list_entries(sel.selected, 0, block);
-  const BlockRows rows{row_ptr_from_counts(entries.counts), entries.flat.remainder(n_blocks).to(torch::kInt32), {}};
+  const BlockRows rows{row_ptr_from_counts(entries.counts), entries.blocks, {}};
   for (int64_t window : {0, 1, 10, 20, 100})
     for (int64_t offset : {0, 17, 44, 45}) {
       SCOPED_TRACE("window " + std::to_string(window) + " offset " + std::to_string(offset));

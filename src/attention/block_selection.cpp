@@ -208,7 +208,7 @@ BlockRows select_rows_from_compressed(const Tensor& q, const Tensor& k_cmp, cons
         auto chosen = select_tile(q_rows, k_cmp.narrow(0, b, 1).narrow(1, h, 1), kn, t0, n_blocks).view({n, n_blocks});
         auto entries = list_entries(chosen, t0, kn.block);
         counts.push_back(entries.counts);
-        blocks.push_back(entries.flat.remainder(n_blocks).to(torch::kInt32));
+        blocks.push_back(entries.blocks);
       }
   return {row_ptr_from_counts(torch::cat(counts)), torch::cat(blocks), Tensor()};
 }

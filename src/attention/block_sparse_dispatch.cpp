@@ -62,14 +62,14 @@ struct BiasLists {
 // block has a bias other than 0 (or is not read): the kernels always read the diagonal block
 // at bias 0, so they would compute something else.
 std::optional<BiasLists> lists_from_bias(const Tensor& bias, int64_t window) {
-  const int64_t T = bias.size(2), n_blocks = bias.size(3);
+  const int64_t T = bias.size(2);
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(bias.device());
   auto own = torch::arange(T, ints).div(kKernelBlock, "floor").view({1, 1, T, 1});
   if ((bias.gather(3, own.expand({bias.size(0), bias.size(1), T, 1})) != 0).any().item<bool>()) return std::nullopt;
   auto e = list_entries(torch::isfinite(bias), 0, kKernelBlock);
   BiasLists r;
   r.lists.row_ptr = row_ptr_from_counts(e.counts);
-  r.lists.blocks = e.flat.remainder(n_blocks).to(torch::kInt32);
+  r.lists.blocks = e.blocks;
   r.lists.window = static_cast<int>(window);
   r.entries = bias.reshape({-1}).index_select(0, e.flat);
   return r;
@@ -145,7 +145,8 @@ ListEntries list_entries(const Tensor& reads, int64_t t0, int64_t block) {
   const auto ints = torch::TensorOptions().dtype(torch::kInt64).device(reads.device());
   auto own = torch::arange(t0, t0 + n, ints).div(block, "floor").view({n, 1});
   auto listed = reads & (torch::arange(n_blocks, ints).view({1, n_blocks}) < own);
-  return {listed.sum(-1), listed.flatten().nonzero().flatten()};
+  auto flat = listed.flatten().nonzero().flatten();
+  return {listed.sum(-1), flat.remainder(n_blocks).to(torch::kInt32), flat};
 }
 
 int64_t attended_pairs(const BlockRows& rows, int64_t T, int64_t block, int64_t window, int64_t offset,

@@ -45,10 +45,11 @@ struct BlockRows {
 
 // The lists' entries of a selection `reads` [..., n, n_blocks] (true: the query reads the
 // block) of the queries at positions t0 .. t0 + n: the blocks strictly before each query's own
-// (the lists leave that one implicit). counts [..., n] per query; flat: the entries' indices
-// into reads.flatten(), ascending, which is the lists' order.
+// (the lists leave that one implicit). counts [..., n] per query; blocks [nnz] int32, the
+// lists' blocks row after row; flat: the entries' indices into reads.flatten(), ascending
+// (the lists' order), to gather per-entry values with.
 struct ListEntries {
-  torch::Tensor counts, flat;
+  torch::Tensor counts, blocks, flat;
 };
 ListEntries list_entries(const torch::Tensor& reads, int64_t t0, int64_t block);
 

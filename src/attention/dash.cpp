@@ -226,8 +226,7 @@ TileLists aten_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const 
   auto bias = routing_bias(cfg, q_rows, kbar, t0, T);
   bias = bias.view({q_rows.size(2), bias.size(-1)});
   auto listed = list_entries(torch::isfinite(bias), t0, cfg.chunk);
-  return {listed.counts, listed.flat.remainder(bias.size(1)).to(torch::kInt32),
-          bias.flatten().index_select(0, listed.flat), Tensor(), Tensor()};
+  return {listed.counts, listed.blocks, bias.flatten().index_select(0, listed.flat), Tensor(), Tensor()};
 }
 
 std::pair<Tensor, Tensor> aten_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
