@@ -35,7 +35,9 @@ struct Routing {
   __device__ const float* scores(int64_t k) const { return a.scores + ((k % a.G) * a.n + r0 + k / a.G) * a.scores_ld; }
   __device__ float z(const float* row, int64_t c) const { return __fmul_rn(a.scale, row[c]); }
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
-  __device__ bool forced(int64_t c) const { return c == own || (c < own && !candidate(c)); }
+  // Whether chunk c < own, with the routing's pbar p there, is in the rows' lists: forced
+  // (sink/local) chunks always, candidates where entmax gave them mass.
+  __device__ bool listed(int64_t c, float p) const { return !candidate(c) || p > 0.f; }
 
   // Entmax row k's threshold in global memory: [G, n, 2] like the scores' rows.
   __device__ int64_t threshold_index(int64_t k) const { return 2 * ((k % a.G) * a.n + r0 + k / a.G); }
@@ -86,7 +88,7 @@ struct RowZ {
 
 template <int kPerLane>
 __global__ void __launch_bounds__(32 * kMaxWarps)
-    routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* bias, float* pbar_out, float* thresholds,
+    routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* pbar_out, float* shift_out, float* thresholds,
                         int64_t* counts) {
   extern __shared__ float smem[];
   const int64_t g = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -118,43 +120,37 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
       if (pbar[c] > 0.f) sum += logf(pbar[c]), count += 1.f;
     shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
   }
-  int64_t listed = 0;  // the finite entries before the own chunk: each row's list length
-  for (int64_t c0 = 0; c0 < a.n_chunks; c0 += 32) {
+  if (rt.lane == 0) shift_out[g] = shift;
+  int64_t listed = 0;  // each row's list length: its routing's entries (own <= n_seen)
+  for (int64_t c0 = 0; c0 < rt.own; c0 += 32) {
     const int64_t c = c0 + rt.lane;
-    float b = -INFINITY;
-    if (c < a.n_chunks) {
-      if (rt.forced(c))
-        b = 0.f;
-      else if (c < a.n_seen && pbar[c] > 0.f)
-        b = (logf(pbar[c]) - shift) / a.sigma;
-      for (int64_t i = 0; i < rt.rows; ++i) bias[(rt.r0 + i) * a.n_chunks + c] = b;
-    }
-    listed += __popc(__ballot_sync(0xffffffffu, c < rt.own && isfinite(b)));
+    listed += __popc(__ballot_sync(0xffffffffu, c < rt.own && rt.listed(c, pbar[c])));
   }
   if (rt.lane < rt.rows) counts[rt.r0 + rt.lane] = listed;
 }
 
-// One warp per row: its finite entries before the own chunk, in order, by ballot, with their
-// routing's pbar.
+// One warp per row: its routing's entries before the own chunk, in order, by ballot, with
+// their bias (the chunk bias of dash.h: 0 on forced chunks, (log pbar - shift) / sigma on
+// routed ones) and pbar.
 __global__ void __launch_bounds__(32 * kMaxWarps)
-    routing_lists_kernel(DashRoutingArgs a, const float* bias, const float* pbar, const int64_t* row_ptr,
+    routing_lists_kernel(DashRoutingArgs a, const float* pbar, const float* shift, const int64_t* row_ptr,
                          int32_t* blocks, float* entries, float* entry_pbar) {
   const int64_t r = blockIdx.x * int64_t(kMaxWarps) + (threadIdx.x >> 5);
   if (r >= a.n) return;
-  const int lane = threadIdx.x & 31;
-  const int64_t own = (a.t0 + r) / a.chunk;
-  const float* row = bias + r * a.n_chunks;
-  const float* routing_pbar = pbar + (r / a.route_positions) * a.n_seen;  // own <= n_seen
+  const int64_t g = r / a.route_positions;
+  const Routing rt(a, g);
+  const float* routing_pbar = pbar + g * a.n_seen;
   int64_t at = row_ptr[r] - row_ptr[0];
-  for (int64_t c0 = 0; c0 < own; c0 += 32) {
-    const int64_t c = c0 + lane;
-    const float b = c < own ? row[c] : -INFINITY;
-    const unsigned listed = __ballot_sync(0xffffffffu, isfinite(b));
-    if (isfinite(b)) {
-      const int64_t i = at + __popc(listed & ((1u << lane) - 1u));
+  for (int64_t c0 = 0; c0 < rt.own; c0 += 32) {
+    const int64_t c = c0 + rt.lane;
+    const float p = c < rt.own ? routing_pbar[c] : 0.f;
+    const bool is_listed = c < rt.own && rt.listed(c, p);
+    const unsigned listed = __ballot_sync(0xffffffffu, is_listed);
+    if (is_listed) {
+      const int64_t i = at + __popc(listed & ((1u << rt.lane) - 1u));
       blocks[i] = static_cast<int32_t>(c);
-      entries[i] = b;
-      entry_pbar[i] = routing_pbar[c];
+      entries[i] = rt.candidate(c) ? (logf(p) - shift[g]) / a.sigma : 0.f;
+      entry_pbar[i] = p;
     }
     at += __popc(listed);
   }
@@ -215,7 +211,8 @@ int64_t routings(const DashRoutingArgs& a) { return (a.n + a.route_positions - 1
 bool shape_ok(const DashRoutingArgs& a) {
   return a.G >= 1 && a.route_positions >= 1 && a.G * a.route_positions <= kDashMaxRows && a.chunk > 0 &&
          a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 &&
-         a.scores_ld >= a.n_seen && a.n_seen <= kDashMaxSeen && routings(a) < (int64_t(1) << 31);
+         (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.scores_ld >= a.n_seen && a.n_seen <= kDashMaxSeen &&
+         routings(a) < (int64_t(1) << 31);
 }
 
 // Warps per block for the routing kernels: as many [n_seen] arrays as kSmemBudget holds (8 at
@@ -255,9 +252,9 @@ int launch_routing(Kernel kernel, const DashRoutingArgs& a, cudaStream_t stream,
 
 template <int kPerLane>
 struct BiasLaunch {
-  static int run(const DashRoutingArgs& a, float* bias, float* pbar, float* thresholds, int64_t* counts,
+  static int run(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
                  cudaStream_t stream) {
-    return launch_routing(routing_bias_kernel<kPerLane>, a, stream, bias, pbar, thresholds, counts);
+    return launch_routing(routing_bias_kernel<kPerLane>, a, stream, pbar, shift, thresholds, counts);
   }
 };
 
@@ -272,19 +269,19 @@ struct BackwardLaunch {
 
 }  // namespace
 
-int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* pbar, float* thresholds, int64_t* counts,
-                      cudaStream_t stream) {
+int dash_routing_prior(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
+                       cudaStream_t stream) {
   if (!shape_ok(a)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  return with_row_cache<BiasLaunch>(a, bias, pbar, thresholds, counts, stream);
+  return with_row_cache<BiasLaunch>(a, pbar, shift, thresholds, counts, stream);
 }
 
-int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const float* pbar, const int64_t* row_ptr,
+int dash_routing_lists(const DashRoutingArgs& a, const float* pbar, const float* shift, const int64_t* row_ptr,
                        int32_t* blocks, float* entries, float* entry_pbar, cudaStream_t stream) {
   if (!shape_ok(a)) return kBsaBadShape;
   if (a.n == 0) return 0;
   routing_lists_kernel<<<static_cast<unsigned>((a.n + kMaxWarps - 1) / kMaxWarps), 32 * kMaxWarps, 0, stream>>>(
-      a, bias, pbar, row_ptr, blocks, entries, entry_pbar);
+      a, pbar, shift, row_ptr, blocks, entries, entry_pbar);
   return cudaGetLastError();
 }
 

@@ -1,15 +1,14 @@
 // DashAttention's routing (DESIGN §2.2, step 2) after the score GEMM, fused: alpha = 1.5
 // entmax per query head over its row's candidate chunks, the mean over the KV group's heads
-// (and over route_positions consecutive positions), and the log-prior bias, in one kernel;
-// the rows' block lists from that bias in a second (no host round trip but the lists' total
-// size); the backward (the list entries' gradient through log pbar, the group mean and
-// entmax's Jacobian, to the scores) in a third, which takes what the forward kept (each entmax
-// row's threshold, 8 bytes, and each list entry's pbar) with the recomputed scores, so it
-// neither runs Newton's method again nor sums the group's probabilities, and reads the
-// entries' gradient from the lists as they are. Each row's z sits in registers while a warp
-// passes over it. Plain C++
-// launchers (raw device pointers, a stream); src/attention/cuda/dash_routing.h wraps them for
-// LibTorch.
+// (and over route_positions consecutive positions), and the log prior's shift, in one kernel;
+// the rows' block lists with their bias from that in a second (no host round trip but the
+// lists' total size, and no dense [n, n_chunks] bias in between); the backward (the list
+// entries' gradient through log pbar, the group mean and entmax's Jacobian, to the scores) in
+// a third, which takes what the forward kept (each entmax row's threshold, 8 bytes, and each
+// list entry's pbar) with the recomputed scores, so it neither runs Newton's method again nor
+// sums the group's probabilities, and reads the entries' gradient from the lists as they are.
+// Each row's z sits in registers while a warp passes over it. Plain C++ launchers (raw device
+// pointers, a stream); src/attention/cuda/dash_routing.h wraps them for LibTorch.
 #pragma once
 #include <cstdint>
 
@@ -27,7 +26,7 @@ struct DashRoutingArgs {
   // group against chunks 0 .. n_seen - 1 (n_seen covers every row's past complete chunks).
   const float* scores;
   int64_t scores_ld;  // the row stride of scores and d_scores, >= n_seen
-  int64_t G, n, n_seen, n_chunks, t0;
+  int64_t G, n, n_seen, t0;
   int64_t chunk, sink_chunks, local_chunks;  // row t routes among chunks sink <= c < t / chunk - local
   int64_t route_positions;                   // R: rows t0 + R i .. share one pbar (R divides chunk and t0)
   float scale;                               // entmax's input z = scale * scores
@@ -35,18 +34,18 @@ struct DashRoutingArgs {
   bool normalized;                           // prior = log pbar - mean of the row's routed log pbar
 };
 
-// bias [n, n_chunks]: per row, 0 on its own chunk and on forced (sink/local) chunks before it,
-// prior / sigma on routed chunks (pbar > 0), -inf elsewhere. pbar [ceil(n / R), n_seen]: each
-// routing's mean probabilities. thresholds [G, n, 2]: each entmax row's max and tau, for the
-// backward. counts [n]: each row's list length, the finite entries before its own chunk.
-int dash_routing_bias(const DashRoutingArgs& a, float* bias, float* pbar, float* thresholds, int64_t* counts,
-                      cudaStream_t stream);
+// pbar [ceil(n / R), n_seen]: each routing's mean probabilities. shift [ceil(n / R)]: the
+// normalized prior's mean routed log pbar (0 otherwise). thresholds [G, n, 2]: each entmax
+// row's max and tau, for the backward. counts [n]: each row's list length, the chunks before
+// its own that it reads (forced sink/local ones, routed ones with pbar > 0).
+int dash_routing_prior(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
+                       cudaStream_t stream);
 
-// The rows' lists (block_sparse_dispatch.h's BlockRows, for these n rows) from that bias:
-// row r's finite entries before its own chunk, ascending, at blocks / entries[row_ptr[r] -
-// row_ptr[0] ..], and their pbar at entry_pbar (for the backward); row_ptr [n + 1] is the
-// running sum of counts.
-int dash_routing_lists(const DashRoutingArgs& a, const float* bias, const float* pbar, const int64_t* row_ptr,
+// The rows' lists (block_sparse_dispatch.h's BlockRows, for these n rows) from that: row r's
+// chunks before its own, ascending, at blocks / entries[row_ptr[r] - row_ptr[0] ..] with their
+// bias (dash.h's chunk_bias: 0 on forced chunks, (log pbar - shift) / sigma on routed ones),
+// and their pbar at entry_pbar (for the backward); row_ptr [n + 1] is the running sum of counts.
+int dash_routing_lists(const DashRoutingArgs& a, const float* pbar, const float* shift, const int64_t* row_ptr,
                        int32_t* blocks, float* entries, float* entry_pbar, cudaStream_t stream);
 
 // d_scores [G, n, scores_ld] (0 past n_seen) from the gradient of the rows' list entries

@@ -246,7 +246,7 @@ std::pair<Tensor, Tensor> aten_routing_backward(const DashConfig& cfg, const Ten
 TileLists fused_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T) {
   const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/true);
   const int64_t G = s.scores.size(2), n = s.scores.size(3);
-  auto r = cuda::dash_routing_lists(s.scores.reshape({G, n, s.n_seen}), cfg, s.scale, t0, s.n_chunks);
+  auto r = cuda::dash_routing_lists(s.scores.reshape({G, n, s.n_seen}), cfg, s.scale, t0);
   return {r.counts, r.blocks, r.entries, r.thresholds, r.entry_pbar};
 }
 

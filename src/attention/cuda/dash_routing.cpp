@@ -22,7 +22,7 @@ Tensor padded_rows(int64_t G, int64_t n, int64_t n_seen, const torch::TensorOpti
   return torch::empty({G, n, (n_seen + 3) / 4 * 4}, options.dtype(torch::kFloat32)).narrow(2, 0, n_seen);
 }
 
-kn::DashRoutingArgs args(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0, int64_t n_chunks) {
+kn::DashRoutingArgs args(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0) {
   TORCH_CHECK(scores.is_cuda() && scores.scalar_type() == torch::kFloat32 && scores.dim() == 3 &&
                   scores.stride(2) == 1 && scores.stride(1) >= scores.size(2) &&
                   scores.stride(0) == scores.size(1) * scores.stride(1),
@@ -30,7 +30,10 @@ kn::DashRoutingArgs args(const Tensor& scores, const DashConfig& cfg, double sca
   kn::DashRoutingArgs a{};
   a.scores = scores.data_ptr<float>();
   a.scores_ld = scores.stride(1);
-  a.G = scores.size(0); a.n = scores.size(1); a.n_seen = scores.size(2); a.n_chunks = n_chunks; a.t0 = t0;
+  a.G = scores.size(0);
+  a.n = scores.size(1);
+  a.n_seen = scores.size(2);
+  a.t0 = t0;
   a.chunk = cfg.chunk; a.sink_chunks = cfg.sink_chunks; a.local_chunks = cfg.local_chunks;
   a.route_positions = cfg.route_positions;
   a.scale = static_cast<float>(scale);
@@ -78,25 +81,24 @@ Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t
   return scores;
 }
 
-RoutedLists dash_routing_lists(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
-                               int64_t n_chunks) {
+RoutedLists dash_routing_lists(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0) {
   const c10::cuda::CUDAGuard guard(scores.device());
-  const int64_t G = scores.size(0), n = scores.size(1);
-  const kn::DashRoutingArgs a = args(scores, cfg, scale, t0, n_chunks);
-  auto bias = torch::empty({n, n_chunks}, scores.options());
-  auto pbar = torch::empty({(n + cfg.route_positions - 1) / cfg.route_positions, scores.size(2)}, scores.options());
+  const int64_t G = scores.size(0), n = scores.size(1), routings = (n + cfg.route_positions - 1) / cfg.route_positions;
+  const kn::DashRoutingArgs a = args(scores, cfg, scale, t0);
+  auto pbar = torch::empty({routings, scores.size(2)}, scores.options());
+  auto shift = torch::empty({routings}, scores.options());
   RoutedLists r;
   r.thresholds = torch::empty({G, n, 2}, scores.options());
   r.counts = torch::empty({n}, scores.options().dtype(torch::kInt64));
-  check_launch(kn::dash_routing_bias(a, bias.data_ptr<float>(), pbar.data_ptr<float>(), r.thresholds.data_ptr<float>(),
-                                     r.counts.data_ptr<int64_t>(), current_stream()),
+  check_launch(kn::dash_routing_prior(a, pbar.data_ptr<float>(), shift.data_ptr<float>(),
+                                      r.thresholds.data_ptr<float>(), r.counts.data_ptr<int64_t>(), current_stream()),
                "dash routing");
   const Tensor row_ptr = row_ptr_from_counts(r.counts);
   const int64_t m = row_ptr[n].item<int64_t>();
   r.blocks = torch::empty({m}, r.counts.options().dtype(torch::kInt32));
   r.entries = torch::empty({m}, scores.options());
   r.entry_pbar = torch::empty({m}, scores.options());
-  check_launch(kn::dash_routing_lists(a, bias.data_ptr<float>(), pbar.data_ptr<float>(), row_ptr.data_ptr<int64_t>(),
+  check_launch(kn::dash_routing_lists(a, pbar.data_ptr<float>(), shift.data_ptr<float>(), row_ptr.data_ptr<int64_t>(),
                                       r.blocks.data_ptr<int32_t>(), r.entries.data_ptr<float>(),
                                       r.entry_pbar.data_ptr<float>(), current_stream()),
                "dash routing lists");
@@ -115,7 +117,7 @@ Tensor dash_routing_backward(const Tensor& scores, const Tensor& thresholds, con
   const c10::cuda::CUDAGuard guard(scores.device());
   const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
                g = d_entries.to(torch::kFloat32).contiguous();
-  const kn::DashRoutingArgs a = args(scores, cfg, scale, t0, scores.size(2));  // the backward reads no n_chunks
+  const kn::DashRoutingArgs a = args(scores, cfg, scale, t0);
   // d_scores in the scores' layout, whole rows: the kernel writes both with one row stride.
   auto d_scores = torch::empty({scores.size(0), scores.size(1), a.scores_ld}, scores.options());
   check_launch(kn::dash_routing_backward(a, thresholds.data_ptr<float>(), starts.data_ptr<int64_t>(),

@@ -36,8 +36,7 @@ struct RoutedLists {
 // scores [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's
 // tile routing; t0 a multiple of route_positions) -> the routing of rows t0 .. t0 + n as
 // lists, and the entmax thresholds. One host round trip: the lists' total size.
-RoutedLists dash_routing_lists(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
-                               int64_t n_chunks);
+RoutedLists dash_routing_lists(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0);
 
 // The gradient of the entries -> d scores [G, n, w], w >= n_seen the scores' row stride and the
 // columns past n_seen 0 (so the backward's products run over whole aligned rows), for the
