@@ -19,11 +19,10 @@
 // Why windows: the CTAs resident at one time are the blocks of one (b, hkv, window), so the
 // Q/dO tiles they read (32 KB per tile, kWindowTiles tiles) stay in L2. Walking whole reverse
 // lists instead (v4 in NOTES.md) touched the whole sequence at once, re-reading Q/dO from HBM.
-// Two forms of the matmuls, everything else shared: on sm_90 (kWgmma) the CTA's 4 warps are
-// one warpgroup and each matmul is a wgmma over all 64 keys, reading its shared-memory
-// operands once per warpgroup (bsa_wgmma.cuh); the portable path (sm_80 on) has each warp run
-// mma.sync m16n8k16 on its 16 keys, loading Q and dO fragments with ldmatrix, 4x the
-// shared-memory reads. Both accumulate in fp32; tiles come double-buffered through cp.async.
+// Two kernels for the dK/dV part: on Hopper, bsa_dkdv_sm90.cu's warp-specialized one (a
+// producer warpgroup fills stages that two wgmma warpgroups consume); this file's portable
+// one (sm_80 on) has each of its 4 warps run mma.sync m16n8k16 on its 16 keys, loading Q and
+// dO fragments with ldmatrix, tiles double-buffered through cp.async. Both accumulate in fp32.
 #include "bsa_tile.cuh"
 #include "bsa_wgmma.cuh"
 
@@ -32,7 +31,6 @@ namespace {
 using namespace dev;
 
 constexpr int kPrepThreads = 256;
-constexpr int kWindowTiles = 512;  // 512 x 32 KB of Q and dO rows: 16 MB of the 50 MB L2
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kPrepThreads) bsa_bwd_prep_kernel(const BsaParams p, int64_t rows) {
@@ -71,37 +69,10 @@ __global__ void __launch_bounds__(256) bsa_convert_kernel(const float* acc, T* o
   reinterpret_cast<uint4*>(out)[i] = packed;
 }
 
-// How position t (row list `list`) reads KV block j, as RowCursor::step says, plus the list
-// entry: the diagonal: bias 0, entry -1; a listed block (binary search in the sorted list): the
-// list's bias and entry; a block only the window reaches: bias 0 from key *first on, entry -1;
-// else -inf and -1. (Entries fit 32 bits: bsa_backward refuses nnz past INT32_MAX.)
-__device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, int64_t t, int j,
-                                            int* entry, int* first) {
-  *entry = -1;
-  *first = 0;
-  const int diag = static_cast<int>(t / kBsaBlock);
-  if (j == diag) return 0.f;
-  if (j > diag) return -INFINITY;
-  const int64_t end = p.row_ptr[list + 1];
-  int64_t lo = p.row_ptr[list], hi = end;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) >> 1;
-    if (p.blocks[mid] < j) lo = mid + 1; else hi = mid;
-  }
-  if (lo == end || p.blocks[lo] != j) {
-    const int w = window_first_key(t, j, p.window);
-    if (w == INT_MAX) return -INFINITY;
-    *first = w;
-    return 0.f;
-  }
-  *entry = static_cast<int>(lo);
-  return p.bias ? p.bias[lo] * kLog2e : 0.f;
-}
-
-template <typename T, int D, bool kWgmma>
+template <typename T, int D>
 __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
+  // Tiles on 1024-byte boundaries (bsa_device.cuh's swizzle; the launch adds the slack).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
   const uint32_t sK = smem_addr(smem), sV = sK + kTile;
@@ -128,17 +99,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   const int w0 = w * kWindowTiles, w1 = min(w0 + kWindowTiles, p.tiles_per_head);
   // Tiles before the block's first position never select it: nothing to do.
   if ((static_cast<int64_t>(j) * kBsaBlock) / p.P >= w1) return;
-  // This window's part of the reverse list, in shared memory (order does not matter).
-  const int64_t slot = bh * p.n_blocks + j;
-  const int64_t rbeg = p.rev_ptr[slot], rend = p.rev_ptr[slot + 1];
-  if (tid == 0) s_n_tiles = 0;
-  __syncthreads();
-  for (int64_t i = rbeg + tid; i < rend; i += 128) {
-    const int tile_t = p.rev_tiles[i];
-    if (tile_t >= w0 && tile_t < w1) s_tiles[atomicAdd(&s_n_tiles, 1)] = static_cast<uint16_t>(tile_t - w0);
-  }
-  __syncthreads();
-  const int n_tiles = s_n_tiles;
+  const int n_tiles = gather_window_tiles(p, bh, j, w0, w1, s_tiles, &s_n_tiles, tid, 128);
   if (n_tiles == 0) return;
   const T* q = static_cast<const T*>(p.q);
   const T* dout = static_cast<const T*>(p.dout);
@@ -189,44 +150,28 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
   for (int u = 0; u < n_tiles; ++u) {
     const int st = u & 1;
     cp_async_wait_all();
-    if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();  // stage st landed and s_bl[st] is complete; stage st^1 is free
     if (u + 1 < n_tiles) {
       load_tile(w0 + s_tiles[u + 1], st ^ 1);
       cp_async_commit();
     }
     const uint32_t q_s = sQ(st), do_s = sdO(st);
-    // S^T (16 keys x 64 rows per warp) and dP^T = V dO^T. On the wgmma path they are two
-    // groups, so that P (below) overlaps the dP^T matmul and dV's the dS^T math.
+    // S^T (16 keys x 64 rows per warp) and dP^T = V dO^T.
     float s[8][4] = {}, dp[8][4] = {};
-    if constexpr (kWgmma) {
-      // The zeroed accumulators in their registers before the fence, so that ptxas need not
-      // insert a warpgroup arrive/wait of its own for them.
-      fence_operands(s);
-      fence_operands(dp);
-      wgmma_fence();
-      wgmma_tile_by_tile_t<T, D>(s, sK, q_s);
-      wgmma_commit();
-      wgmma_tile_by_tile_t<T, D>(dp, sV, do_s);
-      wgmma_commit();
-      wgmma_wait<1>();
-      fence_operands(s);
-    } else {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t ka[4], va[4];
-        load_a(ka, sK, kw, kk * 16, lane);
-        load_a(va, sV, kw, kk * 16, lane);
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ka[4], va[4];
+      load_a(ka, sK, kw, kk * 16, lane);
+      load_a(va, sV, kw, kk * 16, lane);
 #pragma unroll
-        for (int nn = 0; nn < 4; ++nn) {
-          uint32_t bq[4], bo[4];
-          load_b_nk(bq, q_s, nn * 16, kk * 16, lane);
-          load_b_nk(bo, do_s, nn * 16, kk * 16, lane);
-          mma<T>(s[2 * nn], ka, bq[0], bq[1]);
-          mma<T>(s[2 * nn + 1], ka, bq[2], bq[3]);
-          mma<T>(dp[2 * nn], va, bo[0], bo[1]);
-          mma<T>(dp[2 * nn + 1], va, bo[2], bo[3]);
-        }
+      for (int nn = 0; nn < 4; ++nn) {
+        uint32_t bq[4], bo[4];
+        load_b_nk(bq, q_s, nn * 16, kk * 16, lane);
+        load_b_nk(bo, do_s, nn * 16, kk * 16, lane);
+        mma<T>(s[2 * nn], ka, bq[0], bq[1]);
+        mma<T>(s[2 * nn + 1], ka, bq[2], bq[3]);
+        mma<T>(dp[2 * nn], va, bo[0], bo[1]);
+        mma<T>(dp[2 * nn + 1], va, bo[2], bo[3]);
       }
     }
     // P^T; column n of the C fragment is tile row n. Only the diagonal block and the window's
@@ -251,13 +196,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     uint32_t pa[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
-    if constexpr (kWgmma) wgmma_fence();
-    mma_regs_by_tile<T, D, kWgmma>(dv, pa, do_s, lane);
-    if constexpr (kWgmma) {
-      wgmma_commit();
-      wgmma_wait<1>();  // dP^T is done (dV may still run)
-      fence_operands(dp);
-    }
+    mma_regs_by_tile<T, D, false>(dv, pa, do_s, lane);
     // dS^T = P^T (dP^T - delta) and its column sums (d(bias)).
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
@@ -280,9 +219,7 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
     // dK += dS^T Q.
-    if constexpr (kWgmma) wgmma_fence();
-    mma_regs_by_tile<T, D, kWgmma>(dk, da, q_s, lane);
-    if constexpr (kWgmma) wgmma_commit();
+    mma_regs_by_tile<T, D, false>(dk, da, q_s, lane);
     __syncthreads();  // the column sums and the next tile's positions are visible
     if (u + 1 < n_tiles) add_bias(st ^ 1);
     if (p.dbias && tid < p.P) {
@@ -294,13 +231,6 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
                  s_colsum[2][tid * p.G + h] + s_colsum[3][tid * p.G + h];
         p.dbias[e] = sum;
       }
-    }
-    if constexpr (kWgmma) {
-      wgmma_wait<0>();  // before the next iteration's barrier: it refills this stage
-      fence_operands(dv);
-      fence_operands(dk);
-      fence_operands(pa);
-      fence_operands(da);
     }
   }
 
@@ -338,16 +268,22 @@ int launch(const BsaParams& p, int64_t B, BsaPath path, cudaStream_t stream) {
   bsa_bwd_prep_kernel<T, D><<<static_cast<unsigned>((prep_threads + kPrepThreads - 1) / kPrepThreads),
                               kPrepThreads, 0, stream>>>(p, rows);
   if ((e = cudaGetLastError())) return e;
-  auto kernel = bsa_bwd_kernel<T, D, true>;
-  if (path == BsaPath::kPortable || !wgmma_runs_here(kernel)) kernel = bsa_bwd_kernel<T, D, false>;
-  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem))) return e;
-  // Two CTAs per SM need nearly all of the 228 KB: ask for the largest shared-memory carveout.
-  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  auto kernel = bsa_bwd_kernel<T, D>;
   const unsigned windows = static_cast<unsigned>((p.tiles_per_head + kWindowTiles - 1) / kWindowTiles);
   // The dQ pass first: it leaves the rows' sums of P dP in delta for the dK/dV kernel.
-  if (const int rc = launch_tile_pass(p, B, D, std::is_same_v<T, __nv_bfloat16>, TilePass::kDq, path, stream)) return rc;
-  kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), 128, kSmem, stream>>>(p);
-  if ((e = cudaGetLastError())) return e;
+  if (const int rc = launch_tile_pass(p, B, D, kBf16, TilePass::kDq, path, stream)) return rc;
+  // Every kernel of the build has the same architectures: the portable one's tell whether the
+  // sm_90a code runs here.
+  if (path == BsaPath::kAuto && wgmma_runs_here(kernel)) {
+    if (const int rc = launch_dkdv_sm90(p, B, D, kBf16, windows, stream)) return rc;
+  } else {
+    if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem))) return e;
+    // Two CTAs per SM need nearly all of the 228 KB: ask for the largest shared-memory carveout.
+    if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
+    kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), 128, kSmem, stream>>>(p);
+    if ((e = cudaGetLastError())) return e;
+  }
   if ((e = convert<T>(p.dk_accum, p.dk, p.scale, kv_elems, stream))) return e;
   return convert<T>(p.dv_accum, p.dv, 1.f, kv_elems, stream);
 }

@@ -126,11 +126,63 @@ struct RowCursor {
   }
 };
 
+// The dK/dV kernels' query windows: the CTAs resident at one time take one window's tiles, whose
+// Q and dO rows (512 x 32 KB: 16 MB of the 50 MB L2) then stay in L2 (bsa_backward.cu).
+constexpr int kWindowTiles = 512;
+
+// How position t (row list `list`) reads KV block j, as RowCursor::step says, plus the list
+// entry: the diagonal: bias 0, entry -1; a listed block (binary search in the sorted list): the
+// list's bias and entry; a block only the window reaches: bias 0 from key *first on, entry -1;
+// else -inf and -1. (Entries fit 32 bits: bsa_backward refuses nnz past INT32_MAX.)
+__device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, int64_t t, int j,
+                                            int* entry, int* first) {
+  *entry = -1;
+  *first = 0;
+  const int diag = static_cast<int>(t / kBsaBlock);
+  if (j == diag) return 0.f;
+  if (j > diag) return -INFINITY;
+  const int64_t end = p.row_ptr[list + 1];
+  int64_t lo = p.row_ptr[list], hi = end;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) >> 1;
+    if (p.blocks[mid] < j) lo = mid + 1; else hi = mid;
+  }
+  if (lo == end || p.blocks[lo] != j) {
+    const int w = window_first_key(t, j, p.window);
+    if (w == INT_MAX) return -INFINITY;
+    *first = w;
+    return 0.f;
+  }
+  *entry = static_cast<int>(lo);
+  return p.bias ? p.bias[lo] * kLog2e : 0.f;
+}
+
+// The dK/dV kernels' CTA for KV block j of (b, hkv) = bh and query window [w0, w1) gathers the
+// tiles of j's reverse list that lie in the window into `tiles` (less w0, in no particular
+// order) and returns how many. All `threads` threads of the CTA call it (it holds barriers).
+__device__ __forceinline__ int gather_window_tiles(const BsaParams& p, int64_t bh, int j, int w0, int w1,
+                                                   uint16_t* tiles, int* count, int tid, int threads) {
+  const int64_t slot = bh * p.n_blocks + j;
+  const int64_t rbeg = p.rev_ptr[slot], rend = p.rev_ptr[slot + 1];
+  if (tid == 0) *count = 0;
+  __syncthreads();
+  for (int64_t i = rbeg + tid; i < rend; i += threads) {
+    const int tile_t = p.rev_tiles[i];
+    if (tile_t >= w0 && tile_t < w1) tiles[atomicAdd(count, 1)] = static_cast<uint16_t>(tile_t - w0);
+  }
+  __syncthreads();
+  return *count;
+}
+
 // The passes bsa_forward.cu runs over a query tile's blocks (the forward and the backward's
 // dQ), launched for every tile of the plan.
 enum class TilePass { kForward, kDq };
 int launch_tile_pass(const BsaParams& p, int64_t B, int d, bool bf16, TilePass pass, BsaPath path,
                      cudaStream_t stream);
+
+// dK, dV and d(bias) by the warp-specialized Hopper kernel (bsa_dkdv_sm90.cu) over a grid of
+// (KV blocks, `windows` query windows, B * Hkv); the caller checked that wgmma runs here.
+int launch_dkdv_sm90(const BsaParams& p, int64_t B, int d, bool bf16, unsigned windows, cudaStream_t stream);
 
 // Masks a key inside a block the row reads: causal (key > t) and the window's edge (key < lo).
 __device__ __forceinline__ bool key_masked(int key, int t, int lo) { return key > t || key < lo; }

@@ -1,0 +1,277 @@
+// dK, dV and d(bias) on Hopper, warp-specialized as in FlashAttention-3. The work is that of
+// bsa_backward.cu's portable kernel: one CTA per (b, hkv, query window w, KV block j) takes the
+// tiles of j's reverse list that lie in w; per tile S^T = K Q^T, dP^T = V dO^T, P^T from the
+// saved log-sum-exp, dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q, and d(bias) of
+// each selected (position, j) as dS summed over the block's keys and the group's heads. Here
+// the CTA is three warpgroups with one role each:
+//   producer (warpgroup 0, 40 registers a thread): warp w fills stage w with tiles w, w + 4,
+//     w + 8, ...: the Q and dO rows by cp.async, and per row bias - lse, delta, position and
+//     first key read (the positions' list searches: dependent loads). A stage's "full" barrier
+//     completes when its copies have landed and those values are stored.
+//   two consumers (warpgroups 1 and 2, 232 registers): consumer c takes tiles c, c + 2, ...
+//     (stages c and c + 2) with the block's K and V, loaded once for both; each keeps its own
+//     dK and dV in registers and adds them into the fp32 accumulators at the end. A consumer
+//     frees a stage (its "empty" barrier) once its matmuls have read the stage.
+// The single-warpgroup form had its own warps issue those copies and searches for the next
+// tile and meet at a barrier per tile; with two such CTAs per SM the tensor pipe ran at 23% of
+// its peak and the first matmul of each tile was the warps' top stall (NOTES.md). Here the
+// matmul warps wait only on stages that are already full.
+#include "bsa_pipeline.cuh"
+#include "bsa_tile.cuh"
+#include "bsa_wgmma.cuh"
+
+namespace st::kernels::dev {
+namespace {
+
+constexpr int kStages = 4;     // one per producer warp
+constexpr int kConsumers = 2;  // warpgroups running the matmuls
+constexpr int kThreads = 128 * (1 + kConsumers);
+// 40 x 128 + 232 x 256 = 168 x 384, what the launch gives the CTA (ptxas: no spills; 224 for
+// the consumers spills, 24 for the producer too).
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+
+// What the producer stores with a stage's Q and dO rows, per tile row and per position.
+struct StageValues {
+  float bl[64];     // bias - lse for block j (base 2); -inf where the row does not read j
+  float delta[64];  // the row's sum of P dP (the dQ pass's)
+  int t[64];        // the row's position; -1: padding row
+  int lo[64];       // first key the row reads in j
+  int entry[64];    // per position: list entry of (position, j), -1 where j is not listed
+  int t0;           // the tile's first position
+};
+
+template <typename T, int D>
+__device__ __forceinline__ void produce(const BsaParams& p, int b, int hkv, int j, int w0, int n_tiles,
+                                        const uint16_t* tiles, uint32_t stage0, StageValues* values,
+                                        uint32_t full0, uint32_t empty0) {
+  constexpr int kTile = 64 * D * 2, kChunks = D / 8, kRowsPerStep = 32 / kChunks;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t bh = static_cast<int64_t>(b) * p.Hkv + hkv;
+  const T* q = static_cast<const T*>(p.q);
+  const T* dout = static_cast<const T*>(p.dout);
+  const uint32_t full = full0 + 8 * warp, empty = empty0 + 8 * warp;
+  const uint32_t sQ = stage0 + 2 * warp * kTile, sdO = sQ + kTile;
+  StageValues& m = values[warp];
+  for (int u = warp, use = 0; u < n_tiles; u += kStages, ++use) {
+    if (use > 0) mbar_wait(empty, (use - 1) & 1);
+    const int tile_t = w0 + tiles[u];
+    const int ch = lane % kChunks;
+    for (int r = lane / kChunks; r < 64; r += kRowsPerStep) {
+      const TileRow x = tile_row<D>(p, b, hkv, tile_t, r);
+      const uint32_t at = tile_offset(r, ch * 8);
+      cp_async_16(sQ + at, x.valid ? q + x.off + ch * 8 : q, x.valid ? 16 : 0);
+      cp_async_16(sdO + at, x.valid ? dout + x.off + ch * 8 : dout, x.valid ? 16 : 0);
+    }
+    mbar_arrive_cp_async(full);
+    // Positions lane and lane + 32: bias (base 2), first key and list entry for block j.
+    float pbias[2];
+    int plo[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int pos = lane + 32 * h;
+      const int64_t t = static_cast<int64_t>(tile_t) * p.P + pos;
+      int entry = -1;
+      plo[h] = 0;
+      pbias[h] = pos < p.P && t < p.T ? block_bias(p, bh * p.T + t, t, j, &entry, &plo[h]) : -INFINITY;
+      if (pos < p.P) m.entry[pos] = entry;
+    }
+    // Rows lane and lane + 32 take their position's (r / G) from the lane that searched it.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = lane + 32 * h, pos = r / p.G;
+      const float bias0 = __shfl_sync(0xffffffffu, pbias[0], pos & 31), bias1 = __shfl_sync(0xffffffffu, pbias[1], pos & 31);
+      const int lo0 = __shfl_sync(0xffffffffu, plo[0], pos & 31), lo1 = __shfl_sync(0xffffffffu, plo[1], pos & 31);
+      const float bias = pos < 32 ? bias0 : bias1;
+      const int lo = pos < 32 ? lo0 : lo1;
+      const TileRow x = tile_row<D>(p, b, hkv, tile_t, r);
+      m.bl[r] = x.valid ? bias - p.lse[x.lrow] * kLog2e : -INFINITY;
+      m.delta[r] = x.valid ? p.delta[x.lrow] : 0.f;
+      m.t[r] = x.valid ? static_cast<int>(x.t) : -1;
+      m.lo[r] = x.valid ? lo : 0;
+    }
+    if (lane == 0) m.t0 = tile_t * p.P;
+    mbar_arrive(full);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaParams p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  constexpr int kTile = 64 * D * 2;
+  // K, V, then per stage Q and dO.
+  const uint32_t sK = smem_addr(smem), sV = sK + kTile, stage0 = sK + 2 * kTile;
+  __shared__ StageValues s_values[kStages];
+  __shared__ __align__(8) uint64_t s_full[kStages], s_empty[kStages], s_kv;
+  // Per consumer, two buffers (tiles alternate), per warp: dS summed over its 16 keys, per row.
+  __shared__ float s_colsum[kConsumers][2][4][64];
+  __shared__ uint16_t s_tiles[kWindowTiles];
+  __shared__ int s_n_tiles;
+
+  const int tid = threadIdx.x, wg = tid >> 7;
+  const int j = blockIdx.x, w = blockIdx.y;
+  const int b = blockIdx.z / p.Hkv, hkv = blockIdx.z % p.Hkv;
+  const int64_t bh = static_cast<int64_t>(b) * p.Hkv + hkv;
+  const int w0 = w * kWindowTiles, w1 = min(w0 + kWindowTiles, p.tiles_per_head);
+  // Tiles before the block's first position never select it: nothing to do.
+  if ((static_cast<int64_t>(j) * kBsaBlock) / p.P >= w1) return;
+  const uint32_t full0 = smem_addr(s_full), empty0 = smem_addr(s_empty), kv = smem_addr(&s_kv);
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full0 + 8 * s, 64);  // each producer lane: its copies landed, its values stored
+      mbar_init(empty0 + 8 * s, 4);  // each warp of the stage's consumer
+    }
+    mbar_init(kv, 128);
+  }
+  const int n_tiles = gather_window_tiles(p, bh, j, w0, w1, s_tiles, &s_n_tiles, tid, kThreads);
+  if (n_tiles == 0) return;
+  const int key0 = j * kBsaBlock;
+
+  if (wg == 0) {
+    warpgroup_regs_down<kProducerRegs>();
+    const T* kbase = static_cast<const T*>(p.k) + bh * p.T * D;
+    const T* vbase = static_cast<const T*>(p.v) + bh * p.T * D;
+    load_tile_async<D>(sK, [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
+    load_tile_async<D>(sV, [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
+    mbar_arrive_cp_async(kv);
+    produce<T, D>(p, b, hkv, j, w0, n_tiles, s_tiles, stage0, s_values, full0, empty0);
+    return;
+  }
+  warpgroup_regs_up<kConsumerRegs>();
+  const int c = wg - 1, ctid = tid & 127, warp = ctid >> 5, lane = tid & 31;
+  const int g = lane >> 2, cq = lane & 3;
+  const int kw = warp * 16;  // this warp's keys within the block
+  if (c >= n_tiles) return;
+  float dk[D / 8][4] = {}, dv[D / 8][4] = {};
+  mbar_wait(kv, 0);
+  for (int u = c; u < n_tiles; u += kConsumers) {
+    const int st = u % kStages;
+    const StageValues& m = s_values[st];
+    float(&colsum)[4][64] = s_colsum[c][(u / kConsumers) & 1];
+    const uint32_t q_s = stage0 + 2 * st * kTile, do_s = q_s + kTile;
+    mbar_wait(full0 + 8 * st, (u / kStages) & 1);
+    fence_proxy_async();  // the cp.async copies, seen by wgmma
+    // S^T (16 keys x 64 rows per warp) and dP^T = V dO^T, two groups: P (below) overlaps the
+    // dP^T matmul and dV's the dS^T math.
+    float s[8][4] = {}, dp[8][4] = {};
+    // The zeroed accumulators in their registers before the fence, so that ptxas need not
+    // insert a warpgroup arrive/wait of its own for them.
+    fence_operands(s);
+    fence_operands(dp);
+    wgmma_fence();
+    wgmma_tile_by_tile_t<T, D>(s, sK, q_s);
+    wgmma_commit();
+    wgmma_tile_by_tile_t<T, D>(dp, sV, do_s);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_operands(s);
+    // P^T; column n of the C fragment is tile row n. Only the diagonal block and the window's
+    // edge need the token mask: a window starts inside block j for positions key0 + window ..
+    // key0 + window + 62.
+    const int t0 = m.t0;
+    if (key0 + kBsaBlock - 1 > t0 ||
+        (p.window > 0 && t0 + p.P > key0 + p.window && t0 < key0 + p.window + kBsaBlock - 1)) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int n = nt * 8 + 2 * cq + (e & 1);
+          if (key_masked(key0 + kw + g + 8 * (e >> 1), m.t[n], m.lo[n])) s[nt][e] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = fast_exp2(s[nt][e] * p.scale_log2 + m.bl[2 * cq + nt * 8 + (e & 1)]);
+    // dV += P^T dO (k-steps over the tile's rows).
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+    wgmma_fence();
+    mma_regs_by_tile<T, D, true>(dv, pa, do_s, lane);
+    wgmma_commit();
+    wgmma_wait<1>();  // dP^T is done (dV may still run)
+    fence_operands(dp);
+    // dS^T = P^T (dP^T - delta) and its column sums (d(bias)).
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - m.delta[nt * 8 + 2 * cq + (e & 1)]);
+    if (p.dbias) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float x = dp[nt][e] + dp[nt][e + 2];
+          x += __shfl_xor_sync(0xffffffffu, x, 4);
+          x += __shfl_xor_sync(0xffffffffu, x, 8);
+          x += __shfl_xor_sync(0xffffffffu, x, 16);
+          if (g == 0) colsum[warp][nt * 8 + 2 * cq + e] = x;
+        }
+      }
+    }
+    uint32_t da[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
+    // dK += dS^T Q.
+    wgmma_fence();
+    mma_regs_by_tile<T, D, true>(dk, da, q_s, lane);
+    wgmma_commit();
+    if (p.dbias) {
+      named_barrier(1 + c, 128);  // the consumer's column sums are visible
+      if (ctid < p.P) {
+        const int e = m.entry[ctid];
+        if (e >= 0) {
+          float sum = 0.f;
+          for (int h = 0; h < p.G; ++h)
+            sum += colsum[0][ctid * p.G + h] + colsum[1][ctid * p.G + h] + colsum[2][ctid * p.G + h] +
+                   colsum[3][ctid * p.G + h];
+          p.dbias[e] = sum;
+        }
+      }
+    }
+    wgmma_wait<0>();  // the stage's last reader (dK's Q) is done
+    fence_operands(dv);
+    fence_operands(dk);
+    fence_operands(pa);
+    fence_operands(da);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty0 + 8 * st);
+  }
+
+  // The other consumer and other windows' CTAs add to the same keys.
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t key = key0 + kw + g + 8 * i;
+    if (key >= p.T) continue;
+    float* krow = p.dk_accum + (bh * p.T + key) * D;
+    float* vrow = p.dv_accum + (bh * p.T + key) * D;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) {
+      atomic_add2(krow + nd * 8 + 2 * cq, dk[nd][2 * i], dk[nd][2 * i + 1]);
+      atomic_add2(vrow + nd * 8 + 2 * cq, dv[nd][2 * i], dv[nd][2 * i + 1]);
+    }
+  }
+}
+
+template <typename T, int D>
+int launch(const BsaParams& p, int64_t B, unsigned windows, cudaStream_t stream) {
+  // K, V, the stages' Q and dO, and the slack that puts them on 1024-byte boundaries.
+  constexpr int kSmem = (2 + 2 * kStages) * 64 * D * 2 + 1024;
+  auto kernel = bsa_dkdv_sm90_kernel<T, D>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (e != cudaSuccess) return e;
+  kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), kThreads, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int launch_dkdv_sm90(const BsaParams& p, int64_t B, int d, bool bf16, unsigned windows, cudaStream_t stream) {
+  if (d == 64)
+    return bf16 ? launch<__nv_bfloat16, 64>(p, B, windows, stream) : launch<__half, 64>(p, B, windows, stream);
+  return bf16 ? launch<__nv_bfloat16, 128>(p, B, windows, stream) : launch<__half, 128>(p, B, windows, stream);
+}
+
+}  // namespace st::kernels::dev
