@@ -16,6 +16,8 @@
 // tile and meet at a barrier per tile; with two such CTAs per SM the tensor pipe ran at 23% of
 // its peak and the first matmul of each tile was the warps' top stall (NOTES.md). Here the
 // matmul warps wait only on stages that are already full.
+#include <cstdlib>
+
 #include "bsa_pipeline.cuh"
 #include "bsa_tile.cuh"
 #include "bsa_wgmma.cuh"
@@ -23,12 +25,14 @@
 namespace st::kernels::dev {
 namespace {
 
-constexpr int kStages = 4;     // one per producer warp
-constexpr int kConsumers = 2;  // warpgroups running the matmuls
-constexpr int kThreads = 128 * (1 + kConsumers);
-// 40 x 128 + 232 x 256 = 168 x 384, what the launch gives the CTA (ptxas: no spills; 224 for
-// the consumers spills, 24 for the producer too).
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+// EXPERIMENT: kConsumers 2 (one CTA per SM, four stages) or 1 (two CTAs per SM, two stages).
+template <int kConsumers>
+struct Config {
+  static constexpr int kStages = 2 * kConsumers;  // one per producer warp
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  // 2: 40 x 128 + 232 x 256 = 168 x 384; 1: 24 x 128 + 232 x 128 = 128 x 256.
+  static constexpr int kProducerRegs = kConsumers == 2 ? 40 : 24, kConsumerRegs = 232;
+};
 
 // What the producer stores with a stage's Q and dO rows, per tile row and per position.
 struct StageValues {
@@ -40,7 +44,7 @@ struct StageValues {
   int t0;           // the tile's first position
 };
 
-template <typename T, int D>
+template <typename T, int D, int kStages>
 __device__ __forceinline__ void produce(const BsaParams& p, int b, int hkv, int j, int w0, int n_tiles,
                                         const uint16_t* tiles, uint32_t stage0, StageValues* values,
                                         uint32_t full0, uint32_t empty0) {
@@ -94,8 +98,9 @@ __device__ __forceinline__ void produce(const BsaParams& p, int b, int hkv, int 
   }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaParams p) {
+template <typename T, int D, int kConsumers>
+__global__ void __launch_bounds__(Config<kConsumers>::kThreads, 3 - kConsumers) bsa_dkdv_sm90_kernel(const BsaParams p) {
+  constexpr int kStages = Config<kConsumers>::kStages, kThreads = Config<kConsumers>::kThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -129,16 +134,17 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
   const int key0 = j * kBsaBlock;
 
   if (wg == 0) {
-    warpgroup_regs_down<kProducerRegs>();
+    warpgroup_regs_down<Config<kConsumers>::kProducerRegs>();
     const T* kbase = static_cast<const T*>(p.k) + bh * p.T * D;
     const T* vbase = static_cast<const T*>(p.v) + bh * p.T * D;
     load_tile_async<D>(sK, [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
     load_tile_async<D>(sV, [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
     mbar_arrive_cp_async(kv);
-    produce<T, D>(p, b, hkv, j, w0, n_tiles, s_tiles, stage0, s_values, full0, empty0);
+    if (tid >= 32 * kStages) return;
+    produce<T, D, kStages>(p, b, hkv, j, w0, n_tiles, s_tiles, stage0, s_values, full0, empty0);
     return;
   }
-  warpgroup_regs_up<kConsumerRegs>();
+  warpgroup_regs_up<Config<kConsumers>::kConsumerRegs>();
   const int c = wg - 1, ctid = tid & 127, warp = ctid >> 5, lane = tid & 31;
   const int g = lane >> 2, cq = lane & 3;
   const int kw = warp * 16;  // this warp's keys within the block
@@ -255,15 +261,21 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, int kConsumers>
 int launch(const BsaParams& p, int64_t B, unsigned windows, cudaStream_t stream) {
   // K, V, the stages' Q and dO, and the slack that puts them on 1024-byte boundaries.
-  constexpr int kSmem = (2 + 2 * kStages) * 64 * D * 2 + 1024;
-  auto kernel = bsa_dkdv_sm90_kernel<T, D>;
+  constexpr int kSmem = (2 + 2 * Config<kConsumers>::kStages) * 64 * D * 2 + 1024;
+  auto kernel = bsa_dkdv_sm90_kernel<T, D, kConsumers>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), kThreads, kSmem, stream>>>(p);
+  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
+  kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), Config<kConsumers>::kThreads, kSmem, stream>>>(p);
   return cudaGetLastError();
+}
+template <typename T, int D>
+int launch(const BsaParams& p, int64_t B, unsigned windows, cudaStream_t stream) {
+  const char* v = getenv("ST_DKDV_CONSUMERS");
+  return v && v[0] == '1' ? launch<T, D, 1>(p, B, windows, stream) : launch<T, D, 2>(p, B, windows, stream);
 }
 
 }  // namespace
