@@ -16,8 +16,6 @@
 // tile and meet at a barrier per tile; with two such CTAs per SM the tensor pipe ran at 23% of
 // its peak and the first matmul of each tile was the warps' top stall (NOTES.md). Here the
 // matmul warps wait only on stages that are already full.
-#include <cstdlib>
-
 #include "bsa_pipeline.cuh"
 #include "bsa_tile.cuh"
 #include "bsa_wgmma.cuh"
@@ -25,14 +23,16 @@
 namespace st::kernels::dev {
 namespace {
 
-// EXPERIMENT: kConsumers 2 (one CTA per SM, four stages) or 1 (two CTAs per SM, two stages).
-template <int kConsumers>
-struct Config {
-  static constexpr int kStages = 2 * kConsumers;  // one per producer warp
-  static constexpr int kThreads = 128 * (1 + kConsumers);
-  // 2: 40 x 128 + 232 x 256 = 168 x 384; 1: 24 x 128 + 232 x 128 = 128 x 256.
-  static constexpr int kProducerRegs = kConsumers == 2 ? 40 : 24, kConsumerRegs = 232;
-};
+// Tile u goes through stage u % 4, filled by producer warp u % 4 and consumed by consumer u % 2.
+// A stage has one producer warp, which fills it in order: so each wait on its "empty" barrier is
+// for the phase after the last one that warp saw complete (mbarrier waits go by parity only).
+// Five stages would fit in shared memory but not that rule.
+constexpr int kStages = 4;
+constexpr int kConsumers = 2;  // warpgroups running the matmuls
+constexpr int kThreads = 128 * (1 + kConsumers);
+// 40 x 128 + 232 x 256 = 168 x 384, what the launch gives the CTA (ptxas: no spills; 224 for
+// the consumers spills, 24 for the producer too).
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 
 // What the producer stores with a stage's Q and dO rows, per tile row and per position.
 struct StageValues {
@@ -44,63 +44,79 @@ struct StageValues {
   int t0;           // the tile's first position
 };
 
-template <typename T, int D, int kStages>
-__device__ __forceinline__ void produce(const BsaParams& p, int b, int hkv, int j, int w0, int n_tiles,
-                                        const uint16_t* tiles, uint32_t stage0, StageValues* values,
-                                        uint32_t full0, uint32_t empty0) {
+// Tile row r of (b, hkv) reads lse row lrow0[r] + the tile's first position, and is position
+// pos[r] of the tile (tile_row's arithmetic, done once per CTA); lrow0 -1: padding row.
+struct RowTable {
+  int64_t lrow0[64];
+  int pos[64];
+};
+
+template <typename T, int D>
+__device__ __forceinline__ void produce(const BsaParams& p, int64_t bh, int j, int w0, int n_tiles,
+                                        const uint16_t* tiles, const RowTable& rows, uint32_t stage0,
+                                        StageValues* values, uint32_t full0, uint32_t empty0) {
   constexpr int kTile = 64 * D * 2, kChunks = D / 8, kRowsPerStep = 32 / kChunks;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t bh = static_cast<int64_t>(b) * p.Hkv + hkv;
   const T* q = static_cast<const T*>(p.q);
   const T* dout = static_cast<const T*>(p.dout);
-  const uint32_t full = full0 + 8 * warp, empty = empty0 + 8 * warp;
-  const uint32_t sQ = stage0 + 2 * warp * kTile, sdO = sQ + kTile;
-  StageValues& m = values[warp];
-  for (int u = warp, use = 0; u < n_tiles; u += kStages, ++use) {
-    if (use > 0) mbar_wait(empty, (use - 1) & 1);
-    const int tile_t = w0 + tiles[u];
-    const int ch = lane % kChunks;
-    for (int r = lane / kChunks; r < 64; r += kRowsPerStep) {
-      const TileRow x = tile_row<D>(p, b, hkv, tile_t, r);
-      const uint32_t at = tile_offset(r, ch * 8);
-      cp_async_16(sQ + at, x.valid ? q + x.off + ch * 8 : q, x.valid ? 16 : 0);
-      cp_async_16(sdO + at, x.valid ? dout + x.off + ch * 8 : dout, x.valid ? 16 : 0);
-    }
-    mbar_arrive_cp_async(full);
-    // Positions lane and lane + 32: bias (base 2), first key and list entry for block j.
+  for (int u = warp; u < n_tiles; u += kStages) {
+    const int st = warp;
+    const int64_t t0 = static_cast<int64_t>(w0 + tiles[u]) * p.P;
+    // First what needs no stage (its dependent loads overlap the wait below): positions lane
+    // and lane + 32, their bias (base 2), first key and list entry for block j; ...
     float pbias[2];
-    int plo[2];
+    int plo[2], entry[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int pos = lane + 32 * h;
-      const int64_t t = static_cast<int64_t>(tile_t) * p.P + pos;
-      int entry = -1;
+      const int64_t t = t0 + pos;
+      entry[h] = -1;
       plo[h] = 0;
-      pbias[h] = pos < p.P && t < p.T ? block_bias(p, bh * p.T + t, t, j, &entry, &plo[h]) : -INFINITY;
-      if (pos < p.P) m.entry[pos] = entry;
+      pbias[h] = pos < p.P && t < p.T ? block_bias(p, bh * p.T + t, t, j, &entry[h], &plo[h]) : -INFINITY;
     }
-    // Rows lane and lane + 32 take their position's (r / G) from the lane that searched it.
+    // ... and rows lane and lane + 32, with their position's values from the lane that searched it.
+    float bl[2], delta[2];
+    int row_t[2], row_lo[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int r = lane + 32 * h, pos = r / p.G;
+      const int r = lane + 32 * h, pos = rows.pos[r];
       const float bias0 = __shfl_sync(0xffffffffu, pbias[0], pos & 31), bias1 = __shfl_sync(0xffffffffu, pbias[1], pos & 31);
       const int lo0 = __shfl_sync(0xffffffffu, plo[0], pos & 31), lo1 = __shfl_sync(0xffffffffu, plo[1], pos & 31);
-      const float bias = pos < 32 ? bias0 : bias1;
-      const int lo = pos < 32 ? lo0 : lo1;
-      const TileRow x = tile_row<D>(p, b, hkv, tile_t, r);
-      m.bl[r] = x.valid ? bias - p.lse[x.lrow] * kLog2e : -INFINITY;
-      m.delta[r] = x.valid ? p.delta[x.lrow] : 0.f;
-      m.t[r] = x.valid ? static_cast<int>(x.t) : -1;
-      m.lo[r] = x.valid ? lo : 0;
+      const int64_t lrow = rows.lrow0[r] + t0;
+      const bool valid = rows.lrow0[r] >= 0 && t0 + pos < p.T;
+      bl[h] = valid ? (pos < 32 ? bias0 : bias1) - p.lse[lrow] * kLog2e : -INFINITY;
+      delta[h] = valid ? p.delta[lrow] : 0.f;
+      row_t[h] = valid ? static_cast<int>(t0 + pos) : -1;
+      row_lo[h] = valid ? (pos < 32 ? lo0 : lo1) : 0;
     }
-    if (lane == 0) m.t0 = tile_t * p.P;
+    if (u >= kStages) mbar_wait(empty0 + 8 * st, (u / kStages - 1) & 1);
+    const uint32_t full = full0 + 8 * st, sQ = stage0 + 2 * st * kTile, sdO = sQ + kTile;
+    const int ch = lane % kChunks;
+    for (int r = lane / kChunks; r < 64; r += kRowsPerStep) {
+      const bool valid = rows.lrow0[r] >= 0 && t0 + rows.pos[r] < p.T;
+      const int64_t off = (rows.lrow0[r] + t0) * D + ch * 8;
+      const uint32_t at = tile_offset(r, ch * 8);
+      cp_async_16(sQ + at, valid ? q + off : q, valid ? 16 : 0);
+      cp_async_16(sdO + at, valid ? dout + off : dout, valid ? 16 : 0);
+    }
+    mbar_arrive_cp_async(full);
+    StageValues& m = values[st];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = lane + 32 * h;
+      m.bl[r] = bl[h];
+      m.delta[r] = delta[h];
+      m.t[r] = row_t[h];
+      m.lo[r] = row_lo[h];
+      if (r < p.P) m.entry[r] = entry[h];
+    }
+    if (lane == 0) m.t0 = static_cast<int>(t0);
     mbar_arrive(full);
   }
 }
 
-template <typename T, int D, int kConsumers>
-__global__ void __launch_bounds__(Config<kConsumers>::kThreads, 3 - kConsumers) bsa_dkdv_sm90_kernel(const BsaParams p) {
-  constexpr int kStages = Config<kConsumers>::kStages, kThreads = Config<kConsumers>::kThreads;
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -112,6 +128,7 @@ __global__ void __launch_bounds__(Config<kConsumers>::kThreads, 3 - kConsumers) 
   // Per consumer, two buffers (tiles alternate), per warp: dS summed over its 16 keys, per row.
   __shared__ float s_colsum[kConsumers][2][4][64];
   __shared__ uint16_t s_tiles[kWindowTiles];
+  __shared__ RowTable s_rows;
   __shared__ int s_n_tiles;
 
   const int tid = threadIdx.x, wg = tid >> 7;
@@ -129,22 +146,26 @@ __global__ void __launch_bounds__(Config<kConsumers>::kThreads, 3 - kConsumers) 
     }
     mbar_init(kv, 128);
   }
+  if (tid < 64) {  // visible after the gather's barriers
+    const bool real = tid < p.P * p.G;
+    s_rows.pos[tid] = real ? tid / p.G : 0;
+    s_rows.lrow0[tid] = real ? (static_cast<int64_t>(b) * p.Hq + hkv * p.G + tid % p.G) * p.T + tid / p.G : -1;
+  }
   const int n_tiles = gather_window_tiles(p, bh, j, w0, w1, s_tiles, &s_n_tiles, tid, kThreads);
   if (n_tiles == 0) return;
   const int key0 = j * kBsaBlock;
 
   if (wg == 0) {
-    warpgroup_regs_down<Config<kConsumers>::kProducerRegs>();
+    warpgroup_regs_down<kProducerRegs>();
     const T* kbase = static_cast<const T*>(p.k) + bh * p.T * D;
     const T* vbase = static_cast<const T*>(p.v) + bh * p.T * D;
     load_tile_async<D>(sK, [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
     load_tile_async<D>(sV, [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
     mbar_arrive_cp_async(kv);
-    if (tid >= 32 * kStages) return;
-    produce<T, D, kStages>(p, b, hkv, j, w0, n_tiles, s_tiles, stage0, s_values, full0, empty0);
+    produce<T, D>(p, bh, j, w0, n_tiles, s_tiles, s_rows, stage0, s_values, full0, empty0);
     return;
   }
-  warpgroup_regs_up<Config<kConsumers>::kConsumerRegs>();
+  warpgroup_regs_up<kConsumerRegs>();
   const int c = wg - 1, ctid = tid & 127, warp = ctid >> 5, lane = tid & 31;
   const int g = lane >> 2, cq = lane & 3;
   const int kw = warp * 16;  // this warp's keys within the block
@@ -261,21 +282,16 @@ __global__ void __launch_bounds__(Config<kConsumers>::kThreads, 3 - kConsumers) 
   }
 }
 
-template <typename T, int D, int kConsumers>
+template <typename T, int D>
 int launch(const BsaParams& p, int64_t B, unsigned windows, cudaStream_t stream) {
   // K, V, the stages' Q and dO, and the slack that puts them on 1024-byte boundaries.
-  constexpr int kSmem = (2 + 2 * Config<kConsumers>::kStages) * 64 * D * 2 + 1024;
-  auto kernel = bsa_dkdv_sm90_kernel<T, D, kConsumers>;
+  constexpr int kSmem = (2 + 2 * kStages) * 64 * D * 2 + 1024;
+  auto kernel = bsa_dkdv_sm90_kernel<T, D>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
-  kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), Config<kConsumers>::kThreads, kSmem, stream>>>(p);
+  kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), kThreads, kSmem, stream>>>(p);
   return cudaGetLastError();
-}
-template <typename T, int D>
-int launch(const BsaParams& p, int64_t B, unsigned windows, cudaStream_t stream) {
-  const char* v = getenv("ST_DKDV_CONSUMERS");
-  return v && v[0] == '1' ? launch<T, D, 1>(p, B, windows, stream) : launch<T, D, 2>(p, B, windows, stream);
 }
 
 }  // namespace
