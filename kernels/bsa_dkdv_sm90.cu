@@ -5,9 +5,10 @@
 // each selected (position, j) as dS summed over the block's keys and the group's heads. Here
 // the CTA is three warpgroups with one role each:
 //   producer (warpgroup 0, 40 registers a thread): warp w fills stage w with tiles w, w + 4,
-//     w + 8, ...: the Q and dO rows by cp.async, and per row bias - lse, delta, position and
-//     first key read (the positions' list searches: dependent loads). A stage's "full" barrier
-//     completes when its copies have landed and those values are stored.
+//     w + 8, ...: the Q and dO rows by TMA, and per row bias - lse, delta, position and first
+//     key read (the positions' list searches: dependent loads, made before the stage is free).
+//     A stage's "full" barrier completes when its copies have landed and those values are
+//     stored.
 //   two consumers (warpgroups 1 and 2, 232 registers): consumer c takes tiles c, c + 2, ...
 //     (stages c and c + 2) with the block's K and V, loaded once for both; each keeps its own
 //     dK and dV in registers and adds them into the fp32 accumulators at the end. A consumer
@@ -16,6 +17,12 @@
 // tile and meet at a barrier per tile; with two such CTAs per SM the tensor pipe ran at 23% of
 // its peak and the first matmul of each tile was the warps' top stall (NOTES.md). Here the
 // matmul warps wait only on stages that are already full.
+// Row order: TMA copies a tile as one box of G heads x P positions x 64 columns (per 64-column
+// slab), so row r is head r / P of position r % P here, not r % G of r / G as in the other
+// kernels (bsa_tile.cuh); the per-row values and the d(bias) sums follow that order.
+#include <cuda.h>  // CUtensorMap (the type only; the encoder comes through the runtime)
+#include <cudaTypedefs.h>
+
 #include "bsa_pipeline.cuh"
 #include "bsa_tile.cuh"
 #include "bsa_wgmma.cuh"
@@ -45,22 +52,29 @@ struct StageValues {
 };
 
 // Tile row r of (b, hkv) reads lse row lrow0[r] + the tile's first position, and is position
-// pos[r] of the tile (tile_row's arithmetic, done once per CTA); lrow0 -1: padding row.
+// pos[r] of the tile (computed once per CTA); lrow0 -1: padding row.
 struct RowTable {
   int64_t lrow0[64];
   int pos[64];
 };
 
-template <typename T, int D>
-__device__ __forceinline__ void produce(const BsaParams& p, int64_t bh, int j, int w0, int n_tiles,
-                                        const uint16_t* tiles, const RowTable& rows, uint32_t stage0,
+// The tensor maps of q, dout, k and v: boxes of 64 columns x (P positions x G heads, or 64 keys).
+struct TileMaps {
+  CUtensorMap q, dout, k, v;
+};
+
+template <int D>
+__device__ __forceinline__ void produce(const BsaParams& p, const TileMaps& maps, int b, int hkv, int j, int w0,
+                                        int n_tiles, const uint16_t* tiles, const RowTable& rows, uint32_t stage0,
                                         StageValues* values, uint32_t full0, uint32_t empty0) {
-  constexpr int kTile = 64 * D * 2, kChunks = D / 8, kRowsPerStep = 32 / kChunks;
+  constexpr int kTile = 64 * D * 2;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const T* q = static_cast<const T*>(p.q);
-  const T* dout = static_cast<const T*>(p.dout);
+  const int64_t bh = static_cast<int64_t>(b) * p.Hkv + hkv;
+  const uint32_t box_bytes = 64 * 2 * p.P * p.G;  // one slab of one tile (zeros past T included)
+  const int st = warp;
+  const uint32_t full = full0 + 8 * st, sQ = stage0 + 2 * st * kTile, sdO = sQ + kTile;
+  StageValues& m = values[st];
   for (int u = warp; u < n_tiles; u += kStages) {
-    const int st = warp;
     const int64_t t0 = static_cast<int64_t>(w0 + tiles[u]) * p.P;
     // First what needs no stage (its dependent loads overlap the wait below): positions lane
     // and lane + 32, their bias (base 2), first key and list entry for block j; ...
@@ -90,17 +104,15 @@ __device__ __forceinline__ void produce(const BsaParams& p, int64_t bh, int j, i
       row_lo[h] = valid ? (pos < 32 ? lo0 : lo1) : 0;
     }
     if (u >= kStages) mbar_wait(empty0 + 8 * st, (u / kStages - 1) & 1);
-    const uint32_t full = full0 + 8 * st, sQ = stage0 + 2 * st * kTile, sdO = sQ + kTile;
-    const int ch = lane % kChunks;
-    for (int r = lane / kChunks; r < 64; r += kRowsPerStep) {
-      const bool valid = rows.lrow0[r] >= 0 && t0 + rows.pos[r] < p.T;
-      const int64_t off = (rows.lrow0[r] + t0) * D + ch * 8;
-      const uint32_t at = tile_offset(r, ch * 8);
-      cp_async_16(sQ + at, valid ? q + off : q, valid ? 16 : 0);
-      cp_async_16(sdO + at, valid ? dout + off : dout, valid ? 16 : 0);
+    if (lane == 0) {
+      mbar_arrive_expect_bytes(full, 2 * (D / 64) * box_bytes);
+#pragma unroll
+      for (int slab = 0; slab < D / 64; ++slab) {
+        const uint32_t at = slab * kSlabBytes;
+        tma_load_4d(sQ + at, &maps.q, full, slab * 64, static_cast<int>(t0), hkv * p.G, b);
+        tma_load_4d(sdO + at, &maps.dout, full, slab * 64, static_cast<int>(t0), hkv * p.G, b);
+      }
     }
-    mbar_arrive_cp_async(full);
-    StageValues& m = values[st];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = lane + 32 * h;
@@ -116,7 +128,7 @@ __device__ __forceinline__ void produce(const BsaParams& p, int64_t bh, int j, i
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaParams p) {
+__global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaParams p, const __grid_constant__ TileMaps maps) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -141,15 +153,15 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
   const uint32_t full0 = smem_addr(s_full), empty0 = smem_addr(s_empty), kv = smem_addr(&s_kv);
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(full0 + 8 * s, 64);  // each producer lane: its copies landed, its values stored
+      mbar_init(full0 + 8 * s, 33);  // each producer lane (values stored), and the copies' bytes
       mbar_init(empty0 + 8 * s, 4);  // each warp of the stage's consumer
     }
-    mbar_init(kv, 128);
+    mbar_init(kv, 128);  // each producer thread (padding rows zeroed), and K's and V's bytes
   }
   if (tid < 64) {  // visible after the gather's barriers
     const bool real = tid < p.P * p.G;
-    s_rows.pos[tid] = real ? tid / p.G : 0;
-    s_rows.lrow0[tid] = real ? (static_cast<int64_t>(b) * p.Hq + hkv * p.G + tid % p.G) * p.T + tid / p.G : -1;
+    s_rows.pos[tid] = real ? tid % p.P : 0;
+    s_rows.lrow0[tid] = real ? (static_cast<int64_t>(b) * p.Hq + hkv * p.G + tid / p.P) * p.T + tid % p.P : -1;
   }
   const int n_tiles = gather_window_tiles(p, bh, j, w0, w1, s_tiles, &s_n_tiles, tid, kThreads);
   if (n_tiles == 0) return;
@@ -157,12 +169,23 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
 
   if (wg == 0) {
     warpgroup_regs_down<kProducerRegs>();
-    const T* kbase = static_cast<const T*>(p.k) + bh * p.T * D;
-    const T* vbase = static_cast<const T*>(p.v) + bh * p.T * D;
-    load_tile_async<D>(sK, [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
-    load_tile_async<D>(sV, [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
-    mbar_arrive_cp_async(kv);
-    produce<T, D>(p, bh, j, w0, n_tiles, s_tiles, s_rows, stage0, s_values, full0, empty0);
+    // Rows past P x G (G not dividing 64) are never copied: zero them once, so that no stale
+    // value (NaN, say) meets their zero probabilities in a matmul.
+    for (int i = p.P * p.G * 8 + tid; i < 64 * 8; i += 128)  // 16-byte chunks of one slab
+      for (int t = 0; t < 2 * kStages * (D / 64); ++t)
+        *reinterpret_cast<uint4*>(smem + 2 * kTile + t * kSlabBytes + i * 16) = make_uint4(0, 0, 0, 0);
+    fence_proxy_async();  // seen by the consumers' wgmma, after the kv barrier
+    if (tid == 0) {
+      mbar_arrive_expect_bytes(kv, 2 * kTile);
+#pragma unroll
+      for (int slab = 0; slab < D / 64; ++slab) {
+        tma_load_4d(sK + slab * kSlabBytes, &maps.k, kv, slab * 64, key0, hkv, b);
+        tma_load_4d(sV + slab * kSlabBytes, &maps.v, kv, slab * 64, key0, hkv, b);
+      }
+    } else {
+      mbar_arrive(kv);
+    }
+    produce<D>(p, maps, b, hkv, j, w0, n_tiles, s_tiles, s_rows, stage0, s_values, full0, empty0);
     return;
   }
   warpgroup_regs_up<kConsumerRegs>();
@@ -178,7 +201,6 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
     float(&colsum)[4][64] = s_colsum[c][(u / kConsumers) & 1];
     const uint32_t q_s = stage0 + 2 * st * kTile, do_s = q_s + kTile;
     mbar_wait(full0 + 8 * st, (u / kStages) & 1);
-    fence_proxy_async();  // the cp.async copies, seen by wgmma
     // S^T (16 keys x 64 rows per warp) and dP^T = V dO^T, two groups: P (below) overlaps the
     // dP^T matmul and dV's the dS^T math.
     float s[8][4] = {}, dp[8][4] = {};
@@ -252,8 +274,8 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
         if (e >= 0) {
           float sum = 0.f;
           for (int h = 0; h < p.G; ++h)
-            sum += colsum[0][ctid * p.G + h] + colsum[1][ctid * p.G + h] + colsum[2][ctid * p.G + h] +
-                   colsum[3][ctid * p.G + h];
+            sum += colsum[0][h * p.P + ctid] + colsum[1][h * p.P + ctid] + colsum[2][h * p.P + ctid] +
+                   colsum[3][h * p.P + ctid];
           p.dbias[e] = sum;
         }
       }
@@ -282,15 +304,49 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
   }
 }
 
+// A 4-D map of a [B, H, T, D] tensor (dims innermost first) whose box is 64 columns x `rows`
+// positions x `heads` heads, 128-byte swizzled as bsa_device.cuh lays out tiles; zeros past T.
+int make_map(CUtensorMap* map, const void* base, bool bf16, int64_t B, int64_t H, int64_t T, int D, int rows,
+             int heads) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    return cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) ||
+                   found != cudaDriverEntryPointSuccess
+               ? nullptr
+               : reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (!encode) return cudaErrorNotSupported;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(T), static_cast<cuuint64_t>(H),
+                              static_cast<cuuint64_t>(B)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(D) * 2, static_cast<cuuint64_t>(T * D) * 2,
+                                 static_cast<cuuint64_t>(H * T * D) * 2};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(rows), static_cast<cuuint32_t>(heads), 1};
+  const cuuint32_t unit[4] = {1, 1, 1, 1};
+  const CUresult r = encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+                            const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? 0 : cudaErrorInvalidValue;
+}
+
 template <typename T, int D>
 int launch(const BsaParams& p, int64_t B, unsigned windows, cudaStream_t stream) {
   // K, V, the stages' Q and dO, and the slack that puts them on 1024-byte boundaries.
   constexpr int kSmem = (2 + 2 * kStages) * 64 * D * 2 + 1024;
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  TileMaps maps;
+  int rc;
+  if ((rc = make_map(&maps.q, p.q, kBf16, B, p.Hq, p.T, D, p.P, p.G)) ||
+      (rc = make_map(&maps.dout, p.dout, kBf16, B, p.Hq, p.T, D, p.P, p.G)) ||
+      (rc = make_map(&maps.k, p.k, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)) ||
+      (rc = make_map(&maps.v, p.v, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)))
+    return rc;
   auto kernel = bsa_dkdv_sm90_kernel<T, D>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
-  kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), kThreads, kSmem, stream>>>(p);
+  kernel<<<dim3(p.n_blocks, windows, static_cast<unsigned>(B * p.Hkv)), kThreads, kSmem, stream>>>(p, maps);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,7 @@
 // Hopper warp specialization: mbarriers that hand shared-memory stages from producer warps
-// (filled by cp.async) to consumer warpgroups and back, named barriers for one warpgroup, and
-// register reallocation between warpgroups (setmaxnreg). sm_90a only, like bsa_wgmma.cuh.
+// to consumer warpgroups and back, tensor-memory-accelerator (TMA) copies that fill a stage and
+// complete on its mbarrier, named barriers for one warpgroup, and register reallocation between
+// warpgroups (setmaxnreg). sm_90a only, like bsa_wgmma.cuh.
 #pragma once
 #include <cstdint>
 
@@ -16,9 +17,18 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   ST_SM90_ASM("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-// One arrival, made when this thread's earlier cp.async copies have landed.
-__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
-  ST_SM90_ASM("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+// One arrival that also tells the phase to wait for `bytes` more from TMA copies.
+__device__ __forceinline__ void mbar_arrive_expect_bytes(uint32_t bar, uint32_t bytes) {
+  ST_SM90_ASM("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// TMA: the box at coordinates (c0, c1, c2, c3) of the tensor map `map` (a CUtensorMap in
+// parameter or global memory) into shared memory at dst; its bytes count toward bar's phase.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* map, uint32_t bar, int c0, int c1, int c2,
+                                            int c3) {
+  ST_SM90_ASM(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(dst),
+      "l"(map), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
 }
 // Waits until the phase of the given parity (0 for the first, 1 for the second, ...) completed.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
