@@ -20,9 +20,6 @@
 // Row order: TMA copies a tile as one box of G heads x P positions x 64 columns (per 64-column
 // slab), so row r is head r / P of position r % P here, not r % G of r / G as in the other
 // kernels (bsa_tile.cuh); the per-row values and the d(bias) sums follow that order.
-#include <cuda.h>  // CUtensorMap (the type only; the encoder comes through the runtime)
-#include <cudaTypedefs.h>
-
 #include "bsa_pipeline.cuh"
 #include "bsa_tile.cuh"
 #include "bsa_wgmma.cuh"
@@ -58,7 +55,8 @@ struct RowTable {
   int pos[64];
 };
 
-// The tensor maps of q, dout, k and v: boxes of 64 columns x (P positions x G heads, or 64 keys).
+// The tensor maps of q and dout (boxes of 64 columns x P positions x G heads) and of k and v
+// (64 columns x 64 keys).
 struct TileMaps {
   CUtensorMap q, dout, k, v;
 };
@@ -304,32 +302,6 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
   }
 }
 
-// A 4-D map of a [B, H, T, D] tensor (dims innermost first) whose box is 64 columns x `rows`
-// positions x `heads` heads, 128-byte swizzled as bsa_device.cuh lays out tiles; zeros past T.
-int make_map(CUtensorMap* map, const void* base, bool bf16, int64_t B, int64_t H, int64_t T, int D, int rows,
-             int heads) {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    return cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) ||
-                   found != cudaDriverEntryPointSuccess
-               ? nullptr
-               : reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
-  if (!encode) return cudaErrorNotSupported;
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(T), static_cast<cuuint64_t>(H),
-                              static_cast<cuuint64_t>(B)};
-  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(D) * 2, static_cast<cuuint64_t>(T * D) * 2,
-                                 static_cast<cuuint64_t>(H * T * D) * 2};
-  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(rows), static_cast<cuuint32_t>(heads), 1};
-  const cuuint32_t unit[4] = {1, 1, 1, 1};
-  const CUresult r = encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
-                            const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? 0 : cudaErrorInvalidValue;
-}
-
 template <typename T, int D>
 int launch(const BsaParams& p, int64_t B, unsigned windows, cudaStream_t stream) {
   // K, V, the stages' Q and dO, and the slack that puts them on 1024-byte boundaries.
@@ -337,10 +309,10 @@ int launch(const BsaParams& p, int64_t B, unsigned windows, cudaStream_t stream)
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   TileMaps maps;
   int rc;
-  if ((rc = make_map(&maps.q, p.q, kBf16, B, p.Hq, p.T, D, p.P, p.G)) ||
-      (rc = make_map(&maps.dout, p.dout, kBf16, B, p.Hq, p.T, D, p.P, p.G)) ||
-      (rc = make_map(&maps.k, p.k, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)) ||
-      (rc = make_map(&maps.v, p.v, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)))
+  if ((rc = make_tile_map(&maps.q, p.q, kBf16, B, p.Hq, p.T, D, p.P, p.G)) ||
+      (rc = make_tile_map(&maps.dout, p.dout, kBf16, B, p.Hq, p.T, D, p.P, p.G)) ||
+      (rc = make_tile_map(&maps.k, p.k, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)) ||
+      (rc = make_tile_map(&maps.v, p.v, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)))
     return rc;
   auto kernel = bsa_dkdv_sm90_kernel<T, D>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);

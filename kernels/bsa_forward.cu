@@ -28,6 +28,7 @@
 // Measured and dropped (H200, 2026-11-23, NOTES.md v2b): 32 rows per warp, so that each K/V
 // fragment feeds two row blocks. Half the ldmatrix traffic per MMA, but it spilled at d = 128
 // and ran 10-15% slower at every length.
+#include "bsa_pipeline.cuh"
 #include "bsa_tile.cuh"
 #include "bsa_wgmma.cuh"
 
@@ -35,8 +36,13 @@ namespace st::kernels {
 namespace {
 using namespace dev;
 
+// TMA maps of k and v (64 columns x 64 keys), for the sm_90 form.
+struct KvMaps {
+  CUtensorMap k, v;
+};
+
 template <typename T, int D, TilePass kPass, bool kWgmma>
-__global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
+__global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p, const __grid_constant__ KvMaps maps) {
   constexpr bool kDq = kPass == TilePass::kDq;
   constexpr int kTile = 64 * D * 2;        // bytes of one 64 x D tile
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -44,6 +50,7 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   __shared__ float s_bias[2][64];          // per stage: each row's bias (base 2) for the block
   __shared__ int s_lo[2][64];              // ... and the first key it reads there
+  __shared__ __align__(8) uint64_t s_kv_full[2];  // sm_90: per stage, K and V landed (TMA)
   const uint32_t sQ = smem_addr(smem);     // Q, then two K stages, two V stages (and dO)
   const uint32_t sdO = sQ + 5 * kTile;
   // Arithmetic, not arrays: a run-time index into a register array would go to local memory.
@@ -69,10 +76,29 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
   auto publish_bias = [&](int j, int stage) {
     if (tid < 64) s_bias[stage][tid] = cursor.step(p, j, &s_lo[stage][tid]);
   };
+  // sm_90: one thread has TMA copy the block (zeros past T), its bytes completing the stage's
+  // barrier; else all threads issue cp.async.
+  const uint32_t kv_full = smem_addr(s_kv_full);
+  if (kWgmma && tid == 0) {
+    mbar_init(kv_full, 1);
+    mbar_init(kv_full + 8, 1);
+  }
+  if constexpr (kWgmma) __syncthreads();  // the barriers are initialised before any copy or wait
   auto load_kv = [&](int j, int stage) {
     const int64_t key0 = static_cast<int64_t>(j) * kBsaBlock;
-    load_tile_async<D>(sK(stage), [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
-    load_tile_async<D>(sV(stage), [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
+    if constexpr (kWgmma) {
+      if (tid == 0) {
+        mbar_arrive_expect_bytes(kv_full + 8 * stage, 2 * kTile);
+#pragma unroll
+        for (int slab = 0; slab < D / 64; ++slab) {
+          tma_load_4d(sK(stage) + slab * kSlabBytes, &maps.k, kv_full + 8 * stage, slab * 64, static_cast<int>(key0), hkv, b);
+          tma_load_4d(sV(stage) + slab * kSlabBytes, &maps.v, kv_full + 8 * stage, slab * 64, static_cast<int>(key0), hkv, b);
+        }
+      }
+    } else {
+      load_tile_async<D>(sK(stage), [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
+      load_tile_async<D>(sV(stage), [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
+    }
   };
   load_tile_async<D>(sQ, [&](int r) { const TileRow x = row_of(r); return x.valid ? q + x.off : nullptr; }, q, tid);
   if constexpr (kDq) {
@@ -106,8 +132,15 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p) {
 
   for (int u = 0; u < n_union; ++u) {
     const int j = j_next, st = u & 1;
-    cp_async_wait_all();
-    if constexpr (kWgmma) fence_proxy_async();
+    if constexpr (kWgmma) {
+      if (u == 0) {
+        cp_async_wait_all();  // Q (and dO), by cp.async
+        fence_proxy_async();
+      }
+      mbar_wait(kv_full + 8 * st, (u >> 1) & 1);
+    } else {
+      cp_async_wait_all();
+    }
     __syncthreads();  // stage st landed and s_bias[st] is published; stage st^1 is free
     if (!kWgmma && u == 0) {
 #pragma unroll
@@ -260,11 +293,17 @@ template <typename T, int D, TilePass kPass>
 int launch(const BsaParams& p, int64_t B, BsaPath path, cudaStream_t stream) {
   // Q, two K and two V stages, dO for the dQ pass, alignment slack.
   constexpr int kSmem = (kPass == TilePass::kDq ? 6 : 5) * 64 * D * 2 + 1024;
-  auto kernel = path == BsaPath::kAuto && wgmma_runs_here(bsa_tile_kernel<T, D, kPass, true>)
-                    ? bsa_tile_kernel<T, D, kPass, true> : bsa_tile_kernel<T, D, kPass, false>;
+  const bool hopper = path == BsaPath::kAuto && wgmma_runs_here(bsa_tile_kernel<T, D, kPass, true>);
+  auto kernel = hopper ? bsa_tile_kernel<T, D, kPass, true> : bsa_tile_kernel<T, D, kPass, false>;
+  KvMaps maps{};
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  if (hopper) {
+    if (const int rc = make_tile_map(&maps.k, p.k, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)) return rc;
+    if (const int rc = make_tile_map(&maps.v, p.v, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)) return rc;
+  }
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(p.tiles_per_head, p.Hkv, static_cast<unsigned>(B)), 128, kSmem, stream>>>(p);
+  kernel<<<dim3(p.tiles_per_head, p.Hkv, static_cast<unsigned>(B)), 128, kSmem, stream>>>(p, maps);
   return cudaGetLastError();
 }
 

@@ -5,6 +5,7 @@
 // (when G does not divide 64) and positions past T are padding: never attended, never
 // written. A group of 16 heads thus fills a 16-row MMA even for a single position.
 #pragma once
+#include <cuda.h>  // CUtensorMap (the type; bsa_tma.cu reaches the encoder through the runtime)
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -179,6 +180,12 @@ __device__ __forceinline__ int gather_window_tiles(const BsaParams& p, int64_t b
 enum class TilePass { kForward, kDq };
 int launch_tile_pass(const BsaParams& p, int64_t B, int d, bool bf16, TilePass pass, BsaPath path,
                      cudaStream_t stream);
+
+// A 4-D TMA map of a [B, H, T, d] tensor (dims innermost first) whose box is 64 columns x `rows`
+// positions x `heads` heads, 128-byte swizzled as bsa_device.cuh lays out tiles; zeros past T.
+// 0 or a cudaError_t value (bsa_tma.cu).
+int make_tile_map(CUtensorMap* map, const void* base, bool bf16, int64_t B, int64_t H, int64_t T, int D, int rows,
+                  int heads);
 
 // dK, dV and d(bias) by the warp-specialized Hopper kernel (bsa_dkdv_sm90.cu) over a grid of
 // (KV blocks, `windows` query windows, B * Hkv); the caller checked that wgmma runs here.
