@@ -23,6 +23,7 @@
 // producer warpgroup fills stages that two wgmma warpgroups consume); this file's portable
 // one (sm_80 on) has each of its 4 warps run mma.sync m16n8k16 on its 16 keys, loading Q and
 // dO fragments with ldmatrix, tiles double-buffered through cp.async. Both accumulate in fp32.
+#include "bsa_dkdv.cuh"
 #include "bsa_tile.cuh"
 #include "bsa_wgmma.cuh"
 
@@ -174,47 +175,16 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
         mma<T>(dp[2 * nn + 1], va, bo[2], bo[3]);
       }
     }
-    // P^T; column n of the C fragment is tile row n. Only the diagonal block and the window's
-    // edge need the token mask: a window starts inside block j for positions key0 + window ..
-    // key0 + window + 62.
-    const int t0 = s_t0[st];
-    if (key0 + kBsaBlock - 1 > t0 ||
-        (p.window > 0 && t0 + p.P > key0 + p.window && t0 < key0 + p.window + kBsaBlock - 1)) {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int n = nt * 8 + 2 * c + (e & 1);
-          if (key_masked(key0 + kw + g + 8 * (e >> 1), s_t[st][n], s_lo[st][n])) s[nt][e] = -INFINITY;
-        }
-    }
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = fast_exp2(s[nt][e] * p.scale_log2 + s_bl[st][2 * c + nt * 8 + (e & 1)]);
+    // P^T; column n of the C fragment is tile row n.
+    const TileColumns col{s_bl[st], s_delta[st], s_t[st], s_lo[st], s_t0[st]};
+    probabilities_t(s, p, col, key0, kw, g, c);
     // dV += P^T dO (k-steps over the tile's rows).
     uint32_t pa[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
     mma_regs_by_tile<T, D, false>(dv, pa, do_s, lane);
     // dS^T = P^T (dP^T - delta) and its column sums (d(bias)).
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - s_delta[st][nt * 8 + 2 * c + (e & 1)]);
-    if (p.dbias) {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float x = dp[nt][e] + dp[nt][e + 2];
-          x += __shfl_xor_sync(0xffffffffu, x, 4);
-          x += __shfl_xor_sync(0xffffffffu, x, 8);
-          x += __shfl_xor_sync(0xffffffffu, x, 16);
-          if (g == 0) s_colsum[warp][nt * 8 + 2 * c + e] = x;
-        }
-      }
-    }
+    grad_scores_t(dp, s, col, p.dbias ? s_colsum[warp] : nullptr, g, c);
     uint32_t da[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
@@ -222,31 +192,10 @@ __global__ void __launch_bounds__(128) bsa_bwd_kernel(const BsaParams p) {
     mma_regs_by_tile<T, D, false>(dk, da, q_s, lane);
     __syncthreads();  // the column sums and the next tile's positions are visible
     if (u + 1 < n_tiles) add_bias(st ^ 1);
-    if (p.dbias && tid < p.P) {
-      const int e = s_entry[st][tid];
-      if (e >= 0) {
-        float sum = 0.f;
-        for (int h = 0; h < p.G; ++h)
-          sum += s_colsum[0][tid * p.G + h] + s_colsum[1][tid * p.G + h] +
-                 s_colsum[2][tid * p.G + h] + s_colsum[3][tid * p.G + h];
-        p.dbias[e] = sum;
-      }
-    }
+    if (p.dbias && tid < p.P) write_dbias(p, s_colsum, s_entry[st][tid], [&](int h) { return tid * p.G + h; });
   }
 
-  // Other windows' CTAs add to the same keys.
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t key = key0 + kw + g + 8 * i;
-    if (key >= p.T) continue;
-    float* krow = p.dk_accum + (bh * p.T + key) * D;
-    float* vrow = p.dv_accum + (bh * p.T + key) * D;
-#pragma unroll
-    for (int nd = 0; nd < D / 8; ++nd) {
-      atomic_add2(krow + nd * 8 + 2 * c, dk[nd][2 * i], dk[nd][2 * i + 1]);
-      atomic_add2(vrow + nd * 8 + 2 * c, dv[nd][2 * i], dv[nd][2 * i + 1]);
-    }
-  }
+  add_dk_dv<D>(p, bh, key0, kw, dk, dv, g, c);  // other windows' CTAs add to the same keys
 }
 
 template <typename T>

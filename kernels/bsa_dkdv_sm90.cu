@@ -15,11 +15,13 @@
 //     frees a stage (its "empty" barrier) once its matmuls have read the stage.
 // The single-warpgroup form had its own warps issue those copies and searches for the next
 // tile and meet at a barrier per tile; with two such CTAs per SM the tensor pipe ran at 23% of
-// its peak and the first matmul of each tile was the warps' top stall (NOTES.md). Here the
-// matmul warps wait only on stages that are already full.
+// its peak and the first matmul of each tile was the warps' top stall. Here the matmul warps
+// wait only on stages that are already full (H200, 64K, 87.5%: the core's backward 46.6 -> 33.3
+// ms; NOTES.md has the steps).
 // Row order: TMA copies a tile as one box of G heads x P positions x 64 columns (per 64-column
 // slab), so row r is head r / P of position r % P here, not r % G of r / G as in the other
 // kernels (bsa_tile.cuh); the per-row values and the d(bias) sums follow that order.
+#include "bsa_dkdv.cuh"
 #include "bsa_pipeline.cuh"
 #include "bsa_tile.cuh"
 #include "bsa_wgmma.cuh"
@@ -92,7 +94,8 @@ __device__ __forceinline__ void produce(const BsaParams& p, const TileMaps& maps
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = lane + 32 * h, pos = rows.pos[r];
-      const float bias0 = __shfl_sync(0xffffffffu, pbias[0], pos & 31), bias1 = __shfl_sync(0xffffffffu, pbias[1], pos & 31);
+      const float bias0 = __shfl_sync(0xffffffffu, pbias[0], pos & 31),
+                  bias1 = __shfl_sync(0xffffffffu, pbias[1], pos & 31);
       const int lo0 = __shfl_sync(0xffffffffu, plo[0], pos & 31), lo1 = __shfl_sync(0xffffffffu, plo[1], pos & 31);
       const int64_t lrow = rows.lrow0[r] + t0;
       const bool valid = rows.lrow0[r] >= 0 && t0 + pos < p.T;
@@ -126,7 +129,8 @@ __device__ __forceinline__ void produce(const BsaParams& p, const TileMaps& maps
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaParams p, const __grid_constant__ TileMaps maps) {
+__global__ void __launch_bounds__(kThreads, 1)
+    bsa_dkdv_sm90_kernel(const BsaParams p, const __grid_constant__ TileMaps maps) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -213,24 +217,9 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
     wgmma_commit();
     wgmma_wait<1>();
     fence_operands(s);
-    // P^T; column n of the C fragment is tile row n. Only the diagonal block and the window's
-    // edge need the token mask: a window starts inside block j for positions key0 + window ..
-    // key0 + window + 62.
-    const int t0 = m.t0;
-    if (key0 + kBsaBlock - 1 > t0 ||
-        (p.window > 0 && t0 + p.P > key0 + p.window && t0 < key0 + p.window + kBsaBlock - 1)) {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int n = nt * 8 + 2 * cq + (e & 1);
-          if (key_masked(key0 + kw + g + 8 * (e >> 1), m.t[n], m.lo[n])) s[nt][e] = -INFINITY;
-        }
-    }
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = fast_exp2(s[nt][e] * p.scale_log2 + m.bl[2 * cq + nt * 8 + (e & 1)]);
+    // P^T; column n of the C fragment is tile row n.
+    const TileColumns col{m.bl, m.delta, m.t, m.lo, m.t0};
+    probabilities_t(s, p, col, key0, kw, g, cq);
     // dV += P^T dO (k-steps over the tile's rows).
     uint32_t pa[4][4];
 #pragma unroll
@@ -241,23 +230,7 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
     wgmma_wait<1>();  // dP^T is done (dV may still run)
     fence_operands(dp);
     // dS^T = P^T (dP^T - delta) and its column sums (d(bias)).
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - m.delta[nt * 8 + 2 * cq + (e & 1)]);
-    if (p.dbias) {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float x = dp[nt][e] + dp[nt][e + 2];
-          x += __shfl_xor_sync(0xffffffffu, x, 4);
-          x += __shfl_xor_sync(0xffffffffu, x, 8);
-          x += __shfl_xor_sync(0xffffffffu, x, 16);
-          if (g == 0) colsum[warp][nt * 8 + 2 * cq + e] = x;
-        }
-      }
-    }
+    grad_scores_t(dp, s, col, p.dbias ? colsum[warp] : nullptr, g, cq);
     uint32_t da[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
@@ -267,16 +240,7 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
     wgmma_commit();
     if (p.dbias) {
       named_barrier(1 + c, 128);  // the consumer's column sums are visible
-      if (ctid < p.P) {
-        const int e = m.entry[ctid];
-        if (e >= 0) {
-          float sum = 0.f;
-          for (int h = 0; h < p.G; ++h)
-            sum += colsum[0][h * p.P + ctid] + colsum[1][h * p.P + ctid] + colsum[2][h * p.P + ctid] +
-                   colsum[3][h * p.P + ctid];
-          p.dbias[e] = sum;
-        }
-      }
+      if (ctid < p.P) write_dbias(p, colsum, m.entry[ctid], [&](int h) { return h * p.P + ctid; });
     }
     wgmma_wait<0>();  // the stage's last reader (dK's Q) is done
     fence_operands(dv);
@@ -287,19 +251,7 @@ __global__ void __launch_bounds__(kThreads, 1) bsa_dkdv_sm90_kernel(const BsaPar
     if (lane == 0) mbar_arrive(empty0 + 8 * st);
   }
 
-  // The other consumer and other windows' CTAs add to the same keys.
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t key = key0 + kw + g + 8 * i;
-    if (key >= p.T) continue;
-    float* krow = p.dk_accum + (bh * p.T + key) * D;
-    float* vrow = p.dv_accum + (bh * p.T + key) * D;
-#pragma unroll
-    for (int nd = 0; nd < D / 8; ++nd) {
-      atomic_add2(krow + nd * 8 + 2 * cq, dk[nd][2 * i], dk[nd][2 * i + 1]);
-      atomic_add2(vrow + nd * 8 + 2 * cq, dv[nd][2 * i], dv[nd][2 * i + 1]);
-    }
-  }
+  add_dk_dv<D>(p, bh, key0, kw, dk, dv, g, cq);  // the other consumer and other windows' CTAs add too
 }
 
 template <typename T, int D>

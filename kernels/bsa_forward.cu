@@ -91,13 +91,17 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p, const 
         mbar_arrive_expect_bytes(kv_full + 8 * stage, 2 * kTile);
 #pragma unroll
         for (int slab = 0; slab < D / 64; ++slab) {
-          tma_load_4d(sK(stage) + slab * kSlabBytes, &maps.k, kv_full + 8 * stage, slab * 64, static_cast<int>(key0), hkv, b);
-          tma_load_4d(sV(stage) + slab * kSlabBytes, &maps.v, kv_full + 8 * stage, slab * 64, static_cast<int>(key0), hkv, b);
+          tma_load_4d(sK(stage) + slab * kSlabBytes, &maps.k, kv_full + 8 * stage, slab * 64, static_cast<int>(key0),
+                      hkv, b);
+          tma_load_4d(sV(stage) + slab * kSlabBytes, &maps.v, kv_full + 8 * stage, slab * 64, static_cast<int>(key0),
+                      hkv, b);
         }
       }
     } else {
-      load_tile_async<D>(sK(stage), [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
-      load_tile_async<D>(sV(stage), [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
+      load_tile_async<D>(
+          sK(stage), [&](int r) { return key0 + r < p.T ? kbase + (key0 + r) * D : nullptr; }, kbase, tid);
+      load_tile_async<D>(
+          sV(stage), [&](int r) { return key0 + r < p.T ? vbase + (key0 + r) * D : nullptr; }, vbase, tid);
     }
   };
   load_tile_async<D>(sQ, [&](int r) { const TileRow x = row_of(r); return x.valid ? q + x.off : nullptr; }, q, tid);

@@ -135,8 +135,8 @@ constexpr int kWindowTiles = 512;
 // entry: the diagonal: bias 0, entry -1; a listed block (binary search in the sorted list): the
 // list's bias and entry; a block only the window reaches: bias 0 from key *first on, entry -1;
 // else -inf and -1. (Entries fit 32 bits: bsa_backward refuses nnz past INT32_MAX.)
-__device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, int64_t t, int j,
-                                            int* entry, int* first) {
+__device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, int64_t t, int j, int* entry,
+                                            int* first) {
   *entry = -1;
   *first = 0;
   const int diag = static_cast<int>(t / kBsaBlock);
@@ -146,7 +146,10 @@ __device__ __forceinline__ float block_bias(const BsaParams& p, int64_t list, in
   int64_t lo = p.row_ptr[list], hi = end;
   while (lo < hi) {
     const int64_t mid = (lo + hi) >> 1;
-    if (p.blocks[mid] < j) lo = mid + 1; else hi = mid;
+    if (p.blocks[mid] < j)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   if (lo == end || p.blocks[lo] != j) {
     const int w = window_first_key(t, j, p.window);
