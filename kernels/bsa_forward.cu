@@ -44,7 +44,7 @@ struct KvMaps {
 // The forward on sm_90 keeps Q in registers (the A operand of S = Q K^T) instead of shared
 // memory: 64 KB of K/V stages per CTA, so three CTAs fit on an SM instead of two.
 template <TilePass kPass, bool kWgmma>
-constexpr bool kQInRegisters = kWgmma&& kPass == TilePass::kForward;
+constexpr bool kQInRegisters = kWgmma && kPass == TilePass::kForward;
 
 template <typename T, int D, TilePass kPass, bool kWgmma>
 __global__ void __launch_bounds__(128, kQInRegisters<kPass, kWgmma> ? 3 : 1)
