@@ -107,12 +107,7 @@ __device__ __forceinline__ void produce(const BsaParams& p, const TileMaps& maps
     if (u >= kStages) mbar_wait(empty0 + 8 * st, (u / kStages - 1) & 1);
     if (lane == 0) {
       mbar_arrive_expect_bytes(full, 2 * (D / 64) * box_bytes);
-#pragma unroll
-      for (int slab = 0; slab < D / 64; ++slab) {
-        const uint32_t at = slab * kSlabBytes;
-        tma_load_4d(sQ + at, &maps.q, full, slab * 64, static_cast<int>(t0), hkv * p.G, b);
-        tma_load_4d(sdO + at, &maps.dout, full, slab * 64, static_cast<int>(t0), hkv * p.G, b);
-      }
+      tma_load_tile_pair<D>(sQ, &maps.q, sdO, &maps.dout, full, static_cast<int>(t0), hkv * p.G, b);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -179,11 +174,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_proxy_async();  // seen by the consumers' wgmma, after the kv barrier
     if (tid == 0) {
       mbar_arrive_expect_bytes(kv, 2 * kTile);
-#pragma unroll
-      for (int slab = 0; slab < D / 64; ++slab) {
-        tma_load_4d(sK + slab * kSlabBytes, &maps.k, kv, slab * 64, key0, hkv, b);
-        tma_load_4d(sV + slab * kSlabBytes, &maps.v, kv, slab * 64, key0, hkv, b);
-      }
+      tma_load_tile_pair<D>(sK, &maps.k, sV, &maps.v, kv, key0, hkv, b);
     } else {
       mbar_arrive(kv);
     }

@@ -1,8 +1,9 @@
 // The passes that walk a query tile's blocks: the forward of block-sparse attention and the
 // backward's dQ. A CTA of 4 warps takes one query tile of the plan (64 MMA rows); each warp
 // owns 16 rows. The CTA walks the ascending union of the tile's block lists (built by
-// bsa_plan), double-buffering K/V blocks through cp.async. A row that does not read a block
-// gets -inf for it; a warp none of whose rows reads the block skips its MMAs. Token masks
+// bsa_plan), double-buffering K/V blocks (by TMA on sm_90, cp.async elsewhere; the query tile
+// by cp.async, once). A row that does not read a block gets -inf for it; a warp none of whose
+// rows reads the block skips its MMAs. Token masks
 // (causal on the diagonal block, the window's edge in a block only the window reaches) are
 // applied only where a row needs one.
 // Forward: the flash online softmax in fp32; writes O and the log-sum-exp.
@@ -89,13 +90,8 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p, const 
     if constexpr (kWgmma) {
       if (tid == 0) {
         mbar_arrive_expect_bytes(kv_full + 8 * stage, 2 * kTile);
-#pragma unroll
-        for (int slab = 0; slab < D / 64; ++slab) {
-          tma_load_4d(sK(stage) + slab * kSlabBytes, &maps.k, kv_full + 8 * stage, slab * 64, static_cast<int>(key0),
-                      hkv, b);
-          tma_load_4d(sV(stage) + slab * kSlabBytes, &maps.v, kv_full + 8 * stage, slab * 64, static_cast<int>(key0),
-                      hkv, b);
-        }
+        tma_load_tile_pair<D>(sK(stage), &maps.k, sV(stage), &maps.v, kv_full + 8 * stage, static_cast<int>(key0), hkv,
+                              b);
       }
     } else {
       load_tile_async<D>(

@@ -31,6 +31,17 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* map, uint3
       "l"(map), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+// Two 64-row x D tiles at the same coordinates of two maps (K and V, Q and dO) by TMA, one box
+// per 64-column slab (bsa_wgmma.cuh's layout): from row `row` of head `head` of batch b.
+template <int D>
+__device__ __forceinline__ void tma_load_tile_pair(uint32_t dst_a, const void* map_a, uint32_t dst_b, const void* map_b,
+                                                   uint32_t bar, int row, int head, int b) {
+#pragma unroll
+  for (int slab = 0; slab < D / 64; ++slab) {
+    tma_load_4d(dst_a + slab * kSlabBytes, map_a, bar, slab * 64, row, head, b);
+    tma_load_4d(dst_b + slab * kSlabBytes, map_b, bar, slab * 64, row, head, b);
+  }
+}
 // Waits until the phase of the given parity (0 for the first, 1 for the second, ...) completed.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
   uint32_t done = 0;
