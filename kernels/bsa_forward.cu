@@ -22,8 +22,8 @@
 // rounding residual kept for the backward) cost one more MMA per forward step.
 //
 // kWgmma (sm_90): the matmuls as warpgroup MMAs over the whole tile (Q, dO, K and V straight
-// from shared memory, P or dS from registers; bsa_wgmma.cuh) instead of per-warp mma.sync
-// with ldmatrix fragments. The warpgroup runs every block of the union (no per-warp skip: a
+// from shared memory, P or dS from registers, and Q from registers in the forward at d 128;
+// bsa_wgmma.cuh) instead of per-warp mma.sync with ldmatrix fragments. The warpgroup runs every block of the union (no per-warp skip: a
 // row that does not read the block gets probability 0 from its -inf bias).
 //
 // Measured and dropped (H200, 2026-11-23, NOTES.md v2b): 32 rows per warp, so that each K/V
@@ -42,9 +42,18 @@ struct KvMaps {
   CUtensorMap k, v;
 };
 
+// The forward on sm_90 at d 128 keeps Q in registers (the A operand of S = Q K^T) instead of
+// shared memory: 64 KB of K/V stages per CTA, so three CTAs fit on an SM instead of two. Not at
+// d 64, where shared memory does not limit occupancy, and where ptxas (CUDA 13.0) reused Q's
+// registers inside the block loop after the first wgmma (SASS: the A registers of S = Q K^T
+// rewritten by the mask arithmetic and by P), so every block after a tile's first was wrong.
+template <int D, TilePass kPass, bool kWgmma>
+constexpr bool kQInRegisters = (kWgmma && kPass == TilePass::kForward && D == 128);
+
 template <typename T, int D, TilePass kPass, bool kWgmma>
-__global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p, const __grid_constant__ KvMaps maps) {
-  constexpr bool kDq = kPass == TilePass::kDq;
+__global__ void __launch_bounds__(128, kQInRegisters<D, kPass, kWgmma> ? 3 : 1)
+    bsa_tile_kernel(const BsaParams p, const __grid_constant__ KvMaps maps) {
+  constexpr bool kDq = kPass == TilePass::kDq, kQRegs = kQInRegisters<D, kPass, kWgmma>;
   constexpr int kTile = 64 * D * 2;        // bytes of one 64 x D tile
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Tiles on 1024-byte boundaries, as wgmma's swizzle needs (the launch adds the slack).
@@ -52,11 +61,13 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p, const 
   __shared__ float s_bias[2][64];          // per stage: each row's bias (base 2) for the block
   __shared__ int s_lo[2][64];              // ... and the first key it reads there
   __shared__ __align__(8) uint64_t s_kv_full[2];  // sm_90: per stage, K and V landed (TMA)
-  const uint32_t sQ = smem_addr(smem);     // Q, then two K stages, two V stages (and dO)
-  const uint32_t sdO = sQ + 5 * kTile;
+  // Q (unless kQRegs), then two K stages, two V stages (and dO). kQRegs: Q is staged where V's
+  // second stage goes and read into registers before that stage's first copy.
+  const uint32_t base = smem_addr(smem), kv0 = kQRegs ? base : base + kTile;
   // Arithmetic, not arrays: a run-time index into a register array would go to local memory.
-  auto sK = [&](int stage) { return sQ + (1 + stage) * kTile; };
-  auto sV = [&](int stage) { return sQ + (3 + stage) * kTile; };
+  auto sK = [&](int stage) { return kv0 + stage * kTile; };
+  auto sV = [&](int stage) { return kv0 + (2 + stage) * kTile; };
+  const uint32_t sQ = kQRegs ? sV(1) : base, sdO = base + 5 * kTile;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int tile_t = p.tiles_per_head - 1 - blockIdx.x;  // longest (latest) tiles first
@@ -128,7 +139,15 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p, const 
 
   float acc[D / 8][4] = {};  // O (forward) or dQ / scale
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  uint32_t qf[kWgmma ? 1 : D / 16][4];  // the wgmma path reads Q from shared memory
+  uint32_t qf[kWgmma && !kQRegs ? 1 : D / 16][4];  // Q's A fragments, unless wgmma reads it from shared memory
+  if constexpr (kQRegs) {
+    cp_async_wait_all();
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) load_a(qf[kk], sQ, wrow, kk * 16, lane);
+    // These reads before the TMA copy into V's second stage (after the loop's first barrier).
+    fence_proxy_async();
+  }
 
   for (int u = 0; u < n_union; ++u) {
     const int j = j_next, st = u & 1;
@@ -168,7 +187,10 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p, const 
       fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
       fence_operands(dp);
       wgmma_fence();
-      wgmma_tile_by_tile_t<T, D>(s, sQ, k_s);
+      if constexpr (kQRegs)
+        wgmma_regs_by_tile_t<T, D>(s, qf, k_s);
+      else
+        wgmma_tile_by_tile_t<T, D>(s, sQ, k_s);
       if constexpr (kDq) wgmma_tile_by_tile_t<T, D>(dp, sdO, v_s);
       wgmma_commit();
       wgmma_wait<0>();
@@ -291,19 +313,22 @@ __global__ void __launch_bounds__(128) bsa_tile_kernel(const BsaParams p, const 
 
 template <typename T, int D, TilePass kPass>
 int launch(const BsaParams& p, int64_t B, BsaPath path, cudaStream_t stream) {
-  // Q, two K and two V stages, dO for the dQ pass, alignment slack.
-  constexpr int kSmem = (kPass == TilePass::kDq ? 6 : 5) * 64 * D * 2 + 1024;
   const bool hopper = path == BsaPath::kAuto && wgmma_runs_here(bsa_tile_kernel<T, D, kPass, true>);
   auto kernel = hopper ? bsa_tile_kernel<T, D, kPass, true> : bsa_tile_kernel<T, D, kPass, false>;
+  // Q (unless in registers), two K and two V stages, dO for the dQ pass, alignment slack.
+  const int tiles = kPass == TilePass::kDq ? 6 : hopper && kQInRegisters<D, kPass, true> ? 4 : 5;
+  const int smem = tiles * 64 * D * 2 + 1024;
   KvMaps maps{};
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   if (hopper) {
     if (const int rc = make_tile_map(&maps.k, p.k, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)) return rc;
     if (const int rc = make_tile_map(&maps.v, p.v, kBf16, B, p.Hkv, p.T, D, kBsaBlock, 1)) return rc;
   }
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(p.tiles_per_head, p.Hkv, static_cast<unsigned>(B)), 128, kSmem, stream>>>(p, maps);
+  // Three forward CTAs per SM need 3 x 65 KB: ask for the largest shared-memory carveout.
+  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
+  kernel<<<dim3(p.tiles_per_head, p.Hkv, static_cast<unsigned>(B)), 128, smem, stream>>>(p, maps);
   return cudaGetLastError();
 }
 

@@ -157,6 +157,15 @@ __device__ __forceinline__ void wgmma_tile_by_tile_t(float (&acc)[8][4], uint32_
   for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<T>(acc, desc_k_major(a_tile, kk), desc_k_major(b_tile, kk));
 }
 
+// acc (64 x 64) += A B^T with A from registers (the warp's 16 rows as D / 16 k-step fragments)
+// and B a 64 x D tile stored row-major in shared memory (S = Q K^T with Q in registers).
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_regs_by_tile_t(float (&acc)[8][4], const uint32_t (&a)[D / 16][4],
+                                                     uint32_t b_tile) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) wgmma_rs<T, 64, 0>(acc, a[kk], desc_k_major(b_tile, kk));
+}
+
 // The product the kernels take four times (P V, P^T dO, dS^T Q, dS K): acc (64 x D) += A (64 x
 // 64, from registers: the warp's 16 rows as 4 k-step A fragments) * B, B a 64 x D tile stored
 // row-major with rows = k. kWgmma: 4 warpgroup MMAs, issued only (the caller fences before,
