@@ -1,5 +1,7 @@
 #include "dash_route.h"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -12,10 +14,9 @@ namespace {
 constexpr int kMaxWarps = 8;               // routings per block, one warp each
 constexpr size_t kSmemBudget = 96 * 1024;  // per block: a [n_seen] float array per warp
 
-// One routing's rows (the R positions of routing g, fewer at the tile's end), by one warp, with
-// a [n_seen] float array of its own in shared memory (pbar in the forward, d p in the
-// backward). Lane l owns chunks l, l + 32, ... of it, so the warp never races on it. z = scale * scores
-// is rounded before use (__fmul_rn: no fused multiply-add), as the ATen path rounds it, so
+// One routing's rows (the R positions of routing g, fewer at the tile's end). In the forward
+// one warp takes it, with a [n_seen] float array (pbar) of its own in shared memory; lane l
+// owns chunks l, l + 32, ... of it, so the warp never races on it. z = scale * scores is rounded before use (__fmul_rn: no fused multiply-add), as the ATen path rounds it, so
 // both find the same thresholds: p = (z/2 - tau)^2 near the support's edge is a difference of
 // nearly equal numbers, where one rounding moves p by percents.
 struct Routing {
@@ -44,7 +45,7 @@ struct Routing {
 };
 
 // Entmax row k's z on this lane's chunks c = lane + 32 j, -inf off the candidates, for the
-// passes over the row (the threshold's ~3-6, the backward's two): with kPerLane > 0 read once
+// passes over the row (the threshold's ~3-6): with kPerLane > 0 read once
 // into registers (kPerLane * 32 >= n_seen), with 0 read from memory at every pass.
 template <int kPerLane>
 struct RowZ {
@@ -68,17 +69,6 @@ struct RowZ {
     } else {
       for (int64_t c = rt.lane; c < rt.hi; c += 32)
         if (c >= rt.lo) f(c, rt.z(row, c));
-    }
-  }
-  // f(c, z) over the lane's chunks below n_seen, z = -inf off the candidates.
-  template <class F>
-  __device__ void each_seen(const F& f) const {
-    if constexpr (kPerLane > 0) {
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j)
-        if (rt.lane + 32 * j < rt.a.n_seen) f(rt.lane + 32 * j, v[j]);
-    } else {
-      for (int64_t c = rt.lane; c < rt.a.n_seen; c += 32) f(c, rt.candidate(c) ? rt.z(row, c) : -INFINITY);
     }
   }
   __device__ Entmax15Threshold threshold() const {
@@ -156,19 +146,51 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   }
 }
 
-template <int kPerLane>
-__global__ void __launch_bounds__(32 * kMaxWarps)
-    routing_backward_kernel(DashRoutingArgs a, int64_t n_routings, const float* thresholds, const int64_t* row_ptr,
-                            const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* d_scores) {
-  extern __shared__ float smem[];
-  const int64_t g = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (g >= n_routings) return;
-  float* dp = smem + (threadIdx.x >> 5) * a.n_seen;  // d loss / d p, shared by the routing's rows
-  const Routing rt(a, g);
-  for (int64_t c = rt.lane; c < a.n_seen; c += 32) dp[c] = 0.f;
+// The backward, one routing per CTA: its entmax rows (k = 0 .. G R - 1, head k % G of
+// position r0 + k / G) against its routed chunks only. entmax's Jacobian is zero off each
+// row's support, and every support lies in the routing's list, so d z, d q and d kbar need
+// only the listed candidates: no dense [G, n, n_seen] scores or gradient. The chunks go by in
+// batches of kBatch list entries (forced ones left out, d z = 0 there), twice: first for each
+// row's s . dp / sum s (s = sqrt p), then for d z = s (dp - that) * scale with the two
+// products d q += d z kbar and d kbar += d z^T q, all in fp32 on CUDA cores. z = scale q . kbar
+// is recomputed in fp32 from q and kbar; the forward's thresholds decide the support. d q
+// rows are this CTA's alone (plain stores); d kbar rows are shared with other routings
+// (fp32 atomics).
+constexpr int kGradRows = kDashMaxRows, kBatch = 32, kGradThreads = 256;
+
+template <int D>
+struct GradSmem {
+  static constexpr int kLd = D + 4;  // row stride in floats: 16-byte rows that spread over the banks
+  float q[kGradRows * kLd];          // the entmax rows' q in fp32, zero past G R
+  float kbar[kBatch * kLd];          // the batch's chunk summaries, zero off the candidates
+  float dz[kGradRows * (kBatch + 1)];
+  float dp[kBatch];                  // d loss / d p of the batch's entries (0 off the candidates)
+  int chunk[kBatch];                 // their chunk, -1 off the candidates
+  float max[kGradRows], tau[kGradRows], mean[kGradRows];
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kGradThreads)
+    routing_grad_kernel(DashRoutingArgs a, DashRoutingGrad gr, const float* thresholds, const int64_t* row_ptr,
+                        const int32_t* blocks, const float* entry_pbar, const float* d_entries) {
+  extern __shared__ float4 smem_raw[];
+  GradSmem<D>& sm = *reinterpret_cast<GradSmem<D>*>(smem_raw);
+  constexpr int kLd = GradSmem<D>::kLd;
+  const Routing rt(a, blockIdx.x);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int K = static_cast<int>(rt.entmax_rows());
+  auto q_row = [&](int k) { return (k % a.G) * gr.head_stride + (rt.r0 + k / a.G) * gr.row_stride; };
+  const T* q = static_cast<const T*>(gr.q);
+  for (int i = tid; i < kGradRows * D; i += kGradThreads) {
+    const int k = i / D, col = i % D;
+    sm.q[k * kLd + col] = k < K ? static_cast<float>(q[q_row(k) + col]) : 0.f;
+  }
+  if (tid < kGradRows) {
+    sm.max[tid] = tid < K ? thresholds[rt.threshold_index(tid)] : -INFINITY;
+    sm.tau[tid] = tid < K ? thresholds[rt.threshold_index(tid) + 1] : 0.f;
+  }
   // The R rows share the routing, so their lists are the same chunks in the same order: entry
-  // j's d prior is the sum of the rows' entry j. Forced entries (bias 0) have no path back;
-  // the routed ones are the candidates, with the forward's pbar > 0 kept.
+  // j's d prior is the sum of the rows' entry j.
   const int64_t base = row_ptr[0], first = row_ptr[rt.r0] - base, length = row_ptr[rt.r0 + 1] - row_ptr[rt.r0];
   auto d_prior = [&](int64_t j) {
     float sum = 0.f;
@@ -178,31 +200,131 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   float shift = 0.f;  // normalized: the routed entries' mean d prior, through the mean log pbar
   if (a.normalized) {
     float sum = 0.f, count = 0.f;
-    for (int64_t j = rt.lane; j < length; j += 32)
+    for (int64_t j = lane; j < length; j += 32)
       if (rt.candidate(blocks[first + j])) sum += d_prior(j), count += 1.f;
     shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
   }
-  __syncwarp();  // dp zeroed, each lane its own chunks, before the entries' lanes write it
-  // Through log and the mean over the rows.
-  const float inv_count = 1.f / float(rt.entmax_rows());
-  for (int64_t j = rt.lane; j < length; j += 32) {
-    const int64_t c = blocks[first + j];
-    if (rt.candidate(c)) dp[c] = (d_prior(j) - shift) / entry_pbar[first + j] * inv_count;
+  const float inv_count = 1.f / float(K);
+  auto load_batch = [&](int64_t j0) {
+    __syncthreads();  // the last batch's readers are done
+    if (tid < kBatch) {
+      const int64_t j = j0 + tid;
+      const int c = j < length ? blocks[first + j] : -1;
+      const bool routed = c >= 0 && rt.candidate(c);
+      sm.chunk[tid] = routed ? c : -1;
+      // Through log pbar and the mean over the routing's rows.
+      sm.dp[tid] = routed ? (d_prior(j) - shift) / entry_pbar[first + j] * inv_count : 0.f;
+    }
+    for (int i = tid; i < kBatch * D; i += kGradThreads) {
+      const int e = i / D, col = i % D;
+      const int64_t j = j0 + e;
+      const int c = j < length ? blocks[first + j] : -1;
+      sm.kbar[e * kLd + col] = c >= 0 && rt.candidate(c) ? gr.kbar[c * int64_t(D) + col] : 0.f;
+    }
+    __syncthreads();
+  };
+  // This thread's z tile: rows 4 rg .. 4 rg + 3, entries 2 eg, 2 eg + 1, and their s = sqrt p.
+  const int rg = tid >> 4, eg = tid & 15;
+  auto s_tile = [&](float (&s)[4][2]) {
+    float z[4][2] = {};
+    for (int c = 0; c < D; c += 4) {
+      float4 kv[2], qv[4];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) kv[e] = *reinterpret_cast<const float4*>(&sm.kbar[(2 * eg + e) * kLd + c]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) qv[i] = *reinterpret_cast<const float4*>(&sm.q[(4 * rg + i) * kLd + c]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          z[i][e] += qv[i].x * kv[e].x + qv[i].y * kv[e].y + qv[i].z * kv[e].z + qv[i].w * kv[e].w;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const Entmax15Threshold t{sm.max[4 * rg + i], sm.tau[4 * rg + i]};
+        const float p = sm.chunk[2 * eg + e] >= 0 ? t.prob(__fmul_rn(a.scale, z[i][e])) : 0.f;
+        s[i][e] = p > 0.f ? sqrtf(p) : 0.f;
+      }
+  };
+  // Pass 1: each row's s . dp / sum s, over the 16 threads that share its rows.
+  float s_sum[4] = {}, s_dot[4] = {};
+  for (int64_t j0 = 0; j0 < length; j0 += kBatch) {
+    load_batch(j0);
+    float s[4][2];
+    s_tile(s);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s_sum[i] += s[i][e];
+        s_dot[i] += s[i][e] * sm.dp[2 * eg + e];
+      }
   }
-  __syncwarp();
-  // Each entmax row through entmax's Jacobian, then z = scale * scores.
-  for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
-    const RowZ<kPerLane> row(rt, k);
-    const Entmax15Threshold t{thresholds[rt.threshold_index(k)], thresholds[rt.threshold_index(k) + 1]};
-    const float mean = entmax15_jvp_mean_of(
-        [&](const auto& f) { row.each_candidate([&](int64_t c, float z) { f(t.prob(z), dp[c]); }); });
-    float* out = d_scores + (row.row - a.scores);
-    row.each_seen([&](int64_t c, float z) {
-      const float pc = t.prob(z);
-      const float s = pc > 0.f ? sqrtf(pc) : 0.f;
-      out[c] = s * (dp[c] - mean) * a.scale;
-    });
-    for (int64_t c = a.n_seen + rt.lane; c < a.scores_ld; c += 32) out[c] = 0.f;  // whole rows: 0 past n_seen
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) {
+      s_sum[i] += __shfl_xor_sync(0xffffffffu, s_sum[i], o);
+      s_dot[i] += __shfl_xor_sync(0xffffffffu, s_dot[i], o);
+    }
+    if (eg == 0) sm.mean[4 * rg + i] = s_sum[i] > 0.f ? s_dot[i] / s_sum[i] : 0.f;
+  }
+  // Pass 2: d z, then d q (rows 8 warp .., this lane's kCols columns) and d kbar (entries
+  // 4 warp .., the same columns).
+  constexpr int kCols = D / 32;
+  const int col0 = lane * kCols;
+  float dq[8][kCols] = {};
+  for (int64_t j0 = 0; j0 < length; j0 += kBatch) {
+    load_batch(j0);  // its first barrier also orders pass 1's means before their reads
+    float s[4][2];
+    s_tile(s);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        sm.dz[(4 * rg + i) * (kBatch + 1) + 2 * eg + e] =
+            s[i][e] * (sm.dp[2 * eg + e] - sm.mean[4 * rg + i]) * a.scale;
+    __syncthreads();
+    for (int e = 0; e < kBatch; ++e) {
+      float kv[kCols];
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) kv[c] = sm.kbar[e * kLd + col0 + c];
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {
+        const float dzr = sm.dz[(8 * warp + r) * (kBatch + 1) + e];
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) dq[r][c] += dzr * kv[c];
+      }
+    }
+    float dk[4][kCols] = {};
+    for (int k = 0; k < K; ++k) {
+      float qv[kCols];
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) qv[c] = sm.q[k * kLd + col0 + c];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float dze = sm.dz[k * (kBatch + 1) + 4 * warp + e];
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) dk[e][c] += dze * qv[c];
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int chunk = sm.chunk[4 * warp + e];
+      if (chunk < 0) continue;
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) atomicAdd(&gr.dkbar[chunk * int64_t(D) + col0 + c], dk[e][c]);
+    }
+  }
+  T* out = static_cast<T*>(gr.dq);
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const int k = 8 * warp + r;
+    if (k >= K) continue;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) out[q_row(k) + col0 + c] = static_cast<T>(dq[r][c]);
   }
 }
 
@@ -211,7 +333,7 @@ int64_t routings(const DashRoutingArgs& a) { return (a.n + a.route_positions - 1
 bool shape_ok(const DashRoutingArgs& a) {
   return a.G >= 1 && a.route_positions >= 1 && a.G * a.route_positions <= kDashMaxRows && a.chunk > 0 &&
          a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 &&
-         (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.scores_ld >= a.n_seen && a.n_seen <= kDashMaxSeen &&
+         (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.n_seen <= kDashMaxSeen &&
          routings(a) < (int64_t(1) << 31);
 }
 
@@ -258,20 +380,31 @@ struct BiasLaunch {
   }
 };
 
-template <int kPerLane>
-struct BackwardLaunch {
-  static int run(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr, const int32_t* blocks,
-                 const float* entry_pbar, const float* d_entries, float* d_scores, cudaStream_t stream) {
-    return launch_routing(routing_backward_kernel<kPerLane>, a, stream, thresholds, row_ptr, blocks, entry_pbar,
-                          d_entries, d_scores);
-  }
-};
+template <typename T, int D>
+int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
+                const int32_t* blocks, const float* entry_pbar, const float* d_entries, cudaStream_t stream) {
+  auto kernel = routing_grad_kernel<T, D>;
+  constexpr int kSmem = sizeof(GradSmem<D>);
+  if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      e != cudaSuccess)
+    return e;
+  kernel<<<static_cast<unsigned>(routings(a)), kGradThreads, kSmem, stream>>>(a, gr, thresholds, row_ptr, blocks,
+                                                                              entry_pbar, d_entries);
+  return cudaGetLastError();
+}
+
+template <typename T>
+int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
+                const int32_t* blocks, const float* entry_pbar, const float* d_entries, cudaStream_t stream) {
+  return gr.d == 64 ? launch_grad<T, 64>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream)
+                    : launch_grad<T, 128>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream);
+}
 
 }  // namespace
 
 int dash_routing_prior(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
                        cudaStream_t stream) {
-  if (!shape_ok(a)) return kBsaBadShape;
+  if (!shape_ok(a) || a.scores_ld < a.n_seen) return kBsaBadShape;
   if (a.n == 0) return 0;
   return with_row_cache<BiasLaunch>(a, pbar, shift, thresholds, counts, stream);
 }
@@ -285,12 +418,17 @@ int dash_routing_lists(const DashRoutingArgs& a, const float* pbar, const float*
   return cudaGetLastError();
 }
 
-int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr,
-                          const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* d_scores,
-                          cudaStream_t stream) {
-  if (!shape_ok(a)) return kBsaBadShape;
+int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds,
+                          const int64_t* row_ptr, const int32_t* blocks, const float* entry_pbar,
+                          const float* d_entries, cudaStream_t stream) {
+  if (!shape_ok(a) || (gr.d != 64 && gr.d != 128)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  return with_row_cache<BackwardLaunch>(a, thresholds, row_ptr, blocks, entry_pbar, d_entries, d_scores, stream);
+  switch (gr.dtype) {
+    case DashQType::kBf16: return launch_grad<__nv_bfloat16>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream);
+    case DashQType::kF16: return launch_grad<__half>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream);
+    case DashQType::kF32: return launch_grad<float>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream);
+  }
+  return kBsaBadShape;
 }
 
 }  // namespace st::kernels

@@ -3,11 +3,12 @@
 // (and over route_positions consecutive positions), and the log prior's shift, in one kernel;
 // the rows' block lists with their bias from that in a second (no host round trip but the
 // lists' total size, and no dense [n, n_chunks] bias in between); the backward (the list
-// entries' gradient through log pbar, the group mean and entmax's Jacobian, to the scores) in
-// a third, which takes what the forward kept (each entmax row's threshold, 8 bytes, and each
-// list entry's pbar) with the recomputed scores, so it neither runs Newton's method again nor
-// sums the group's probabilities, and reads the entries' gradient from the lists as they are.
-// Each row's z sits in registers while a warp passes over it. Plain C++ launchers (raw device
+// entries' gradient through log pbar, the group mean and entmax's Jacobian to z, and on to q
+// and the chunk summaries) in a third, which takes what the forward kept (each entmax row's
+// threshold, 8 bytes, and each list entry's pbar), so it neither runs Newton's method again
+// nor sums the group's probabilities, and reads only the listed chunks: entmax's Jacobian is
+// zero off the support, so no dense scores or score gradient exist in the backward. In the
+// forward each row's z sits in registers while a warp passes over it. Plain C++ launchers (raw device
 // pointers, a stream); src/attention/cuda/dash_routing.h wraps them for LibTorch.
 #pragma once
 #include <cstdint>
@@ -25,7 +26,7 @@ struct DashRoutingArgs {
   // [G, n, n_seen] fp32: q . kbar for query positions t0 .. t0 + n - 1 of the G heads of one KV
   // group against chunks 0 .. n_seen - 1 (n_seen covers every row's past complete chunks).
   const float* scores;
-  int64_t scores_ld;  // the row stride of scores and d_scores, >= n_seen
+  int64_t scores_ld;  // the row stride of scores, >= n_seen
   int64_t G, n, n_seen, t0;
   int64_t chunk, sink_chunks, local_chunks;  // row t routes among chunks sink <= c < t / chunk - local
   int64_t route_positions;                   // R: rows t0 + R i .. share one pbar (R divides chunk and t0)
@@ -48,12 +49,27 @@ int dash_routing_prior(const DashRoutingArgs& a, float* pbar, float* shift, floa
 int dash_routing_lists(const DashRoutingArgs& a, const float* pbar, const float* shift, const int64_t* row_ptr,
                        int32_t* blocks, float* entries, float* entry_pbar, cudaStream_t stream);
 
-// d_scores [G, n, scores_ld] (0 past n_seen) from the gradient of the rows' list entries
-// (d_entries, laid out as dash_routing_lists writes them; entries at bias 0 carry none), with
-// the forward's thresholds and entry_pbar for the same scores. All three return 0, a
-// cudaError_t, or kBsaBadShape beyond kDashMaxRows / kDashMaxSeen.
-int dash_routing_backward(const DashRoutingArgs& a, const float* thresholds, const int64_t* row_ptr,
-                          const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* d_scores,
-                          cudaStream_t stream);
+enum class DashQType { kBf16, kF16, kF32 };
+
+// The backward's tensors besides the lists: q in, d q out (both [G, n, d] at the same strides),
+// the chunk summaries and their gradient (fp32 [n_seen, d], contiguous).
+struct DashRoutingGrad {
+  const void* q;
+  void* dq;  // written, every element of the n rows
+  int64_t head_stride, row_stride, d;
+  DashQType dtype;
+  const float* kbar;
+  float* dkbar;  // added to (atomics)
+};
+
+// The backward from the gradient of the rows' list entries (d_entries, laid out as
+// dash_routing_lists writes them; entries at bias 0 carry none) through log pbar, the group
+// mean and entmax's Jacobian to z = scale q . kbar, and on to d q (written) and d kbar (added),
+// with the forward's thresholds and entry_pbar. a.scores is not read: z is recomputed on the
+// listed chunks alone. All three return 0, a cudaError_t, or kBsaBadShape beyond kDashMaxRows /
+// kDashMaxSeen (d 64 or 128 here).
+int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds,
+                          const int64_t* row_ptr, const int32_t* blocks, const float* entry_pbar,
+                          const float* d_entries, cudaStream_t stream);
 
 }  // namespace st::kernels

@@ -45,8 +45,8 @@ using torch::autograd::variable_list;
 // One routing tile's scores: query rows [t0, t0 + n) of one KV group against the chunk
 // summaries, before the temperature, as an fp32 GEMM (the reference, and both paths where q is
 // not bf16 or the device not a Hopper) or, for the kernels' path (tensor_cores), on the
-// tensor-core scores kernel at the same accuracy. Forward and backward take the same path, so
-// the backward's recomputed scores are the forward's, bit for bit.
+// tensor-core scores kernel at the same accuracy. ATen's backward recomputes them on the same
+// path, bit for bit; the kernels' backward needs no scores (dash_route.h).
 struct TileScores {
   int64_t n_seen, n_chunks;
   double scale;             // z = scale * scores
@@ -60,6 +60,9 @@ Tensor q_groups(const Tensor& q_rows, int64_t Hkv) {
   return q_rows.to(reference_dtype(q_rows)).reshape({B, Hkv, Hq / Hkv, n, d});
 }
 
+// z = scale * (q . kbar): the temperature over sqrt(d).
+double score_scale(const DashConfig& cfg, int64_t d) { return cfg.temperature / std::sqrt(double(d)); }
+
 TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T,
                        bool tensor_cores) {
   const int64_t n = q_rows.size(2), d = q_rows.size(3), C = cfg.chunk;
@@ -68,7 +71,7 @@ TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor
   // Chunks some row of these queries may route to: complete ones strictly before the last
   // row's own (a tile early in the sequence scores few chunks).
   s.n_seen = std::min(T / C, (t0 + n - 1) / C);
-  s.scale = cfg.temperature / std::sqrt(double(d));
+  s.scale = score_scale(cfg, d);
   s.kbar_seen = kbar.narrow(2, 0, s.n_seen).to(reference_dtype(q_rows)).unsqueeze(2);
 #ifdef SPARSETRAIN_CUDA
   if (tensor_cores && q_rows.size(0) == 1 && kbar.size(1) == 1 && cuda::dash_scores_run(q_rows)) {
@@ -81,36 +84,14 @@ TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor
 }
 
 // The scores' vector-Jacobian product for one (b, hkv) group's tile: d scores [1, 1, G, n,
-// w >= n_seen] -> d q_rows [1, G, n, d] and d kbar's first n_seen chunks [1, 1, n_seen, d].
-// tf32: both products on TF32 tensor cores (10-bit mantissas, ~5e-4 relative), for the
-// kernels' path: these gradients join the core's, whose products round to bf16 (8 bits), and
-// in fp32 on CUDA cores they took ~12 of the ~60 ms of Dash's routing at 64K (H200).
-std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor& q_rows, const Tensor& d_scores,
-                                               bool tf32) {
-  // cuBLAS's fp32 products in TF32 for this scope only, restored even on a throw.
-  struct Tf32Products {
-    const at::Float32Precision was =
-        at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
-    explicit Tf32Products(bool on) {
-      if (on) set(at::Float32Precision::TF32);
-    }
-    ~Tf32Products() { set(was); }
-    static void set(at::Float32Precision p) {
-      at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, p);
-    }
-  } const precision(tf32);
-  // A tile is one (b, hkv) group: each product is one 2-D GEMM over the group's G n rows, and
-  // the scores' padded row stride (attention/cuda/dash_routing.h) reaches cuBLAS as it is.
-  // d_scores may be wider than n_seen, zero past it (the kernels' padded rows): the products
-  // then run over whole 16-byte rows, and kbar gets zero rows to match.
-  const int64_t G = d_scores.size(2), n = d_scores.size(3), w = d_scores.size(4), d = s.kbar_seen.size(4),
-                n_seen = s.kbar_seen.size(3);
-  auto rows = d_scores.reshape({G * n, w});
-  auto kbar_rows = torch::constant_pad_nd(s.kbar_seen.reshape({n_seen, d}), {0, 0, 0, w - n_seen});
-  auto dq = torch::mm(rows, kbar_rows).view({1, G, n, d});
-  // The sum over the group's heads inside one product: [w, G n] x [G n, d].
-  auto dkbar =
-      torch::mm(rows.t(), q_groups(q_rows, 1).reshape({G * n, d})).narrow(0, 0, n_seen).view({1, 1, n_seen, d});
+// n_seen] -> d q_rows [1, G, n, d] and d kbar's first n_seen chunks [1, 1, n_seen, d].
+std::pair<Tensor, Tensor> tile_scores_backward(const TileScores& s, const Tensor& q_rows, const Tensor& d_scores) {
+  // A tile is one (b, hkv) group: each product is one 2-D GEMM over the group's G n rows.
+  const int64_t G = d_scores.size(2), n = d_scores.size(3), d = s.kbar_seen.size(4), n_seen = s.kbar_seen.size(3);
+  auto rows = d_scores.reshape({G * n, n_seen});
+  auto dq = torch::mm(rows, s.kbar_seen.reshape({n_seen, d})).view({1, G, n, d});
+  // The sum over the group's heads inside one product: [n_seen, G n] x [G n, d].
+  auto dkbar = torch::mm(rows.t(), q_groups(q_rows, 1).reshape({G * n, d})).view({1, 1, n_seen, d});
   return {dq, dkbar};
 }
 
@@ -202,7 +183,7 @@ std::pair<Tensor, Tensor> routing_bias_backward(const DashConfig& cfg, const Ten
   }
   auto d_pbar = d_log_p / torch::where(routed, pbar, torch::ones_like(pbar));
   auto dp = (mean_over_positions(d_pbar, cfg.route_positions) / double(G)).unsqueeze(2).expand_as(r.p);
-  return tile_scores_backward(s, q_rows, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale, /*tf32=*/false);
+  return tile_scores_backward(s, q_rows, entmax_backward(r.p, dp, cfg.alpha, -1) * s.scale);
 }
 
 // A tile's routing as lists (block_sparse_dispatch.h's BlockRows for its n rows) and what the
@@ -229,8 +210,10 @@ TileLists aten_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const 
   return {listed.counts, listed.blocks, bias.flatten().index_select(0, listed.flat), Tensor(), Tensor()};
 }
 
-std::pair<Tensor, Tensor> aten_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
-                                                int64_t t0, int64_t T, const TileGrad& g) {
+// Writes the tile's d q rows into dq_rows [1, G, n, d] and adds its d kbar into dkbar_rows
+// [1, 1, n_full, d].
+void aten_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T,
+                           const TileGrad& g, Tensor dq_rows, Tensor dkbar_rows) {
   // The entries' gradients into the tile's dense [n, n_chunks], placed by the saved lists
   // (not by a recomputed bias, which could round differently).
   const int64_t n = q_rows.size(2), n_chunks = (T + cfg.chunk - 1) / cfg.chunk, m = g.blocks.numel();
@@ -238,7 +221,9 @@ std::pair<Tensor, Tensor> aten_routing_backward(const DashConfig& cfg, const Ten
   auto row = torch::repeat_interleave(torch::arange(n, counts.options()), counts, /*dim=*/0, m);
   auto idx = row * n_chunks + g.blocks.to(torch::kInt64);
   auto d_bias = torch::zeros({n * n_chunks}, g.d_entries.options()).index_put_({idx}, g.d_entries);
-  return routing_bias_backward(cfg, q_rows, kbar, t0, T, d_bias.view({n, n_chunks}));
+  auto [dq, dkbar] = routing_bias_backward(cfg, q_rows, kbar, t0, T, d_bias.view({n, n_chunks}));
+  dq_rows.copy_(dq);
+  dkbar_rows.narrow(2, 0, dkbar.size(2)).add_(dkbar);
 }
 
 #ifdef SPARSETRAIN_CUDA
@@ -250,21 +235,20 @@ TileLists fused_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const
   return {r.counts, r.blocks, r.entries, r.thresholds, r.entry_pbar};
 }
 
-std::pair<Tensor, Tensor> fused_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar,
-                                                 int64_t t0, int64_t T, const TileGrad& g) {
-  const TileScores s = tile_scores(cfg, q_rows, kbar, t0, T, /*tensor_cores=*/true);
-  const int64_t G = s.scores.size(2), n = s.scores.size(3);
-  auto d_scores = cuda::dash_routing_backward(s.scores.reshape({G, n, s.n_seen}), g.thresholds, g.row_ptr, g.blocks,
-                                              g.entry_pbar, g.d_entries, cfg, s.scale, t0);
-  return tile_scores_backward(s, q_rows, d_scores.view({1, 1, G, n, d_scores.size(2)}), /*tf32=*/true);
+void fused_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T,
+                            const TileGrad& g, Tensor dq_rows, Tensor dkbar_rows) {
+  const int64_t d = q_rows.size(3);
+  cuda::dash_routing_backward(q_rows, kbar.view({kbar.size(2), d}), g.thresholds, g.row_ptr, g.blocks, g.entry_pbar,
+                              g.d_entries, cfg, score_scale(cfg, d), t0, dq_rows,
+                              dkbar_rows.view({dkbar_rows.size(2), d}));
 }
 #endif
 
 // Which code runs the tiles' scores, entmax, prior and lists: the fused kernels or ATen.
 struct RoutingPath {
   TileLists (*lists)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t);
-  std::pair<Tensor, Tensor> (*backward)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t,
-                                        const TileGrad&);
+  void (*backward)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t, const TileGrad&, Tensor,
+                   Tensor);
 };
 
 RoutingPath routing_path(bool fused) {
@@ -372,9 +356,7 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
       const TileGrad g{row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1), block_ids.narrow(0, offsets[i], m),
                        part(entry_pbar, offsets[i], m), part(thresholds, G * 2 * t.first_row(Hkv, T), G * 2 * t.n),
                        grads[0].narrow(0, offsets[i], m).to(reference_dtype(q))};
-      auto [dq_rows, dkbar_seen] = path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, g);
-      t.q_rows(dq, G).copy_(dq_rows);
-      t.kbar_rows(dkbar).narrow(2, 0, dkbar_seen.size(2)).add_(dkbar_seen);
+      path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, g, t.q_rows(dq, G), t.kbar_rows(dkbar));
     }
     return {dq, dkbar, Tensor(), Tensor(), Tensor()};
   }

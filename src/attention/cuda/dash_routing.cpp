@@ -16,23 +16,17 @@ namespace {
 
 using torch::Tensor;
 
-// [G, n, n_seen] fp32 with rows padded to 16 bytes: cuBLAS runs the scores' TF32 products
-// (dash.cpp) on its aligned sm_90 kernels only when the rows' stride allows 16-byte loads.
+// [G, n, n_seen] fp32 with rows padded to 16 bytes: aligned rows for the scores kernel's
+// paired stores.
 Tensor padded_rows(int64_t G, int64_t n, int64_t n_seen, const torch::TensorOptions& options) {
   return torch::empty({G, n, (n_seen + 3) / 4 * 4}, options.dtype(torch::kFloat32)).narrow(2, 0, n_seen);
 }
 
-kn::DashRoutingArgs args(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0) {
-  TORCH_CHECK(scores.is_cuda() && scores.scalar_type() == torch::kFloat32 && scores.dim() == 3 &&
-                  scores.stride(2) == 1 && scores.stride(1) >= scores.size(2) &&
-                  scores.stride(0) == scores.size(1) * scores.stride(1),
-              "dash routing: scores must be fp32 CUDA [G, n, n_seen], rows apart by a stride >= n_seen");
+kn::DashRoutingArgs args(const DashConfig& cfg, int64_t G, int64_t n, int64_t n_seen, double scale, int64_t t0) {
   kn::DashRoutingArgs a{};
-  a.scores = scores.data_ptr<float>();
-  a.scores_ld = scores.stride(1);
-  a.G = scores.size(0);
-  a.n = scores.size(1);
-  a.n_seen = scores.size(2);
+  a.G = G;
+  a.n = n;
+  a.n_seen = n_seen;
   a.t0 = t0;
   a.chunk = cfg.chunk; a.sink_chunks = cfg.sink_chunks; a.local_chunks = cfg.local_chunks;
   a.route_positions = cfg.route_positions;
@@ -40,6 +34,15 @@ kn::DashRoutingArgs args(const Tensor& scores, const DashConfig& cfg, double sca
   a.sigma = static_cast<float>(cfg.sigma);
   a.normalized = cfg.prior == "normalized";
   return a;
+}
+
+kn::DashQType q_type(const Tensor& q) {
+  switch (q.scalar_type()) {
+    case torch::kBFloat16: return kn::DashQType::kBf16;
+    case torch::kHalf: return kn::DashQType::kF16;
+    case torch::kFloat32: return kn::DashQType::kF32;
+    default: TORCH_CHECK(false, "dash routing: q must be bf16, fp16 or fp32, got ", q.scalar_type());
+  }
 }
 
 }  // namespace
@@ -84,7 +87,13 @@ Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t
 RoutedLists dash_routing_lists(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0) {
   const c10::cuda::CUDAGuard guard(scores.device());
   const int64_t G = scores.size(0), n = scores.size(1), routings = (n + cfg.route_positions - 1) / cfg.route_positions;
-  const kn::DashRoutingArgs a = args(scores, cfg, scale, t0);
+  TORCH_CHECK(scores.is_cuda() && scores.scalar_type() == torch::kFloat32 && scores.dim() == 3 &&
+                  scores.stride(2) == 1 && scores.stride(1) >= scores.size(2) &&
+                  scores.stride(0) == scores.size(1) * scores.stride(1),
+              "dash routing: scores must be fp32 CUDA [G, n, n_seen], rows apart by a stride >= n_seen");
+  kn::DashRoutingArgs a = args(cfg, G, n, scores.size(2), scale, t0);
+  a.scores = scores.data_ptr<float>();
+  a.scores_ld = scores.stride(1);
   auto pbar = torch::empty({routings, scores.size(2)}, scores.options());
   auto shift = torch::empty({routings}, scores.options());
   RoutedLists r;
@@ -105,26 +114,45 @@ RoutedLists dash_routing_lists(const Tensor& scores, const DashConfig& cfg, doub
   return r;
 }
 
-Tensor dash_routing_backward(const Tensor& scores, const Tensor& thresholds, const Tensor& row_ptr,
-                             const Tensor& blocks, const Tensor& entry_pbar, const Tensor& d_entries,
-                             const DashConfig& cfg, double scale, int64_t t0) {
-  TORCH_CHECK(thresholds.is_contiguous() && thresholds.numel() == 2 * scores.size(0) * scores.size(1),
+void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tensor& thresholds, const Tensor& row_ptr,
+                           const Tensor& blocks, const Tensor& entry_pbar, const Tensor& d_entries,
+                           const DashConfig& cfg, double scale, int64_t t0, const Tensor& dq_rows,
+                           const Tensor& dkbar) {
+  const int64_t G = q_rows.size(1), n = q_rows.size(2), d = q_rows.size(3);
+  TORCH_CHECK(q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && dq_rows.sizes() == q_rows.sizes() &&
+                  dq_rows.stride(3) == 1 && dq_rows.scalar_type() == q_rows.scalar_type() && q_rows.is_cuda(),
+              "dash routing backward: q rows and their gradient must be CUDA [1, G, n, d] of one type, unit stride "
+              "over d");
+  TORCH_CHECK(kbar.dim() == 2 && kbar.size(1) == d && kbar.is_contiguous() && kbar.scalar_type() == torch::kFloat32 &&
+                  dkbar.sizes() == kbar.sizes() && dkbar.is_contiguous() && dkbar.scalar_type() == torch::kFloat32,
+              "dash routing backward: kbar and its gradient must be contiguous fp32 [n_chunks, d]");
+  TORCH_CHECK(thresholds.is_contiguous() && thresholds.numel() == 2 * G * n,
               "dash routing backward: thresholds must be the forward's [G, n, 2]");
-  TORCH_CHECK(row_ptr.scalar_type() == torch::kInt64 && row_ptr.numel() == scores.size(1) + 1 &&
+  TORCH_CHECK(row_ptr.scalar_type() == torch::kInt64 && row_ptr.numel() == n + 1 &&
                   blocks.scalar_type() == torch::kInt32 && entry_pbar.scalar_type() == torch::kFloat32 &&
                   blocks.numel() == d_entries.numel() && entry_pbar.numel() == d_entries.numel(),
               "dash routing backward: row_ptr [n + 1] int64; blocks int32, entry_pbar fp32, as many as d_entries");
-  const c10::cuda::CUDAGuard guard(scores.device());
+  TORCH_CHECK(q_rows.stride(1) == dq_rows.stride(1) && q_rows.stride(2) == dq_rows.stride(2),
+              "dash routing backward: q rows and their gradient must have the same strides");
+  const c10::cuda::CUDAGuard guard(q_rows.device());
   const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
                g = d_entries.to(torch::kFloat32).contiguous();
-  const kn::DashRoutingArgs a = args(scores, cfg, scale, t0);
-  // d_scores in the scores' layout, whole rows: the kernel writes both with one row stride.
-  auto d_scores = torch::empty({scores.size(0), scores.size(1), a.scores_ld}, scores.options());
-  check_launch(kn::dash_routing_backward(a, thresholds.data_ptr<float>(), starts.data_ptr<int64_t>(),
+  // Every chunk a row of the tile may route to, as in the forward (kbar may hold more).
+  const int64_t n_seen = std::min(kbar.size(0), (t0 + n - 1) / cfg.chunk);
+  const kn::DashRoutingArgs a = args(cfg, G, n, n_seen, scale, t0);
+  kn::DashRoutingGrad gr{};
+  gr.q = q_rows.data_ptr();
+  gr.dq = dq_rows.data_ptr();
+  gr.head_stride = q_rows.stride(1);
+  gr.row_stride = q_rows.stride(2);
+  gr.d = d;
+  gr.dtype = q_type(q_rows);
+  gr.kbar = kbar.data_ptr<float>();
+  gr.dkbar = dkbar.data_ptr<float>();
+  check_launch(kn::dash_routing_backward(a, gr, thresholds.data_ptr<float>(), starts.data_ptr<int64_t>(),
                                          ids.data_ptr<int32_t>(), pbar.data_ptr<float>(), g.data_ptr<float>(),
-                                         d_scores.data_ptr<float>(), current_stream()),
+                                         current_stream()),
                "dash routing backward");
-  return d_scores;
 }
 
 }  // namespace st::cuda

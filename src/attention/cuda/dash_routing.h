@@ -38,15 +38,16 @@ struct RoutedLists {
 // lists, and the entmax thresholds. One host round trip: the lists' total size.
 RoutedLists dash_routing_lists(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0);
 
-// The gradient of the entries -> d scores [G, n, w], w >= n_seen the scores' row stride and the
-// columns past n_seen 0 (so the backward's products run over whole aligned rows), for the
-// scores, thresholds and entry_pbar of the forward. row_ptr [n + 1]: where each row's entries
-// start in the lists these rows are part of; blocks, entry_pbar and d_entries: this tile's
-// entries (from row_ptr[0] on).
-torch::Tensor dash_routing_backward(const torch::Tensor& scores, const torch::Tensor& thresholds,
-                                    const torch::Tensor& row_ptr, const torch::Tensor& blocks,
-                                    const torch::Tensor& entry_pbar, const torch::Tensor& d_entries,
-                                    const DashConfig& cfg, double scale, int64_t t0);
+// One routing tile's backward (kernels/dash_route.h): the gradient of its entries -> d q rows,
+// written into dq_rows (same shape, type and strides as q_rows [1, G, n, d], the tile's rows of
+// one KV group), and d kbar, added into dkbar (fp32 [n_chunks, d] like kbar, the group's
+// chunk summaries), with the forward's thresholds and entry_pbar. row_ptr [n + 1]: where each
+// row's entries start in the lists these rows are part of; blocks, entry_pbar and d_entries:
+// this tile's entries (from row_ptr[0] on).
+void dash_routing_backward(const torch::Tensor& q_rows, const torch::Tensor& kbar, const torch::Tensor& thresholds,
+                           const torch::Tensor& row_ptr, const torch::Tensor& blocks,
+                           const torch::Tensor& entry_pbar, const torch::Tensor& d_entries, const DashConfig& cfg,
+                           double scale, int64_t t0, const torch::Tensor& dq_rows, const torch::Tensor& dkbar);
 
 }  // namespace st::cuda
 #endif  // SPARSETRAIN_CUDA
