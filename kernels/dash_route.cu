@@ -150,34 +150,56 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 // position r0 + k / G) against its routed chunks only. entmax's Jacobian is zero off each
 // row's support, and every support lies in the routing's list, so d z, d q and d kbar need
 // only the listed candidates: no dense [G, n, n_seen] scores or gradient. The chunks go by in
-// batches of kBatch list entries (forced ones left out, d z = 0 there), twice: first for each
-// row's s . dp / sum s (s = sqrt p), then for d z = s (dp - that) * scale with the two
-// products d q += d z kbar and d kbar += d z^T q, all in fp32 on CUDA cores. z = scale q . kbar
-// is recomputed in fp32 from q and kbar; the forward's thresholds decide the support. d q
-// rows are this CTA's alone (plain stores); d kbar rows are shared with other routings
-// (fp32 atomics).
+// batches of kBatch list entries (forced ones: d z = 0), twice. Pass 1 recomputes z = scale q .
+// kbar in fp32 on CUDA cores, s = sqrt p from the forward's thresholds (kept in a scratch
+// buffer) and each row's s . dp / sum s; pass 2 forms d z = s (dp - that) * scale and the two
+// products d q += d z kbar, d kbar += d z^T q on TF32 tensor cores (10-bit mantissas, ~5e-4
+// relative, as the ATen GEMMs these replace ran them; the gradients join the core's, whose
+// products round to bf16). d q rows are this CTA's alone (plain stores); d kbar rows are
+// shared with other routings (fp32 atomics).
+//
+// z is recomputed, not the forward's bit for bit: p near the support's edge moves with z's
+// last bits, which a gradient of O(1) per entry divided by pbar ~ 0 there would amplify
+// without bound; through attention the entries' gradient scales with the chunk's attention
+// mass, i.e. with pbar, and stays bounded (tests/gpu_dash_routing_test.cpp).
 constexpr int kGradRows = kDashMaxRows, kBatch = 32, kGradThreads = 256;
 
 template <int D>
 struct GradSmem {
-  static constexpr int kLd = D + 4;  // row stride in floats: 16-byte rows that spread over the banks
-  float q[kGradRows * kLd];          // the entmax rows' q in fp32, zero past G R
-  float kbar[kBatch * kLd];          // the batch's chunk summaries, zero off the candidates
-  float dz[kGradRows * (kBatch + 1)];
-  float dp[kBatch];                  // d loss / d p of the batch's entries (0 off the candidates)
-  int chunk[kBatch];                 // their chunk, -1 off the candidates
+  static constexpr int kLd = D + 4;       // q and kbar row stride in floats: 16-byte rows spread over the banks
+  static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
+  float q[kGradRows * kLd];               // the entmax rows' q in fp32, zero past G R
+  float kbar[kBatch * kLd];               // the batch's chunk summaries, zero off the candidates
+  float dz[kGradRows * kDzLd];            // [row][entry]
+  float dp[kBatch];                       // d loss / d p of the batch's entries (0 off the candidates)
+  int chunk[kBatch];                      // their chunk, -1 off the candidates
   float max[kGradRows], tau[kGradRows], mean[kGradRows];
 };
+
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+// d += A (16 x 8, row-major fragment) B (8 x 8): mma.sync m16n8k8 on TF32, fp32 accumulators.
+// Lane (g = lane / 4, c = lane % 4): a0 (g, c), a1 (g + 8, c), a2 (g, c + 4), a3 (g + 8, c + 4);
+// b0 (k c, n g), b1 (k c + 4, n g); d0, d1 (g, 2c, 2c + 1), d2, d3 (g + 8, ...).
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kGradThreads)
     routing_grad_kernel(DashRoutingArgs a, DashRoutingGrad gr, const float* thresholds, const int64_t* row_ptr,
-                        const int32_t* blocks, const float* entry_pbar, const float* d_entries) {
+                        const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch) {
   extern __shared__ float4 smem_raw[];
   GradSmem<D>& sm = *reinterpret_cast<GradSmem<D>*>(smem_raw);
-  constexpr int kLd = GradSmem<D>::kLd;
+  constexpr int kLd = GradSmem<D>::kLd, kDzLd = GradSmem<D>::kDzLd;
   const Routing rt(a, blockIdx.x);
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
   const int K = static_cast<int>(rt.entmax_rows());
   auto q_row = [&](int k) { return (k % a.G) * gr.head_stride + (rt.r0 + k / a.G) * gr.row_stride; };
   const T* q = static_cast<const T*>(gr.q);
@@ -186,12 +208,15 @@ __global__ void __launch_bounds__(kGradThreads)
     sm.q[k * kLd + col] = k < K ? static_cast<float>(q[q_row(k) + col]) : 0.f;
   }
   if (tid < kGradRows) {
-    sm.max[tid] = tid < K ? thresholds[rt.threshold_index(tid)] : -INFINITY;
+    sm.max[tid] = tid < K ? thresholds[rt.threshold_index(tid)] : 0.f;
     sm.tau[tid] = tid < K ? thresholds[rt.threshold_index(tid) + 1] : 0.f;
   }
   // The R rows share the routing, so their lists are the same chunks in the same order: entry
-  // j's d prior is the sum of the rows' entry j.
+  // j's d prior is the sum of the rows' entry j. The routings before this one all have R rows,
+  // so this one's entries start at first / R in a list per routing (the scratch's rows).
   const int64_t base = row_ptr[0], first = row_ptr[rt.r0] - base, length = row_ptr[rt.r0 + 1] - row_ptr[rt.r0];
+  const int64_t rows_per_entry = a.G * a.route_positions;
+  float* s_routing = s_scratch + first / a.route_positions * rows_per_entry;  // [length][G R]
   auto d_prior = [&](int64_t j) {
     float sum = 0.f;
     for (int64_t i = 0; i < rt.rows; ++i) sum += d_entries[row_ptr[rt.r0 + i] - base + j];
@@ -223,9 +248,13 @@ __global__ void __launch_bounds__(kGradThreads)
     }
     __syncthreads();
   };
-  // This thread's z tile: rows 4 rg .. 4 rg + 3, entries 2 eg, 2 eg + 1, and their s = sqrt p.
+
+  // Pass 1: this thread's z tile, rows 4 rg .. 4 rg + 3 and entries 2 eg, 2 eg + 1; each row's
+  // s . dp and sum s over the 16 threads that share its rows.
   const int rg = tid >> 4, eg = tid & 15;
-  auto s_tile = [&](float (&s)[4][2]) {
+  float s_sum[4] = {}, s_dot[4] = {};
+  for (int64_t j0 = 0; j0 < length; j0 += kBatch) {
+    load_batch(j0);
     float z[4][2] = {};
     for (int c = 0; c < D; c += 4) {
       float4 kv[2], qv[4];
@@ -243,23 +272,13 @@ __global__ void __launch_bounds__(kGradThreads)
     for (int i = 0; i < 4; ++i)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const Entmax15Threshold t{sm.max[4 * rg + i], sm.tau[4 * rg + i]};
-        const float p = sm.chunk[2 * eg + e] >= 0 ? t.prob(__fmul_rn(a.scale, z[i][e])) : 0.f;
-        s[i][e] = p > 0.f ? sqrtf(p) : 0.f;
-      }
-  };
-  // Pass 1: each row's s . dp / sum s, over the 16 threads that share its rows.
-  float s_sum[4] = {}, s_dot[4] = {};
-  for (int64_t j0 = 0; j0 < length; j0 += kBatch) {
-    load_batch(j0);
-    float s[4][2];
-    s_tile(s);
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        s_sum[i] += s[i][e];
-        s_dot[i] += s[i][e] * sm.dp[2 * eg + e];
+        const int k = 4 * rg + i, j = 2 * eg + e;
+        const Entmax15Threshold t{sm.max[k], sm.tau[k]};
+        const float p = k < K && sm.chunk[j] >= 0 ? t.prob(__fmul_rn(a.scale, z[i][e])) : 0.f;
+        const float s = p > 0.f ? sqrtf(p) : 0.f;
+        s_sum[i] += s;
+        s_dot[i] += s * sm.dp[j];
+        if (k < K && j0 + j < length) s_routing[(j0 + j) * rows_per_entry + k] = s;
       }
   }
 #pragma unroll
@@ -271,60 +290,71 @@ __global__ void __launch_bounds__(kGradThreads)
     }
     if (eg == 0) sm.mean[4 * rg + i] = s_sum[i] > 0.f ? s_dot[i] / s_sum[i] : 0.f;
   }
-  // Pass 2: d z, then d q (rows 8 warp .., this lane's kCols columns) and d kbar (entries
-  // 4 warp .., the same columns).
-  constexpr int kCols = D / 32;
-  const int col0 = lane * kCols;
-  float dq[8][kCols] = {};
+
+  // Pass 2: d z into shared memory, then on tensor cores d q (warp: rows 16 (warp % 4) .., columns
+  // (warp / 4) D / 2 .., kept over the batches) and d kbar (warp: entries 16 (warp % 2) ..,
+  // columns (warp / 2) D / 4 .., added per batch).
+  constexpr int kDqTiles = D / 16, kDkTiles = D / 32;
+  const int dq_row0 = 16 * (warp & 3), dq_col0 = (warp >> 2) * (D / 2);
+  const int dk_entry0 = 16 * (warp & 1), dk_col0 = (warp >> 1) * (D / 4);
+  float dq[kDqTiles][4] = {};
   for (int64_t j0 = 0; j0 < length; j0 += kBatch) {
-    load_batch(j0);  // its first barrier also orders pass 1's means before their reads
-    float s[4][2];
-    s_tile(s);
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-        sm.dz[(4 * rg + i) * (kBatch + 1) + 2 * eg + e] =
-            s[i][e] * (sm.dp[2 * eg + e] - sm.mean[4 * rg + i]) * a.scale;
+    load_batch(j0);  // its first barrier also orders pass 1's means and s before their reads
+    for (int i = tid; i < kGradRows * kBatch; i += kGradThreads) {
+      const int k = i % kGradRows, e = i / kGradRows;
+      const int64_t j = j0 + e;
+      sm.dz[k * kDzLd + e] =
+          k < K && j < length ? s_routing[j * rows_per_entry + k] * (sm.dp[e] - sm.mean[k]) * a.scale : 0.f;
+    }
     __syncthreads();
-    for (int e = 0; e < kBatch; ++e) {
-      float kv[kCols];
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) kv[c] = sm.kbar[e * kLd + col0 + c];
+    for (int kk = 0; kk < kBatch; kk += 8) {  // d q += d z [rows x entries] kbar [entries x D]
+      const uint32_t af[4] = {to_tf32(sm.dz[(dq_row0 + g) * kDzLd + kk + c4]),
+                              to_tf32(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4]),
+                              to_tf32(sm.dz[(dq_row0 + g) * kDzLd + kk + c4 + 4]),
+                              to_tf32(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4 + 4])};
 #pragma unroll
-      for (int r = 0; r < 8; ++r) {
-        const float dzr = sm.dz[(8 * warp + r) * (kBatch + 1) + e];
-#pragma unroll
-        for (int c = 0; c < kCols; ++c) dq[r][c] += dzr * kv[c];
+      for (int nt = 0; nt < kDqTiles; ++nt) {
+        const int col = dq_col0 + nt * 8 + g;
+        mma_tf32(dq[nt], af, to_tf32(sm.kbar[(kk + c4) * kLd + col]), to_tf32(sm.kbar[(kk + c4 + 4) * kLd + col]));
       }
     }
-    float dk[4][kCols] = {};
-    for (int k = 0; k < K; ++k) {
-      float qv[kCols];
+    float dk[kDkTiles][4] = {};
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) qv[c] = sm.q[k * kLd + col0 + c];
+    for (int kk = 0; kk < kGradRows; kk += 8) {  // d kbar = d z^T [entries x rows] q [rows x D]
+      const uint32_t af[4] = {to_tf32(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g]),
+                              to_tf32(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g + 8]),
+                              to_tf32(sm.dz[(kk + c4 + 4) * kDzLd + dk_entry0 + g]),
+                              to_tf32(sm.dz[(kk + c4 + 4) * kDzLd + dk_entry0 + g + 8])};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float dze = sm.dz[k * (kBatch + 1) + 4 * warp + e];
-#pragma unroll
-        for (int c = 0; c < kCols; ++c) dk[e][c] += dze * qv[c];
+      for (int nt = 0; nt < kDkTiles; ++nt) {
+        const int col = dk_col0 + nt * 8 + g;
+        mma_tf32(dk[nt], af, to_tf32(sm.q[(kk + c4) * kLd + col]), to_tf32(sm.q[(kk + c4 + 4) * kLd + col]));
       }
     }
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int chunk = sm.chunk[4 * warp + e];
+    for (int h = 0; h < 2; ++h) {
+      const int chunk = sm.chunk[dk_entry0 + g + 8 * h];
       if (chunk < 0) continue;
+      float* out = gr.dkbar + chunk * int64_t(D) + dk_col0 + 2 * c4;
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) atomicAdd(&gr.dkbar[chunk * int64_t(D) + col0 + c], dk[e][c]);
+      for (int nt = 0; nt < kDkTiles; ++nt) {
+        atomicAdd(out + nt * 8, dk[nt][2 * h]);
+        atomicAdd(out + nt * 8 + 1, dk[nt][2 * h + 1]);
+      }
     }
   }
   T* out = static_cast<T*>(gr.dq);
 #pragma unroll
-  for (int r = 0; r < 8; ++r) {
-    const int k = 8 * warp + r;
+  for (int h = 0; h < 2; ++h) {
+    const int k = dq_row0 + g + 8 * h;
     if (k >= K) continue;
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) out[q_row(k) + col0 + c] = static_cast<T>(dq[r][c]);
+    for (int nt = 0; nt < kDqTiles; ++nt) {
+      const int col = dq_col0 + nt * 8 + 2 * c4;
+      out[q_row(k) + col] = static_cast<T>(dq[nt][2 * h]);
+      out[q_row(k) + col + 1] = static_cast<T>(dq[nt][2 * h + 1]);
+    }
   }
 }
 
@@ -382,22 +412,25 @@ struct BiasLaunch {
 
 template <typename T, int D>
 int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
-                const int32_t* blocks, const float* entry_pbar, const float* d_entries, cudaStream_t stream) {
+                const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch,
+                cudaStream_t stream) {
   auto kernel = routing_grad_kernel<T, D>;
   constexpr int kSmem = sizeof(GradSmem<D>);
   if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       e != cudaSuccess)
     return e;
   kernel<<<static_cast<unsigned>(routings(a)), kGradThreads, kSmem, stream>>>(a, gr, thresholds, row_ptr, blocks,
-                                                                              entry_pbar, d_entries);
+                                                                              entry_pbar, d_entries, s_scratch);
   return cudaGetLastError();
 }
 
 template <typename T>
 int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
-                const int32_t* blocks, const float* entry_pbar, const float* d_entries, cudaStream_t stream) {
-  return gr.d == 64 ? launch_grad<T, 64>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream)
-                    : launch_grad<T, 128>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream);
+                const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch,
+                cudaStream_t stream) {
+  return gr.d == 64
+             ? launch_grad<T, 64>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream)
+             : launch_grad<T, 128>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
 }
 
 }  // namespace
@@ -420,13 +453,13 @@ int dash_routing_lists(const DashRoutingArgs& a, const float* pbar, const float*
 
 int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds,
                           const int64_t* row_ptr, const int32_t* blocks, const float* entry_pbar,
-                          const float* d_entries, cudaStream_t stream) {
+                          const float* d_entries, float* s_scratch, cudaStream_t stream) {
   if (!shape_ok(a) || (gr.d != 64 && gr.d != 128)) return kBsaBadShape;
   if (a.n == 0) return 0;
   switch (gr.dtype) {
-    case DashQType::kBf16: return launch_grad<__nv_bfloat16>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream);
-    case DashQType::kF16: return launch_grad<__half>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream);
-    case DashQType::kF32: return launch_grad<float>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, stream);
+    case DashQType::kBf16: return launch_grad<__nv_bfloat16>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+    case DashQType::kF16: return launch_grad<__half>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+    case DashQType::kF32: return launch_grad<float>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
   }
   return kBsaBadShape;
 }

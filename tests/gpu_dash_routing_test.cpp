@@ -2,7 +2,7 @@
 // against its ATen routing on the same GPU and inputs. With fp32 q both paths take the same
 // score GEMM and the same entmax threshold code (kernels/entmax15.cuh): the same lists, the
 // same bias entries up to fp32 rounding, the same gradients into q and the chunk summaries up
-// to fp32 rounding (the kernels' backward recomputes z on the listed chunks only; fp16 q too). With bf16 q the kernels' path scores on tensor cores: checked against fp64,
+// to TF32 rounding (the kernels' backward recomputes z on the listed chunks only; fp16 q too). With bf16 q the kernels' path scores on tensor cores: checked against fp64,
 // and its routing against the fp32 GEMM's. Skips without a GPU (and the tensor-core tests
 // without an sm_90 one).
 #ifdef SPARSETRAIN_CUDA
@@ -88,8 +88,14 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
       const auto q0 = torch::randn({c.B, c.Hkv * c.G, c.T, c.d}, f32).to(dtype);
       const auto kbar0 = torch::randn({c.B, c.Hkv, c.T / c.chunk, c.d}, f32);
       const auto upstream = torch::randn({c.B * c.Hkv * c.T * (c.T / c.chunk + 1)}, f32);
-      // Both paths take the same fp32 score GEMM, so the supports must agree exactly.
-      auto loss = [&](const BlockRows& r) { return (r.bias * upstream.narrow(0, 0, r.bias.numel())).sum(); };
+      // Both paths take the same fp32 score GEMM, so the supports must agree exactly. The loss
+      // weighs each entry by exp(bias), as attention weighs a chunk: the gradient reaching an
+      // entry then scales with its pbar, as in training. (A pbar-blind O(1) gradient divided by
+      // pbar ~ 0 at the support's edge would make the result hang on z's last bits; the kernels
+      // recompute z in another order than the forward's GEMM, dash_route.cu.)
+      auto loss = [&](const BlockRows& r) {
+        return (r.bias.exp() * upstream.narrow(0, 0, r.bias.numel())).sum();
+      };
       const Routed want = route(c, "reference", q0, kbar0, loss), got = route(c, "cuda", q0, kbar0, loss);
       ASSERT_TRUE(torch::equal(got.rows.row_ptr, want.rows.row_ptr));
       ASSERT_TRUE(torch::equal(got.rows.blocks, want.rows.blocks));
@@ -102,10 +108,9 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
                   long(c.T), c.prior.c_str(), long(c.route_positions), dtype == torch::kHalf ? "fp16" : "fp32",
                   long(nnz), bias_err, dq_err, dkbar_err);
       EXPECT_LT(bias_err, 1e-4);
-      // The kernels' backward is fp32 throughout (z recomputed on the listed chunks, in another
-      // summation order than the GEMM's); fp16 d q rounds both paths to 11 bits.
-      EXPECT_LT(dq_err, dtype == torch::kHalf ? 1e-3 : 1e-4);
-      EXPECT_LT(dkbar_err, 1e-4);
+      // The kernels' backward takes its two products in TF32 (~5e-4).
+      EXPECT_LT(dq_err, 3e-3);
+      EXPECT_LT(dkbar_err, 3e-3);
     }
     ++index;
   }

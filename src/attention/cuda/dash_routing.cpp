@@ -149,9 +149,11 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
   gr.dtype = q_type(q_rows);
   gr.kbar = kbar.data_ptr<float>();
   gr.dkbar = dkbar.data_ptr<float>();
+  // Each entmax row's s = sqrt p on the listed chunks, between the kernel's two passes.
+  auto scratch = torch::empty({kn::dash_routing_backward_scratch(a, ids.numel())}, g.options());
   check_launch(kn::dash_routing_backward(a, gr, thresholds.data_ptr<float>(), starts.data_ptr<int64_t>(),
                                          ids.data_ptr<int32_t>(), pbar.data_ptr<float>(), g.data_ptr<float>(),
-                                         current_stream()),
+                                         scratch.data_ptr<float>(), current_stream()),
                "dash routing backward");
 }
 
