@@ -23,8 +23,8 @@
 //
 // kWgmma (sm_90): the matmuls as warpgroup MMAs over the whole tile (Q, dO, K and V straight
 // from shared memory, P or dS from registers, and Q from registers in the forward at d 128;
-// bsa_wgmma.cuh) instead of per-warp mma.sync with ldmatrix fragments. The warpgroup runs every block of the union (no per-warp skip: a
-// row that does not read the block gets probability 0 from its -inf bias).
+// bsa_wgmma.cuh) instead of per-warp mma.sync with ldmatrix fragments. The warpgroup runs every block of the union (no
+// per-warp skip: a row that does not read the block gets probability 0 from its -inf bias).
 //
 // Measured and dropped (H200, 2026-11-23, NOTES.md v2b): 32 rows per warp, so that each K/V
 // fragment feeds two row blocks. Half the ldmatrix traffic per MMA, but it spilled at d = 128

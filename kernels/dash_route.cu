@@ -16,9 +16,9 @@ constexpr size_t kSmemBudget = 96 * 1024;  // per block: a [n_seen] float array 
 
 // One routing's rows (the R positions of routing g, fewer at the tile's end). In the forward
 // one warp takes it, with a [n_seen] float array (pbar) of its own in shared memory; lane l
-// owns chunks l, l + 32, ... of it, so the warp never races on it. z = scale * scores is rounded before use (__fmul_rn: no fused multiply-add), as the ATen path rounds it, so
-// both find the same thresholds: p = (z/2 - tau)^2 near the support's edge is a difference of
-// nearly equal numbers, where one rounding moves p by percents.
+// owns chunks l, l + 32, ... of it, so the warp never races on it. z = scale * scores is rounded before use (__fmul_rn:
+// no fused multiply-add), as the ATen path rounds it, so both find the same thresholds: p = (z/2 - tau)^2 near the
+// support's edge is a difference of nearly equal numbers, where one rounding moves p by percents.
 struct Routing {
   const DashRoutingArgs& a;
   int lane;
@@ -168,13 +168,13 @@ constexpr int kBatch = 32;
 // that small groups (G 16, R 1) do not pay for 64.
 template <int D, int kRows>
 struct GradSmem {
-  static constexpr int kLd = D + 4;       // q and kbar row stride in floats: 16-byte rows spread over the banks
+  static constexpr int kLd = D + 4;         // q and kbar row stride in floats: 16-byte rows spread over the banks
   static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
-  float q[kRows * kLd];                   // the entmax rows' q in fp32, zero past G R
-  float kbar[kBatch * kLd];               // the batch's chunk summaries, zero off the candidates
-  float dz[kRows * kDzLd];                // [row][entry]
-  float dp[kBatch];                       // d loss / d p of the batch's entries (0 off the candidates)
-  int chunk[kBatch];                      // their chunk, -1 off the candidates
+  float q[kRows * kLd];                     // the entmax rows' q in fp32, zero past G R
+  float kbar[kBatch * kLd];                 // the batch's chunk summaries, zero off the candidates
+  float dz[kRows * kDzLd];                  // [row][entry]
+  float dp[kBatch];                         // d loss / d p of the batch's entries (0 off the candidates)
+  int chunk[kBatch];                        // their chunk, -1 off the candidates
   float max[kRows], tau[kRows], mean[kRows];
 };
 
@@ -311,10 +311,9 @@ __global__ void __launch_bounds__(4 * kRows)
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kBatch; kk += 8) {  // d q += d z [rows x entries] kbar [entries x D]
-      const uint32_t af[4] = {to_tf32(sm.dz[(dq_row0 + g) * kDzLd + kk + c4]),
-                              to_tf32(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4]),
-                              to_tf32(sm.dz[(dq_row0 + g) * kDzLd + kk + c4 + 4]),
-                              to_tf32(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4 + 4])};
+      const uint32_t af[4] = {
+          to_tf32(sm.dz[(dq_row0 + g) * kDzLd + kk + c4]), to_tf32(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4]),
+          to_tf32(sm.dz[(dq_row0 + g) * kDzLd + kk + c4 + 4]), to_tf32(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4 + 4])};
 #pragma unroll
       for (int nt = 0; nt < kDqTiles; ++nt) {
         const int col = dq_col0 + nt * 8 + g;
@@ -365,8 +364,7 @@ int64_t routings(const DashRoutingArgs& a) { return (a.n + a.route_positions - 1
 bool shape_ok(const DashRoutingArgs& a) {
   return a.G >= 1 && a.route_positions >= 1 && a.G * a.route_positions <= kDashMaxRows && a.chunk > 0 &&
          a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 &&
-         (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.n_seen <= kDashMaxSeen &&
-         routings(a) < (int64_t(1) << 31);
+         (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.n_seen <= kDashMaxSeen && routings(a) < (int64_t(1) << 31);
 }
 
 // Warps per block for the routing kernels: as many [n_seen] arrays as kSmemBudget holds (8 at
@@ -442,9 +440,8 @@ template <typename T>
 int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
                 const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch,
                 cudaStream_t stream) {
-  return gr.d == 64
-             ? launch_grad<T, 64>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream)
-             : launch_grad<T, 128>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+  return gr.d == 64 ? launch_grad<T, 64>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream)
+                    : launch_grad<T, 128>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
 }
 
 }  // namespace
@@ -471,9 +468,12 @@ int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, c
   if (!shape_ok(a) || (gr.d != 64 && gr.d != 128)) return kBsaBadShape;
   if (a.n == 0) return 0;
   switch (gr.dtype) {
-    case DashQType::kBf16: return launch_grad<__nv_bfloat16>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
-    case DashQType::kF16: return launch_grad<__half>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
-    case DashQType::kF32: return launch_grad<float>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+    case DashQType::kBf16:
+      return launch_grad<__nv_bfloat16>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+    case DashQType::kF16:
+      return launch_grad<__half>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+    case DashQType::kF32:
+      return launch_grad<float>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
   }
   return kBsaBadShape;
 }

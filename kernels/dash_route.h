@@ -66,8 +66,8 @@ struct DashRoutingGrad {
 // dash_routing_lists writes them; entries at bias 0 carry none) through log pbar, the group
 // mean and entmax's Jacobian to z = scale q . kbar, and on to d q (written) and d kbar (added),
 // with the forward's thresholds and entry_pbar. a.scores is not read: z is recomputed on the
-// listed chunks alone. s_scratch: dash_routing_backward_scratch floats. All three return 0, a cudaError_t, or kBsaBadShape beyond kDashMaxRows /
-// kDashMaxSeen (d 64 or 128 here).
+// listed chunks alone. s_scratch: dash_routing_backward_scratch floats. All three return 0, a cudaError_t, or
+// kBsaBadShape beyond kDashMaxRows / kDashMaxSeen (d 64 or 128 here).
 int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds,
                           const int64_t* row_ptr, const int32_t* blocks, const float* entry_pbar,
                           const float* d_entries, float* s_scratch, cudaStream_t stream);

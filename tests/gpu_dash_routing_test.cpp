@@ -2,9 +2,9 @@
 // against its ATen routing on the same GPU and inputs. With fp32 q both paths take the same
 // score GEMM and the same entmax threshold code (kernels/entmax15.cuh): the same lists, the
 // same bias entries up to fp32 rounding, the same gradients into q and the chunk summaries up
-// to TF32 rounding (the kernels' backward recomputes z on the listed chunks only; fp16 q too). With bf16 q the kernels' path scores on tensor cores: checked against fp64,
-// and its routing against the fp32 GEMM's. Skips without a GPU (and the tensor-core tests
-// without an sm_90 one).
+// to TF32 rounding (the kernels' backward recomputes z on the listed chunks only; fp16 q too). With bf16 q the kernels'
+// path scores on tensor cores: checked against fp64, and its routing against the fp32 GEMM's. Skips without a GPU (and
+// the tensor-core tests without an sm_90 one).
 #ifdef SPARSETRAIN_CUDA
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -93,9 +93,7 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
       // entry then scales with its pbar, as in training. (A pbar-blind O(1) gradient divided by
       // pbar ~ 0 at the support's edge would make the result hang on z's last bits; the kernels
       // recompute z in another order than the forward's GEMM, dash_route.cu.)
-      auto loss = [&](const BlockRows& r) {
-        return (r.bias.exp() * upstream.narrow(0, 0, r.bias.numel())).sum();
-      };
+      auto loss = [&](const BlockRows& r) { return (r.bias.exp() * upstream.narrow(0, 0, r.bias.numel())).sum(); };
       const Routed want = route(c, "reference", q0, kbar0, loss), got = route(c, "cuda", q0, kbar0, loss);
       ASSERT_TRUE(torch::equal(got.rows.row_ptr, want.rows.row_ptr));
       ASSERT_TRUE(torch::equal(got.rows.blocks, want.rows.blocks));

@@ -247,8 +247,7 @@ void fused_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const T
 // Which code runs the tiles' scores, entmax, prior and lists: the fused kernels or ATen.
 struct RoutingPath {
   TileLists (*lists)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t);
-  void (*backward)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t, const TileGrad&, Tensor,
-                   Tensor);
+  void (*backward)(const DashConfig&, const Tensor&, const Tensor&, int64_t, int64_t, const TileGrad&, Tensor, Tensor);
 };
 
 RoutingPath routing_path(bool fused) {

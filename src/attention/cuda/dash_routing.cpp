@@ -38,10 +38,14 @@ kn::DashRoutingArgs args(const DashConfig& cfg, int64_t G, int64_t n, int64_t n_
 
 kn::DashQType q_type(const Tensor& q) {
   switch (q.scalar_type()) {
-    case torch::kBFloat16: return kn::DashQType::kBf16;
-    case torch::kHalf: return kn::DashQType::kF16;
-    case torch::kFloat32: return kn::DashQType::kF32;
-    default: TORCH_CHECK(false, "dash routing: q must be bf16, fp16 or fp32, got ", q.scalar_type());
+    case torch::kBFloat16:
+      return kn::DashQType::kBf16;
+    case torch::kHalf:
+      return kn::DashQType::kF16;
+    case torch::kFloat32:
+      return kn::DashQType::kF32;
+    default:
+      TORCH_CHECK(false, "dash routing: q must be bf16, fp16 or fp32, got ", q.scalar_type());
   }
 }
 

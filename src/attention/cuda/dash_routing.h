@@ -45,9 +45,9 @@ RoutedLists dash_routing_lists(const torch::Tensor& scores, const DashConfig& cf
 // row's entries start in the lists these rows are part of; blocks, entry_pbar and d_entries:
 // this tile's entries (from row_ptr[0] on).
 void dash_routing_backward(const torch::Tensor& q_rows, const torch::Tensor& kbar, const torch::Tensor& thresholds,
-                           const torch::Tensor& row_ptr, const torch::Tensor& blocks,
-                           const torch::Tensor& entry_pbar, const torch::Tensor& d_entries, const DashConfig& cfg,
-                           double scale, int64_t t0, const torch::Tensor& dq_rows, const torch::Tensor& dkbar);
+                           const torch::Tensor& row_ptr, const torch::Tensor& blocks, const torch::Tensor& entry_pbar,
+                           const torch::Tensor& d_entries, const DashConfig& cfg, double scale, int64_t t0,
+                           const torch::Tensor& dq_rows, const torch::Tensor& dkbar);
 
 }  // namespace st::cuda
 #endif  // SPARSETRAIN_CUDA
