@@ -224,8 +224,10 @@ __global__ void __launch_bounds__(4 * kRows)
     for (int64_t i = 0; i < rt.rows; ++i) sum += d_entries[row_ptr[rt.r0 + i] - base + j];
     return sum / a.sigma;
   };
-  float shift = 0.f;  // normalized: the routed entries' mean d prior, through the mean log pbar
-  if (a.normalized) {
+  // normalized: the routed entries' mean d prior, through the mean log pbar; warp 0 alone, the
+  // only reader (load_batch's d p).
+  float shift = 0.f;
+  if (a.normalized && warp == 0) {
     float sum = 0.f, count = 0.f;
     for (int64_t j = lane; j < length; j += 32)
       if (rt.candidate(blocks[first + j])) sum += d_prior(j), count += 1.f;

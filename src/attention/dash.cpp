@@ -63,14 +63,18 @@ Tensor q_groups(const Tensor& q_rows, int64_t Hkv) {
 // z = scale * (q . kbar): the temperature over sqrt(d).
 double score_scale(const DashConfig& cfg, int64_t d) { return cfg.temperature / std::sqrt(double(d)); }
 
+// Chunks some row of query rows [t0, t0 + n) may route to: complete ones strictly before the
+// last row's own (a tile early in the sequence scores few chunks).
+int64_t seen_chunks(const DashConfig& cfg, int64_t t0, int64_t n, int64_t T) {
+  return std::min(T / cfg.chunk, (t0 + n - 1) / cfg.chunk);
+}
+
 TileScores tile_scores(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T,
                        bool tensor_cores) {
   const int64_t n = q_rows.size(2), d = q_rows.size(3), C = cfg.chunk;
   TileScores s;
   s.n_chunks = (T + C - 1) / C;
-  // Chunks some row of these queries may route to: complete ones strictly before the last
-  // row's own (a tile early in the sequence scores few chunks).
-  s.n_seen = std::min(T / C, (t0 + n - 1) / C);
+  s.n_seen = seen_chunks(cfg, t0, n, T);
   s.scale = score_scale(cfg, d);
   s.kbar_seen = kbar.narrow(2, 0, s.n_seen).to(reference_dtype(q_rows)).unsqueeze(2);
 #ifdef SPARSETRAIN_CUDA
@@ -237,10 +241,10 @@ TileLists fused_routing_lists(const DashConfig& cfg, const Tensor& q_rows, const
 
 void fused_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T,
                             const TileGrad& g, Tensor dq_rows, Tensor dkbar_rows) {
-  const int64_t d = q_rows.size(3);
-  cuda::dash_routing_backward(q_rows, kbar.view({kbar.size(2), d}), g.thresholds, g.row_ptr, g.blocks, g.entry_pbar,
-                              g.d_entries, cfg, score_scale(cfg, d), t0, dq_rows,
-                              dkbar_rows.view({dkbar_rows.size(2), d}));
+  const int64_t d = q_rows.size(3), n_seen = seen_chunks(cfg, t0, q_rows.size(2), T);
+  cuda::dash_routing_backward(q_rows, kbar.view({kbar.size(2), d}).narrow(0, 0, n_seen), g.thresholds, g.row_ptr,
+                              g.blocks, g.entry_pbar, g.d_entries, cfg, score_scale(cfg, d), t0, dq_rows,
+                              dkbar_rows.view({dkbar_rows.size(2), d}).narrow(0, 0, n_seen));
 }
 #endif
 

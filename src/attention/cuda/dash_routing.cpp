@@ -129,7 +129,7 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
               "over d");
   TORCH_CHECK(kbar.dim() == 2 && kbar.size(1) == d && kbar.is_contiguous() && kbar.scalar_type() == torch::kFloat32 &&
                   dkbar.sizes() == kbar.sizes() && dkbar.is_contiguous() && dkbar.scalar_type() == torch::kFloat32,
-              "dash routing backward: kbar and its gradient must be contiguous fp32 [n_chunks, d]");
+              "dash routing backward: kbar and its gradient must be contiguous fp32 [n_seen, d]");
   TORCH_CHECK(thresholds.is_contiguous() && thresholds.numel() == 2 * G * n,
               "dash routing backward: thresholds must be the forward's [G, n, 2]");
   TORCH_CHECK(row_ptr.scalar_type() == torch::kInt64 && row_ptr.numel() == n + 1 &&
@@ -141,9 +141,7 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
   const c10::cuda::CUDAGuard guard(q_rows.device());
   const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
                g = d_entries.to(torch::kFloat32).contiguous();
-  // Every chunk a row of the tile may route to, as in the forward (kbar may hold more).
-  const int64_t n_seen = std::min(kbar.size(0), (t0 + n - 1) / cfg.chunk);
-  const kn::DashRoutingArgs a = args(cfg, G, n, n_seen, scale, t0);
+  const kn::DashRoutingArgs a = args(cfg, G, n, kbar.size(0), scale, t0);
   kn::DashRoutingGrad gr{};
   gr.q = q_rows.data_ptr();
   gr.dq = dq_rows.data_ptr();
