@@ -41,9 +41,9 @@ RoutedLists dash_routing_lists(const torch::Tensor& scores, const DashConfig& cf
 // One routing tile's backward (kernels/dash_route.h): the gradient of its entries -> d q rows,
 // written into dq_rows (same shape, type and strides as q_rows [1, G, n, d], the tile's rows of
 // one KV group), and d kbar, added into dkbar (fp32 [n_seen, d] like kbar: the group's chunk
-// summaries that the tile's rows may route to, as in the forward), with the forward's thresholds and entry_pbar. row_ptr [n + 1]: where each
-// row's entries start in the lists these rows are part of; blocks, entry_pbar and d_entries:
-// this tile's entries (from row_ptr[0] on).
+// summaries that the tile's rows may route to, as in the forward), with the forward's
+// thresholds and entry_pbar. row_ptr [n + 1]: where each row's entries start in the lists these
+// rows are part of; blocks, entry_pbar and d_entries: this tile's entries (from row_ptr[0] on).
 void dash_routing_backward(const torch::Tensor& q_rows, const torch::Tensor& kbar, const torch::Tensor& thresholds,
                            const torch::Tensor& row_ptr, const torch::Tensor& blocks, const torch::Tensor& entry_pbar,
                            const torch::Tensor& d_entries, const DashConfig& cfg, double scale, int64_t t0,
