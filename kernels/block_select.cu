@@ -3,73 +3,113 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "block_select.h"
-#include "bsa_device.cuh"
-#include "bsa_wgmma.cuh"
+#include "bsa_pipeline.cuh"
+#include "bsa_tile.cuh"  // make_tile_map
 
 namespace st::kernels {
 namespace {
 
 using namespace dev;
 
-constexpr int kCols = 64;                     // compressed blocks per column tile
-constexpr int kMaxLead = 16;                  // (length - 1) / stride at most
-constexpr int kPStride = kCols + 2;           // floats per row of the probability tile
-constexpr int kCmpStride = kMaxLead + kCols;  // floats per position of the group-summed tile
+constexpr int kCols = 64;         // compressed blocks per column tile
+constexpr int kMaxLead = 16;      // (length - 1) / stride at most
+constexpr int kPStride = kCols + 2;  // floats per row of the probability tile (shared-memory group sums)
+constexpr int kRing = 2 * kCols;  // floats per position of the group sums: two column tiles, as a ring
 
 struct ScoreParams {
-  const void* k_hi;  // the group's compressed keys, [n_cmp, D]: 16-bit high part
+  const void* k_hi;  // the group's compressed keys, [n_cmp, D]: 16-bit high part (mma.sync path)
   const void* k_lo;  // and its rounding residual
   const void* q;
   float* scores;  // [n_rows, n_blocks]
   int64_t T, t_first, n_rows, n_cmp, q_head0;
   int G, P, length, stride, m, lead, n_blocks;
+  // log2 G where the group's heads are summed in registers (G a power of two up to 16), else
+  // -1: through a probability tile in shared memory.
+  int sum_levels;
   bool max_pool;
   float scale_log2;
 };
 
-// Shared memory: two stages of K high + low tiles (on 1024-byte boundaries, for wgmma), the Q
-// tile (read into registers once, then reused for the probability tile), the group-summed
-// tile, and the slack that aligns the K tiles.
+// The sm_90 form's TMA maps of the group's k_hi and k_lo ([1, 1, n_cmp, D], 64-row boxes).
+struct KMaps {
+  CUtensorMap hi, lo;
+};
+
+// Shared memory: two stages of K high + low tiles on 1024-byte boundaries (wgmma's swizzle;
+// the Q tile is staged in the second stage before its first copy), the probability tile when
+// the group is summed through shared memory, each position's ring of group sums, and the slack
+// that aligns the K tiles.
 template <int D>
-constexpr int score_front_bytes() {
-  return 64 * D * 2 > 64 * kPStride * 4 ? 64 * D * 2 : 64 * kPStride * 4;
+constexpr int kKBytes = 4 * 64 * D * 2;
+int score_smem_bytes(int D, const ScoreParams& p) {
+  return 4 * 64 * D * 2 + (p.sum_levels < 0 ? 64 * kPStride * 4 : 0) + p.P * kRing * 4 + 1024;
 }
-template <int D>
-constexpr int score_smem_bytes() {
-  return 4 * 64 * D * 2 + score_front_bytes<D>() + 64 * kCmpStride * 4 + 1024;
+
+// One level of scatter_sum: lanes that differ in lane bit `bit` pair up; the lane with the bit
+// set keeps v[kHalf ..], the other v[.. kHalf), each adding its partner's copy (to v[k < kHalf]).
+template <int kHalf>
+__device__ __forceinline__ void scatter_level(float (&v)[16], int lane, int bit) {
+  const bool upper = (lane >> bit) & 1;
+#pragma unroll
+  for (int k = 0; k < kHalf; ++k) {
+    const float lo = v[k], hi = v[k + kHalf];
+    v[k] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, 1 << bit);
+  }
+}
+// Sums 16 values over the 2^levels lanes that differ in lane bits 2 .. 1 + levels, halving the
+// values at each level. After it, v[k < 16 >> levels] is the sum for value index k +
+// scatter_offset(levels, lane).
+__device__ __forceinline__ void scatter_sum(float (&v)[16], int levels, int lane) {
+  if (levels > 0) scatter_level<8>(v, lane, 2);
+  if (levels > 1) scatter_level<4>(v, lane, 3);
+  if (levels > 2) scatter_level<2>(v, lane, 4);
+}
+__device__ __forceinline__ int scatter_offset(int levels, int lane) {
+  int off = 0;
+  for (int l = 0; l < levels; ++l) off += ((lane >> (2 + l)) & 1) * (8 >> l);
+  return off;
 }
 
 // One CTA per query tile: 64 MMA rows = the G heads of the group for P positions (as the core
 // kernels pack them). The logits' matmul: wgmma on sm_90 (kWgmma; Q from registers, K from
-// shared memory), mma.sync elsewhere. Two passes over the compressed blocks the tile can see, with the next K
-// tile loading (cp.async) while the current one multiplies: the first pass keeps each row's
-// running max and sum, the second recomputes the logits, writes the probabilities to shared
-// memory, sums them over the group's heads and pools the sums onto selection blocks as soon
-// as all compressed blocks overlapping a selection block are known.
+// shared memory by TMA), mma.sync with cp.async elsewhere. Two passes over the compressed
+// blocks the tile can see, the next K tile loading while the current one multiplies: the
+// first pass keeps each row's running max and sum, the second recomputes the logits, sums the
+// probabilities over the group's heads (in registers where G allows) into each position's ring
+// and pools the sums onto selection blocks as soon as all compressed blocks overlapping a
+// selection block are known.
 template <typename T, int D, bool kWgmma>
-__global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
+__global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, const __grid_constant__ KMaps maps) {
+  constexpr int kTile = 64 * D * 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t s_full[2];  // sm_90: per stage, its K tiles landed (TMA)
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   const uint32_t k_s = smem_addr(smem);  // stage st: hi at 2 st, lo at 2 st + 1
-  auto k_tile = [&](int st, int lo) { return k_s + (2 * st + lo) * 64 * D * 2; };
-  unsigned char* front = smem + 4 * 64 * D * 2;
-  const uint32_t q_s = smem_addr(front);
-  float* p_s = reinterpret_cast<float*>(front);
-  float* cmp_s = reinterpret_cast<float*>(front + score_front_bytes<D>());
+  auto k_tile = [&](int st, int lo) { return k_s + (2 * st + lo) * kTile; };
+  float* p_s = reinterpret_cast<float*>(smem + kKBytes<D>);
+  float* ring = p_s + (p.sum_levels < 0 ? 64 * kPStride : 0);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
   const int64_t pos0 = p.t_first + static_cast<int64_t>(blockIdx.x) * p.P;
   const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.t_first + p.n_rows - pos0));
   const T* q = static_cast<const T*>(p.q);
   load_tile_async<D>(
-      q_s,
+      k_tile(1, 0),
       [&](int r) -> const T* {
         if (r >= p.P * p.G || r / p.G >= n_pos) return nullptr;
         return q + ((p.q_head0 + r % p.G) * p.T + pos0 + r / p.G) * D;
       },
       q, tid);
+  cp_async_commit();
+  const uint32_t full = smem_addr(s_full);
+  if (kWgmma && tid == 0) {
+    mbar_init(full, 1);
+    mbar_init(full + 8, 1);
+  }
+  for (int x = tid; x < p.P * kRing; x += 128) ring[x] = 0.f;  // before block 0: the pad
 
   // Compressed blocks wholly at or before position t.
   auto visible = [&](int64_t t) -> int64_t {
@@ -85,67 +125,66 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
   }
   // Step s < n_tiles is pass 1 over column tile s, then pass 2 over tile s - n_tiles.
   auto load_k = [&](int step, int st) {
-    const int64_t c0 = static_cast<int64_t>(step < n_tiles ? step : step - n_tiles) * kCols;
-    for (int lo = 0; lo < 2; ++lo) {
-      const T* src = static_cast<const T*>(lo ? p.k_lo : p.k_hi);
-      load_tile_async<D>(
-          k_tile(st, lo), [&](int r) -> const T* { return c0 + r < n_seen ? src + (c0 + r) * D : nullptr; }, src,
-          tid);
+    const int c0 = (step < n_tiles ? step : step - n_tiles) * kCols;
+    if constexpr (kWgmma) {
+      if (tid == 0) {
+        mbar_arrive_expect_bytes(full + 8 * st, 2 * kTile);
+        tma_load_tile_pair<D>(k_tile(st, 0), &maps.hi, k_tile(st, 1), &maps.lo, full + 8 * st, c0, 0, 0);
+      }
+    } else {
+      for (int lo = 0; lo < 2; ++lo) {
+        const T* src = static_cast<const T*>(lo ? p.k_lo : p.k_hi);
+        load_tile_async<D>(
+            k_tile(st, lo), [&](int r) -> const T* { return c0 + r < n_seen ? src + (c0 + r) * D : nullptr; }, src,
+            tid);
+      }
+      cp_async_commit();
     }
   };
-  if (n_tiles > 0) load_k(0, 0);
-  cp_async_commit();
 
+  // Q into registers (then its stage is free for K), the barriers initialised.
+  cp_async_wait_all();
+  __syncthreads();
   uint32_t qa[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], k_tile(1, 0), warp * 16, ks * 16, lane);
+  if constexpr (kWgmma) fence_proxy_async();  // the reads of Q before TMA writes that stage
+  if (n_tiles > 0) load_k(0, 0);
+
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // pass 1: per thread
   float m_row[2], inv_l[2];                                         // pass 2: per row
 
-  // cmp_s[pos][u] holds the group sum of compressed block c0 - lead + u: the first `lead`
-  // entries carry the previous tile's last blocks (zero before block 0: the pad). Pools the
-  // selection blocks that column tile c0 completes; with_probs false: a tile of zeros.
+  // Pools the selection blocks that column tile c0 completes from each position's ring, where
+  // slot u % kRing holds the group sum of compressed block u. Selection block jb overlaps
+  // compressed blocks jb m - lead .. jb m + m - 1 (before block 0: the ring's zeros).
   const int per_tile = kCols / p.m;
   const int64_t out0 = pos0 - p.t_first;
-  auto pool_tile = [&](int64_t c0, bool with_probs) {
-    __syncthreads();  // p_s is written; the previous tile's carry is done
-    for (int x = tid; x < n_pos * kCols; x += 128) {
-      const int pos = x / kCols, j = x % kCols;
-      float sum = 0.f;
-      if (with_probs)
-        for (int g = 0; g < p.G; ++g) sum += p_s[(pos * p.G + g) * kPStride + j];
-      cmp_s[pos * kCmpStride + p.lead + j] = sum;
-    }
-    __syncthreads();
-    // Selection block jb overlaps compressed blocks jb m - lead .. jb m + m - 1.
+  auto pool_tile = [&](int c0) {
+    __syncthreads();  // the ring holds tile c0
     for (int x = tid; x < n_pos * per_tile; x += 128) {
-      const int pos = x / per_tile, jl = x % per_tile;
-      const int64_t jb = c0 / p.m + jl;
+      const int pos = x / per_tile, jb = c0 / p.m + x % per_tile;
       if (jb >= p.n_blocks) continue;
-      const float* src = cmp_s + pos * kCmpStride + jl * p.m;
+      const float* src = ring + pos * kRing;
       float acc = 0.f;
-      for (int u = 0; u < p.m + p.lead; ++u) acc = p.max_pool ? fmaxf(acc, src[u]) : acc + src[u];
+      for (int u = jb * p.m - p.lead; u < jb * p.m + p.m; ++u) {
+        const float v = src[u & (kRing - 1)];
+        acc = p.max_pool ? fmaxf(acc, v) : acc + v;
+      }
       p.scores[(out0 + pos) * p.n_blocks + jb] = acc;
     }
-    __syncthreads();
-    for (int x = tid; x < n_pos * p.lead; x += 128) {
-      float* row = cmp_s + (x / p.lead) * kCmpStride;
-      row[x % p.lead] = row[kCols + x % p.lead];
-    }
   };
-  for (int x = tid; x < n_pos * p.lead; x += 128) cmp_s[(x / p.lead) * kCmpStride + x % p.lead] = 0.f;
 
   for (int step = 0; step < 2 * n_tiles; ++step) {
     const int st = step & 1;
     const bool first_pass = step < n_tiles;
-    const int64_t c0 = static_cast<int64_t>(first_pass ? step : step - n_tiles) * kCols;
-    cp_async_wait_all();
-    if constexpr (kWgmma) fence_proxy_async();
-    __syncthreads();  // stage st (and at step 0 the Q tile) landed; stage st ^ 1 is free
-    if (step == 0) {
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], q_s, warp * 16, ks * 16, lane);
+    const int c0 = (first_pass ? step : step - n_tiles) * kCols;
+    if constexpr (kWgmma) {
+      mbar_wait(full + 8 * st, (step >> 1) & 1);
+    } else {
+      cp_async_wait_all();
     }
+    __syncthreads();  // stage st landed; stage st ^ 1, p_s and the ring's older half are free
     if (step + 1 < 2 * n_tiles) load_k(step + 1, st ^ 1);
-    cp_async_commit();
 
     // s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 + 63 of the tile's rows.
     float s[8][4] = {};
@@ -173,6 +212,9 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
             mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
           }
     }
+    int lim[2];  // this tile's columns visible to each of the thread's rows
+#pragma unroll
+    for (int i = 0; i < 2; ++i) lim[i] = static_cast<int>(max(min(vis[i] - c0, int64_t{kCols}), int64_t{0}));
 
     if (first_pass) {  // each row's max and sum of exp2 over its visible blocks
 #pragma unroll
@@ -182,8 +224,7 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int64_t col = c0 + nt * 8 + 2 * c + e;
-            const float x = col < vis[i] ? s[nt][2 * i + e] * p.scale_log2 : -INFINITY;
+            const float x = nt * 8 + 2 * c + e < lim[i] ? s[nt][2 * i + e] * p.scale_log2 : -INFINITY;
             s[nt][2 * i + e] = x;
             mx = fmaxf(mx, x);
           }
@@ -204,24 +245,57 @@ __global__ void __launch_bounds__(128) block_scores_kernel(ScoreParams p) {
         inv_l[i] = l > 0.f ? 1.f / l : 0.f;  // a row that sees no block scores 0 everywhere
       }
     }
+    float pr[2][16];  // the thread's probabilities: row i, column nt * 8 + 2 c + e at pr[i][2 nt + e]
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float* prow = p_s + (warp * 16 + g4 + 8 * i) * kPStride;
+    for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        float pr[2];
+      for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t col = c0 + nt * 8 + 2 * c + e;
-          pr[e] = col < vis[i] ? fast_exp2(s[nt][2 * i + e] * p.scale_log2 - m_row[i]) * inv_l[i] : 0.f;
-        }
-        *reinterpret_cast<float2*>(prow + nt * 8 + 2 * c) = make_float2(pr[0], pr[1]);
+        for (int e = 0; e < 2; ++e)
+          pr[i][2 * nt + e] =
+              nt * 8 + 2 * c + e < lim[i] ? fast_exp2(s[nt][2 * i + e] * p.scale_log2 - m_row[i]) * inv_l[i] : 0.f;
+    float* ring_tile = ring + (c0 & (kRing - 1));
+    if (p.sum_levels >= 0) {
+      // Row r = 16 warp + g4 + 8 i is head r % G of position r / G: a position's heads are G
+      // consecutive g4 lanes (G <= 8) or both rows of all 8 (G = 16).
+      const bool fold = p.sum_levels == 4;
+      const int levels = fold ? 3 : p.sum_levels;
+      if (fold)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) pr[0][j] += pr[1][j];
+      const int off = scatter_offset(levels, lane);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        if (fold && i == 1) continue;
+        scatter_sum(pr[i], levels, lane);
+        float* dst = ring_tile + ((warp * 16 + g4 + 8 * i) >> p.sum_levels) * kRing + 2 * c;
+#pragma unroll
+        for (int k = 0; k < 16; ++k)
+          if (k < (16 >> levels)) dst[((k + off) >> 1) * 8 + ((k + off) & 1)] = pr[i][k];
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float* prow = p_s + (warp * 16 + g4 + 8 * i) * kPStride;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+          *reinterpret_cast<float2*>(prow + nt * 8 + 2 * c) = make_float2(pr[i][2 * nt], pr[i][2 * nt + 1]);
+      }
+      __syncthreads();
+      for (int x = tid; x < n_pos * kCols; x += 128) {
+        const int pos = x / kCols, j = x % kCols;
+        float sum = 0.f;
+        for (int g = 0; g < p.G; ++g) sum += p_s[(pos * p.G + g) * kPStride + j];
+        ring_tile[pos * kRing + j] = sum;
       }
     }
-    pool_tile(c0, true);
+    pool_tile(c0);
   }
   // One column tile past the last visible one (all zero) completes the blocks that overlap it.
-  pool_tile(static_cast<int64_t>(n_tiles) * kCols, false);
+  const int c_end = n_tiles * kCols;
+  __syncthreads();  // the last tile's pooling read the ring
+  for (int x = tid; x < n_pos * kCols; x += 128) ring[(x / kCols) * kRing + ((c_end + x % kCols) & (kRing - 1))] = 0.f;
+  pool_tile(c_end);
   // Blocks past every visible compressed block score 0, as the reference's zero padding.
   const int64_t first_zero = static_cast<int64_t>(n_tiles + 1) * per_tile;
   const int64_t rest = p.n_blocks > first_zero ? p.n_blocks - first_zero : 0;
@@ -319,13 +393,21 @@ __global__ void __launch_bounds__(32 * kTopKWarps) select_top_k_kernel(TopKArgs 
 
 template <typename T, int D>
 int launch_scores(const ScoreParams& p, BsaPath path, cudaStream_t stream) {
-  constexpr int kSmem = score_smem_bytes<D>();
-  auto kernel = path == BsaPath::kAuto && wgmma_runs_here(block_scores_kernel<T, D, true>)
-                    ? block_scores_kernel<T, D, true> : block_scores_kernel<T, D, false>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  const bool hopper = path == BsaPath::kAuto && wgmma_runs_here(block_scores_kernel<T, D, true>);
+  auto kernel = hopper ? block_scores_kernel<T, D, true> : block_scores_kernel<T, D, false>;
+  KMaps maps{};
+  if (hopper && p.n_cmp > 0) {
+    constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+    if (const int rc = make_tile_map(&maps.hi, p.k_hi, kBf16, 1, 1, p.n_cmp, D, kCols, 1)) return rc;
+    if (const int rc = make_tile_map(&maps.lo, p.k_lo, kBf16, 1, 1, p.n_cmp, D, kCols, 1)) return rc;
+  }
+  const int smem = score_smem_bytes(D, p);
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
+  // Three CTAs per SM where the group sums stay in registers: ask for the largest carveout.
+  if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
   const unsigned grid = static_cast<unsigned>((p.n_rows + p.P - 1) / p.P);
-  kernel<<<grid, 128, kSmem, stream>>>(p);
+  kernel<<<grid, 128, smem, stream>>>(p, maps);
   return cudaGetLastError();
 }
 
@@ -349,6 +431,9 @@ int block_scores(const BlockScoreArgs& a, cudaStream_t stream) {
   p.q_head0 = a.b * a.Hq + a.hkv * p.G;
   p.length = a.length; p.stride = a.stride; p.m = a.block / a.stride; p.lead = (a.length - 1) / a.stride;
   p.n_blocks = a.n_blocks;
+  p.sum_levels = -1;
+  for (int l = 0; l <= 4; ++l)
+    if (p.G == 1 << l) p.sum_levels = l;
   p.max_pool = a.pool == SelectPool::kMax;
   p.scale_log2 = static_cast<float>(kLog2e / std::sqrt(static_cast<double>(a.d)));
   if (a.d == 64)
