@@ -5,9 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
-#include <type_traits>
 
-#include "bsa_device.cuh"  // ldmatrix, mma.sync
 #include "entmax15.cuh"
 
 namespace st::kernels {
@@ -153,9 +151,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 // row's support, and every support lies in the routing's list, so d z, d q and d kbar need
 // only the listed candidates: no dense [G, n, n_seen] scores or gradient. The chunks go by in
 // batches of kBatch list entries (forced ones: d z = 0), twice. Pass 1 recomputes z = scale q .
-// kbar at fp32 accuracy on bf16 tensor cores (q and kbar as bf16 parts, as the forward's scores
-// kernel takes them), s = sqrt p from the forward's thresholds (kept in a scratch buffer) and
-// each row's s . dp / sum s; pass 2 forms d z = s (dp - that) * scale and the two
+// kbar in fp32 on CUDA cores, s = sqrt p from the forward's thresholds (kept in a scratch
+// buffer) and each row's s . dp / sum s; pass 2 forms d z = s (dp - that) * scale and the two
 // products d q += d z kbar, d kbar += d z^T q on TF32 tensor cores (10-bit mantissas, ~5e-4
 // relative, as the ATen GEMMs these replace ran them; the gradients join the core's, whose
 // products round to bf16). d q rows are this CTA's alone (plain stores); d kbar rows are
@@ -167,25 +164,18 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 // mass, i.e. with pbar, and stays bounded (tests/gpu_dash_routing_test.cpp).
 constexpr int kBatch = 32;
 
-// q as bf16 parts (each the rounding of what the earlier ones leave): bf16 q is one part,
-// fp16 two (exact), fp32 three (all 24 bits).
-template <typename T>
-constexpr int kQParts = std::is_same_v<T, __nv_bfloat16> ? 1 : std::is_same_v<T, __half> ? 2 : 3;
-constexpr int kKbarParts = 3;  // kbar = hi + mid + lo in bf16 (dash_scores' operand too)
-
 // kRows: the routing's entmax rows G R rounded up to 16, 32 or 64 (one warp per 8 rows), so
 // that small groups (G 16, R 1) do not pay for 64.
-template <typename T, int D, int kRows>
+template <int D, int kRows>
 struct GradSmem {
-  static constexpr int kLd = D + 8;         // bf16 row stride: ldmatrix's eight 16-byte rows hit distinct banks
+  static constexpr int kLd = D + 4;         // q and kbar row stride in floats: 16-byte rows spread over the banks
   static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
-  __nv_bfloat16 q[kQParts<T>][kRows * kLd];    // the entmax rows' q parts, zero past G R
-  __nv_bfloat16 kbar[kKbarParts][kBatch * kLd];  // the batch's chunk summaries, zero off the candidates
-  float dz[kRows * kDzLd];                     // [row][entry]
-  float dp[kBatch];                            // d loss / d p of the batch's entries (0 off the candidates)
-  int chunk[kBatch];                           // their chunk, -1 off the candidates
+  float q[kRows * kLd];                     // the entmax rows' q in fp32, zero past G R
+  float kbar[kBatch * kLd];                 // the batch's chunk summaries, zero off the candidates
+  float dz[kRows * kDzLd];                  // [row][entry]
+  float dp[kBatch];                         // d loss / d p of the batch's entries (0 off the candidates)
+  int chunk[kBatch];                        // their chunk, -1 off the candidates
   float max[kRows], tau[kRows], mean[kRows];
-  float s_sum[2][kRows], s_dot[2][kRows];      // pass 1's row sums, one per half of the batch's entries
 };
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
@@ -207,10 +197,9 @@ template <typename T, int D, int kRows>
 __global__ void __launch_bounds__(4 * kRows)
     routing_grad_kernel(DashRoutingArgs a, DashRoutingGrad gr, const float* thresholds, const int64_t* row_ptr,
                         const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch) {
-  using Smem = GradSmem<T, D, kRows>;
   extern __shared__ float4 smem_raw[];
-  Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
-  constexpr int kLd = Smem::kLd, kDzLd = Smem::kDzLd, kThreads = 4 * kRows, kQp = kQParts<T>;
+  GradSmem<D, kRows>& sm = *reinterpret_cast<GradSmem<D, kRows>*>(smem_raw);
+  constexpr int kLd = GradSmem<D, kRows>::kLd, kDzLd = GradSmem<D, kRows>::kDzLd, kThreads = 4 * kRows;
   const Routing rt(a, blockIdx.x);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
   const int K = static_cast<int>(rt.entmax_rows());
@@ -218,25 +207,8 @@ __global__ void __launch_bounds__(4 * kRows)
   const T* q = static_cast<const T*>(gr.q);
   for (int i = tid; i < kRows * D; i += kThreads) {
     const int k = i / D, col = i % D;
-    float rest = k < K ? static_cast<float>(q[q_row(k) + col]) : 0.f;
-#pragma unroll
-    for (int part = 0; part < kQp; ++part) {
-      const __nv_bfloat16 x = __float2bfloat16_rn(rest);
-      sm.q[part][k * kLd + col] = x;
-      rest -= __bfloat162float(x);
-    }
+    sm.q[k * kLd + col] = k < K ? static_cast<float>(q[q_row(k) + col]) : 0.f;
   }
-  // q's element (k, col) in fp32 (the parts' sum, exact).
-  auto q_at = [&](int k, int col) {
-    float x = 0.f;
-#pragma unroll
-    for (int part = kQp - 1; part >= 0; --part) x += __bfloat162float(sm.q[part][k * kLd + col]);
-    return x;
-  };
-  auto kbar_at = [&](int e, int col) {
-    return __bfloat162float(sm.kbar[0][e * kLd + col]) + __bfloat162float(sm.kbar[1][e * kLd + col]) +
-           __bfloat162float(sm.kbar[2][e * kLd + col]);
-  };
   if (tid < kRows) {
     sm.max[tid] = tid < K ? thresholds[rt.threshold_index(tid)] : 0.f;
     sm.tau[tid] = tid < K ? thresholds[rt.threshold_index(tid) + 1] : 0.f;
@@ -262,8 +234,6 @@ __global__ void __launch_bounds__(4 * kRows)
     shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
   }
   const float inv_count = 1.f / float(K);
-  const auto* kbar_parts = static_cast<const __nv_bfloat16*>(gr.kbar_parts);
-  const int64_t part_stride = static_cast<int64_t>(a.n_seen) * D;
   auto load_batch = [&](int64_t j0) {
     __syncthreads();  // the last batch's readers are done
     if (tid < kBatch) {
@@ -274,77 +244,60 @@ __global__ void __launch_bounds__(4 * kRows)
       // Through log pbar and the mean over the routing's rows.
       sm.dp[tid] = routed ? (d_prior(j) - shift) / entry_pbar[first + j] * inv_count : 0.f;
     }
-    for (int i = tid; i < kKbarParts * kBatch * D / 8; i += kThreads) {  // 16 bytes at a time
-      const int part = i / (kBatch * D / 8), e = i / (D / 8) % kBatch, col = i % (D / 8) * 8;
+    for (int i = tid; i < kBatch * D; i += kThreads) {
+      const int e = i / D, col = i % D;
       const int64_t j = j0 + e;
       const int c = j < length ? blocks[first + j] : -1;
-      *reinterpret_cast<uint4*>(&sm.kbar[part][e * kLd + col]) =
-          c >= 0 && rt.candidate(c) ? *reinterpret_cast<const uint4*>(kbar_parts + part * part_stride + c * int64_t(D) + col)
-                                    : make_uint4(0, 0, 0, 0);
+      sm.kbar[e * kLd + col] = c >= 0 && rt.candidate(c) ? gr.kbar[c * int64_t(D) + col] : 0.f;
     }
     __syncthreads();
   };
 
-  // Pass 1: z on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulators) from the parts'
-  // products that carry fp32's 24 bits (part orders summing to at most 2). Warp: rows 16 rb ..
-  // 16 rb + 15, entries 16 eh .. 16 eh + 15 of the batch; this thread's rows g and g + 8, entries
-  // 16 eh + 8 nt + 2 c4 + e. Then s = sqrt p into the scratch, and each row's s . dp and sum s.
-  constexpr int kRowBlocks = kRows / 16;
-  const int rb = warp % kRowBlocks, eh = warp / kRowBlocks;
-  const uint32_t q_s = dev::smem_addr(&sm.q[0][0]), kbar_s = dev::smem_addr(&sm.kbar[0][0]);
-  constexpr uint32_t kQPartBytes = kRows * kLd * 2, kKbarPartBytes = kBatch * kLd * 2;
-  const uint32_t a_off = ((16 * rb + (lane & 15)) * kLd + (lane >> 4) * 8) * 2;
-  const uint32_t b_off = ((16 * eh + (lane & 7) + ((lane >> 4) << 3)) * kLd + ((lane >> 3) & 1) * 8) * 2;
-  float s_sum[2] = {}, s_dot[2] = {};
+  // Pass 1: this thread's z tile, rows 4 rg .. 4 rg + 3 and entries 2 eg, 2 eg + 1; each row's
+  // s . dp and sum s over the 16 threads that share its rows.
+  const int rg = tid >> 4, eg = tid & 15;
+  float s_sum[4] = {}, s_dot[4] = {};
   for (int64_t j0 = 0; j0 < length; j0 += kBatch) {
     load_batch(j0);
-    float z[2][4] = {};
+    float z[4][2] = {};
+    for (int c = 0; c < D; c += 4) {
+      float4 kv[2], qv[4];
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks)
+      for (int e = 0; e < 2; ++e) kv[e] = *reinterpret_cast<const float4*>(&sm.kbar[(2 * eg + e) * kLd + c]);
 #pragma unroll
-      for (int qp = 0; qp < kQp; ++qp) {
-        uint32_t af[4];
-        dev::ldmatrix_x4(af, q_s + qp * kQPartBytes + a_off + ks * 32);
+      for (int i = 0; i < 4; ++i) qv[i] = *reinterpret_cast<const float4*>(&sm.q[(4 * rg + i) * kLd + c]);
 #pragma unroll
-        for (int kp = 0; kp + qp < kKbarParts; ++kp) {
-          uint32_t b[4];
-          dev::ldmatrix_x4(b, kbar_s + kp * kKbarPartBytes + b_off + ks * 32);
-          dev::mma<__nv_bfloat16>(z[0], af, b[0], b[1]);
-          dev::mma<__nv_bfloat16>(z[1], af, b[2], b[3]);
-        }
-      }
+      for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int k = 16 * rb + g + 8 * h, j = 16 * eh + 8 * nt + 2 * c4 + e;
-          const Entmax15Threshold t{sm.max[k], sm.tau[k]};
-          const float p = k < K && sm.chunk[j] >= 0 ? t.prob(__fmul_rn(a.scale, z[nt][2 * h + e])) : 0.f;
-          const float s = p > 0.f ? sqrtf(p) : 0.f;
-          s_sum[h] += s;
-          s_dot[h] += s * sm.dp[j];
-          if (k < K && j0 + j < length) s_routing[(j0 + j) * rows_per_entry + k] = s;
-        }
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float sum = dev::quad_sum(s_sum[h]), dot = dev::quad_sum(s_dot[h]);
-    if (c4 == 0) {
-      sm.s_sum[eh][16 * rb + g + 8 * h] = sum;
-      sm.s_dot[eh][16 * rb + g + 8 * h] = dot;
+        for (int e = 0; e < 2; ++e)
+          z[i][e] += qv[i].x * kv[e].x + qv[i].y * kv[e].y + qv[i].z * kv[e].z + qv[i].w * kv[e].w;
     }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int k = 4 * rg + i, j = 2 * eg + e;
+        const Entmax15Threshold t{sm.max[k], sm.tau[k]};
+        const float p = k < K && sm.chunk[j] >= 0 ? t.prob(__fmul_rn(a.scale, z[i][e])) : 0.f;
+        const float s = p > 0.f ? sqrtf(p) : 0.f;
+        s_sum[i] += s;
+        s_dot[i] += s * sm.dp[j];
+        if (k < K && j0 + j < length) s_routing[(j0 + j) * rows_per_entry + k] = s;
+      }
   }
-  __syncthreads();
-  if (tid < kRows) {
-    const float sum = sm.s_sum[0][tid] + sm.s_sum[1][tid];
-    sm.mean[tid] = sum > 0.f ? (sm.s_dot[0][tid] + sm.s_dot[1][tid]) / sum : 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) {
+      s_sum[i] += __shfl_xor_sync(0xffffffffu, s_sum[i], o);
+      s_dot[i] += __shfl_xor_sync(0xffffffffu, s_dot[i], o);
+    }
+    if (eg == 0) sm.mean[4 * rg + i] = s_sum[i] > 0.f ? s_dot[i] / s_sum[i] : 0.f;
   }
 
   // Pass 2: d z into shared memory, then on tensor cores d q (warp: 16 rows x D / 2 columns, kept
   // over the batches) and d kbar (warp: 16 entries x D / (kRows / 16) columns, added per batch).
-  constexpr int kDkSplits = kRows / 16;
+  constexpr int kRowBlocks = kRows / 16, kDkSplits = kRows / 16;
   constexpr int kDqTiles = D / 16, kDkTiles = D / 8 / kDkSplits;
   const int dq_row0 = 16 * (warp % kRowBlocks), dq_col0 = (warp / kRowBlocks) * (D / 2);
   const int dk_entry0 = 16 * (warp & 1), dk_col0 = (warp >> 1) * (D / kDkSplits);
@@ -366,7 +319,7 @@ __global__ void __launch_bounds__(4 * kRows)
 #pragma unroll
       for (int nt = 0; nt < kDqTiles; ++nt) {
         const int col = dq_col0 + nt * 8 + g;
-        mma_tf32(dq[nt], af, to_tf32(kbar_at(kk + c4, col)), to_tf32(kbar_at(kk + c4 + 4, col)));
+        mma_tf32(dq[nt], af, to_tf32(sm.kbar[(kk + c4) * kLd + col]), to_tf32(sm.kbar[(kk + c4 + 4) * kLd + col]));
       }
     }
     float dk[kDkTiles][4] = {};
@@ -379,7 +332,7 @@ __global__ void __launch_bounds__(4 * kRows)
 #pragma unroll
       for (int nt = 0; nt < kDkTiles; ++nt) {
         const int col = dk_col0 + nt * 8 + g;
-        mma_tf32(dk[nt], af, to_tf32(q_at(kk + c4, col)), to_tf32(q_at(kk + c4 + 4, col)));
+        mma_tf32(dk[nt], af, to_tf32(sm.q[(kk + c4) * kLd + col]), to_tf32(sm.q[(kk + c4 + 4) * kLd + col]));
       }
     }
 #pragma unroll
@@ -464,7 +417,7 @@ int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float
                 const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch,
                 cudaStream_t stream) {
   auto kernel = routing_grad_kernel<T, D, kRows>;
-  constexpr int kSmem = sizeof(GradSmem<T, D, kRows>);
+  constexpr int kSmem = sizeof(GradSmem<D, kRows>);
   if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       e != cudaSuccess)
     return e;

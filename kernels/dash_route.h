@@ -58,8 +58,8 @@ struct DashRoutingGrad {
   void* dq;  // written, every element of the n rows
   int64_t head_stride, row_stride, d;
   DashQType dtype;
-  const void* kbar_parts;  // bf16 [3, n_seen, d]: kbar = hi + mid + lo, each the rounding of the rest
-  float* dkbar;            // added to (atomics)
+  const float* kbar;
+  float* dkbar;  // added to (atomics)
 };
 
 // The backward from the gradient of the rows' list entries (d_entries, laid out as

@@ -149,8 +149,7 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
   gr.row_stride = q_rows.stride(2);
   gr.d = d;
   gr.dtype = q_type(q_rows);
-  const Tensor parts = rounding_parts(kbar, torch::kBFloat16, 3);  // kbar = hi + mid + lo, as the scores kernel's
-  gr.kbar_parts = parts.data_ptr();
+  gr.kbar = kbar.data_ptr<float>();
   gr.dkbar = dkbar.data_ptr<float>();
   // Each entmax row's s = sqrt p on the listed chunks, between the kernel's two passes.
   auto scratch = torch::empty({kn::dash_routing_backward_scratch(a, ids.numel())}, g.options());
