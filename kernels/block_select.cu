@@ -14,10 +14,10 @@ namespace {
 
 using namespace dev;
 
-constexpr int kCols = 64;         // compressed blocks per column tile
-constexpr int kMaxLead = 16;      // (length - 1) / stride at most
+constexpr int kCols = 64;            // compressed blocks per column tile
+constexpr int kMaxLead = 16;         // (length - 1) / stride at most
 constexpr int kPStride = kCols + 2;  // floats per row of the probability tile (shared-memory group sums)
-constexpr int kRing = 2 * kCols;  // floats per position of the group sums: two column tiles, as a ring
+constexpr int kRing = 2 * kCols;     // floats per position of the group sums: two column tiles, as a ring
 
 struct ScoreParams {
   const void* k_hi;  // the group's compressed keys, [n_cmp, D]: 16-bit high part (mma.sync path)
@@ -44,8 +44,9 @@ struct KMaps {
 // that aligns the K tiles.
 template <int D>
 constexpr int kKBytes = 4 * 64 * D * 2;
-int score_smem_bytes(int D, const ScoreParams& p) {
-  return 4 * 64 * D * 2 + (p.sum_levels < 0 ? 64 * kPStride * 4 : 0) + p.P * kRing * 4 + 1024;
+template <int D>
+int score_smem_bytes(const ScoreParams& p) {
+  return kKBytes<D> + (p.sum_levels < 0 ? 64 * kPStride * 4 : 0) + p.P * kRing * 4 + 1024;
 }
 
 // One level of scatter_sum: lanes that differ in lane bit `bit` pair up; the lane with the bit
@@ -401,7 +402,7 @@ int launch_scores(const ScoreParams& p, BsaPath path, cudaStream_t stream) {
     if (const int rc = make_tile_map(&maps.hi, p.k_hi, kBf16, 1, 1, p.n_cmp, D, kCols, 1)) return rc;
     if (const int rc = make_tile_map(&maps.lo, p.k_lo, kBf16, 1, 1, p.n_cmp, D, kCols, 1)) return rc;
   }
-  const int smem = score_smem_bytes(D, p);
+  const int smem = score_smem_bytes<D>(p);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   // Three CTAs per SM where the group sums stay in registers: ask for the largest carveout.
