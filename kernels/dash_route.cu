@@ -6,10 +6,13 @@
 
 #include <cmath>
 
+#include "bsa_device.cuh"  // cp.async
 #include "entmax15.cuh"
 
 namespace st::kernels {
 namespace {
+
+using namespace dev;
 
 constexpr int kMaxWarps = 8;               // routings per block, one warp each
 constexpr size_t kSmemBudget = 96 * 1024;  // per block: a [n_seen] float array per warp
@@ -146,23 +149,86 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   }
 }
 
-// The backward, one routing per CTA: its entmax rows (k = 0 .. G R - 1, head k % G of
-// position r0 + k / G) against its routed chunks only. entmax's Jacobian is zero off each
-// row's support, and every support lies in the routing's list, so d z, d q and d kbar need
-// only the listed candidates: no dense [G, n, n_seen] scores or gradient. The chunks go by in
-// batches of kBatch list entries (forced ones: d z = 0), twice. Pass 1 recomputes z = scale q .
-// kbar in fp32 on CUDA cores, s = sqrt p from the forward's thresholds (kept in a scratch
-// buffer) and each row's s . dp / sum s; pass 2 forms d z = s (dp - that) * scale and the two
+// The backward in two kernels. routing_grad_inputs_kernel, one warp per routing, turns the
+// rows' entry gradients into each routing's routed entries alone (forced ones have d z = 0),
+// compacted, with d loss / d p of each: through log pbar (and the normalized prior's mean)
+// and the mean over the routing's rows. routing_grad_kernel, one routing per CTA, takes its
+// entmax rows (k = 0 .. G R - 1, head k % G of position r0 + k / G) against those chunks only:
+// entmax's Jacobian is zero off each row's support, and every support lies in the routing's
+// list, so d z, d q and d kbar need only the routed chunks: no dense [G, n, n_seen] scores or
+// gradient. The chunks go by in batches of kBatch entries, twice. Pass 1 recomputes z = scale
+// q . kbar in fp32 on CUDA cores, s = sqrt p from the forward's thresholds (kept in the
+// scratch) and each row's s . dp / sum s; pass 2 forms d z = s (dp - that) * scale and the two
 // products d q += d z kbar, d kbar += d z^T q on TF32 tensor cores (10-bit mantissas, ~5e-4
 // relative, as the ATen GEMMs these replace ran them; the gradients join the core's, whose
 // products round to bf16). d q rows are this CTA's alone (plain stores); d kbar rows are
-// shared with other routings (fp32 atomics).
+// shared with other routings (fp32 atomics). Every input comes by cp.async a step ahead of its
+// use (a batch's kbar rows one step, its chunks and d p two), so no thread waits on a global
+// load but for the CTA's first.
 //
 // z is recomputed, not the forward's bit for bit: p near the support's edge moves with z's
 // last bits, which a gradient of O(1) per entry divided by pbar ~ 0 there would amplify
 // without bound; through attention the entries' gradient scales with the chunk's attention
 // mass, i.e. with pbar, and stays bounded (tests/gpu_dash_routing_test.cpp).
 constexpr int kBatch = 32;
+constexpr int kStages = 3;  // the batches' chunks and d p: two steps ahead of the one in use
+
+// The scratch's parts (dash_routing_backward_scratch): per routing, from slot first / R on
+// (first: its first row's first list entry; the routings before it all have R rows), its routed
+// entries' chunk and d p, then between the passes each entmax row's s on them.
+struct GradScratch {
+  int32_t* count;  // [routings]: routed entries
+  int32_t* chunk;  // [slots]
+  float* dp;       // [slots]
+  float* s;        // [slots][G R]
+  GradScratch(const DashRoutingArgs& a, int64_t entries, float* scratch) {
+    const int64_t slots = dash_routing_backward_slots(a, entries);
+    count = reinterpret_cast<int32_t*>(scratch);
+    chunk = count + dash_routings(a);
+    dp = reinterpret_cast<float*>(chunk + slots);
+    s = dp + slots;
+  }
+};
+
+__global__ void __launch_bounds__(32 * kMaxWarps)
+    routing_grad_inputs_kernel(DashRoutingArgs a, int64_t n_routings, const int64_t* row_ptr, const int32_t* blocks,
+                               const float* entry_pbar, const float* d_entries, GradScratch sc) {
+  const int64_t g = blockIdx.x * int64_t(kMaxWarps) + (threadIdx.x >> 5);
+  if (g >= n_routings) return;
+  const Routing rt(a, g);
+  // The R rows share the routing, so their lists are the same chunks in the same order: entry
+  // j's d prior is the sum of the rows' entry j.
+  const int64_t base = row_ptr[0], first = row_ptr[rt.r0] - base, length = row_ptr[rt.r0 + 1] - row_ptr[rt.r0];
+  auto d_prior = [&](int64_t j) {
+    float sum = 0.f;
+    for (int64_t i = 0; i < rt.rows; ++i) sum += d_entries[row_ptr[rt.r0 + i] - base + j];
+    return sum / a.sigma;
+  };
+  // normalized: the routed entries' mean d prior, through the mean log pbar.
+  float shift = 0.f;
+  if (a.normalized) {
+    float sum = 0.f, count = 0.f;
+    for (int64_t j = rt.lane; j < length; j += 32)
+      if (rt.candidate(blocks[first + j])) sum += d_prior(j), count += 1.f;
+    shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
+  }
+  const float inv_count = 1.f / float(rt.entmax_rows());
+  const int64_t slot0 = first / a.route_positions;
+  int64_t routed = 0;
+  for (int64_t j0 = 0; j0 < length; j0 += 32) {
+    const int64_t j = j0 + rt.lane;
+    const int c = j < length ? blocks[first + j] : -1;
+    const bool is_routed = c >= 0 && rt.candidate(c);
+    const unsigned mask = __ballot_sync(0xffffffffu, is_routed);
+    if (is_routed) {
+      const int64_t i = slot0 + routed + __popc(mask & ((1u << rt.lane) - 1u));
+      sc.chunk[i] = c;
+      sc.dp[i] = (d_prior(j) - shift) / entry_pbar[first + j] * inv_count;
+    }
+    routed += __popc(mask);
+  }
+  if (rt.lane == 0) sc.count[g] = static_cast<int32_t>(routed);
+}
 
 // kRows: the routing's entmax rows G R rounded up to 16, 32 or 64 (one warp per 8 rows), so
 // that small groups (G 16, R 1) do not pay for 64.
@@ -171,10 +237,10 @@ struct GradSmem {
   static constexpr int kLd = D + 4;         // q and kbar row stride in floats: 16-byte rows spread over the banks
   static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
   float q[kRows * kLd];                     // the entmax rows' q in fp32, zero past G R
-  float kbar[kBatch * kLd];                 // the batch's chunk summaries, zero off the candidates
+  float kbar[2][kBatch * kLd];              // step i's chunk summaries in kbar[i % 2], zero past the routed
   float dz[kRows * kDzLd];                  // [row][entry]
-  float dp[kBatch];                         // d loss / d p of the batch's entries (0 off the candidates)
-  int chunk[kBatch];                        // their chunk, -1 off the candidates
+  float dp[kStages][kBatch];                // step i's d loss / d p in [i % kStages], zero past the routed
+  int chunk[kStages][kBatch];               // and their chunks
   float max[kRows], tau[kRows], mean[kRows];
 };
 
@@ -193,106 +259,121 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Steps 0 .. batches - 1 are pass 1 over the batches, the next batches steps pass 2.
 template <typename T, int D, int kRows>
 __global__ void __launch_bounds__(4 * kRows)
     routing_grad_kernel(DashRoutingArgs a, DashRoutingGrad gr, const float* thresholds, const int64_t* row_ptr,
-                        const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch) {
+                        GradScratch sc) {
   extern __shared__ float4 smem_raw[];
   GradSmem<D, kRows>& sm = *reinterpret_cast<GradSmem<D, kRows>*>(smem_raw);
   constexpr int kLd = GradSmem<D, kRows>::kLd, kDzLd = GradSmem<D, kRows>::kDzLd, kThreads = 4 * kRows;
+  static_assert(kRows * D * sizeof(T) <= sizeof(sm.kbar[1]) || sizeof(T) == 4, "the raw q rows fit kbar[1]");
   const Routing rt(a, blockIdx.x);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
   const int K = static_cast<int>(rt.entmax_rows());
   auto q_row = [&](int k) { return (k % a.G) * gr.head_stride + (rt.r0 + k / a.G) * gr.row_stride; };
+  const int64_t slot0 = (row_ptr[rt.r0] - row_ptr[0]) / a.route_positions, rows_per_entry = a.G * a.route_positions;
+  const int count = sc.count[blockIdx.x], batches = (count + kBatch - 1) / kBatch, steps = 2 * batches;
+  float* s_routing = sc.s + slot0 * rows_per_entry;  // [count][G R]
+
+  auto fetch_chunks = [&](int i) {  // step i's chunks and d p
+    if (i >= steps || tid >= 2 * kBatch) return;
+    const int e = tid % kBatch;
+    const int64_t j = int64_t(i % batches) * kBatch + e, at = slot0 + (j < count ? j : 0);
+    if (tid < kBatch)
+      cp_async_4(smem_addr(&sm.chunk[i % kStages][e]), sc.chunk + at, j < count ? 4 : 0);
+    else
+      cp_async_4(smem_addr(&sm.dp[i % kStages][e]), sc.dp + at, j < count ? 4 : 0);
+  };
+  auto fetch_kbar = [&](int i) {  // step i's chunk summaries; its chunks have landed
+    if (i >= steps) return;
+    const int b = i % batches;
+    for (int v = tid; v < kBatch * D / 4; v += kThreads) {
+      const int e = v / (D / 4), col = v % (D / 4) * 4;
+      const bool valid = b * kBatch + e < count;
+      const float* src = valid ? gr.kbar + sm.chunk[i % kStages][e] * int64_t(D) + col : gr.kbar;
+      cp_async_16(smem_addr(&sm.kbar[i % 2][e * kLd + col]), src, valid ? 16 : 0);
+    }
+  };
+  // Each step begins with the data it reads landed for all threads and the last step's
+  // readers done, then sets off the next step's copies.
+  auto begin_step = [&](int i) {
+    cp_async_wait_all();
+    __syncthreads();
+    fetch_kbar(i + 1);
+    fetch_chunks(i + 2);
+    cp_async_commit();
+  };
+
+  // q rows: fp32 straight into sm.q, 16-bit types raw into kbar[1] (free until step 1's copy)
+  // and widened there while step 0's kbar is on its way.
   const T* q = static_cast<const T*>(gr.q);
-  for (int i = tid; i < kRows * D; i += kThreads) {
-    const int k = i / D, col = i % D;
-    sm.q[k * kLd + col] = k < K ? static_cast<float>(q[q_row(k) + col]) : 0.f;
+  constexpr int kPerRow = D * sizeof(T) / 16;  // 16-byte copies per q row
+  for (int v = tid; v < kRows * kPerRow; v += kThreads) {
+    const int k = v / kPerRow, col = v % kPerRow * (16 / sizeof(T));
+    const uint32_t dst = sizeof(T) == 4 ? smem_addr(&sm.q[k * kLd + col]) : smem_addr(sm.kbar[1]) + 16 * v;
+    cp_async_16(dst, k < K ? q + q_row(k) + col : q, k < K ? 16 : 0);
+  }
+  fetch_chunks(0);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+  fetch_kbar(0);
+  fetch_chunks(1);
+  cp_async_commit();
+  if constexpr (sizeof(T) != 4) {
+    const T* raw = reinterpret_cast<const T*>(sm.kbar[1]);
+    for (int i = tid; i < kRows * D; i += kThreads) sm.q[i / D * kLd + i % D] = static_cast<float>(raw[i]);
   }
   if (tid < kRows) {
     sm.max[tid] = tid < K ? thresholds[rt.threshold_index(tid)] : 0.f;
     sm.tau[tid] = tid < K ? thresholds[rt.threshold_index(tid) + 1] : 0.f;
   }
-  // The R rows share the routing, so their lists are the same chunks in the same order: entry
-  // j's d prior is the sum of the rows' entry j. The routings before this one all have R rows,
-  // so this one's entries start at first / R in a list per routing (the scratch's rows).
-  const int64_t base = row_ptr[0], first = row_ptr[rt.r0] - base, length = row_ptr[rt.r0 + 1] - row_ptr[rt.r0];
-  const int64_t rows_per_entry = a.G * a.route_positions;
-  float* s_routing = s_scratch + first / a.route_positions * rows_per_entry;  // [length][G R]
-  auto d_prior = [&](int64_t j) {
-    float sum = 0.f;
-    for (int64_t i = 0; i < rt.rows; ++i) sum += d_entries[row_ptr[rt.r0 + i] - base + j];
-    return sum / a.sigma;
-  };
-  // normalized: the routed entries' mean d prior, through the mean log pbar; warp 0 alone, the
-  // only reader (load_batch's d p).
-  float shift = 0.f;
-  if (a.normalized && warp == 0) {
-    float sum = 0.f, count = 0.f;
-    for (int64_t j = lane; j < length; j += 32)
-      if (rt.candidate(blocks[first + j])) sum += d_prior(j), count += 1.f;
-    shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
-  }
-  const float inv_count = 1.f / float(K);
-  auto load_batch = [&](int64_t j0) {
-    __syncthreads();  // the last batch's readers are done
-    if (tid < kBatch) {
-      const int64_t j = j0 + tid;
-      const int c = j < length ? blocks[first + j] : -1;
-      const bool routed = c >= 0 && rt.candidate(c);
-      sm.chunk[tid] = routed ? c : -1;
-      // Through log pbar and the mean over the routing's rows.
-      sm.dp[tid] = routed ? (d_prior(j) - shift) / entry_pbar[first + j] * inv_count : 0.f;
-    }
-    for (int i = tid; i < kBatch * D; i += kThreads) {
-      const int e = i / D, col = i % D;
-      const int64_t j = j0 + e;
-      const int c = j < length ? blocks[first + j] : -1;
-      sm.kbar[e * kLd + col] = c >= 0 && rt.candidate(c) ? gr.kbar[c * int64_t(D) + col] : 0.f;
-    }
-    __syncthreads();
-  };
 
   // Pass 1: this thread's z tile, rows 4 rg .. 4 rg + 3 and entries 2 eg, 2 eg + 1; each row's
   // s . dp and sum s over the 16 threads that share its rows.
   const int rg = tid >> 4, eg = tid & 15;
   float s_sum[4] = {}, s_dot[4] = {};
-  for (int64_t j0 = 0; j0 < length; j0 += kBatch) {
-    load_batch(j0);
+  for (int i = 0; i < batches; ++i) {
+    begin_step(i);
+    const float* kbar = sm.kbar[i % 2];
+    const float* dp = sm.dp[i % kStages];
+    const int64_t j0 = int64_t(i) * kBatch;
     float z[4][2] = {};
     for (int c = 0; c < D; c += 4) {
       float4 kv[2], qv[4];
 #pragma unroll
-      for (int e = 0; e < 2; ++e) kv[e] = *reinterpret_cast<const float4*>(&sm.kbar[(2 * eg + e) * kLd + c]);
+      for (int e = 0; e < 2; ++e) kv[e] = *reinterpret_cast<const float4*>(&kbar[(2 * eg + e) * kLd + c]);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) qv[i] = *reinterpret_cast<const float4*>(&sm.q[(4 * rg + i) * kLd + c]);
+      for (int r = 0; r < 4; ++r) qv[r] = *reinterpret_cast<const float4*>(&sm.q[(4 * rg + r) * kLd + c]);
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int r = 0; r < 4; ++r)
 #pragma unroll
         for (int e = 0; e < 2; ++e)
-          z[i][e] += qv[i].x * kv[e].x + qv[i].y * kv[e].y + qv[i].z * kv[e].z + qv[i].w * kv[e].w;
+          z[r][e] += qv[r].x * kv[e].x + qv[r].y * kv[e].y + qv[r].z * kv[e].z + qv[r].w * kv[e].w;
     }
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int r = 0; r < 4; ++r)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int k = 4 * rg + i, j = 2 * eg + e;
+        const int k = 4 * rg + r, j = 2 * eg + e;
+        const bool valid = k < K && j0 + j < count;
         const Entmax15Threshold t{sm.max[k], sm.tau[k]};
-        const float p = k < K && sm.chunk[j] >= 0 ? t.prob(__fmul_rn(a.scale, z[i][e])) : 0.f;
+        const float p = valid ? t.prob(__fmul_rn(a.scale, z[r][e])) : 0.f;
         const float s = p > 0.f ? sqrtf(p) : 0.f;
-        s_sum[i] += s;
-        s_dot[i] += s * sm.dp[j];
-        if (k < K && j0 + j < length) s_routing[(j0 + j) * rows_per_entry + k] = s;
+        s_sum[r] += s;
+        s_dot[r] += s * dp[j];
+        if (valid) s_routing[(j0 + j) * rows_per_entry + k] = s;
       }
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int r = 0; r < 4; ++r) {
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) {
-      s_sum[i] += __shfl_xor_sync(0xffffffffu, s_sum[i], o);
-      s_dot[i] += __shfl_xor_sync(0xffffffffu, s_dot[i], o);
+      s_sum[r] += __shfl_xor_sync(0xffffffffu, s_sum[r], o);
+      s_dot[r] += __shfl_xor_sync(0xffffffffu, s_dot[r], o);
     }
-    if (eg == 0) sm.mean[4 * rg + i] = s_sum[i] > 0.f ? s_dot[i] / s_sum[i] : 0.f;
+    if (eg == 0) sm.mean[4 * rg + r] = s_sum[r] > 0.f ? s_dot[r] / s_sum[r] : 0.f;
   }
 
   // Pass 2: d z into shared memory, then on tensor cores d q (warp: 16 rows x D / 2 columns, kept
@@ -302,13 +383,17 @@ __global__ void __launch_bounds__(4 * kRows)
   const int dq_row0 = 16 * (warp % kRowBlocks), dq_col0 = (warp / kRowBlocks) * (D / 2);
   const int dk_entry0 = 16 * (warp & 1), dk_col0 = (warp >> 1) * (D / kDkSplits);
   float dq[kDqTiles][4] = {};
-  for (int64_t j0 = 0; j0 < length; j0 += kBatch) {
-    load_batch(j0);  // its first barrier also orders pass 1's means and s before their reads
-    for (int i = tid; i < kRows * kBatch; i += kThreads) {
-      const int k = i % kRows, e = i / kRows;
+  for (int i = batches; i < steps; ++i) {
+    begin_step(i);  // its barrier also orders pass 1's means and s before their reads
+    const float* kbar = sm.kbar[i % 2];
+    const float* dp = sm.dp[i % kStages];
+    const int* chunk = sm.chunk[i % kStages];
+    const int64_t j0 = int64_t(i - batches) * kBatch;
+    for (int v = tid; v < kRows * kBatch; v += kThreads) {
+      const int k = v % kRows, e = v / kRows;
       const int64_t j = j0 + e;
       sm.dz[k * kDzLd + e] =
-          k < K && j < length ? s_routing[j * rows_per_entry + k] * (sm.dp[e] - sm.mean[k]) * a.scale : 0.f;
+          k < K && j < count ? s_routing[j * rows_per_entry + k] * (dp[e] - sm.mean[k]) * a.scale : 0.f;
     }
     __syncthreads();
 #pragma unroll
@@ -319,7 +404,7 @@ __global__ void __launch_bounds__(4 * kRows)
 #pragma unroll
       for (int nt = 0; nt < kDqTiles; ++nt) {
         const int col = dq_col0 + nt * 8 + g;
-        mma_tf32(dq[nt], af, to_tf32(sm.kbar[(kk + c4) * kLd + col]), to_tf32(sm.kbar[(kk + c4 + 4) * kLd + col]));
+        mma_tf32(dq[nt], af, to_tf32(kbar[(kk + c4) * kLd + col]), to_tf32(kbar[(kk + c4 + 4) * kLd + col]));
       }
     }
     float dk[kDkTiles][4] = {};
@@ -337,9 +422,9 @@ __global__ void __launch_bounds__(4 * kRows)
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int chunk = sm.chunk[dk_entry0 + g + 8 * h];
-      if (chunk < 0) continue;
-      float* out = gr.dkbar + chunk * int64_t(D) + dk_col0 + 2 * c4;
+      const int e = dk_entry0 + g + 8 * h;
+      if (j0 + e >= count) continue;
+      float* out = gr.dkbar + chunk[e] * int64_t(D) + dk_col0 + 2 * c4;
 #pragma unroll
       for (int nt = 0; nt < kDkTiles; ++nt) {
         atomicAdd(out + nt * 8, dk[nt][2 * h]);
@@ -361,12 +446,10 @@ __global__ void __launch_bounds__(4 * kRows)
   }
 }
 
-int64_t routings(const DashRoutingArgs& a) { return (a.n + a.route_positions - 1) / a.route_positions; }
-
 bool shape_ok(const DashRoutingArgs& a) {
   return a.G >= 1 && a.route_positions >= 1 && a.G * a.route_positions <= kDashMaxRows && a.chunk > 0 &&
          a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 &&
-         (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.n_seen <= kDashMaxSeen && routings(a) < (int64_t(1) << 31);
+         (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.n_seen <= kDashMaxSeen && dash_routings(a) < (int64_t(1) << 31);
 }
 
 // Warps per block for the routing kernels: as many [n_seen] arrays as kSmemBudget holds (8 at
@@ -379,7 +462,7 @@ struct RoutingLaunch {
     const size_t per_warp = (a.n_seen > 0 ? a.n_seen : 1) * sizeof(float);
     warps = static_cast<int>(per_warp * kMaxWarps <= kSmemBudget ? kMaxWarps : kSmemBudget / per_warp);
     smem = warps * per_warp;
-    blocks = static_cast<unsigned>((routings(a) + warps - 1) / warps);
+    blocks = static_cast<unsigned>((dash_routings(a) + warps - 1) / warps);
   }
 };
 
@@ -400,7 +483,7 @@ int launch_routing(Kernel kernel, const DashRoutingArgs& a, cudaStream_t stream,
       e != cudaSuccess)
     return e;
   const RoutingLaunch l(a);
-  kernel<<<l.blocks, 32 * l.warps, l.smem, stream>>>(a, routings(a), args...);
+  kernel<<<l.blocks, 32 * l.warps, l.smem, stream>>>(a, dash_routings(a), args...);
   return cudaGetLastError();
 }
 
@@ -414,36 +497,37 @@ struct BiasLaunch {
 
 template <typename T, int D, int kRows>
 int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
-                const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch,
-                cudaStream_t stream) {
+                const GradScratch& sc, cudaStream_t stream) {
   auto kernel = routing_grad_kernel<T, D, kRows>;
   constexpr int kSmem = sizeof(GradSmem<D, kRows>);
   if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       e != cudaSuccess)
     return e;
-  kernel<<<static_cast<unsigned>(routings(a)), 4 * kRows, kSmem, stream>>>(a, gr, thresholds, row_ptr, blocks,
-                                                                           entry_pbar, d_entries, s_scratch);
+  kernel<<<static_cast<unsigned>(dash_routings(a)), 4 * kRows, kSmem, stream>>>(a, gr, thresholds, row_ptr, sc);
   return cudaGetLastError();
 }
 
 template <typename T, int D>
 int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
-                const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch,
-                cudaStream_t stream) {
+                const GradScratch& sc, cudaStream_t stream) {
   const int64_t rows = a.G * a.route_positions;
-  if (rows <= 16)
-    return launch_grad<T, D, 16>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
-  if (rows <= 32)
-    return launch_grad<T, D, 32>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
-  return launch_grad<T, D, 64>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+  if (rows <= 16) return launch_grad<T, D, 16>(a, gr, thresholds, row_ptr, sc, stream);
+  if (rows <= 32) return launch_grad<T, D, 32>(a, gr, thresholds, row_ptr, sc, stream);
+  return launch_grad<T, D, 64>(a, gr, thresholds, row_ptr, sc, stream);
 }
 
 template <typename T>
 int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
-                const int32_t* blocks, const float* entry_pbar, const float* d_entries, float* s_scratch,
-                cudaStream_t stream) {
-  return gr.d == 64 ? launch_grad<T, 64>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream)
-                    : launch_grad<T, 128>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+                const GradScratch& sc, cudaStream_t stream) {
+  return gr.d == 64 ? launch_grad<T, 64>(a, gr, thresholds, row_ptr, sc, stream)
+                    : launch_grad<T, 128>(a, gr, thresholds, row_ptr, sc, stream);
+}
+
+// cp.async copies q and kbar rows 16 bytes at a time.
+bool rows_aligned(const DashRoutingGrad& gr) {
+  const int64_t bytes = gr.dtype == DashQType::kF32 ? 4 : 2;
+  return reinterpret_cast<uintptr_t>(gr.q) % 16 == 0 && gr.head_stride * bytes % 16 == 0 &&
+         gr.row_stride * bytes % 16 == 0 && reinterpret_cast<uintptr_t>(gr.kbar) % 16 == 0;
 }
 
 }  // namespace
@@ -466,16 +550,21 @@ int dash_routing_lists(const DashRoutingArgs& a, const float* pbar, const float*
 
 int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds,
                           const int64_t* row_ptr, const int32_t* blocks, const float* entry_pbar,
-                          const float* d_entries, float* s_scratch, cudaStream_t stream) {
-  if (!shape_ok(a) || (gr.d != 64 && gr.d != 128)) return kBsaBadShape;
+                          const float* d_entries, int64_t entries, float* scratch, cudaStream_t stream) {
+  if (!shape_ok(a) || (gr.d != 64 && gr.d != 128) || !rows_aligned(gr)) return kBsaBadShape;
   if (a.n == 0) return 0;
+  const GradScratch sc(a, entries, scratch);
+  routing_grad_inputs_kernel<<<static_cast<unsigned>((dash_routings(a) + kMaxWarps - 1) / kMaxWarps),
+                               32 * kMaxWarps, 0, stream>>>(a, dash_routings(a), row_ptr, blocks, entry_pbar,
+                                                            d_entries, sc);
+  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   switch (gr.dtype) {
     case DashQType::kBf16:
-      return launch_grad<__nv_bfloat16>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+      return launch_grad<__nv_bfloat16>(a, gr, thresholds, row_ptr, sc, stream);
     case DashQType::kF16:
-      return launch_grad<__half>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+      return launch_grad<__half>(a, gr, thresholds, row_ptr, sc, stream);
     case DashQType::kF32:
-      return launch_grad<float>(a, gr, thresholds, row_ptr, blocks, entry_pbar, d_entries, s_scratch, stream);
+      return launch_grad<float>(a, gr, thresholds, row_ptr, sc, stream);
   }
   return kBsaBadShape;
 }

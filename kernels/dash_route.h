@@ -66,15 +66,23 @@ struct DashRoutingGrad {
 // dash_routing_lists writes them; entries at bias 0 carry none) through log pbar, the group
 // mean and entmax's Jacobian to z = scale q . kbar, and on to d q (written) and d kbar (added),
 // with the forward's thresholds and entry_pbar. a.scores is not read: z is recomputed on the
-// listed chunks alone. s_scratch: dash_routing_backward_scratch floats. All three return 0, a cudaError_t, or
-// kBsaBadShape beyond kDashMaxRows / kDashMaxSeen (d 64 or 128 here).
+// listed chunks alone. entries: the tile's list entries (row_ptr[n] - row_ptr[0]); scratch:
+// dash_routing_backward_scratch(a, entries) floats. q and its strides 16-byte aligned. All three
+// return 0, a cudaError_t, or kBsaBadShape beyond kDashMaxRows / kDashMaxSeen (d 64 or 128 here).
 int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds,
                           const int64_t* row_ptr, const int32_t* blocks, const float* entry_pbar,
-                          const float* d_entries, float* s_scratch, cudaStream_t stream);
+                          const float* d_entries, int64_t entries, float* scratch, cudaStream_t stream);
 
-// The scratch dash_routing_backward needs for a tile of m entries, in floats.
+inline int64_t dash_routings(const DashRoutingArgs& a) { return (a.n + a.route_positions - 1) / a.route_positions; }
+// Per-routing slots for a tile of m entries: m / R bounds the full routings' lists, n_seen a
+// last one of fewer rows.
+inline int64_t dash_routing_backward_slots(const DashRoutingArgs& a, int64_t m) {
+  return m / a.route_positions + a.n_seen;
+}
+// The scratch dash_routing_backward needs, in floats: a routed count per routing; per slot a
+// chunk, a d p and each entmax row's s.
 inline int64_t dash_routing_backward_scratch(const DashRoutingArgs& a, int64_t m) {
-  return (m / a.route_positions + a.n_seen) * a.G * a.route_positions;
+  return dash_routings(a) + dash_routing_backward_slots(a, m) * (2 + a.G * a.route_positions);
 }
 
 }  // namespace st::kernels

@@ -138,6 +138,10 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
               "dash routing backward: row_ptr [n + 1] int64; blocks int32, entry_pbar fp32, as many as d_entries");
   TORCH_CHECK(q_rows.stride(1) == dq_rows.stride(1) && q_rows.stride(2) == dq_rows.stride(2),
               "dash routing backward: q rows and their gradient must have the same strides");
+  const int64_t q_bytes = q_rows.element_size();
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(q_rows.data_ptr()) % 16 == 0 && q_rows.stride(1) * q_bytes % 16 == 0 &&
+                  q_rows.stride(2) * q_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(kbar.data_ptr()) % 16 == 0,
+              "dash routing backward: q rows (data, head and row strides) and kbar must be 16-byte aligned");
   const c10::cuda::CUDAGuard guard(q_rows.device());
   const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
                g = d_entries.to(torch::kFloat32).contiguous();
@@ -151,11 +155,11 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
   gr.dtype = q_type(q_rows);
   gr.kbar = kbar.data_ptr<float>();
   gr.dkbar = dkbar.data_ptr<float>();
-  // Each entmax row's s = sqrt p on the listed chunks, between the kernel's two passes.
+  // The routings' routed entries with their d p, and each entmax row's s = sqrt p on them.
   auto scratch = torch::empty({kn::dash_routing_backward_scratch(a, ids.numel())}, g.options());
   check_launch(kn::dash_routing_backward(a, gr, thresholds.data_ptr<float>(), starts.data_ptr<int64_t>(),
                                          ids.data_ptr<int32_t>(), pbar.data_ptr<float>(), g.data_ptr<float>(),
-                                         scratch.data_ptr<float>(), current_stream()),
+                                         ids.numel(), scratch.data_ptr<float>(), current_stream()),
                "dash routing backward");
 }
 
