@@ -75,7 +75,7 @@ struct RowZ {
     }
   }
   __device__ Entmax15Threshold threshold() const {
-    return entmax15_threshold_of([&](const auto& f) { each_candidate([&](int64_t, float z) { f(z); }); });
+    return entmax15_threshold_of([&](const auto& f) { each_candidate(f); });
   }
 };
 
@@ -330,8 +330,9 @@ __global__ void __launch_bounds__(4 * kRows)
     sm.tau[tid] = tid < K ? thresholds[rt.threshold_index(tid) + 1] : 0.f;
   }
 
-  // Pass 1: this thread's z tile, rows 4 rg .. 4 rg + 3 and entries 2 eg, 2 eg + 1; each row's
-  // s . dp and sum s over the 16 threads that share its rows.
+  // Pass 1: this thread's z tile, rows 4 rg .. 4 rg + 3 and entries eg, eg + 16 (a warp's kbar
+  // reads: 16 consecutive rows, kLd apart, fill the 32 banks); each row's s . dp and sum s over
+  // the 16 threads that share its rows.
   const int rg = tid >> 4, eg = tid & 15;
   float s_sum[4] = {}, s_dot[4] = {};
   for (int i = 0; i < batches; ++i) {
@@ -343,7 +344,7 @@ __global__ void __launch_bounds__(4 * kRows)
     for (int c = 0; c < D; c += 4) {
       float4 kv[2], qv[4];
 #pragma unroll
-      for (int e = 0; e < 2; ++e) kv[e] = *reinterpret_cast<const float4*>(&kbar[(2 * eg + e) * kLd + c]);
+      for (int e = 0; e < 2; ++e) kv[e] = *reinterpret_cast<const float4*>(&kbar[(eg + 16 * e) * kLd + c]);
 #pragma unroll
       for (int r = 0; r < 4; ++r) qv[r] = *reinterpret_cast<const float4*>(&sm.q[(4 * rg + r) * kLd + c]);
 #pragma unroll
@@ -356,7 +357,7 @@ __global__ void __launch_bounds__(4 * kRows)
     for (int r = 0; r < 4; ++r)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int k = 4 * rg + r, j = 2 * eg + e;
+        const int k = 4 * rg + r, j = eg + 16 * e;
         const bool valid = k < K && j0 + j < count;
         const Entmax15Threshold t{sm.max[k], sm.tau[k]};
         const float p = valid ? t.prob(__fmul_rn(a.scale, z[r][e])) : 0.f;
