@@ -75,7 +75,7 @@ struct RowZ {
     }
   }
   __device__ Entmax15Threshold threshold() const {
-    return entmax15_threshold_of([&](const auto& f) { each_candidate(f); });
+    return entmax15_threshold_of([&](const auto& f) { each_candidate([&](int64_t, float z) { f(z); }); });
   }
 };
 
