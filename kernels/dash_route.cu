@@ -351,7 +351,7 @@ __global__ void __launch_bounds__(4 * kRows)
       for (int r = 0; r < 4; ++r)
 #pragma unroll
         for (int e = 0; e < 2; ++e)
-          z[r][e] += qv[r].x * kv[e].x + qv[r].y * kv[e].y + qv[r].z * kv[e].z + qv[r].w * kv[e].w;
+          z[r][e] = fmaf(qv[r].w, kv[e].w, fmaf(qv[r].z, kv[e].z, fmaf(qv[r].y, kv[e].y, fmaf(qv[r].x, kv[e].x, z[r][e]))));
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r)
