@@ -332,7 +332,8 @@ __global__ void __launch_bounds__(4 * kRows)
 
   // Pass 1: this thread's z tile, rows 4 rg .. 4 rg + 3 and entries eg, eg + 16 (a warp's kbar
   // reads: 16 consecutive rows, kLd apart, fill the 32 banks); each row's s . dp and sum s over
-  // the 16 threads that share its rows.
+  // the 16 threads that share its rows. z is one fma chain over d, as the fp32 GEMM sums it:
+  // close to its bits, which the normalized prior's gradient needs (gpu_dash_routing_test.cpp).
   const int rg = tid >> 4, eg = tid & 15;
   float s_sum[4] = {}, s_dot[4] = {};
   for (int i = 0; i < batches; ++i) {
