@@ -162,9 +162,10 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 // products d q += d z kbar, d kbar += d z^T q on TF32 tensor cores (10-bit mantissas, ~5e-4
 // relative, as the ATen GEMMs these replace ran them; the gradients join the core's, whose
 // products round to bf16). d q rows are this CTA's alone (plain stores); d kbar rows are
-// shared with other routings (fp32 atomics). Every input comes by cp.async a step ahead of its
-// use (a batch's kbar rows one step, its chunks and d p two), so no thread waits on a global
-// load but for the CTA's first.
+// shared with other routings (fp32 atomics). The q rows and each batch's inputs come by
+// cp.async ahead of their use (a batch's kbar rows one step, its chunks and d p two), so the
+// gathers overlap the math; the q rows (with batch 0's chunks) are the one wait of the CTA on
+// them. Pass 2's s and the thresholds stay plain loads.
 //
 // z is recomputed, not the forward's bit for bit: p near the support's edge moves with z's
 // last bits, which a gradient of O(1) per entry divided by pbar ~ 0 there would amplify
