@@ -3,7 +3,8 @@
 
 #include <climits>
 
-#include "bsa_wgmma.cuh"
+#include "bsa_pipeline.cuh"  // mbarrier, TMA
+#include "bsa_tile.cuh"      // make_tile_map
 
 namespace st::kernels {
 namespace {
@@ -16,7 +17,6 @@ constexpr int kTilesPerCta = 4;  // column tiles of 64 chunks per CTA; the Q til
 struct ScoreParams {
   const __nv_bfloat16* q;
   int64_t head_stride, row_stride;
-  const __nv_bfloat16* kbar_parts;
   float* scores;
   int64_t n, n_seen, ld, t0, chunk;  // ld: the scores' row stride
   int G, P;  // P = 64 / G positions per query tile
@@ -29,13 +29,15 @@ constexpr int smem_bytes() {
 
 // One CTA per (query tile, kTilesPerCta column tiles): 64 MMA rows = the G heads of P
 // positions (row r: head r % G, position r / G). The Q tile passes through shared memory into
-// registers once; each column tile's kbar parts come through cp.async, then 3 x D / 16 wgmma
-// with Q from registers, and the fp32 result goes straight to global memory while the next
-// parts load. One stage only: 49 KB of shared memory lets 4 CTAs share an SM, and ncu showed
-// the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per scheduler).
+// registers once; each column tile's kbar parts come by TMA (one thread; parts_map is the
+// [3, n_seen, D] parts as [1, 3, n_seen, D], 64-row boxes, zeros past n_seen), then 3 x D / 16
+// wgmma with Q from registers, and the fp32 result goes straight to global memory while the
+// next parts load. One stage only: 49 KB of shared memory lets 4 CTAs share an SM, and ncu
+// showed the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per scheduler).
 template <int D>
-__global__ void __launch_bounds__(128, 4) dash_scores_kernel(const ScoreParams p) {
+__global__ void __launch_bounds__(128, 4) dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t s_full;  // the column tile's parts landed
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
   const uint32_t parts_s = smem_addr(smem);
@@ -56,27 +58,29 @@ __global__ void __launch_bounds__(128, 4) dash_scores_kernel(const ScoreParams p
       [&](int r) { return row_valid(r) ? p.q + (r % p.G) * p.head_stride + (i0 + r / p.G) * p.row_stride : nullptr; },
       p.q, tid);
   cp_async_commit();
+  const uint32_t full = smem_addr(&s_full);
+  if (tid == 0) mbar_init(full, 1);
   cp_async_wait_all();
   __syncthreads();
   uint32_t qa[D / 16][4];
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(0), warp * 16, ks * 16, lane);
-  __syncthreads();  // every warp holds its Q fragments before the parts overwrite them
+  fence_proxy_async();  // the reads of Q before TMA writes over them
+  __syncthreads();      // every warp holds its Q fragments before the parts overwrite them
 
+  // Columns past n_cols (up to the tile's end) multiply too; their results are not stored.
   auto load_parts = [&](int tile) {
-    const int64_t c0 = static_cast<int64_t>(first_tile + tile) * 64;
-    for (int part = 0; part < kParts; ++part) {
-      const __nv_bfloat16* src = p.kbar_parts + part * p.n_seen * D;
-      load_tile_async<D>(
-          part_tile(part), [&](int r) { return c0 + r < n_cols ? src + (c0 + r) * D : nullptr; }, src, tid);
-    }
-    cp_async_commit();
+    if (tid != 0) return;
+    mbar_arrive_expect_bytes(full, kParts * kTile);
+    for (int part = 0; part < kParts; ++part)
+#pragma unroll
+      for (int slab = 0; slab < D / 64; ++slab)
+        tma_load_4d(part_tile(part) + slab * kSlabBytes, &parts_map, full, slab * 64, (first_tile + tile) * 64, part,
+                    0);
   };
   load_parts(0);
   for (int u = 0; u < n_tiles; ++u) {
-    cp_async_wait_all();
-    fence_proxy_async();
-    __syncthreads();  // column tile u's parts landed
+    mbar_wait(full, u & 1);  // column tile u's parts landed
     float s[8][4] = {};
     fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
     wgmma_fence();
@@ -114,14 +118,16 @@ __global__ void __launch_bounds__(128, 4) dash_scores_kernel(const ScoreParams p
 }
 
 template <int D>
-int launch(const ScoreParams& p, cudaStream_t stream) {
+int launch(const ScoreParams& p, const void* kbar_parts, cudaStream_t stream) {
   constexpr int kSmem = smem_bytes<D>();
+  CUtensorMap parts_map{};
+  if (const int rc = make_tile_map(&parts_map, kbar_parts, /*bf16=*/true, 1, kParts, p.n_seen, D, 64, 1)) return rc;
   cudaError_t e = cudaFuncSetAttribute(dash_scores_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   const int64_t col_tiles = (p.n_seen + 63) / 64;
   const dim3 grid(static_cast<unsigned>((p.n + p.P - 1) / p.P),
                   static_cast<unsigned>((col_tiles + kTilesPerCta - 1) / kTilesPerCta));
-  dash_scores_kernel<D><<<grid, 128, kSmem, stream>>>(p);
+  dash_scores_kernel<D><<<grid, 128, kSmem, stream>>>(p, parts_map);
   return cudaGetLastError();
 }
 
@@ -139,7 +145,6 @@ int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   p.q = static_cast<const __nv_bfloat16*>(a.q);
   p.head_stride = a.head_stride;
   p.row_stride = a.row_stride;
-  p.kbar_parts = static_cast<const __nv_bfloat16*>(a.kbar_parts);
   p.scores = a.scores;
   p.n = a.n;
   p.n_seen = a.n_seen;
@@ -148,7 +153,7 @@ int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   p.chunk = a.chunk;
   p.G = static_cast<int>(a.G);
   p.P = 64 / p.G;
-  return a.d == 64 ? launch<64>(p, stream) : launch<128>(p, stream);
+  return a.d == 64 ? launch<64>(p, a.kbar_parts, stream) : launch<128>(p, a.kbar_parts, stream);
 }
 
 }  // namespace st::kernels
