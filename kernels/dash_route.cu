@@ -353,7 +353,8 @@ __global__ void __launch_bounds__(4 * kRows)
       for (int r = 0; r < 4; ++r)
 #pragma unroll
         for (int e = 0; e < 2; ++e)
-          z[r][e] = fmaf(qv[r].w, kv[e].w, fmaf(qv[r].z, kv[e].z, fmaf(qv[r].y, kv[e].y, fmaf(qv[r].x, kv[e].x, z[r][e]))));
+          z[r][e] =
+              fmaf(qv[r].w, kv[e].w, fmaf(qv[r].z, kv[e].z, fmaf(qv[r].y, kv[e].y, fmaf(qv[r].x, kv[e].x, z[r][e]))));
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r)
@@ -557,9 +558,8 @@ int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, c
   if (!shape_ok(a) || (gr.d != 64 && gr.d != 128) || !rows_aligned(gr)) return kBsaBadShape;
   if (a.n == 0) return 0;
   const GradScratch sc(a, entries, scratch);
-  routing_grad_inputs_kernel<<<static_cast<unsigned>((dash_routings(a) + kMaxWarps - 1) / kMaxWarps),
-                               32 * kMaxWarps, 0, stream>>>(a, dash_routings(a), row_ptr, blocks, entry_pbar,
-                                                            d_entries, sc);
+  routing_grad_inputs_kernel<<<static_cast<unsigned>((dash_routings(a) + kMaxWarps - 1) / kMaxWarps), 32 * kMaxWarps, 0,
+                               stream>>>(a, dash_routings(a), row_ptr, blocks, entry_pbar, d_entries, sc);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   switch (gr.dtype) {
     case DashQType::kBf16:

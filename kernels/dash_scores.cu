@@ -35,7 +35,8 @@ constexpr int smem_bytes() {
 // next parts load. One stage only: 49 KB of shared memory lets 4 CTAs share an SM, and ncu
 // showed the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per scheduler).
 template <int D>
-__global__ void __launch_bounds__(128, 4) dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
+__global__ void __launch_bounds__(128, 4)
+    dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t s_full;  // the column tile's parts landed
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
