@@ -74,8 +74,17 @@ struct RowZ {
         if (c >= rt.lo) f(c, rt.z(row, c));
     }
   }
+  // The threshold visits -inf too where the row sits in registers (v[j] of a non-candidate):
+  // it adds zeros there, and the unrolled loop knows each entry's i / 32 parity (j's).
   __device__ Entmax15Threshold threshold() const {
-    return entmax15_threshold_of([&](const auto& f) { each_candidate([&](int64_t, float z) { f(z); }); });
+    return entmax15_threshold_of([&](const auto& f) {
+      if constexpr (kPerLane > 0) {
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
+      } else {
+        each_candidate([&](int64_t c, float z) { f(((c >> 5) & 1) != 0, z); });
+      }
+    });
   }
 };
 

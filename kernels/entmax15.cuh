@@ -28,31 +28,35 @@ struct Entmax15Threshold {
   }
 };
 
-// The threshold of one row, by one whole warp. each(f) calls f(z_i) for this lane's entries,
-// i = l, l + 32, ... ascending for lane l; -inf entries may be left out or not, the threshold
-// is the same bit for bit. tau solves sum_i [x_i - tau]_+^2 = 1 for x = (z - max z) / 2:
-// Newton's method from tau = -1, where f is convex and decreasing, climbs monotonically to the
-// root and is exact once the support stops changing (a quadratic on it); it stops when a step
-// no longer moves tau (fp32 rounding), at most 64 steps.
+// The threshold of one row, by one whole warp. each(f) calls f(odd, z_i) for this lane's
+// entries, i = l, l + 32, ... ascending for lane l, odd = (i / 32) % 2; -inf entries may be left
+// out or not, the threshold is the same bit for bit. tau solves sum_i [x_i - tau]_+^2 = 1 for
+// x = (z - max z) / 2: Newton's method from tau = -1, where f is convex and decreasing, climbs
+// monotonically to the root and is exact once the support stops changing (a quadratic on it);
+// it stops when a step no longer moves tau (fp32 rounding), at most 64 steps. A lane sums its
+// even and odd i / 32 apart: two dependency chains, and where `odd` is a constant (a row
+// unrolled from registers) no branch; entries off the support add exact zeros.
 template <class Each>
 __device__ Entmax15Threshold entmax15_threshold_of(const Each& each) {
   float mx = -INFINITY;
-  each([&](float z) { mx = fmaxf(mx, z); });
+  each([&](bool, float z) { mx = fmaxf(mx, z); });
   mx = warp_max(mx);
   float tau = -1.f;
   if (mx == -INFINITY) return {mx, tau};
   for (int it = 0; it < 64; ++it) {
-    float s1 = 0.f, s2 = 0.f;
-    each([&](float z) {
-      const float d = 0.5f * (z - mx) - tau;
-      if (d > 0.f) {
-        s1 += d;
-        s2 += d * d;
+    float s1[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};  // [odd]
+    each([&](bool odd, float z) {
+      const float d = fmaxf(0.5f * (z - mx) - tau, 0.f);
+      if (odd) {
+        s1[1] += d;
+        s2[1] += d * d;
+      } else {
+        s1[0] += d;
+        s2[0] += d * d;
       }
     });
-    s1 = warp_sum(s1);
-    s2 = warp_sum(s2);
-    const float next = tau + (s2 - 1.f) / (2.f * s1);
+    const float sum1 = warp_sum(s1[0] + s1[1]), sum2 = warp_sum(s2[0] + s2[1]);
+    const float next = tau + (sum2 - 1.f) / (2.f * sum1);
     if (!(next > tau)) break;  // at the root up to rounding (or past it by rounding)
     tau = next;
   }
@@ -67,7 +71,7 @@ __device__ Entmax15Threshold entmax15_threshold(const Z& z, int64_t lo, int64_t 
   const int64_t first = lo - lo % 32 + (threadIdx.x & 31);
   return entmax15_threshold_of([&](const auto& f) {
     for (int64_t i = first; i < hi; i += 32)
-      if (i >= lo) f(z(i));
+      if (i >= lo) f(((i >> 5) & 1) != 0, z(i));
   });
 }
 
