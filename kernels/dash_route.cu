@@ -19,9 +19,10 @@ constexpr size_t kSmemBudget = 96 * 1024;  // per block: a [n_seen] float array 
 
 // One routing's rows (the R positions of routing g, fewer at the tile's end). In the forward
 // one warp takes it, with a [n_seen] float array (pbar) of its own in shared memory; lane l
-// owns chunks l, l + 32, ... of it, so the warp never races on it. z = scale * scores is rounded before use (__fmul_rn:
-// no fused multiply-add), as the ATen path rounds it, so both find the same thresholds: p = (z/2 - tau)^2 near the
-// support's edge is a difference of nearly equal numbers, where one rounding moves p by percents.
+// owns chunks l, l + 32, ... of it, so the warp never races on it. z = scale * scores is
+// rounded before use (__fmul_rn: no fused multiply-add), as the ATen path rounds it, so both
+// find the same thresholds: p = (z/2 - tau)^2 near the support's edge is a difference of nearly
+// equal numbers, where one rounding moves p by percents.
 struct Routing {
   const DashRoutingArgs& a;
   int lane;
@@ -77,16 +78,33 @@ struct RowZ {
   // The threshold visits -inf too where the row sits in registers (v[j] of a non-candidate):
   // it adds zeros there, and the unrolled loop knows each entry's i / 32 parity (j's).
   __device__ Entmax15Threshold threshold() const {
-    return entmax15_threshold_of([&](const auto& f) {
-      if constexpr (kPerLane > 0) {
+    if constexpr (kPerLane > 0) {
+      return entmax15_threshold_of([&](const auto& f) {
 #pragma unroll
         for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
-      } else {
-        each_candidate([&](int64_t c, float z) { f(((c >> 5) & 1) != 0, z); });
-      }
-    });
+      });
+    } else {
+      return entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, rt.lo, rt.hi);
+    }
   }
 };
+
+// One warp's ordered compaction: over i = 0 .. n - 1 (lane l takes i = l, l + 32, ...),
+// keep(i) picks entries and put(i, at) gets each kept one with its place among the kept, in
+// order. Returns how many were kept, on every lane.
+template <class Keep, class Put>
+__device__ int64_t warp_compact(int64_t n, const Keep& keep, const Put& put) {
+  const int lane = threadIdx.x & 31;
+  int64_t kept = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += 32) {
+    const int64_t i = i0 + lane;
+    const bool is_kept = i < n && keep(i);
+    const unsigned mask = __ballot_sync(0xffffffffu, is_kept);
+    if (is_kept) put(i, kept + __popc(mask & ((1u << lane) - 1u)));
+    kept += __popc(mask);
+  }
+  return kept;
+}
 
 template <int kPerLane>
 __global__ void __launch_bounds__(32 * kMaxWarps)
@@ -123,11 +141,9 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
     shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
   }
   if (rt.lane == 0) shift_out[g] = shift;
-  int64_t listed = 0;  // each row's list length: its routing's entries (own <= n_seen)
-  for (int64_t c0 = 0; c0 < rt.own; c0 += 32) {
-    const int64_t c = c0 + rt.lane;
-    listed += __popc(__ballot_sync(0xffffffffu, c < rt.own && rt.listed(c, pbar[c])));
-  }
+  // Each row's list length: its routing's entries (own <= n_seen).
+  const int64_t listed = warp_compact(
+      rt.own, [&](int64_t c) { return rt.listed(c, pbar[c]); }, [](int64_t, int64_t) {});
   if (rt.lane < rt.rows) counts[rt.r0 + rt.lane] = listed;
 }
 
@@ -142,20 +158,15 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   const int64_t g = r / a.route_positions;
   const Routing rt(a, g);
   const float* routing_pbar = pbar + g * a.n_seen;
-  int64_t at = row_ptr[r] - row_ptr[0];
-  for (int64_t c0 = 0; c0 < rt.own; c0 += 32) {
-    const int64_t c = c0 + rt.lane;
-    const float p = c < rt.own ? routing_pbar[c] : 0.f;
-    const bool is_listed = c < rt.own && rt.listed(c, p);
-    const unsigned listed = __ballot_sync(0xffffffffu, is_listed);
-    if (is_listed) {
-      const int64_t i = at + __popc(listed & ((1u << rt.lane) - 1u));
-      blocks[i] = static_cast<int32_t>(c);
-      entries[i] = rt.candidate(c) ? (logf(p) - shift[g]) / a.sigma : 0.f;
-      entry_pbar[i] = p;
-    }
-    at += __popc(listed);
-  }
+  const int64_t at = row_ptr[r] - row_ptr[0];
+  warp_compact(
+      rt.own, [&](int64_t c) { return rt.listed(c, routing_pbar[c]); },
+      [&](int64_t c, int64_t i) {
+        const float p = routing_pbar[c];
+        blocks[at + i] = static_cast<int32_t>(c);
+        entries[at + i] = rt.candidate(c) ? (logf(p) - shift[g]) / a.sigma : 0.f;
+        entry_pbar[at + i] = p;
+      });
 }
 
 // The backward in two kernels. routing_grad_inputs_kernel, one warp per routing, turns the
@@ -224,19 +235,12 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   }
   const float inv_count = 1.f / float(rt.entmax_rows());
   const int64_t slot0 = first / a.route_positions;
-  int64_t routed = 0;
-  for (int64_t j0 = 0; j0 < length; j0 += 32) {
-    const int64_t j = j0 + rt.lane;
-    const int c = j < length ? blocks[first + j] : -1;
-    const bool is_routed = c >= 0 && rt.candidate(c);
-    const unsigned mask = __ballot_sync(0xffffffffu, is_routed);
-    if (is_routed) {
-      const int64_t i = slot0 + routed + __popc(mask & ((1u << rt.lane) - 1u));
-      sc.chunk[i] = c;
-      sc.dp[i] = (d_prior(j) - shift) / entry_pbar[first + j] * inv_count;
-    }
-    routed += __popc(mask);
-  }
+  const int64_t routed = warp_compact(
+      length, [&](int64_t j) { return rt.candidate(blocks[first + j]); },
+      [&](int64_t j, int64_t i) {
+        sc.chunk[slot0 + i] = blocks[first + j];
+        sc.dp[slot0 + i] = (d_prior(j) - shift) / entry_pbar[first + j] * inv_count;
+      });
   if (rt.lane == 0) sc.count[g] = static_cast<int32_t>(routed);
 }
 
