@@ -78,20 +78,20 @@ struct RowZ {
   // The threshold visits -inf too where the row sits in registers (v[j] of a non-candidate):
   // it adds zeros there, and the unrolled loop knows each entry's i / 32 parity (j's).
   __device__ Entmax15Threshold threshold() const {
-    if constexpr (kPerLane > 0) {
-      return entmax15_threshold_of([&](const auto& f) {
+    return entmax15_threshold_of([&](const auto& f) {
+      if constexpr (kPerLane > 0) {
 #pragma unroll
         for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
-      });
-    } else {
-      return entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, rt.lo, rt.hi);
-    }
+      } else {
+        each_candidate([&](int64_t c, float z) { f(((c >> 5) & 1) != 0, z); });
+      }
+    });
   }
 };
 
-// One warp's ordered compaction: over i = 0 .. n - 1 (lane l takes i = l, l + 32, ...),
-// keep(i) picks entries and put(i, at) gets each kept one with its place among the kept, in
-// order. Returns how many were kept, on every lane.
+// One warp's ordered compaction (the rows' lists, the backward's routed entries): over i = 0
+// .. n - 1 (lane l takes i = l, l + 32, ...), keep(i) picks entries and put(i, at) gets each
+// kept one with its place among the kept, in order. Returns how many were kept, on every lane.
 template <class Keep, class Put>
 __device__ int64_t warp_compact(int64_t n, const Keep& keep, const Put& put) {
   const int lane = threadIdx.x & 31;
@@ -141,9 +141,14 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
     shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
   }
   if (rt.lane == 0) shift_out[g] = shift;
-  // Each row's list length: its routing's entries (own <= n_seen).
-  const int64_t listed = warp_compact(
-      rt.own, [&](int64_t c) { return rt.listed(c, pbar[c]); }, [](int64_t, int64_t) {});
+  // Each row's list length: its routing's entries (own <= n_seen). Counted here, not through
+  // warp_compact: ef0cc9b did that (and moved threshold()'s if constexpr) and ran this kernel 5%
+  // slower (tools/kernel_dev/NOTES.md).
+  int64_t listed = 0;
+  for (int64_t c0 = 0; c0 < rt.own; c0 += 32) {
+    const int64_t c = c0 + rt.lane;
+    listed += __popc(__ballot_sync(0xffffffffu, c < rt.own && rt.listed(c, pbar[c])));
+  }
   if (rt.lane < rt.rows) counts[rt.r0 + rt.lane] = listed;
 }
 
