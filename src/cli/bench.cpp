@@ -1,5 +1,5 @@
 // sparsetrain bench attention [--variant dense,dash,nsa,infllmv2] [--lengths 8K,16K,...] [--json FILE]
-//                            [--kernels N] [--dash-route-positions R]
+//                            [--kernels N [--trace DIR]] [--dash-route-positions R]
 // Without --variant: the block-sparse attention core vs LibTorch SDPA on this machine's GPU
 // (src/attention/cuda/attention_bench.h); with it: whole variants, selection included
 // (src/attention/cuda/variant_bench.h). A build or machine without CUDA says so and exits
@@ -27,6 +27,7 @@ void add_bench_command(CLI::App& app) {
     std::vector<double> sparsities{0.75, 0.875, 0.9375};
     std::string json;
     int kernels = 0;
+    std::string trace_dir;
     int64_t dash_route_positions = 1;
   };
   auto args = std::make_shared<Args>();
@@ -47,6 +48,10 @@ void add_bench_command(CLI::App& app) {
                   "With --variant: profile one forward+backward per row (Kineto/CUPTI) and list its N "
                   "most expensive GPU kernels")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--trace", args->trace_dir,
+                  "With --kernels: write each row's profiled forward+backward as a Chrome trace "
+                  "(chrome://tracing, Perfetto) into this existing directory")
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--dash-route-positions", args->dash_route_positions,
                   "With --variant dash: model.attention.dash.route_positions (consecutive queries sharing one "
                   "routing; 1 = per query; a divisor of the chunk, 64)")
@@ -68,6 +73,7 @@ void add_bench_command(CLI::App& app) {
     command += " --lengths " + joined(args->lengths);
     if (!args->json.empty()) command += " --json " + args->json;
     if (args->kernels > 0) command += fmt::format(" --kernels {}", args->kernels);
+    if (!args->trace_dir.empty()) command += " --trace " + args->trace_dir;
     if (args->dash_route_positions != 1) command += fmt::format(" --dash-route-positions {}", args->dash_route_positions);
     if (!args->variants.empty()) {
       cuda::VariantBenchConfig cfg;
@@ -77,6 +83,7 @@ void add_bench_command(CLI::App& app) {
       cfg.json_path = args->json;
       cfg.command = command;
       cfg.top_kernels = args->kernels;
+      cfg.trace_dir = args->trace_dir;
       cfg.dash_route_positions = args->dash_route_positions;
       cuda::run_variant_bench(cfg);
       return;

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,7 +13,6 @@
 #include <functional>
 #include <map>
 #include <set>
-#include <tuple>
 #include <stdexcept>
 
 #include "attention/cuda/attention_bench.h"
@@ -103,16 +103,23 @@ struct KernelTime {
   int64_t calls = 0;
 };
 
+// One profiled run: see profile().
+struct Profile {
+  std::vector<KernelTime> top;
+  double total_ms = 0, idle_ms = 0;
+};
+
 struct Row {
   std::string knob;
   double knob_value = 0, measured = 0, sel_f = 0, f = 0, sel_fb = 0, fb = 0;
-  std::vector<KernelTime> kernels;  // with top_kernels: the profiled f+b's costliest
-  double kernels_total_ms = 0;      // and all its kernels together
+  Profile kernels;  // with top_kernels: one profiled f+b
 };
 
-// GPU time of fn's kernels by name, from the Kineto profiler (CUPTI activity records): the
-// top `n` by total time, with their call counts, and the total over all kernels.
-std::pair<std::vector<KernelTime>, double> top_kernels(const std::function<void()>& fn, int n) {
+// A profile of fn's GPU work (Kineto, CUPTI activity records): the top `n` kernels by total
+// time with their call counts, all kernels' total, and the GPU's idle time between its first
+// and last kernel (host round trips and launch gaps). trace_path, when not empty, receives the
+// whole profile as a Chrome trace (CPU ops and kernels on one timeline).
+Profile profile(const std::function<void()>& fn, int n, const std::string& trace_path) {
   namespace prof = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
@@ -123,23 +130,32 @@ std::pair<std::vector<KernelTime>, double> top_kernels(const std::function<void(
   torch::cuda::synchronize();
   const auto result = prof::disableProfiler();
   std::map<std::string, KernelTime> by_name;
-  double total = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> spans;
+  Profile p;
   for (const auto& e : result->events()) {
     if (e.deviceType() != c10::DeviceType::CUDA) continue;
     KernelTime& k = by_name[e.name()];
     k.name = e.name();
     k.ms += e.durationNs() / 1e6;
     ++k.calls;
-    total += e.durationNs() / 1e6;
+    p.total_ms += e.durationNs() / 1e6;
+    spans.emplace_back(e.startNs(), e.endNs());
   }
-  std::vector<KernelTime> all;
-  for (auto& [name, k] : by_name) all.push_back(k);
-  std::sort(all.begin(), all.end(), [](const KernelTime& a, const KernelTime& b) { return a.ms > b.ms; });
-  if (all.size() > size_t(n)) all.resize(n);
-  return {all, total};
+  std::sort(spans.begin(), spans.end());
+  uint64_t covered_to = spans.empty() ? 0 : spans.front().first;
+  for (const auto& [start, end] : spans) {
+    if (start > covered_to) p.idle_ms += (start - covered_to) / 1e6;
+    covered_to = std::max(covered_to, end);
+  }
+  for (auto& [name, k] : by_name) p.top.push_back(k);
+  std::sort(p.top.begin(), p.top.end(), [](const KernelTime& a, const KernelTime& b) { return a.ms > b.ms; });
+  if (p.top.size() > size_t(n)) p.top.resize(n);
+  if (!trace_path.empty()) result->save(trace_path);
+  return p;
 }
 
-Row measure(const VariantBenchConfig& b, const std::string& variant, double target, const Inputs& in, int reps) {
+Row measure(const VariantBenchConfig& b, const std::string& variant, double target, const Inputs& in, int reps,
+            const std::string& trace_path) {
   ModelConfig cfg = variant_config(b, variant);
   const int64_t T = in.plain.q.size(2);
   Row r;
@@ -181,7 +197,7 @@ Row measure(const VariantBenchConfig& b, const std::string& variant, double targ
   }, reps);
   r.fb = time_ms([&] { m->forward(in.grad).backward(in.dout); }, reps);
   if (b.top_kernels > 0)
-    std::tie(r.kernels, r.kernels_total_ms) = top_kernels([&] { m->forward(in.grad).backward(in.dout); }, b.top_kernels);
+    r.kernels = profile([&] { m->forward(in.grad).backward(in.dout); }, b.top_kernels, trace_path);
   if (sel_f) r.sel_f = time_ms(sel_f, reps);
   r.sel_fb = sel_fb ? time_ms(sel_fb, reps) : r.sel_f;
   return r;
@@ -214,7 +230,9 @@ void run_variant_bench(const VariantBenchConfig& b) {
         js.add("variant", variant).add("T", T).add("Hq", b.q_heads).add("Hkv", b.kv_heads).add("d", b.head_dim)
             .add("target_sparsity", target).add("sdpa_fwd_ms", sd.fwd_ms).add("sdpa_fwd_bwd_ms", sd.fwd_bwd_ms);
         try {
-          const Row r = measure(b, variant, target, in, reps);
+          const std::string trace =
+              b.trace_dir.empty() ? "" : fmt::format("{}/{}-{}-{:g}.json", b.trace_dir, variant, T, target);
+          const Row r = measure(b, variant, target, in, reps, trace);
           const double ideal = 1.0 / (1.0 - r.measured);
           std::printf("%-8s %7ld %6.4f %8.3g %6.4f | %8.2f %8.2f %4.0f%% | %8.2f %8.2f %4.0f%% | %8.2f %8.2f | %6.2f %6.2f "
                       "%6.2f %6.2f\n",
@@ -226,15 +244,18 @@ void run_variant_bench(const VariantBenchConfig& b) {
               .add("selection_share_fwd", r.sel_f / r.f).add("selection_fwd_bwd_ms", r.sel_fb).add("fwd_bwd_ms", r.fb)
               .add("selection_share_fwd_bwd", r.sel_fb / r.fb).add("speedup_fwd", sd.fwd_ms / r.f)
               .add("speedup_fwd_bwd", sd.fwd_bwd_ms / r.fb).add("ideal_speedup", ideal);
-          if (!r.kernels.empty()) {
-            std::printf("  kernels of one profiled f+b: %.2f ms in all\n", r.kernels_total_ms);
+          if (!r.kernels.top.empty()) {
+            const Profile& p = r.kernels;
+            std::printf("  kernels of one profiled f+b: %.2f ms in all; the GPU idle %.2f ms between them\n",
+                        p.total_ms, p.idle_ms);
             JsonObject kernels;
-            for (const KernelTime& k : r.kernels) {
-              std::printf("  %9.2f ms %5ld x %4.1f%%  %.110s\n", k.ms, long(k.calls), 100 * k.ms / r.kernels_total_ms,
+            for (const KernelTime& k : p.top) {
+              std::printf("  %9.2f ms %5ld x %4.1f%%  %.110s\n", k.ms, long(k.calls), 100 * k.ms / p.total_ms,
                           k.name.c_str());
               kernels.add(k.name, JsonObject().add("ms", k.ms).add("calls", k.calls));
             }
-            js.add("kernels_total_ms", r.kernels_total_ms).add("top_kernels", kernels);
+            js.add("kernels_total_ms", p.total_ms).add("gpu_idle_ms", p.idle_ms).add("top_kernels", kernels);
+            if (!trace.empty()) js.add("trace", trace);
           }
         } catch (const c10::OutOfMemoryError&) {
           std::printf("%-8s %7ld %6.4f  out of GPU memory\n", variant.c_str(), long(T), target);

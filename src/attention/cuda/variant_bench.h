@@ -16,6 +16,7 @@ struct VariantBenchConfig {
   int64_t dash_route_positions = 1;                   // model.attention.dash.route_positions
   std::string json_path;                              // empty: no JSON file
   int top_kernels = 0;                                // > 0: profile a f+b per row, list this many kernels
+  std::string trace_dir;                              // with top_kernels: a Chrome trace per row here
   std::string command;                                // recorded in the JSON
 };
 
@@ -25,7 +26,8 @@ struct VariantBenchConfig {
 // module (impl auto), its selection stage alone, the selection's share of each, and SDPA.
 // A row that runs out of GPU memory is reported as such and the bench goes on. With
 // top_kernels, one more forward+backward per row runs under the Kineto profiler and the GPU
-// kernels that took the most time in it are listed (total ms, calls, share), in the JSON too.
+// kernels that took the most time in it are listed (total ms, calls, share), in the JSON too,
+// with the GPU's idle time between that profile's kernels (host round trips, launch gaps).
 void run_variant_bench(const VariantBenchConfig& cfg);
 
 }  // namespace st::cuda
