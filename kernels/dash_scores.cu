@@ -30,7 +30,7 @@ constexpr int smem_bytes() {
 // One CTA per (query tile, kTilesPerCta column tiles): 64 MMA rows = the G heads of P
 // positions (row r: head r % G, position r / G). The Q tile passes through shared memory into
 // registers once; each column tile's kbar parts come by TMA (one thread; parts_map is the
-// [3, n_seen, D] parts as [1, 3, n_seen, D], 64-row boxes, zeros past n_seen), then 3 x D / 16
+// [3, parts_rows, D] parts as [1, 3, parts_rows, D], 64-row boxes, zeros past parts_rows), then 3 x D / 16
 // wgmma with Q from registers, and the fp32 result goes straight to global memory while the
 // next parts load. One stage only: 49 KB of shared memory lets 4 CTAs share an SM, and ncu
 // showed the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per scheduler).
@@ -119,10 +119,10 @@ __global__ void __launch_bounds__(128, 4)
 }
 
 template <int D>
-int launch(const ScoreParams& p, const void* kbar_parts, cudaStream_t stream) {
+int launch(const ScoreParams& p, const void* kbar_parts, int64_t parts_rows, cudaStream_t stream) {
   constexpr int kSmem = smem_bytes<D>();
   CUtensorMap parts_map{};
-  if (const int rc = make_tile_map(&parts_map, kbar_parts, /*bf16=*/true, 1, kParts, p.n_seen, D, 64, 1)) return rc;
+  if (const int rc = make_tile_map(&parts_map, kbar_parts, /*bf16=*/true, 1, kParts, parts_rows, D, 64, 1)) return rc;
   cudaError_t e = cudaFuncSetAttribute(dash_scores_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   const int64_t col_tiles = (p.n_seen + 63) / 64;
@@ -137,7 +137,7 @@ int launch(const ScoreParams& p, const void* kbar_parts, cudaStream_t stream) {
 bool dash_scores_runs_here() { return wgmma_runs_here(dash_scores_kernel<128>); }
 
 int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
-  if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.scores_ld < a.n_seen ||
+  if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.parts_rows < a.n_seen || a.scores_ld < a.n_seen ||
       a.t0 < 0 || a.chunk <= 0 || (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX ||
       (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
     return kBsaBadShape;
@@ -154,7 +154,8 @@ int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   p.chunk = a.chunk;
   p.G = static_cast<int>(a.G);
   p.P = 64 / p.G;
-  return a.d == 64 ? launch<64>(p, a.kbar_parts, stream) : launch<128>(p, a.kbar_parts, stream);
+  return a.d == 64 ? launch<64>(p, a.kbar_parts, a.parts_rows, stream)
+                   : launch<128>(p, a.kbar_parts, a.parts_rows, stream);
 }
 
 }  // namespace st::kernels

@@ -17,7 +17,8 @@ struct DashScoreArgs {
   // q + h * head_stride + i * row_stride, d contiguous elements.
   const void* q;
   int64_t head_stride, row_stride;
-  const void* kbar_parts;  // [3, n_seen, d] bf16: hi, mid, lo with kbar = hi + mid + lo
+  const void* kbar_parts;  // [3, parts_rows, d] bf16: hi, mid, lo with kbar = hi + mid + lo
+  int64_t parts_rows;      // >= n_seen: the parts may hold later chunks too (a whole sequence's)
   float* scores;           // out: [G, n, n_seen], rows scores_ld >= n_seen floats apart
   int64_t G, n, n_seen, scores_ld, t0, chunk, d;
 };

@@ -140,10 +140,12 @@ TEST(GpuDashRouting, TensorCoreScoresAreFp32Accurate) {
     const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
     const auto q = torch::randn({1, c.Hkv * c.G, c.T, c.d}, f32).to(torch::kBFloat16);
     const int64_t n_seen = std::min(c.T / c.chunk, (c.t0 + c.n - 1) / c.chunk);
-    const auto kbar = torch::randn({n_seen, c.d}, f32) * 3;
+    // The parts hold chunks past n_seen too, as a whole sequence's do.
+    const auto kbar_all = torch::randn({n_seen + 70, c.d}, f32) * 3, kbar = kbar_all.narrow(0, 0, n_seen);
     const auto q_rows = q.narrow(1, (c.Hkv - 1) * c.G, c.G).narrow(2, c.t0, c.n);  // the last group: strided
     if (!cuda::dash_scores_run(q_rows)) GTEST_SKIP() << "no sm_90 device";
-    const auto got = cuda::dash_scores(q_rows, kbar, c.t0, c.chunk).to(torch::kFloat64);
+    const auto parts = cuda::dash_score_parts(kbar_all);
+    const auto got = cuda::dash_scores(q_rows, parts, n_seen, c.t0, c.chunk).to(torch::kFloat64);
     const auto q64 = q_rows[0].to(torch::kFloat64), k64 = kbar.to(torch::kFloat64);
     const auto exact = torch::matmul(q64, k64.t());
     const auto scale = torch::matmul(q64.abs(), k64.abs().t());  // sum |q_i kbar_i| per entry

@@ -3,7 +3,6 @@
 
 #include <c10/cuda/CUDAGuard.h>
 
-#include "attention/block_sparse_dispatch.h"
 #include "attention/cuda/launch.h"
 #include "attention/cuda/rounding_parts.h"
 #include "dash_route.h"
@@ -61,21 +60,28 @@ bool dash_scores_run(const Tensor& q_rows) {
          (q_rows.size(-1) == 64 || q_rows.size(-1) == 128) && kn::dash_scores_runs_here();
 }
 
-Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t chunk) {
+Tensor dash_score_parts(const Tensor& kbar) {
+  TORCH_CHECK(kbar.dim() >= 2 && kbar.scalar_type() == torch::kFloat32, "dash scores: kbar must be fp32 [..., n, d]");
+  return rounding_parts(kbar, torch::kBFloat16, 3).movedim(0, -3).contiguous();
+}
+
+Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, int64_t n_seen, int64_t t0, int64_t chunk) {
   TORCH_CHECK(
       q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && q_rows.scalar_type() == torch::kBFloat16,
       "dash scores: q rows must be bf16 [1, G, n, d] with unit stride over d");
-  TORCH_CHECK(kbar.dim() == 2 && kbar.size(1) == q_rows.size(3) && kbar.scalar_type() == torch::kFloat32,
-              "dash scores: kbar must be fp32 [n_seen, d]");
+  TORCH_CHECK(kbar_parts.dim() == 3 && kbar_parts.size(0) == 3 && kbar_parts.size(1) >= n_seen &&
+                  kbar_parts.size(2) == q_rows.size(3) && kbar_parts.scalar_type() == torch::kBFloat16 &&
+                  kbar_parts.is_contiguous(),
+              "dash scores: kbar parts must be contiguous bf16 [3, rows >= n_seen, d] (dash_score_parts)");
   const c10::cuda::CUDAGuard guard(q_rows.device());
-  const Tensor parts = rounding_parts(kbar, torch::kBFloat16, 3);  // kbar = hi + mid + lo
-  const int64_t G = q_rows.size(1), n = q_rows.size(2), n_seen = kbar.size(0);
-  auto scores = padded_rows(G, n, n_seen, kbar.options());
+  const int64_t G = q_rows.size(1), n = q_rows.size(2);
+  auto scores = padded_rows(G, n, n_seen, q_rows.options());
   kn::DashScoreArgs a{};
   a.q = q_rows.data_ptr();
   a.head_stride = q_rows.stride(1);
   a.row_stride = q_rows.stride(2);
-  a.kbar_parts = parts.data_ptr();
+  a.kbar_parts = kbar_parts.data_ptr();
+  a.parts_rows = kbar_parts.size(1);
   a.scores = scores.data_ptr<float>();
   a.G = G;
   a.n = n;
@@ -88,34 +94,42 @@ Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t
   return scores;
 }
 
-RoutedLists dash_routing_lists(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0) {
+RoutingPrior dash_routing_prior(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
+                                const Tensor& thresholds, const Tensor& counts) {
   const c10::cuda::CUDAGuard guard(scores.device());
   const int64_t G = scores.size(0), n = scores.size(1), routings = (n + cfg.route_positions - 1) / cfg.route_positions;
   TORCH_CHECK(scores.is_cuda() && scores.scalar_type() == torch::kFloat32 && scores.dim() == 3 &&
                   scores.stride(2) == 1 && scores.stride(1) >= scores.size(2) &&
                   scores.stride(0) == scores.size(1) * scores.stride(1),
               "dash routing: scores must be fp32 CUDA [G, n, n_seen], rows apart by a stride >= n_seen");
+  TORCH_CHECK(thresholds.is_contiguous() && thresholds.numel() == 2 * G * n &&
+                  thresholds.scalar_type() == torch::kFloat32 && counts.is_contiguous() && counts.numel() == n &&
+                  counts.scalar_type() == torch::kInt64,
+              "dash routing: thresholds must be contiguous fp32 [G, n, 2] and counts int64 [n]");
   kn::DashRoutingArgs a = args(cfg, G, n, scores.size(2), scale, t0);
   a.scores = scores.data_ptr<float>();
   a.scores_ld = scores.stride(1);
-  auto pbar = torch::empty({routings, scores.size(2)}, scores.options());
-  auto shift = torch::empty({routings}, scores.options());
-  RoutedLists r;
-  r.thresholds = torch::empty({G, n, 2}, scores.options());
-  r.counts = torch::empty({n}, scores.options().dtype(torch::kInt64));
-  check_launch(kn::dash_routing_prior(a, pbar.data_ptr<float>(), shift.data_ptr<float>(),
-                                      r.thresholds.data_ptr<float>(), r.counts.data_ptr<int64_t>(), current_stream()),
+  RoutingPrior r{torch::empty({routings, scores.size(2)}, scores.options()), torch::empty({routings}, scores.options()),
+                 G, n, t0, scale};
+  check_launch(kn::dash_routing_prior(a, r.pbar.data_ptr<float>(), r.shift.data_ptr<float>(),
+                                      thresholds.data_ptr<float>(), counts.data_ptr<int64_t>(), current_stream()),
                "dash routing");
-  const Tensor row_ptr = row_ptr_from_counts(r.counts);
-  const int64_t m = row_ptr[n].item<int64_t>();
-  r.blocks = torch::empty({m}, r.counts.options().dtype(torch::kInt32));
-  r.entries = torch::empty({m}, scores.options());
-  r.entry_pbar = torch::empty({m}, scores.options());
-  check_launch(kn::dash_routing_lists(a, pbar.data_ptr<float>(), shift.data_ptr<float>(), row_ptr.data_ptr<int64_t>(),
-                                      r.blocks.data_ptr<int32_t>(), r.entries.data_ptr<float>(),
-                                      r.entry_pbar.data_ptr<float>(), current_stream()),
-               "dash routing lists");
   return r;
+}
+
+void dash_routing_lists(const RoutingPrior& prior, const DashConfig& cfg, const Tensor& row_ptr, const Tensor& blocks,
+                        const Tensor& entries, const Tensor& entry_pbar) {
+  TORCH_CHECK(row_ptr.is_contiguous() && row_ptr.numel() == prior.n + 1 && row_ptr.scalar_type() == torch::kInt64 &&
+                  blocks.is_contiguous() && blocks.scalar_type() == torch::kInt32 && entries.is_contiguous() &&
+                  entries.scalar_type() == torch::kFloat32 && entry_pbar.is_contiguous() &&
+                  entry_pbar.scalar_type() == torch::kFloat32,
+              "dash routing lists: row_ptr must be int64 [n + 1]; blocks int32, entries and entry_pbar fp32, contiguous");
+  const c10::cuda::CUDAGuard guard(row_ptr.device());
+  const kn::DashRoutingArgs a = args(cfg, prior.G, prior.n, prior.pbar.size(1), prior.scale, prior.t0);
+  check_launch(kn::dash_routing_lists(a, prior.pbar.data_ptr<float>(), prior.shift.data_ptr<float>(),
+                                      row_ptr.data_ptr<int64_t>(), blocks.data_ptr<int32_t>(),
+                                      entries.data_ptr<float>(), entry_pbar.data_ptr<float>(), current_stream()),
+               "dash routing lists");
 }
 
 void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tensor& thresholds, const Tensor& row_ptr,

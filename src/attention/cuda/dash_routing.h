@@ -16,27 +16,38 @@ bool dash_routing_runs(const DashConfig& cfg, const torch::Tensor& q, int64_t gr
 // Whether dash_scores takes these query rows: bf16 CUDA, head dim 64 or 128, an sm_90 device.
 bool dash_scores_run(const torch::Tensor& q_rows);
 
+// kbar [..., n, d] fp32 -> [..., 3, n, d] bf16: dash_scores's operand (kbar = hi + mid + lo,
+// rounding_parts.h), made once per forward for all of a sequence's tiles.
+torch::Tensor dash_score_parts(const torch::Tensor& kbar);
+
 // q_rows [1, G, n, d] bf16 (rows t0 .. t0 + n of one KV group, a view with unit stride over d)
-// and kbar [n_seen, d] fp32 -> scores [G, n, n_seen] = q . kbar in fp32 accuracy on tensor
-// cores (kernels/dash_scores.h); entries past a query tile's last own chunk are unspecified
-// (no routing reads them).
-torch::Tensor dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar, int64_t t0, int64_t chunk);
+// and kbar_parts [3, rows, d] (dash_score_parts of the group's chunk summaries, rows >= n_seen)
+// -> scores [G, n, n_seen] = q . kbar in fp32 accuracy on tensor cores (kernels/dash_scores.h);
+// entries past a query tile's last own chunk are unspecified (no routing reads them).
+torch::Tensor dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar_parts, int64_t n_seen, int64_t t0,
+                          int64_t chunk);
 
-// A routing tile's lists: block_sparse_dispatch.h's BlockRows for its n rows.
-struct RoutedLists {
-  torch::Tensor counts;   // [n] int64: each row's list length
-  torch::Tensor blocks;   // [m] int32: the rows' listed chunks, row after row, ascending
-  torch::Tensor entries;  // [m] fp32: their bias (dash.h's chunk_bias)
-  // What dash_routing_backward needs of the forward: each entmax row's threshold and each
-  // entry's pbar (the group's mean probability).
-  torch::Tensor thresholds;  // [G, n, 2]
-  torch::Tensor entry_pbar;  // [m]
+// A routing tile's entmax and prior, the first of the fused routing's two kernels: scores
+// [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's tile
+// routing; t0 a multiple of route_positions) -> each routing's mean probabilities and prior
+// shift (kept for dash_routing_lists), with each entmax row's threshold (for the backward)
+// written into thresholds [G, n, 2] fp32 and each row's list length into counts [n] int64.
+// The lists' sizes stay on the device: the caller sums many tiles' before one host round trip.
+struct RoutingPrior {
+  torch::Tensor pbar, shift;
+  int64_t G, n, t0;
+  double scale;  // z = scale * scores
 };
+RoutingPrior dash_routing_prior(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
+                                const torch::Tensor& thresholds, const torch::Tensor& counts);
 
-// scores [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's
-// tile routing; t0 a multiple of route_positions) -> the routing of rows t0 .. t0 + n as
-// lists, and the entmax thresholds. One host round trip: the lists' total size.
-RoutedLists dash_routing_lists(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0);
+// The second: the tile's lists (block_sparse_dispatch.h's BlockRows for its n rows) from its
+// prior. row_ptr [n + 1]: where each row's entries start in the lists these rows are part of
+// (the running sum of counts); blocks (int32: each row's chunks before its own, ascending),
+// entries (fp32: their bias, dash.h's chunk_bias) and entry_pbar (fp32: each entry's pbar, the
+// group's mean probability, for the backward) receive this tile's entries, from row_ptr[0] on.
+void dash_routing_lists(const RoutingPrior& prior, const DashConfig& cfg, const torch::Tensor& row_ptr,
+                        const torch::Tensor& blocks, const torch::Tensor& entries, const torch::Tensor& entry_pbar);
 
 // One routing tile's backward (kernels/dash_route.h): the gradient of its entries -> d q rows,
 // written into dq_rows (same shape, type and strides as q_rows [1, G, n, d], the tile's rows of
