@@ -10,6 +10,7 @@
 #include "attention/block_sparse_dispatch.h"
 #include "attention/entmax.h"
 #ifdef SPARSETRAIN_CUDA
+#include "attention/cuda/dash_pooling.h"
 #include "attention/cuda/dash_routing.h"
 #endif
 
@@ -25,7 +26,12 @@ DashAttention::DashAttention(const ModelConfig& cfg)
   pool_query = register_parameter("pool_query", torch::zeros({cfg.n_kv_heads, cfg.head_dim_or_default()}));
 }
 
-Tensor DashAttention::chunk_summaries(const Tensor& k) const {
+Tensor DashAttention::chunk_summaries(const Tensor& k_in) const {
+#ifdef SPARSETRAIN_CUDA
+  if (impl_ != "reference" && cuda::dash_pooling_runs(k_in) && k_in.stride(3) == 1)
+    return cuda::pool_chunks(k_in, pool_query, cfg_.chunk);
+#endif
+  const Tensor k = k_in.to(reference_dtype(k_in));
   const int64_t B = k.size(0), H = k.size(1), d = k.size(3), C = cfg_.chunk, n = k.size(2) / C;
   auto chunks = k.narrow(2, 0, n * C).view({B, H, n, C, d});
   auto h = pool_query.to(k.scalar_type()).view({1, H, 1, 1, d});
@@ -34,7 +40,7 @@ Tensor DashAttention::chunk_summaries(const Tensor& k) const {
 }
 
 Tensor DashAttention::chunk_bias(const Tensor& q, const Tensor& k) const {
-  return bias_rows(q, chunk_summaries(k.to(reference_dtype(q))), 0, q.size(2));
+  return bias_rows(q, chunk_summaries(k), 0, q.size(2));
 }
 
 namespace {
@@ -372,9 +378,12 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const DashConfig cfg = saved_config(ctx);
     const auto offsets = ctx->saved_data["offsets"].toIntVector();
     const int64_t Hkv = kbar.size(1), G = q.size(1) / Hkv, T = q.size(2);
-    auto dq = torch::zeros_like(q), dkbar = torch::zeros_like(kbar);
+    const bool fused = ctx->saved_data["fused"].toBool();
+    // The fused backward writes every d q row of a tile with entries: no memset of d q for it.
+    auto dq = fused && grads[0].defined() ? torch::empty_like(q) : torch::zeros_like(q);
+    auto dkbar = torch::zeros_like(kbar);
     if (!grads[0].defined()) return {dq, dkbar, Tensor(), Tensor(), Tensor()};
-    const RoutingPath path = routing_path(ctx->saved_data["fused"].toBool());
+    const RoutingPath path = routing_path(fused);
     const torch::NoGradGuard no_grad;
     const AutocastOff autocast_off;
     const auto tiles = routing_tiles(q.size(0), Hkv, T, ctx->saved_data["tile_rows"].toInt());
@@ -382,7 +391,10 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     for (size_t i = 0; i < tiles.size(); ++i) {
       const auto& t = tiles[i];
       const int64_t m = offsets[i + 1] - offsets[i];
-      if (m == 0) continue;
+      if (m == 0) {
+        if (fused) t.q_rows(dq, G).zero_();
+        continue;
+      }
       // The tiles cover the rows in order, G x 2 thresholds per row.
       const TileGrad g{row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1), block_ids.narrow(0, offsets[i], m),
                        part(entry_pbar, offsets[i], m), part(thresholds, G * 2 * t.first_row(Hkv, T), G * 2 * t.n),
@@ -420,7 +432,7 @@ BlockRows DashAttention::routing(const Tensor& q, const Tensor& kbar) const {
 
 Tensor DashAttention::forward(const AttentionInputs& in) {
   const int64_t B = in.q.size(0), Hq = in.q.size(1), T = in.q.size(2), G = Hq / in.k.size(1);
-  auto rows = routing(in.q, chunk_summaries(in.k.to(reference_dtype(in.q))));
+  auto rows = routing(in.q, chunk_summaries(in.k));
   if (record_stats) {
     torch::NoGradGuard no_grad;
     stats = {attended_pairs(rows, T, cfg_.chunk, /*window=*/0, sparsity_offset_, G),

@@ -89,7 +89,7 @@ double dash_temperature(const ModelConfig& base, const AttentionInputs& in, doub
     dash.to(torch::kCUDA);
     torch::NoGradGuard no_grad;
     const int64_t T = in.q.size(2);
-    auto rows = dash.routing(in.q, dash.chunk_summaries(in.k.to(torch::kFloat32)));
+    auto rows = dash.routing(in.q, dash.chunk_summaries(in.k));
     const double causal = double(in.q.size(1)) * T * (T + 1) / 2;
     const double s = 1.0 - attended_pairs(rows, T, 64, /*window=*/0, /*offset=*/0, in.q.size(1) / in.k.size(1)) / causal;
     (s < target ? lo : hi) = mid;
@@ -180,10 +180,10 @@ Row measure(const VariantBenchConfig& b, const std::string& variant, double targ
   if (auto* dash = dynamic_cast<DashAttention*>(m.get())) {
     sel_f = [&, dash] {
       torch::NoGradGuard no_grad;
-      dash->routing(in.plain.q, dash->chunk_summaries(in.plain.k.to(torch::kFloat32)));
+      dash->routing(in.plain.q, dash->chunk_summaries(in.plain.k));
     };
     sel_fb = [&, dash] {
-      auto rows = dash->routing(in.grad.q, dash->chunk_summaries(in.grad.k.to(torch::kFloat32)));
+      auto rows = dash->routing(in.grad.q, dash->chunk_summaries(in.grad.k));
       rows.bias.backward(torch::ones_like(rows.bias));
     };
   } else if (auto* nsa = dynamic_cast<NsaAttention*>(m.get())) {
