@@ -39,10 +39,6 @@ struct Routing {
   // Entmax row k: head k % G of row r0 + k / G.
   __device__ const float* scores(int64_t k) const { return a.scores + ((k % a.G) * a.n + r0 + k / a.G) * a.scores_ld; }
   __device__ float z(const float* row, int64_t c) const { return __fmul_rn(a.scale, row[c]); }
-  // Entmax row k's tile maxima (a.tile_max), or null.
-  __device__ const float* tile_max(int64_t k) const {
-    return a.tile_max ? a.tile_max + ((k % a.G) * a.n + r0 + k / a.G) * ((a.n_seen + 63) / 64) : nullptr;
-  }
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
   // Whether chunk c < own, with the routing's pbar p there, is in the rows' lists: forced
   // (sink/local) chunks always, candidates where entmax gave them mass.
@@ -60,21 +56,11 @@ struct RowZ {
   const Routing& rt;
   const float* row;
   float v[kPerLane > 0 ? kPerLane : 1];
-  // With tile maxima, a tile (64 chunks: slots j = 2 t, 2 t + 1 of every lane) whose best z is
-  // 2.5 or more below the row's max stays -inf, unread: its p is 0 whatever it holds.
   __device__ RowZ(const Routing& routing, int64_t k) : rt(routing), row(routing.scores(k)) {
-    const float* tiles = kPerLane > 0 ? rt.tile_max(k) : nullptr;
-    float z_floor = -INFINITY;
-    if (tiles) {
-      float m = -INFINITY;
-      for (int64_t t = rt.lane; t * 64 < rt.hi; t += 32) m = fmaxf(m, tiles[t]);
-      z_floor = __fmul_rn(rt.a.scale, warp_max(m)) - 2.5f;
-    }
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int64_t c = rt.lane + 32 * j;
-      const bool read = rt.candidate(c) && (!tiles || __fmul_rn(rt.a.scale, tiles[j >> 1]) >= z_floor);
-      v[j] = read ? rt.z(row, c) : -INFINITY;
+      v[j] = rt.candidate(c) ? rt.z(row, c) : -INFINITY;
     }
   }
   // f(c, z) over the lane's candidates, ascending.

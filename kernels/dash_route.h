@@ -33,11 +33,6 @@ struct DashRoutingArgs {
   float scale;                               // entmax's input z = scale * scores
   float sigma;                               // bias = prior / sigma
   bool normalized;                           // prior = log pbar - mean of the row's routed log pbar
-  // Optional (null: every candidate is read): [G, n, ceil(n_seen / 64)], each row's largest
-  // score over each 64-chunk tile's candidates (dash_scores.h's tile_max; scale > 0). The
-  // prior kernel then skips tiles 2.5 or more below the row's max z: p is 0 there (z <= max - 2
-  // gives p = 0 at every threshold entmax reaches), so the results keep their bits.
-  const float* tile_max;
 };
 
 // pbar [ceil(n / R), n_seen]: each routing's mean probabilities. shift [ceil(n / R)]: the

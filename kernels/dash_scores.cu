@@ -20,8 +20,6 @@ struct ScoreParams {
   float* scores;
   int64_t n, n_seen, ld, t0, chunk;  // ld: the scores' row stride
   int G, P;  // P = 64 / G positions per query tile
-  float* tile_max;  // optional, [G, n, tiles]
-  int64_t tiles, sink, local;
 };
 
 template <int D>
@@ -100,24 +98,6 @@ __global__ void __launch_bounds__(128, 4)
     if (u + 1 < n_tiles) load_parts(u + 1);
 
     const int64_t c0 = static_cast<int64_t>(first_tile + u) * 64;
-    if (p.tile_max) {  // each row's best candidate in this tile: a quad holds a row's 64 columns
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = warp * 16 + g4 + 8 * half;
-        const int64_t hi = (p.t0 + i0 + r / p.G) / p.chunk - p.local;  // candidates [sink, hi)
-        float m = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t col = c0 + nt * 8 + 2 * c + e;
-            if (col >= p.sink && col < hi) m = fmaxf(m, s[nt][2 * half + e]);
-          }
-        m = quad_max(m);
-        if (c == 0 && row_valid(r) && c0 < hi)
-          p.tile_max[((r % p.G) * p.n + i0 + r / p.G) * p.tiles + first_tile + u] = m;
-      }
-    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = warp * 16 + g4 + 8 * half;
@@ -174,10 +154,6 @@ int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   p.chunk = a.chunk;
   p.G = static_cast<int>(a.G);
   p.P = 64 / p.G;
-  p.tile_max = a.tile_max;
-  p.tiles = (a.n_seen + 63) / 64;
-  p.sink = a.sink_chunks;
-  p.local = a.local_chunks;
   return a.d == 64 ? launch<64>(p, a.kbar_parts, a.parts_rows, stream)
                    : launch<128>(p, a.kbar_parts, a.parts_rows, stream);
 }

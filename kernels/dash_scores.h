@@ -21,11 +21,6 @@ struct DashScoreArgs {
   int64_t parts_rows;      // >= n_seen: the parts may hold later chunks too (a whole sequence's)
   float* scores;           // out: [G, n, n_seen], rows scores_ld >= n_seen floats apart
   int64_t G, n, n_seen, scores_ld, t0, chunk, d;
-  // Optional out (null: not written): [G, n, ceil(n_seen / 64)], each row's largest score over
-  // each 64-chunk tile's routing candidates (sink_chunks <= c < own chunk - local_chunks; -inf
-  // where the tile has none), for tiles holding a candidate of the row; others unwritten.
-  float* tile_max;
-  int64_t sink_chunks, local_chunks;
 };
 
 // Whether this device and build run dash_scores (an sm_90 GPU, sm_90a code in the build).

@@ -65,8 +65,7 @@ Tensor dash_score_parts(const Tensor& kbar) {
   return rounding_parts(kbar, torch::kBFloat16, 3).movedim(0, -3).contiguous();
 }
 
-DashScores dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, int64_t n_seen, int64_t t0,
-                       const DashConfig& cfg) {
+Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, int64_t n_seen, int64_t t0, int64_t chunk) {
   TORCH_CHECK(
       q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && q_rows.scalar_type() == torch::kBFloat16,
       "dash scores: q rows must be bf16 [1, G, n, d] with unit stride over d");
@@ -76,9 +75,7 @@ DashScores dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, int64_t n
               "dash scores: kbar parts must be contiguous bf16 [3, rows >= n_seen, d] (dash_score_parts)");
   const c10::cuda::CUDAGuard guard(q_rows.device());
   const int64_t G = q_rows.size(1), n = q_rows.size(2);
-  DashScores out{padded_rows(G, n, n_seen, q_rows.options()),
-                 torch::empty({G, n, (n_seen + 63) / 64}, q_rows.options().dtype(torch::kFloat32))};
-  const Tensor& scores = out.scores;
+  auto scores = padded_rows(G, n, n_seen, q_rows.options());
   kn::DashScoreArgs a{};
   a.q = q_rows.data_ptr();
   a.head_stride = q_rows.stride(1);
@@ -91,17 +88,14 @@ DashScores dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, int64_t n
   a.n_seen = n_seen;
   a.scores_ld = scores.stride(1);
   a.t0 = t0;
-  a.chunk = cfg.chunk;
+  a.chunk = chunk;
   a.d = q_rows.size(3);
-  a.tile_max = out.tile_max.data_ptr<float>();
-  a.sink_chunks = cfg.sink_chunks;
-  a.local_chunks = cfg.local_chunks;
   check_launch(kn::dash_scores(a, current_stream()), "dash scores");
-  return out;
+  return scores;
 }
 
-RoutingPrior dash_routing_prior(const Tensor& scores, const Tensor& tile_max, const DashConfig& cfg, double scale,
-                                int64_t t0, const Tensor& thresholds, const Tensor& counts) {
+RoutingPrior dash_routing_prior(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
+                                const Tensor& thresholds, const Tensor& counts) {
   const c10::cuda::CUDAGuard guard(scores.device());
   const int64_t G = scores.size(0), n = scores.size(1), routings = (n + cfg.route_positions - 1) / cfg.route_positions;
   TORCH_CHECK(scores.is_cuda() && scores.scalar_type() == torch::kFloat32 && scores.dim() == 3 &&
@@ -115,12 +109,6 @@ RoutingPrior dash_routing_prior(const Tensor& scores, const Tensor& tile_max, co
   kn::DashRoutingArgs a = args(cfg, G, n, scores.size(2), scale, t0);
   a.scores = scores.data_ptr<float>();
   a.scores_ld = scores.stride(1);
-  if (tile_max.defined() && scale > 0) {
-    TORCH_CHECK(tile_max.is_contiguous() && tile_max.numel() == G * n * ((scores.size(2) + 63) / 64) &&
-                    tile_max.scalar_type() == torch::kFloat32,
-                "dash routing: tile_max must be dash_scores's [G, n, ceil(n_seen / 64)] fp32");
-    a.tile_max = tile_max.data_ptr<float>();
-  }
   RoutingPrior r{torch::empty({routings, scores.size(2)}, scores.options()), torch::empty({routings}, scores.options()),
                  G, n, t0, scale};
   check_launch(kn::dash_routing_prior(a, r.pbar.data_ptr<float>(), r.shift.data_ptr<float>(),

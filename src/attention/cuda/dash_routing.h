@@ -23,14 +23,9 @@ torch::Tensor dash_score_parts(const torch::Tensor& kbar);
 // q_rows [1, G, n, d] bf16 (rows t0 .. t0 + n of one KV group, a view with unit stride over d)
 // and kbar_parts [3, rows, d] (dash_score_parts of the group's chunk summaries, rows >= n_seen)
 // -> scores [G, n, n_seen] = q . kbar in fp32 accuracy on tensor cores (kernels/dash_scores.h);
-// entries past a query tile's last own chunk are unspecified (no routing reads them). With
-// them each row's best routing candidate per 64-chunk tile, [G, n, ceil(n_seen / 64)], which
-// lets dash_routing_prior skip tiles far below a row's max.
-struct DashScores {
-  torch::Tensor scores, tile_max;
-};
-DashScores dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar_parts, int64_t n_seen, int64_t t0,
-                       const DashConfig& cfg);
+// entries past a query tile's last own chunk are unspecified (no routing reads them).
+torch::Tensor dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar_parts, int64_t n_seen, int64_t t0,
+                          int64_t chunk);
 
 // A routing tile's entmax and prior, the first of the fused routing's two kernels: scores
 // [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's tile
@@ -43,10 +38,8 @@ struct RoutingPrior {
   int64_t G, n, t0;
   double scale;  // z = scale * scores
 };
-// tile_max: dash_scores's, or undefined (every candidate is read).
-RoutingPrior dash_routing_prior(const torch::Tensor& scores, const torch::Tensor& tile_max, const DashConfig& cfg,
-                                double scale, int64_t t0, const torch::Tensor& thresholds,
-                                const torch::Tensor& counts);
+RoutingPrior dash_routing_prior(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
+                                const torch::Tensor& thresholds, const torch::Tensor& counts);
 
 // The second: the tile's lists (block_sparse_dispatch.h's BlockRows for its n rows) from its
 // prior. row_ptr [n + 1]: where each row's entries start in the lists these rows are part of
