@@ -86,10 +86,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
-// All but the most recently committed group have landed.
-__device__ __forceinline__ void cp_async_wait_all_but_last() {
-  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-}
 
 // ---- swizzled tile: 64 rows x D halves in 64-column slabs ------------------------------
 // Each slab holds 64 rows x 128 bytes; a row's 16-byte chunks are XOR-ed with (row % 8). An 8x8

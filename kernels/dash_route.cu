@@ -50,14 +50,13 @@ struct Routing {
 
 // Entmax row k's z on this lane's chunks c = lane + 32 j, -inf off the candidates, for the
 // passes over the row (the threshold's ~3-6): with kPerLane > 0 read once
-// into registers (kPerLane * 32 >= n_seen), with 0 read from memory at every pass. row: its
-// scores, in global memory or a copy in shared memory.
+// into registers (kPerLane * 32 >= n_seen), with 0 read from memory at every pass.
 template <int kPerLane>
 struct RowZ {
   const Routing& rt;
   const float* row;
   float v[kPerLane > 0 ? kPerLane : 1];
-  __device__ RowZ(const Routing& routing, const float* scores) : rt(routing), row(scores) {
+  __device__ RowZ(const Routing& routing, int64_t k) : rt(routing), row(routing.scores(k)) {
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int64_t c = rt.lane + 32 * j;
@@ -107,10 +106,6 @@ __device__ int64_t warp_compact(int64_t n, const Keep& keep, const Put& put) {
   return kept;
 }
 
-// [n_seen] float arrays per warp of routing_bias_kernel: pbar, and two row buffers where the
-// row sits in registers.
-__host__ __device__ constexpr int bias_arrays(int per_lane) { return per_lane > 0 ? 3 : 1; }
-
 template <int kPerLane>
 __global__ void __launch_bounds__(32 * kMaxWarps)
     routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* pbar_out, float* shift_out, float* thresholds,
@@ -118,35 +113,12 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   extern __shared__ float smem[];
   const int64_t g = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
   if (g >= n_routings) return;
-  // Per warp: pbar, and with kPerLane > 0 two row buffers (bias_arrays).
-  float* pbar = smem + (threadIdx.x >> 5) * bias_arrays(kPerLane) * a.n_seen;
+  float* pbar = smem + (threadIdx.x >> 5) * a.n_seen;
   const Routing rt(a, g);
-  // With a register row, each row's candidates come into a shared-memory buffer by cp.async
-  // while the warp works on the row before: the loads leave the chain of a row's max, Newton
-  // passes and pbar updates, on which a warp waits (the kernel is latency-bound).
-  float* rows_ahead = pbar + a.n_seen;  // [2][n_seen]
-  auto fetch_row = [&](int64_t k) {
-    if constexpr (kPerLane > 0) {
-      const float* src = rt.scores(k);
-      float* dst = rows_ahead + (k & 1) * a.n_seen;
-      for (int64_t c = rt.lo + rt.lane; c < rt.hi; c += 32) cp_async_4(smem_addr(dst + c), src + c, 4);
-      cp_async_commit();
-    }
-  };
-  fetch_row(0);
   // pbar[c] = the mean over the routing's entmax rows of p_k(c), each lane its own chunks.
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
   for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
-    if constexpr (kPerLane > 0) {
-      if (k + 1 < rt.entmax_rows()) {
-        fetch_row(k + 1);
-        cp_async_wait_all_but_last();
-      } else {
-        cp_async_wait_all();
-      }
-      __syncwarp();  // row k's copies, made by every lane, visible to all
-    }
-    const RowZ<kPerLane> row(rt, kPerLane > 0 ? rows_ahead + (k & 1) * a.n_seen : rt.scores(k));
+    const RowZ<kPerLane> row(rt, k);
     const Entmax15Threshold t = row.threshold();
     if (rt.lane == 0) {
       thresholds[rt.threshold_index(k)] = t.max;
@@ -156,7 +128,6 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
       const float pc = t.prob(z);
       if (pc > 0.f) pbar[c] += pc;
     });
-    __syncwarp();  // every lane has read row k's buffer before row k + 2 is fetched into it
   }
   const float inv_count = 1.f / float(rt.entmax_rows());
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar_out[g * a.n_seen + c] = pbar[c] *= inv_count;
@@ -503,14 +474,14 @@ bool shape_ok(const DashRoutingArgs& a) {
          (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.n_seen <= kDashMaxSeen && dash_routings(a) < (int64_t(1) << 31);
 }
 
-// Warps per block for the routing kernels: as many warps' `arrays` [n_seen] arrays as
-// kSmemBudget holds (one array: 8 at 64K tokens, 4 at kDashMaxSeen).
+// Warps per block for the routing kernels: as many [n_seen] arrays as kSmemBudget holds (8 at
+// 64K tokens, 4 at kDashMaxSeen).
 struct RoutingLaunch {
   int warps;
   size_t smem;
   unsigned blocks;
-  RoutingLaunch(const DashRoutingArgs& a, int arrays) {
-    const size_t per_warp = arrays * (a.n_seen > 0 ? a.n_seen : 1) * sizeof(float);
+  explicit RoutingLaunch(const DashRoutingArgs& a) {
+    const size_t per_warp = (a.n_seen > 0 ? a.n_seen : 1) * sizeof(float);
     warps = static_cast<int>(per_warp * kMaxWarps <= kSmemBudget ? kMaxWarps : kSmemBudget / per_warp);
     smem = warps * per_warp;
     blocks = static_cast<unsigned>((dash_routings(a) + warps - 1) / warps);
@@ -528,12 +499,12 @@ int with_row_cache(const DashRoutingArgs& a, Args&&... args) {
 }
 
 template <class Kernel, class... Args>
-int launch_routing(Kernel kernel, int arrays, const DashRoutingArgs& a, cudaStream_t stream, Args... args) {
+int launch_routing(Kernel kernel, const DashRoutingArgs& a, cudaStream_t stream, Args... args) {
   if (const cudaError_t e =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBudget));
       e != cudaSuccess)
     return e;
-  const RoutingLaunch l(a, arrays);
+  const RoutingLaunch l(a);
   kernel<<<l.blocks, 32 * l.warps, l.smem, stream>>>(a, dash_routings(a), args...);
   return cudaGetLastError();
 }
@@ -542,8 +513,7 @@ template <int kPerLane>
 struct BiasLaunch {
   static int run(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
                  cudaStream_t stream) {
-    return launch_routing(routing_bias_kernel<kPerLane>, bias_arrays(kPerLane), a, stream, pbar, shift, thresholds,
-                          counts);
+    return launch_routing(routing_bias_kernel<kPerLane>, a, stream, pbar, shift, thresholds, counts);
   }
 };
 
