@@ -48,44 +48,65 @@ struct Routing {
   __device__ int64_t threshold_index(int64_t k) const { return 2 * ((k % a.G) * a.n + r0 + k / a.G); }
 };
 
-// Entmax row k's z on this lane's chunks c = lane + 32 j, -inf off the candidates, for the
-// passes over the row (the threshold's ~3-6): with kPerLane > 0 read once
-// into registers (kPerLane * 32 >= n_seen), with 0 read from memory at every pass.
+// Entmax row k on this lane's chunks c = lane + 32 j, for the passes over the row (the
+// threshold's max and Newton passes, then p): with kPerLane > 0 read once into registers
+// (kPerLane * 32 >= n_seen; -inf off the candidates) and turned into x = (z - max) / 2 there
+// once the max is known, with 0 read from memory at every pass. Candidates are tested in 32-bit
+// (n_seen <= kDashMaxSeen): the kernel is bound by issued instructions (ncu).
 template <int kPerLane>
 struct RowZ {
   const Routing& rt;
   const float* row;
-  float v[kPerLane > 0 ? kPerLane : 1];
-  __device__ RowZ(const Routing& routing, int64_t k) : rt(routing), row(routing.scores(k)) {
+  int lo, hi;                           // the candidates [lo, hi)
+  float mx = -INFINITY;                 // the row's max z, once threshold() ran
+  float v[kPerLane > 0 ? kPerLane : 1];  // z, then x
+  __device__ RowZ(const Routing& routing, int64_t k)
+      : rt(routing), row(routing.scores(k)), lo(static_cast<int>(routing.lo)), hi(static_cast<int>(routing.hi)) {
 #pragma unroll
-    for (int j = 0; j < kPerLane; ++j) {
-      const int64_t c = rt.lane + 32 * j;
-      v[j] = rt.candidate(c) ? rt.z(row, c) : -INFINITY;
+    for (int j = 0; j < kPerLane; ++j) v[j] = candidate(j) ? rt.z(row, rt.lane + 32 * j) : -INFINITY;
+  }
+  __device__ bool candidate(int j) const {
+    const int c = rt.lane + 32 * j;
+    return c >= lo && c < hi;
+  }
+  __device__ Entmax15Threshold threshold() {
+    if constexpr (kPerLane > 0) {
+      float m[2] = {-INFINITY, -INFINITY};  // two chains; fmaxf is exact in any order
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) m[j & 1] = fmaxf(m[j & 1], v[j]);
+      mx = warp_max(fmaxf(m[0], m[1]));
+      if (mx == -INFINITY) return {mx, -1.f};
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) v[j] = 0.5f * (v[j] - mx);
+      // The -inf entries are visited too (adding zeros), so each one's i / 32 parity is j's.
+      return {mx, entmax15_tau_of([&](const auto& f) {
+#pragma unroll
+                for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
+              })};
+    } else {
+      const Entmax15Threshold t = entmax15_threshold_of([&](const auto& f) {
+        for (int64_t c = rt.lane; c < hi; c += 32)
+          if (c >= lo) f(((c >> 5) & 1) != 0, rt.z(row, c));
+      });
+      mx = t.max;
+      return t;
     }
   }
-  // f(c, z) over the lane's candidates, ascending.
+  // After threshold(): f(c, p_c) over the lane's candidates, ascending, p = [x - tau]_+^2.
   template <class F>
-  __device__ void each_candidate(const F& f) const {
+  __device__ void each_prob(float tau, const F& f) const {
+    auto prob = [&](float x) {
+      const float d = fmaxf(x - tau, 0.f);
+      return d * d;
+    };
     if constexpr (kPerLane > 0) {
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j)
-        if (rt.candidate(rt.lane + 32 * j)) f(rt.lane + 32 * j, v[j]);
+        if (candidate(j)) f(rt.lane + 32 * j, prob(v[j]));
     } else {
-      for (int64_t c = rt.lane; c < rt.hi; c += 32)
-        if (c >= rt.lo) f(c, rt.z(row, c));
+      for (int64_t c = rt.lane; c < hi; c += 32)
+        if (c >= lo) f(c, prob(0.5f * (rt.z(row, c) - mx)));
     }
-  }
-  // The threshold visits -inf too where the row sits in registers (v[j] of a non-candidate):
-  // it adds zeros there, and the unrolled loop knows each entry's i / 32 parity (j's).
-  __device__ Entmax15Threshold threshold() const {
-    return entmax15_threshold_of([&](const auto& f) {
-      if constexpr (kPerLane > 0) {
-#pragma unroll
-        for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
-      } else {
-        each_candidate([&](int64_t c, float z) { f(((c >> 5) & 1) != 0, z); });
-      }
-    });
   }
 };
 
@@ -118,14 +139,13 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   // pbar[c] = the mean over the routing's entmax rows of p_k(c), each lane its own chunks.
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
   for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
-    const RowZ<kPerLane> row(rt, k);
+    RowZ<kPerLane> row(rt, k);
     const Entmax15Threshold t = row.threshold();
     if (rt.lane == 0) {
       thresholds[rt.threshold_index(k)] = t.max;
       thresholds[rt.threshold_index(k) + 1] = t.tau;
     }
-    row.each_candidate([&](int64_t c, float z) {
-      const float pc = t.prob(z);
+    row.each_prob(t.tau, [&](int64_t c, float pc) {
       if (pc > 0.f) pbar[c] += pc;
     });
   }

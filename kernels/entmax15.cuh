@@ -28,25 +28,21 @@ struct Entmax15Threshold {
   }
 };
 
-// The threshold of one row, by one whole warp. each(f) calls f(odd, z_i) for this lane's
-// entries, i = l, l + 32, ... ascending for lane l, odd = (i / 32) % 2; -inf entries may be left
-// out or not, the threshold is the same bit for bit. tau solves sum_i [x_i - tau]_+^2 = 1 for
-// x = (z - max z) / 2: Newton's method from tau = -1, where f is convex and decreasing, climbs
-// monotonically to the root and is exact once the support stops changing (a quadratic on it);
-// it stops when a step no longer moves tau (fp32 rounding), at most 64 steps. A lane sums its
-// even and odd i / 32 apart: two dependency chains, and where `odd` is a constant (a row
-// unrolled from registers) no branch; entries off the support add exact zeros.
-template <class Each>
-__device__ Entmax15Threshold entmax15_threshold_of(const Each& each) {
-  float mx = -INFINITY;
-  each([&](bool, float z) { mx = fmaxf(mx, z); });
-  mx = warp_max(mx);
+// tau of one row, by one whole warp, from x = (z - max z) / 2 (<= 0; -inf entries may be left
+// out or not, tau is the same bit for bit). each_x(f) calls f(odd, x_i) for this lane's entries,
+// i = l, l + 32, ... ascending for lane l, odd = (i / 32) % 2. tau solves
+// sum_i [x_i - tau]_+^2 = 1: Newton's method from tau = -1, where f is convex and decreasing,
+// climbs monotonically to the root and is exact once the support stops changing (a quadratic
+// on it); it stops when a step no longer moves tau (fp32 rounding), at most 64 steps. A lane
+// sums its even and odd i / 32 apart: two dependency chains, and where `odd` is a constant (a
+// row unrolled from registers) no branch; entries off the support add exact zeros.
+template <class EachX>
+__device__ float entmax15_tau_of(const EachX& each_x) {
   float tau = -1.f;
-  if (mx == -INFINITY) return {mx, tau};
   for (int it = 0; it < 64; ++it) {
     float s1[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};  // [odd]
-    each([&](bool odd, float z) {
-      const float d = fmaxf(0.5f * (z - mx) - tau, 0.f);
+    each_x([&](bool odd, float x) {
+      const float d = fmaxf(x - tau, 0.f);
       if (odd) {
         s1[1] += d;
         s2[1] += d * d;
@@ -60,7 +56,19 @@ __device__ Entmax15Threshold entmax15_threshold_of(const Each& each) {
     if (!(next > tau)) break;  // at the root up to rounding (or past it by rounding)
     tau = next;
   }
-  return {mx, tau};
+  return tau;
+}
+
+// The threshold of one row from its z: each(f) calls f(odd, z_i) as entmax15_tau_of's each_x.
+// x = 0.5 (z - max) is exact scaling of one rounding, so a caller that keeps x instead of z
+// (dash_route.cu's register rows) gets the same bits.
+template <class Each>
+__device__ Entmax15Threshold entmax15_threshold_of(const Each& each) {
+  float mx = -INFINITY;
+  each([&](bool, float z) { mx = fmaxf(mx, z); });
+  mx = warp_max(mx);
+  if (mx == -INFINITY) return {mx, -1.f};
+  return {mx, entmax15_tau_of([&](const auto& f) { each([&](bool odd, float z) { f(odd, 0.5f * (z - mx)); }); })};
 }
 
 // The same over the entries z(i) with lo <= i < hi (the rest of the row counts as -inf), read
