@@ -50,16 +50,19 @@ struct Routing {
 
 // Entmax row k on this lane's chunks c = lane + 32 j, for the passes over the row (the
 // threshold's max and Newton passes, then p): with kPerLane > 0 read once into registers
-// (kPerLane * 32 >= n_seen; -inf off the candidates) and turned into x = (z - max) / 2 there
-// once the max is known, with 0 read from memory at every pass. Candidates are tested in 32-bit
-// (n_seen <= kDashMaxSeen): the kernel is bound by issued instructions (ncu).
+// (kPerLane * 32 >= n_seen; -inf off the candidates), with 0 read from memory at every pass.
+// Rows of up to 1024 chunks turn their registers into x = (z - max) / 2 once the max is known,
+// which saves an instruction per entry and pass (the kernel is bound by issued instructions,
+// ncu); at 64 per lane that ran routing_bias 2x slower at 128K (H200, cause not found), so
+// those keep z. Candidates are tested in 32-bit (n_seen <= kDashMaxSeen).
 template <int kPerLane>
 struct RowZ {
+  static constexpr bool kHoldsX = kPerLane > 0 && kPerLane <= 32;
   const Routing& rt;
   const float* row;
-  int lo, hi;                           // the candidates [lo, hi)
-  float mx = -INFINITY;                 // the row's max z, once threshold() ran
-  float v[kPerLane > 0 ? kPerLane : 1];  // z, then x
+  int lo, hi;                            // the candidates [lo, hi)
+  float mx = -INFINITY;                  // the row's max z, once threshold() ran
+  float v[kPerLane > 0 ? kPerLane : 1];  // z (with kHoldsX: x, once threshold() ran)
   __device__ RowZ(const Routing& routing, int64_t k)
       : rt(routing), row(routing.scores(k)), lo(static_cast<int>(routing.lo)), hi(static_cast<int>(routing.hi)) {
 #pragma unroll
@@ -69,8 +72,20 @@ struct RowZ {
     const int c = rt.lane + 32 * j;
     return c >= lo && c < hi;
   }
-  __device__ Entmax15Threshold threshold() {
+  // The row's z as entmax15_threshold_of's each: registers (their -inf entries too, adding
+  // zeros, so each one's i / 32 parity is j's) or memory.
+  template <class F>
+  __device__ void each_z(const F& f) const {
     if constexpr (kPerLane > 0) {
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
+    } else {
+      for (int64_t c = rt.lane; c < hi; c += 32)
+        if (c >= lo) f(((c >> 5) & 1) != 0, rt.z(row, c));
+    }
+  }
+  __device__ Entmax15Threshold threshold() {
+    if constexpr (kHoldsX) {
       float m[2] = {-INFINITY, -INFINITY};  // two chains; fmaxf is exact in any order
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) m[j & 1] = fmaxf(m[j & 1], v[j]);
@@ -78,16 +93,12 @@ struct RowZ {
       if (mx == -INFINITY) return {mx, -1.f};
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) v[j] = 0.5f * (v[j] - mx);
-      // The -inf entries are visited too (adding zeros), so each one's i / 32 parity is j's.
       return {mx, entmax15_tau_of([&](const auto& f) {
 #pragma unroll
                 for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
               })};
     } else {
-      const Entmax15Threshold t = entmax15_threshold_of([&](const auto& f) {
-        for (int64_t c = rt.lane; c < hi; c += 32)
-          if (c >= lo) f(((c >> 5) & 1) != 0, rt.z(row, c));
-      });
+      const Entmax15Threshold t = entmax15_threshold_of([&](const auto& f) { each_z(f); });
       mx = t.max;
       return t;
     }
@@ -102,7 +113,7 @@ struct RowZ {
     if constexpr (kPerLane > 0) {
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j)
-        if (candidate(j)) f(rt.lane + 32 * j, prob(v[j]));
+        if (candidate(j)) f(rt.lane + 32 * j, prob(kHoldsX ? v[j] : 0.5f * (v[j] - mx)));
     } else {
       for (int64_t c = rt.lane; c < hi; c += 32)
         if (c >= lo) f(c, prob(0.5f * (rt.z(row, c) - mx)));
