@@ -22,8 +22,8 @@ struct ChunkRows {
   __device__ ChunkRows(const DashPoolArgs& a, const void* k, int64_t c) : chunk(c) {
     const int64_t i = c % a.n, bh = c / a.n;
     head = static_cast<int>(bh % a.H);
-    keys = static_cast<const T*>(k) + (bh / a.H) * a.batch_stride + head * a.head_stride +
-           i * a.chunk * a.row_stride + (threadIdx.x & 31) * V;
+    keys = static_cast<const T*>(k) + (bh / a.H) * a.batch_stride + head * a.head_stride + i * a.chunk * a.row_stride +
+           (threadIdx.x & 31) * V;
     row_stride = a.row_stride;
   }
   __device__ void load(int64_t j, float (&x)[V]) const {
@@ -77,9 +77,8 @@ __global__ void __launch_bounds__(32 * kWarps) pool_forward_kernel(DashPoolArgs 
 // d w_j = g . k_j, and since sum_i w_i k_i = kbar, d s_j = w_j (g . k_j - g . kbar); then
 // d k_j = w_j g + d s_j h / sqrt(d) and d h = sum_j d s_j k_j / sqrt(d).
 template <typename T, int D>
-__global__ void __launch_bounds__(32 * kWarps)
-    pool_backward_kernel(DashPoolArgs a, const float* kbar, const float* lse, const float* d_kbar, T* dk,
-                         float* d_pool_query) {
+__global__ void __launch_bounds__(32 * kWarps) pool_backward_kernel(DashPoolArgs a, const float* kbar, const float* lse,
+                                                                    const float* d_kbar, T* dk, float* d_pool_query) {
   constexpr int V = D / 32;
   const int64_t c = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
   if (c >= a.B * a.H * a.n) return;

@@ -137,8 +137,8 @@ int launch(const ScoreParams& p, const void* kbar_parts, int64_t parts_rows, cud
 bool dash_scores_runs_here() { return wgmma_runs_here(dash_scores_kernel<128>); }
 
 int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
-  if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.parts_rows < a.n_seen || a.scores_ld < a.n_seen ||
-      a.t0 < 0 || a.chunk <= 0 || (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX ||
+  if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.parts_rows < a.n_seen ||
+      a.scores_ld < a.n_seen || a.t0 < 0 || a.chunk <= 0 || (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX ||
       (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
     return kBsaBadShape;
   if (a.n == 0 || a.n_seen == 0) return 0;

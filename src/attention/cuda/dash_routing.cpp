@@ -109,8 +109,8 @@ RoutingPrior dash_routing_prior(const Tensor& scores, const DashConfig& cfg, dou
   kn::DashRoutingArgs a = args(cfg, G, n, scores.size(2), scale, t0);
   a.scores = scores.data_ptr<float>();
   a.scores_ld = scores.stride(1);
-  RoutingPrior r{torch::empty({routings, scores.size(2)}, scores.options()), torch::empty({routings}, scores.options()),
-                 G, n, t0, scale};
+  const auto f32 = scores.options();
+  RoutingPrior r{torch::empty({routings, a.n_seen}, f32), torch::empty({routings}, f32), G, n, t0, scale};
   check_launch(kn::dash_routing_prior(a, r.pbar.data_ptr<float>(), r.shift.data_ptr<float>(),
                                       thresholds.data_ptr<float>(), counts.data_ptr<int64_t>(), current_stream()),
                "dash routing");
@@ -119,11 +119,12 @@ RoutingPrior dash_routing_prior(const Tensor& scores, const DashConfig& cfg, dou
 
 void dash_routing_lists(const RoutingPrior& prior, const DashConfig& cfg, const Tensor& row_ptr, const Tensor& blocks,
                         const Tensor& entries, const Tensor& entry_pbar) {
-  TORCH_CHECK(row_ptr.is_contiguous() && row_ptr.numel() == prior.n + 1 && row_ptr.scalar_type() == torch::kInt64 &&
-                  blocks.is_contiguous() && blocks.scalar_type() == torch::kInt32 && entries.is_contiguous() &&
-                  entries.scalar_type() == torch::kFloat32 && entry_pbar.is_contiguous() &&
-                  entry_pbar.scalar_type() == torch::kFloat32,
-              "dash routing lists: row_ptr must be int64 [n + 1]; blocks int32, entries and entry_pbar fp32, contiguous");
+  TORCH_CHECK(
+      row_ptr.is_contiguous() && row_ptr.numel() == prior.n + 1 && row_ptr.scalar_type() == torch::kInt64 &&
+          blocks.is_contiguous() && blocks.scalar_type() == torch::kInt32 && entries.is_contiguous() &&
+          entries.scalar_type() == torch::kFloat32 && entry_pbar.is_contiguous() &&
+          entry_pbar.scalar_type() == torch::kFloat32,
+      "dash routing lists: row_ptr must be int64 [n + 1]; blocks int32, entries and entry_pbar fp32, contiguous");
   const c10::cuda::CUDAGuard guard(row_ptr.device());
   const kn::DashRoutingArgs a = args(cfg, prior.G, prior.n, prior.pbar.size(1), prior.scale, prior.t0);
   check_launch(kn::dash_routing_lists(a, prior.pbar.data_ptr<float>(), prior.shift.data_ptr<float>(),

@@ -196,8 +196,7 @@ Row measure(const VariantBenchConfig& b, const std::string& variant, double targ
     m->forward(in.plain);
   }, reps);
   r.fb = time_ms([&] { m->forward(in.grad).backward(in.dout); }, reps);
-  if (b.top_kernels > 0)
-    r.kernels = profile([&] { m->forward(in.grad).backward(in.dout); }, b.top_kernels, trace_path);
+  if (b.top_kernels > 0) r.kernels = profile([&] { m->forward(in.grad).backward(in.dout); }, b.top_kernels, trace_path);
   if (sel_f) r.sel_f = time_ms(sel_f, reps);
   r.sel_fb = sel_fb ? time_ms(sel_fb, reps) : r.sel_f;
   return r;
