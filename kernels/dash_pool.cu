@@ -17,9 +17,8 @@ struct ChunkRows {
   static constexpr int V = D / 32;
   const T* keys;
   int64_t row_stride;
-  int64_t chunk;  // the chunk's index over B H n, for kbar and lse
   int head;
-  __device__ ChunkRows(const DashPoolArgs& a, const void* k, int64_t c) : chunk(c) {
+  __device__ ChunkRows(const DashPoolArgs& a, const void* k, int64_t c) {
     const int64_t i = c % a.n, bh = c / a.n;
     head = static_cast<int>(bh % a.H);
     keys = static_cast<const T*>(k) + (bh / a.H) * a.batch_stride + head * a.head_stride + i * a.chunk * a.row_stride +

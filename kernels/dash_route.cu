@@ -106,17 +106,13 @@ struct RowZ {
   // After threshold(): f(c, p_c) over the lane's candidates, ascending, p = [x - tau]_+^2.
   template <class F>
   __device__ void each_prob(float tau, const F& f) const {
-    auto prob = [&](float x) {
-      const float d = fmaxf(x - tau, 0.f);
-      return d * d;
-    };
     if constexpr (kPerLane > 0) {
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j)
-        if (candidate(j)) f(rt.lane + 32 * j, prob(kHoldsX ? v[j] : 0.5f * (v[j] - mx)));
+        if (candidate(j)) f(rt.lane + 32 * j, entmax15_p(kHoldsX ? v[j] : 0.5f * (v[j] - mx), tau));
     } else {
       for (int64_t c = rt.lane; c < hi; c += 32)
-        if (c >= lo) f(c, prob(0.5f * (rt.z(row, c) - mx)));
+        if (c >= lo) f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
     }
   }
 };

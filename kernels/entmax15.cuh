@@ -19,13 +19,16 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
+// p = [x - tau]_+^2 for x = (z - max z) / 2.
+__device__ __forceinline__ float entmax15_p(float x, float tau) {
+  const float d = fmaxf(x - tau, 0.f);
+  return d * d;
+}
+
 // p_i = max(0.5 (z_i - max) - tau, 0)^2; max = -inf when the row has no finite entry (p = 0).
 struct Entmax15Threshold {
   float max, tau;
-  __device__ float prob(float z) const {
-    const float d = fmaxf(0.5f * (z - max) - tau, 0.f);
-    return d * d;
-  }
+  __device__ float prob(float z) const { return entmax15_p(0.5f * (z - max), tau); }
 };
 
 // tau of one row, by one whole warp, from x = (z - max z) / 2 (<= 0; -inf entries may be left

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/autograd.h>
 
+#include "attention/cuda/dash_routing.h"  // dash_q_type
 #include "attention/cuda/launch.h"
 #include "dash_pool.h"
 
@@ -22,9 +23,7 @@ kn::DashPoolArgs pool_args(const Tensor& k, const Tensor& pool_query, int64_t ch
   a.batch_stride = k.stride(0);
   a.head_stride = k.stride(1);
   a.row_stride = k.stride(2);
-  a.dtype = k.scalar_type() == torch::kBFloat16 ? kn::DashQType::kBf16
-            : k.scalar_type() == torch::kHalf   ? kn::DashQType::kF16
-                                                : kn::DashQType::kF32;
+  a.dtype = dash_q_type(k, "dash chunk pooling: k");
   a.B = k.size(0);
   a.H = k.size(1);
   a.T = k.size(2);

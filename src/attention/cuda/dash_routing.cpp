@@ -35,8 +35,10 @@ kn::DashRoutingArgs args(const DashConfig& cfg, int64_t G, int64_t n, int64_t n_
   return a;
 }
 
-kn::DashQType q_type(const Tensor& q) {
-  switch (q.scalar_type()) {
+}  // namespace
+
+kn::DashQType dash_q_type(const Tensor& t, const char* what) {
+  switch (t.scalar_type()) {
     case torch::kBFloat16:
       return kn::DashQType::kBf16;
     case torch::kHalf:
@@ -44,11 +46,9 @@ kn::DashQType q_type(const Tensor& q) {
     case torch::kFloat32:
       return kn::DashQType::kF32;
     default:
-      TORCH_CHECK(false, "dash routing: q must be bf16, fp16 or fp32, got ", q.scalar_type());
+      TORCH_CHECK(false, what, " must be bf16, fp16 or fp32, got ", t.scalar_type());
   }
 }
-
-}  // namespace
 
 bool dash_routing_runs(const DashConfig& cfg, const Tensor& q, int64_t group) {
   return cfg.alpha == 1.5 && q.is_cuda() && q.scalar_type() != torch::kFloat64 &&
@@ -167,7 +167,7 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
   gr.head_stride = q_rows.stride(1);
   gr.row_stride = q_rows.stride(2);
   gr.d = d;
-  gr.dtype = q_type(q_rows);
+  gr.dtype = dash_q_type(q_rows, "dash routing: q");
   gr.kbar = kbar.data_ptr<float>();
   gr.dkbar = dkbar.data_ptr<float>();
   // The routings' routed entries with their d p, and each entmax row's s = sqrt p on them.

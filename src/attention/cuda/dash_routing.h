@@ -5,6 +5,7 @@
 #include <torch/types.h>
 
 #include "config/recipe.h"
+#include "dash_route.h"  // DashQType
 
 namespace st::cuda {
 
@@ -12,6 +13,9 @@ namespace st::cuda {
 // `group` heads: alpha = 1.5, CUDA, scores in fp32 (q in any type but fp64), group times
 // route_positions <= 64, at most 6144 complete chunks (T <= 384K at chunk 64).
 bool dash_routing_runs(const DashConfig& cfg, const torch::Tensor& q, int64_t group);
+
+// The Dash kernels' element type of t (bf16, fp16 or fp32); throws "WHAT must be ..." for others.
+kernels::DashQType dash_q_type(const torch::Tensor& t, const char* what);
 
 // Whether dash_scores takes these query rows: bf16 CUDA, head dim 64 or 128, an sm_90 device.
 bool dash_scores_run(const torch::Tensor& q_rows);
