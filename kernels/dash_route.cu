@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "bsa_device.cuh"  // cp.async
 #include "entmax15.cuh"
@@ -209,7 +210,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 // entmax's Jacobian is zero off each row's support, and every support lies in the routing's
 // list, so d z, d q and d kbar need only the routed chunks: no dense [G, n, n_seen] scores or
 // gradient. The chunks go by in batches of kBatch entries, twice. Pass 1 recomputes z = scale
-// q . kbar in fp32 on CUDA cores, s = sqrt p from the forward's thresholds (kept in the
+// q . kbar fp32-accurate the way the forward scored it (bf16 q: tensor cores on kbar's bf16
+// parts; other q: fp32 on CUDA cores), s = sqrt p from the forward's thresholds (kept in the
 // scratch) and each row's s . dp / sum s; pass 2 forms d z = s (dp - that) * scale and the two
 // products d q += d z kbar, d kbar += d z^T q on TF32 tensor cores (10-bit mantissas, ~5e-4
 // relative, as the ATen GEMMs these replace ran them; the gradients join the core's, whose
@@ -278,9 +280,16 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 
 // kRows: the routing's entmax rows G R rounded up to 16, 32 or 64 (one warp per 8 rows), so
 // that small groups (G 16, R 1) do not pay for 64.
-template <int D, int kRows>
+// z of bf16 q comes from tensor cores (as the forward's scores do), other q types' from CUDA cores.
+template <typename T>
+constexpr bool kTensorZ = std::is_same_v<T, __nv_bfloat16>;
+
+// kPad: the q and kbar rows' padding in floats. 4 spreads the CUDA-core z's 16-byte reads of 8
+// rows over the banks; 8 does so for the MMA fragments' reads (8 rows x 4 columns, or 4 rows x 8
+// columns of float2).
+template <int D, int kRows, int kPad>
 struct GradSmem {
-  static constexpr int kLd = D + 4;         // q and kbar row stride in floats: 16-byte rows spread over the banks
+  static constexpr int kLd = D + kPad;      // q and kbar row stride in floats
   static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
   float q[kRows * kLd];                     // the entmax rows' q in fp32, zero past G R
   float kbar[2][kBatch * kLd];              // step i's chunk summaries in kbar[i % 2], zero past the routed
@@ -288,7 +297,10 @@ struct GradSmem {
   float dp[kStages][kBatch];                // step i's d loss / d p in [i % kStages], zero past the routed
   int chunk[kStages][kBatch];               // and their chunks
   float max[kRows], tau[kRows], mean[kRows];
+  float s_sum[kRows], s_dot[kRows];  // pass 1's sums over the entries, by atomics
 };
+template <typename T, int D, int kRows>
+using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4>;
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;
@@ -311,8 +323,9 @@ __global__ void __launch_bounds__(4 * kRows)
     routing_grad_kernel(DashRoutingArgs a, DashRoutingGrad gr, const float* thresholds, const int64_t* row_ptr,
                         GradScratch sc) {
   extern __shared__ float4 smem_raw[];
-  GradSmem<D, kRows>& sm = *reinterpret_cast<GradSmem<D, kRows>*>(smem_raw);
-  constexpr int kLd = GradSmem<D, kRows>::kLd, kDzLd = GradSmem<D, kRows>::kDzLd, kThreads = 4 * kRows;
+  using Smem = GradSmemOf<T, D, kRows>;
+  Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
+  constexpr int kLd = Smem::kLd, kDzLd = Smem::kDzLd, kThreads = 4 * kRows;
   static_assert(kRows * D * sizeof(T) <= sizeof(sm.kbar[1]) || sizeof(T) == 4, "the raw q rows fit kbar[1]");
   const Routing rt(a, blockIdx.x);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
@@ -374,56 +387,118 @@ __global__ void __launch_bounds__(4 * kRows)
   if (tid < kRows) {
     sm.max[tid] = tid < K ? thresholds[rt.threshold_index(tid)] : 0.f;
     sm.tau[tid] = tid < K ? thresholds[rt.threshold_index(tid) + 1] : 0.f;
+    sm.s_sum[tid] = sm.s_dot[tid] = 0.f;
   }
 
-  // Pass 1: this thread's z tile, rows 4 rg .. 4 rg + 3 and entries eg, eg + 16 (a warp's kbar
-  // reads: 16 consecutive rows, kLd apart, fill the 32 banks); each row's s . dp and sum s over
-  // the 16 threads that share its rows. z is one fma chain over d, as the fp32 GEMM sums it:
-  // close to its bits, which the normalized prior's gradient needs (gpu_dash_routing_test.cpp).
-  const int rg = tid >> 4, eg = tid & 15;
-  float s_sum[4] = {}, s_dot[4] = {};
-  for (int i = 0; i < batches; ++i) {
-    begin_step(i);
-    const float* kbar = sm.kbar[i % 2];
-    const float* dp = sm.dp[i % kStages];
-    const int64_t j0 = int64_t(i) * kBatch;
-    float z[4][2] = {};
-    for (int c = 0; c < D; c += 4) {
-      float4 kv[2], qv[4];
+  // Pass 1: z of batch i's entries, s = sqrt p of each, and each row's sums of s and s . dp.
+  // take(i, dp, k, j, z): batch i's entry j (d p in dp[j]) for entmax row k; sums into the thread's s_sum / s_dot.
+  auto take = [&](int i, const float* dp, int k, int j, float z, float& s_sum, float& s_dot) {
+    const int64_t at = int64_t(i) * kBatch + j;
+    const bool valid = k < K && at < count;
+    const Entmax15Threshold t{sm.max[k], sm.tau[k]};
+    const float p = valid ? t.prob(__fmul_rn(a.scale, z)) : 0.f;
+    const float s = p > 0.f ? sqrtf(p) : 0.f;
+    s_sum += s;
+    s_dot += s * dp[j];
+    if (valid) s_routing[at * rows_per_entry + k] = s;
+  };
+  if constexpr (kTensorZ<T>) {
+    // bf16 q: z as the forward's scores kernel forms it, q times kbar's three bf16 parts
+    // (rounding_parts.h) on tensor cores, k-step by k-step, parts in order. Warp w: rows 16 (w /
+    // 2) .. + 15 (q fragments in registers), entries 16 (w % 2) .. + 15 of each batch.
+    __syncthreads();  // q widened
+    const int row0 = 16 * (warp >> 1), entry0 = 16 * (warp & 1);
+    uint32_t qa[D / 16][4];
 #pragma unroll
-      for (int e = 0; e < 2; ++e) kv[e] = *reinterpret_cast<const float4*>(&kbar[(eg + 16 * e) * kLd + c]);
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const float* at = &sm.q[(row0 + g) * kLd + ks * 16 + 2 * c4];
+      const float2 v0 = *reinterpret_cast<const float2*>(at), v1 = *reinterpret_cast<const float2*>(at + 8 * kLd);
+      const float2 v2 = *reinterpret_cast<const float2*>(at + 8), v3 = *reinterpret_cast<const float2*>(at + 8 * kLd + 8);
+      qa[ks][0] = Elem<T>::pack(v0.x, v0.y);
+      qa[ks][1] = Elem<T>::pack(v1.x, v1.y);
+      qa[ks][2] = Elem<T>::pack(v2.x, v2.y);
+      qa[ks][3] = Elem<T>::pack(v3.x, v3.y);
+    }
+    float s_sum[2] = {}, s_dot[2] = {};
+    for (int i = 0; i < batches; ++i) {
+      begin_step(i);
+      float z[2][4] = {};
 #pragma unroll
-      for (int r = 0; r < 4; ++r) qv[r] = *reinterpret_cast<const float4*>(&sm.q[(4 * rg + r) * kLd + c]);
+      for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const float* at = &sm.kbar[i % 2][(entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4];
+          float2 lo = *reinterpret_cast<const float2*>(at), hi = *reinterpret_cast<const float2*>(at + 8);
+#pragma unroll
+          for (int part = 0; part < 3; ++part) {  // each part the rounding of what the earlier leave
+            const uint32_t b0 = Elem<T>::pack(lo.x, lo.y), b1 = Elem<T>::pack(hi.x, hi.y);
+            mma<T>(z[nt], qa[ks], b0, b1);
+            const float2 r0 = Elem<T>::unpack(b0), r1 = Elem<T>::unpack(b1);
+            lo = make_float2(lo.x - r0.x, lo.y - r0.y);
+            hi = make_float2(hi.x - r1.x, hi.y - r1.y);
+          }
+        }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          take(i, sm.dp[i % kStages], row0 + g + 8 * (e >> 1), entry0 + 8 * nt + 2 * c4 + (e & 1), z[nt][e],
+               s_sum[e >> 1], s_dot[e >> 1]);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int o = 2; o > 0; o >>= 1) {
+        s_sum[h] += __shfl_xor_sync(0xffffffffu, s_sum[h], o);
+        s_dot[h] += __shfl_xor_sync(0xffffffffu, s_dot[h], o);
+      }
+      if (c4 == 0) {  // two warps add into each row: 0 + a + b, the same bits either way
+        atomicAdd(&sm.s_sum[row0 + g + 8 * h], s_sum[h]);
+        atomicAdd(&sm.s_dot[row0 + g + 8 * h], s_dot[h]);
+      }
+    }
+  } else {
+    // Rows 4 rg .. 4 rg + 3 and entries eg, eg + 16 (a warp's kbar reads: 16 consecutive rows,
+    // kLd apart, fill the 32 banks). z is one fma chain over d, as the fp32 GEMM that scores
+    // these q types in the forward sums it: close to its bits, which the normalized prior's
+    // gradient needs (gpu_dash_routing_test.cpp).
+    const int rg = tid >> 4, eg = tid & 15;
+    float s_sum[4] = {}, s_dot[4] = {};
+    for (int i = 0; i < batches; ++i) {
+      begin_step(i);
+      const float* kbar = sm.kbar[i % 2];
+      const float* dp = sm.dp[i % kStages];
+      float z[4][2] = {};
+      for (int c = 0; c < D; c += 4) {
+        float4 kv[2], qv[4];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) kv[e] = *reinterpret_cast<const float4*>(&kbar[(eg + 16 * e) * kLd + c]);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) qv[r] = *reinterpret_cast<const float4*>(&sm.q[(4 * rg + r) * kLd + c]);
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            z[r][e] = fmaf(qv[r].w, kv[e].w,
+                           fmaf(qv[r].z, kv[e].z, fmaf(qv[r].y, kv[e].y, fmaf(qv[r].x, kv[e].x, z[r][e]))));
+      }
 #pragma unroll
       for (int r = 0; r < 4; ++r)
 #pragma unroll
-        for (int e = 0; e < 2; ++e)
-          z[r][e] =
-              fmaf(qv[r].w, kv[e].w, fmaf(qv[r].z, kv[e].z, fmaf(qv[r].y, kv[e].y, fmaf(qv[r].x, kv[e].x, z[r][e]))));
+        for (int e = 0; e < 2; ++e) take(i, dp, 4 * rg + r, eg + 16 * e, z[r][e], s_sum[r], s_dot[r]);
     }
 #pragma unroll
-    for (int r = 0; r < 4; ++r)
+    for (int r = 0; r < 4; ++r) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int k = 4 * rg + r, j = eg + 16 * e;
-        const bool valid = k < K && j0 + j < count;
-        const Entmax15Threshold t{sm.max[k], sm.tau[k]};
-        const float p = valid ? t.prob(__fmul_rn(a.scale, z[r][e])) : 0.f;
-        const float s = p > 0.f ? sqrtf(p) : 0.f;
-        s_sum[r] += s;
-        s_dot[r] += s * dp[j];
-        if (valid) s_routing[(j0 + j) * rows_per_entry + k] = s;
+      for (int o = 8; o > 0; o >>= 1) {
+        s_sum[r] += __shfl_xor_sync(0xffffffffu, s_sum[r], o);
+        s_dot[r] += __shfl_xor_sync(0xffffffffu, s_dot[r], o);
       }
-  }
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) {
-      s_sum[r] += __shfl_xor_sync(0xffffffffu, s_sum[r], o);
-      s_dot[r] += __shfl_xor_sync(0xffffffffu, s_dot[r], o);
+      if (eg == 0) sm.s_sum[4 * rg + r] = s_sum[r], sm.s_dot[4 * rg + r] = s_dot[r];
     }
-    if (eg == 0) sm.mean[4 * rg + r] = s_sum[r] > 0.f ? s_dot[r] / s_sum[r] : 0.f;
   }
+  __syncthreads();
+  if (tid < kRows) sm.mean[tid] = sm.s_sum[tid] > 0.f ? sm.s_dot[tid] / sm.s_sum[tid] : 0.f;
 
   // Pass 2: d z into shared memory, then on tensor cores d q (warp: 16 rows x D / 2 columns, kept
   // over the batches) and d kbar (warp: 16 entries x D / (kRows / 16) columns, added per batch).
@@ -548,7 +623,7 @@ template <typename T, int D, int kRows>
 int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
                 const GradScratch& sc, cudaStream_t stream) {
   auto kernel = routing_grad_kernel<T, D, kRows>;
-  constexpr int kSmem = sizeof(GradSmem<D, kRows>);
+  constexpr int kSmem = sizeof(GradSmemOf<T, D, kRows>);
   if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       e != cudaSuccess)
     return e;
