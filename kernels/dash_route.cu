@@ -235,7 +235,7 @@ struct GradScratch {
   int32_t* count;  // [routings]: routed entries
   int32_t* chunk;  // [slots]
   float* dp;       // [slots]
-  float* s;        // [slots][G R]
+  float* s;        // per routing [G R][its routed entries], from its first slot's s on
   GradScratch(const DashRoutingArgs& a, int64_t entries, float* scratch) {
     const int64_t slots = dash_routing_backward_slots(a, entries);
     count = reinterpret_cast<int32_t*>(scratch);
@@ -317,6 +317,15 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// at[0], at[1] = x, y in T, one store (at: aligned to two T).
+template <typename T>
+__device__ __forceinline__ void store_pair(T* at, float x, float y) {
+  if constexpr (sizeof(T) == 4)
+    *reinterpret_cast<float2*>(at) = make_float2(x, y);
+  else
+    *reinterpret_cast<uint32_t*>(at) = Elem<T>::pack(x, y);
+}
+
 // *at += v, atomically per element (one 16-byte reduction on Hopper). at: 16-byte aligned.
 __device__ __forceinline__ void add_float4(float* at, float4 v) {
 #if __CUDA_ARCH__ >= 900
@@ -340,9 +349,9 @@ __global__ void __launch_bounds__(4 * kRows)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
   const int K = static_cast<int>(rt.entmax_rows());
   auto q_row = [&](int k) { return (k % a.G) * gr.head_stride + (rt.r0 + k / a.G) * gr.row_stride; };
-  const int64_t slot0 = (row_ptr[rt.r0] - row_ptr[0]) / a.route_positions, rows_per_entry = a.G * a.route_positions;
+  const int64_t slot0 = (row_ptr[rt.r0] - row_ptr[0]) / a.route_positions;
   const int count = sc.count[blockIdx.x], batches = (count + kBatch - 1) / kBatch, steps = 2 * batches;
-  float* s_routing = sc.s + slot0 * rows_per_entry;  // [count][G R]
+  float* s_routing = sc.s + slot0 * a.G * a.route_positions;  // [G R][count]
 
   auto fetch_chunks = [&](int i) {  // step i's chunks and d p
     if (i >= steps || tid >= 2 * kBatch) return;
@@ -409,7 +418,7 @@ __global__ void __launch_bounds__(4 * kRows)
     const float s = p > 0.f ? sqrtf(p) : 0.f;
     s_sum += s;
     s_dot += s * dp[j];
-    if (valid) s_routing[at * rows_per_entry + k] = s;
+    if (valid) s_routing[k * count + at] = s;
   };
   if constexpr (kTensorZ<T>) {
     // bf16 q: z as the forward's scores kernel forms it, q times kbar's three bf16 parts
@@ -522,11 +531,10 @@ __global__ void __launch_bounds__(4 * kRows)
     const float* dp = sm.dp[i % kStages];
     const int* chunk = sm.chunk[i % kStages];
     const int64_t j0 = int64_t(i - batches) * kBatch;
-    for (int v = tid; v < kRows * kBatch; v += kThreads) {
-      const int k = v % kRows, e = v / kRows;
+    for (int v = tid; v < kRows * kBatch; v += kThreads) {  // a warp: one row's kBatch entries
+      const int k = v / kBatch, e = v % kBatch;
       const int64_t j = j0 + e;
-      sm.dz[k * kDzLd + e] =
-          k < K && j < count ? s_routing[j * rows_per_entry + k] * (dp[e] - sm.mean[k]) * a.scale : 0.f;
+      sm.dz[k * kDzLd + e] = k < K && j < count ? s_routing[k * count + j] * (dp[e] - sm.mean[k]) * a.scale : 0.f;
     }
     __syncthreads();
 #pragma unroll
@@ -572,11 +580,8 @@ __global__ void __launch_bounds__(4 * kRows)
     const int k = dq_row0 + g + 8 * h;
     if (k >= K) continue;
 #pragma unroll
-    for (int nt = 0; nt < kDqTiles; ++nt) {
-      const int col = dq_col0 + nt * 8 + 2 * c4;
-      out[q_row(k) + col] = static_cast<T>(dq[nt][2 * h]);
-      out[q_row(k) + col + 1] = static_cast<T>(dq[nt][2 * h + 1]);
-    }
+    for (int nt = 0; nt < kDqTiles; ++nt)
+      store_pair(out + q_row(k) + dq_col0 + nt * 8 + 2 * c4, dq[nt][2 * h], dq[nt][2 * h + 1]);
   }
 }
 
@@ -657,12 +662,12 @@ int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float
                     : launch_grad<T, 128>(a, gr, thresholds, row_ptr, sc, stream);
 }
 
-// cp.async copies q and kbar rows 16 bytes at a time; d kbar takes 16-byte atomics.
+// cp.async copies q and kbar rows 16 bytes at a time; d kbar takes 16-byte atomics, d q pairs.
 bool rows_aligned(const DashRoutingGrad& gr) {
   const int64_t bytes = gr.dtype == DashQType::kF32 ? 4 : 2;
   return reinterpret_cast<uintptr_t>(gr.q) % 16 == 0 && gr.head_stride * bytes % 16 == 0 &&
          gr.row_stride * bytes % 16 == 0 && reinterpret_cast<uintptr_t>(gr.kbar) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(gr.dkbar) % 16 == 0;
+         reinterpret_cast<uintptr_t>(gr.dkbar) % 16 == 0 && reinterpret_cast<uintptr_t>(gr.dq) % 16 == 0;
 }
 
 }  // namespace

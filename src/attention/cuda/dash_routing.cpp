@@ -156,8 +156,10 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
   const int64_t q_bytes = q_rows.element_size();
   TORCH_CHECK(reinterpret_cast<uintptr_t>(q_rows.data_ptr()) % 16 == 0 && q_rows.stride(1) * q_bytes % 16 == 0 &&
                   q_rows.stride(2) * q_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(kbar.data_ptr()) % 16 == 0 &&
-                  reinterpret_cast<uintptr_t>(dkbar.data_ptr()) % 16 == 0,
-              "dash routing backward: q rows (data, head and row strides), kbar and d kbar must be 16-byte aligned");
+                  reinterpret_cast<uintptr_t>(dkbar.data_ptr()) % 16 == 0 &&
+                  reinterpret_cast<uintptr_t>(dq_rows.data_ptr()) % 16 == 0,
+              "dash routing backward: q rows (data, head and row strides), their gradient, kbar and d kbar must be "
+              "16-byte aligned");
   const c10::cuda::CUDAGuard guard(q_rows.device());
   const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
                g = d_entries.to(torch::kFloat32).contiguous();
