@@ -302,10 +302,11 @@ struct GradSmem {
 template <typename T, int D, int kRows>
 using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4>;
 
-__device__ __forceinline__ uint32_t to_tf32(float x) {
+// x rounded to TF32 (10 mantissa bits), kept as an fp32; the MMA takes its bits as they are.
+__device__ __forceinline__ float tf32_round(float x) {
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
-  return r;
+  return __uint_as_float(r);
 }
 // d += A (16 x 8, row-major fragment) B (8 x 8): mma.sync m16n8k8 on TF32, fp32 accumulators.
 // Lane (g = lane / 4, c = lane % 4): a0 (g, c), a1 (g + 8, c), a2 (g, c + 4), a3 (g + 8, c + 4);
@@ -399,8 +400,14 @@ __global__ void __launch_bounds__(4 * kRows)
   fetch_chunks(1);
   cp_async_commit();
   if constexpr (sizeof(T) != 4) {
-    const T* raw = reinterpret_cast<const T*>(sm.kbar[1]);
-    for (int i = tid; i < kRows * D; i += kThreads) sm.q[i / D * kLd + i % D] = static_cast<float>(raw[i]);
+    for (int v = tid; v < kRows * kPerRow; v += kThreads) {  // 8 entries of a row each
+      const uint4 raw = reinterpret_cast<const uint4*>(sm.kbar[1])[v];
+      const float2 x0 = Elem<T>::unpack(raw.x), x1 = Elem<T>::unpack(raw.y), x2 = Elem<T>::unpack(raw.z),
+                   x3 = Elem<T>::unpack(raw.w);
+      float4* dst = reinterpret_cast<float4*>(&sm.q[v / kPerRow * kLd + v % kPerRow * 8]);
+      dst[0] = make_float4(x0.x, x0.y, x1.x, x1.y);
+      dst[1] = make_float4(x2.x, x2.y, x3.x, x3.y);
+    }
   }
   if (tid < kRows) {
     sm.max[tid] = tid < K ? thresholds[rt.threshold_index(tid)] : 0.f;
@@ -413,9 +420,7 @@ __global__ void __launch_bounds__(4 * kRows)
   auto take = [&](int i, const float* dp, int k, int j, float z, float& s_sum, float& s_dot) {
     const int64_t at = int64_t(i) * kBatch + j;
     const bool valid = k < K && at < count;
-    const Entmax15Threshold t{sm.max[k], sm.tau[k]};
-    const float p = valid ? t.prob(__fmul_rn(a.scale, z)) : 0.f;
-    const float s = p > 0.f ? sqrtf(p) : 0.f;
+    const float s = valid ? Entmax15Threshold{sm.max[k], sm.tau[k]}.sqrt_prob(__fmul_rn(a.scale, z)) : 0.f;
     s_sum += s;
     s_dot += s * dp[j];
     if (valid) s_routing[k * count + at] = s;
@@ -517,48 +522,56 @@ __global__ void __launch_bounds__(4 * kRows)
   }
   __syncthreads();
   if (tid < kRows) sm.mean[tid] = sm.s_sum[tid] > 0.f ? sm.s_dot[tid] / sm.s_sum[tid] : 0.f;
+  if constexpr (sizeof(T) == 4)  // 16-bit q is TF32 already
+    for (int i = tid; i < kRows * D; i += kThreads) sm.q[i / D * kLd + i % D] = tf32_round(sm.q[i / D * kLd + i % D]);
 
   // Pass 2: d z into shared memory, then on tensor cores d q (warp: 16 rows x D / 2 columns, kept
   // over the batches) and d kbar (warp: 16 entries x D / (kRows / 16) columns, added per batch).
+  // The MMAs' operands are rounded to TF32 once, where they are stored.
   constexpr int kRowBlocks = kRows / 16, kDkSplits = kRows / 16;
   constexpr int kDqTiles = D / 16, kDkTiles = D / 8 / kDkSplits;
   const int dq_row0 = 16 * (warp % kRowBlocks), dq_col0 = (warp / kRowBlocks) * (D / 2);
   const int dk_entry0 = 16 * (warp & 1), dk_col0 = (warp >> 1) * (D / kDkSplits);
+  auto bits = [](float x) { return __float_as_uint(x); };
   float dq[kDqTiles][4] = {};
   for (int i = batches; i < steps; ++i) {
     begin_step(i);  // its barrier also orders pass 1's means and s before their reads
-    const float* kbar = sm.kbar[i % 2];
+    float* kbar = sm.kbar[i % 2];
     const float* dp = sm.dp[i % kStages];
     const int* chunk = sm.chunk[i % kStages];
     const int64_t j0 = int64_t(i - batches) * kBatch;
-    for (int v = tid; v < kRows * kBatch; v += kThreads) {  // a warp: one row's kBatch entries
-      const int k = v / kBatch, e = v % kBatch;
-      const int64_t j = j0 + e;
-      sm.dz[k * kDzLd + e] = k < K && j < count ? s_routing[k * count + j] * (dp[e] - sm.mean[k]) * a.scale : 0.f;
+    static_assert(kBatch == 32, "a warp takes one row's batch of d z");
+    for (int k = warp; k < kRows; k += kThreads / 32) {
+      const int64_t j = j0 + lane;
+      const float dz = k < K && j < count ? s_routing[k * count + j] * (dp[lane] - sm.mean[k]) * a.scale : 0.f;
+      sm.dz[k * kDzLd + lane] = tf32_round(dz);
+    }
+    for (int v = tid; v < kBatch * D / 4; v += kThreads) {
+      float4& x = *reinterpret_cast<float4*>(&kbar[v / (D / 4) * kLd + v % (D / 4) * 4]);
+      x = make_float4(tf32_round(x.x), tf32_round(x.y), tf32_round(x.z), tf32_round(x.w));
     }
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kBatch; kk += 8) {  // d q += d z [rows x entries] kbar [entries x D]
       const uint32_t af[4] = {
-          to_tf32(sm.dz[(dq_row0 + g) * kDzLd + kk + c4]), to_tf32(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4]),
-          to_tf32(sm.dz[(dq_row0 + g) * kDzLd + kk + c4 + 4]), to_tf32(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4 + 4])};
+          bits(sm.dz[(dq_row0 + g) * kDzLd + kk + c4]), bits(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4]),
+          bits(sm.dz[(dq_row0 + g) * kDzLd + kk + c4 + 4]), bits(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4 + 4])};
 #pragma unroll
       for (int nt = 0; nt < kDqTiles; ++nt) {
         const int col = dq_col0 + nt * 8 + g;
-        mma_tf32(dq[nt], af, to_tf32(kbar[(kk + c4) * kLd + col]), to_tf32(kbar[(kk + c4 + 4) * kLd + col]));
+        mma_tf32(dq[nt], af, bits(kbar[(kk + c4) * kLd + col]), bits(kbar[(kk + c4 + 4) * kLd + col]));
       }
     }
     float dk[kDkTiles][4] = {};
 #pragma unroll
     for (int kk = 0; kk < kRows; kk += 8) {  // d kbar = d z^T [entries x rows] q [rows x D]
-      const uint32_t af[4] = {to_tf32(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g]),
-                              to_tf32(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g + 8]),
-                              to_tf32(sm.dz[(kk + c4 + 4) * kDzLd + dk_entry0 + g]),
-                              to_tf32(sm.dz[(kk + c4 + 4) * kDzLd + dk_entry0 + g + 8])};
+      const uint32_t af[4] = {
+          bits(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g]), bits(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g + 8]),
+          bits(sm.dz[(kk + c4 + 4) * kDzLd + dk_entry0 + g]), bits(sm.dz[(kk + c4 + 4) * kDzLd + dk_entry0 + g + 8])};
 #pragma unroll
       for (int nt = 0; nt < kDkTiles; ++nt) {
         const int col = dk_col0 + nt * 8 + g;
-        mma_tf32(dk[nt], af, to_tf32(sm.q[(kk + c4) * kLd + col]), to_tf32(sm.q[(kk + c4 + 4) * kLd + col]));
+        mma_tf32(dk[nt], af, bits(sm.q[(kk + c4) * kLd + col]), bits(sm.q[(kk + c4 + 4) * kLd + col]));
       }
     }
     // Lanes c4 and c4 ^ 1 trade halves: the even one adds entry g's 4 columns from 2 c4 on, the

@@ -29,6 +29,9 @@ __device__ __forceinline__ float entmax15_p(float x, float tau) {
 struct Entmax15Threshold {
   float max, tau;
   __device__ float prob(float z) const { return entmax15_p(0.5f * (z - max), tau); }
+  // sqrt(p_i) = [x - tau]_+, the same bits as sqrtf(prob(z)): in binary floating point with
+  // round-to-nearest sqrt(d * d) = d (checked over every float in [1, 4)), unless d * d underflows.
+  __device__ float sqrt_prob(float z) const { return fmaxf(0.5f * (z - max) - tau, 0.f); }
 };
 
 // tau of one row, by one whole warp, from x = (z - max z) / 2 (<= 0; -inf entries may be left
