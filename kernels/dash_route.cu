@@ -284,25 +284,23 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 template <typename T>
 constexpr bool kTensorZ = std::is_same_v<T, __nv_bfloat16>;
 
-// The q and kbar rows are padded 4 floats for the CUDA-core z (its 16-byte reads of 8 rows
-// spread over the banks), 8 with tensor-core z (the TF32 fragments' reads of 4 rows x 8 columns).
-// kbar's bf16 parts (tensor-core z) are padded 16 bytes for ldmatrix's reads of 8 rows.
-template <int D, int kRows, bool kTensor>
+// kPad: the q and kbar rows' padding in floats. 4 spreads the CUDA-core z's 16-byte reads of 8
+// rows over the banks; 8 does so for the MMA fragments' reads (8 rows x 4 columns, or 4 rows x 8
+// columns of float2).
+template <int D, int kRows, int kPad>
 struct GradSmem {
-  static constexpr int kLd = D + (kTensor ? 8 : 4);  // q and kbar row stride in floats
-  static constexpr int kPartsLd = D + 8;             // kbar parts' row stride in bf16
-  static constexpr int kDzLd = kBatch + 4;           // d z row stride: the MMA fragment reads hit 32 banks
-  float q[kRows * kLd];                              // the entmax rows' q in fp32, zero past G R
-  float kbar[2][kBatch * kLd];                       // step i's chunk summaries in kbar[i % 2], zero past the routed
-  __nv_bfloat16 parts[kTensor ? 3 : 1][kTensor ? kBatch * kPartsLd : 1];  // pass 1's batch of kbar in bf16 parts
-  float dz[kRows * kDzLd];                                                // [row][entry]
-  float dp[kStages][kBatch];   // step i's d loss / d p in [i % kStages], zero past the routed
-  int chunk[kStages][kBatch];  // and their chunks
+  static constexpr int kLd = D + kPad;      // q and kbar row stride in floats
+  static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
+  float q[kRows * kLd];                     // the entmax rows' q in fp32, zero past G R
+  float kbar[2][kBatch * kLd];              // step i's chunk summaries in kbar[i % 2], zero past the routed
+  float dz[kRows * kDzLd];                  // [row][entry]
+  float dp[kStages][kBatch];                // step i's d loss / d p in [i % kStages], zero past the routed
+  int chunk[kStages][kBatch];               // and their chunks
   float max[kRows], tau[kRows], mean[kRows];
   float s_sum[kRows], s_dot[kRows];  // pass 1's sums over the entries, by atomics
 };
 template <typename T, int D, int kRows>
-using GradSmemOf = GradSmem<D, kRows, kTensorZ<T>>;
+using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4>;
 
 // x rounded to TF32 (10 mantissa bits), kept as an fp32; the MMA takes its bits as they are.
 __device__ __forceinline__ float tf32_round(float x) {
@@ -444,36 +442,24 @@ __global__ void __launch_bounds__(4 * kRows)
       qa[ks][2] = Elem<T>::pack(v2.x, v2.y);
       qa[ks][3] = Elem<T>::pack(v3.x, v3.y);
     }
-    constexpr int kPartsLd = Smem::kPartsLd;
-    // ldmatrix.x4 rows: entry entry0 + 8 (m / 2) + r, columns 8 (m % 2) on, for lane 8 m + r: the
-    // B fragments of both 8-entry tiles.
-    const uint32_t parts_at =
-        smem_addr(&sm.parts[0][(entry0 + 8 * (lane >> 4) + (lane & 7)) * kPartsLd + 8 * ((lane >> 3) & 1)]);
     float s_sum[2] = {}, s_dot[2] = {};
     for (int i = 0; i < batches; ++i) {
       begin_step(i);
-      for (int v = tid; v < kBatch * D / 4;
-           v += kThreads) {  // kbar's parts, each the rounding of what the earlier leave
-        const int e = v / (D / 4), col = v % (D / 4) * 4;
-        float4 x = *reinterpret_cast<const float4*>(&sm.kbar[i % 2][e * kLd + col]);
-#pragma unroll
-        for (int part = 0; part < 3; ++part) {
-          const uint2 b = make_uint2(Elem<T>::pack(x.x, x.y), Elem<T>::pack(x.z, x.w));
-          *reinterpret_cast<uint2*>(&sm.parts[part][e * kPartsLd + col]) = b;
-          const float2 r0 = Elem<T>::unpack(b.x), r1 = Elem<T>::unpack(b.y);
-          x = make_float4(x.x - r0.x, x.y - r0.y, x.z - r1.x, x.w - r1.y);
-        }
-      }
-      __syncthreads();
       float z[2][4] = {};
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
-        for (int part = 0; part < 3; ++part) {
-          uint32_t b[4];  // b0, b1 of entries entry0 .. + 7, then of entry0 + 8 .. + 15
-          ldmatrix_x4(b, parts_at + (part * kBatch * kPartsLd + ks * 16) * 2);
-          mma<T>(z[0], qa[ks], b[0], b[1]);
-          mma<T>(z[1], qa[ks], b[2], b[3]);
+        for (int nt = 0; nt < 2; ++nt) {
+          const float* at = &sm.kbar[i % 2][(entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4];
+          float2 lo = *reinterpret_cast<const float2*>(at), hi = *reinterpret_cast<const float2*>(at + 8);
+#pragma unroll
+          for (int part = 0; part < 3; ++part) {  // each part the rounding of what the earlier leave
+            const uint32_t b0 = Elem<T>::pack(lo.x, lo.y), b1 = Elem<T>::pack(hi.x, hi.y);
+            mma<T>(z[nt], qa[ks], b0, b1);
+            const float2 r0 = Elem<T>::unpack(b0), r1 = Elem<T>::unpack(b1);
+            lo = make_float2(lo.x - r0.x, lo.y - r0.y);
+            hi = make_float2(hi.x - r1.x, hi.y - r1.y);
+          }
         }
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
@@ -555,12 +541,9 @@ __global__ void __launch_bounds__(4 * kRows)
     const int* chunk = sm.chunk[i % kStages];
     const int64_t j0 = int64_t(i - batches) * kBatch;
     static_assert(kBatch == 32, "a warp takes one row's batch of d z");
-    const bool in = j0 + lane < count;
-    const float* s_at = s_routing + j0 + lane;
-#pragma unroll
-    for (int r = 0; r < kRows / (kThreads / 32); ++r) {  // rows warp, warp + warps, ...
-      const int k = warp + r * (kThreads / 32);
-      const float dz = k < K && in ? s_at[k * count] * (dp[lane] - sm.mean[k]) * a.scale : 0.f;
+    for (int k = warp; k < kRows; k += kThreads / 32) {
+      const int64_t j = j0 + lane;
+      const float dz = k < K && j < count ? s_routing[k * count + j] * (dp[lane] - sm.mean[k]) * a.scale : 0.f;
       sm.dz[k * kDzLd + lane] = tf32_round(dz);
     }
     for (int v = tid; v < kBatch * D / 4; v += kThreads) {
