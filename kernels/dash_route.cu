@@ -619,11 +619,16 @@ struct RoutingLaunch {
 };
 
 // Runs kernel<kPerLane> with the smallest register row cache that holds n_seen chunks (none
-// past 2048: the registers would cost more occupancy than the re-reads).
+// past 2048: the registers would cost more occupancy than the re-reads). Every pass over a row
+// goes over all kPerLane registers, so the sizes step finely: a routing tile's n_seen grows
+// with its position.
 template <template <int> class Launch, class... Args>
 int with_row_cache(const DashRoutingArgs& a, Args&&... args) {
   if (a.n_seen <= 8 * 32) return Launch<8>::run(a, args...);
+  if (a.n_seen <= 16 * 32) return Launch<16>::run(a, args...);
+  if (a.n_seen <= 24 * 32) return Launch<24>::run(a, args...);
   if (a.n_seen <= 32 * 32) return Launch<32>::run(a, args...);
+  if (a.n_seen <= 48 * 32) return Launch<48>::run(a, args...);
   if (a.n_seen <= 64 * 32) return Launch<64>::run(a, args...);
   return Launch<0>::run(a, args...);
 }
