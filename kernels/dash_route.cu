@@ -104,37 +104,17 @@ struct RowZ {
       return t;
     }
   }
-  // After threshold(): f(j, p_c) over the lane's candidates c = lane + 32 j, ascending, p =
-  // [x - tau]_+^2.
+  // After threshold(): f(c, p_c) over the lane's candidates, ascending, p = [x - tau]_+^2.
   template <class F>
   __device__ void each_prob(float tau, const F& f) const {
     if constexpr (kPerLane > 0) {
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j)
-        if (candidate(j)) f(j, entmax15_p(kHoldsX ? v[j] : 0.5f * (v[j] - mx), tau));
+        if (candidate(j)) f(rt.lane + 32 * j, entmax15_p(kHoldsX ? v[j] : 0.5f * (v[j] - mx), tau));
     } else {
       for (int64_t c = rt.lane; c < hi; c += 32)
-        if (c >= lo) f(static_cast<int>(c >> 5), entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
+        if (c >= lo) f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
     }
-  }
-};
-
-// A routing's pbar on this lane's chunks c = lane + 32 j < n_seen: with kPerLane > 0 in
-// registers (every entmax row of the routing gives the lane the same chunks), else in the
-// warp's [n_seen] array of shared memory. count(): the j to go over.
-template <int kPerLane>
-struct LanePbar {
-  float reg[kPerLane > 0 ? kPerLane : 1];
-  float* mem;
-  int lane, n;
-  __device__ LanePbar(float* warp_smem, int64_t n_seen)
-      : mem(warp_smem), lane(threadIdx.x & 31), n(static_cast<int>((n_seen + 31) / 32)) {}
-  __device__ int count() const { return kPerLane > 0 ? kPerLane : n; }
-  __device__ float& operator[](int j) {
-    if constexpr (kPerLane > 0)
-      return reg[j];
-    else
-      return mem[lane + 32 * j];
   }
 };
 
@@ -162,12 +142,10 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   extern __shared__ float smem[];
   const int64_t g = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
   if (g >= n_routings) return;
+  float* pbar = smem + (threadIdx.x >> 5) * a.n_seen;
   const Routing rt(a, g);
   // pbar[c] = the mean over the routing's entmax rows of p_k(c), each lane its own chunks.
-  LanePbar<kPerLane> pbar(smem + (threadIdx.x >> 5) * a.n_seen, a.n_seen);
-#pragma unroll
-  for (int j = 0; j < pbar.count(); ++j)
-    if (kPerLane > 0 || rt.lane + 32 * j < a.n_seen) pbar[j] = 0.f;
+  for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
   for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
     RowZ<kPerLane> row(rt, k);
     const Entmax15Threshold t = row.threshold();
@@ -175,25 +153,30 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
       thresholds[rt.threshold_index(k)] = t.max;
       thresholds[rt.threshold_index(k) + 1] = t.tau;
     }
-    row.each_prob(t.tau, [&](int j, float pc) { pbar[j] += pc; });
+    row.each_prob(t.tau, [&](int64_t c, float pc) {
+      if (pc > 0.f) pbar[c] += pc;
+    });
   }
-  // The mean; normalized: the mean of the routed log pbar, to be subtracted from each; each
-  // row's list length: its routing's entries (own <= n_seen). Counted here, not through
-  // warp_compact: ef0cc9b did that (and moved threshold()'s if constexpr) and ran this kernel
-  // 5% slower (tools/kernel_dev/NOTES.md).
   const float inv_count = 1.f / float(rt.entmax_rows());
-  float log_sum = 0.f, routed = 0.f;
-  int64_t listed = 0;
-#pragma unroll
-  for (int j = 0; j < pbar.count(); ++j) {
-    const int64_t c = rt.lane + 32 * j;
-    const float p = c < a.n_seen ? pbar[j] * inv_count : 0.f;
-    if (c < a.n_seen) pbar_out[g * a.n_seen + c] = p;
-    if (a.normalized && p > 0.f) log_sum += logf(p), routed += 1.f;
-    listed += __popc(__ballot_sync(0xffffffffu, c < rt.own && rt.listed(c, p)));
+  for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar_out[g * a.n_seen + c] = pbar[c] *= inv_count;
+  __syncwarp();
+  // normalized: the mean of the routed log pbar, subtracted from each.
+  float shift = 0.f;
+  if (a.normalized) {
+    float sum = 0.f, count = 0.f;
+    for (int64_t c = rt.lane; c < a.n_seen; c += 32)
+      if (pbar[c] > 0.f) sum += logf(pbar[c]), count += 1.f;
+    shift = warp_sum(sum) / fmaxf(warp_sum(count), 1.f);
   }
-  const float shift = a.normalized ? warp_sum(log_sum) / fmaxf(warp_sum(routed), 1.f) : 0.f;
   if (rt.lane == 0) shift_out[g] = shift;
+  // Each row's list length: its routing's entries (own <= n_seen). Counted here, not through
+  // warp_compact: ef0cc9b did that (and moved threshold()'s if constexpr) and ran this kernel 5%
+  // slower (tools/kernel_dev/NOTES.md).
+  int64_t listed = 0;
+  for (int64_t c0 = 0; c0 < rt.own; c0 += 32) {
+    const int64_t c = c0 + rt.lane;
+    listed += __popc(__ballot_sync(0xffffffffu, c < rt.own && rt.listed(c, pbar[c])));
+  }
   if (rt.lane < rt.rows) counts[rt.r0 + rt.lane] = listed;
 }
 
@@ -621,14 +604,14 @@ bool shape_ok(const DashRoutingArgs& a) {
          (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.n_seen <= kDashMaxSeen && dash_routings(a) < (int64_t(1) << 31);
 }
 
-// Warps per block for the prior kernel: kMaxWarps, or with pbar in shared memory as many
-// [n_seen] arrays as kSmemBudget holds (4 at kDashMaxSeen).
+// Warps per block for the routing kernels: as many [n_seen] arrays as kSmemBudget holds (8 at
+// 64K tokens, 4 at kDashMaxSeen).
 struct RoutingLaunch {
   int warps;
   size_t smem;
   unsigned blocks;
-  RoutingLaunch(const DashRoutingArgs& a, bool pbar_in_smem) {
-    const size_t per_warp = pbar_in_smem ? (a.n_seen > 0 ? a.n_seen : 1) * sizeof(float) : 0;
+  explicit RoutingLaunch(const DashRoutingArgs& a) {
+    const size_t per_warp = (a.n_seen > 0 ? a.n_seen : 1) * sizeof(float);
     warps = static_cast<int>(per_warp * kMaxWarps <= kSmemBudget ? kMaxWarps : kSmemBudget / per_warp);
     smem = warps * per_warp;
     blocks = static_cast<unsigned>((dash_routings(a) + warps - 1) / warps);
@@ -651,12 +634,12 @@ int with_row_cache(const DashRoutingArgs& a, Args&&... args) {
 }
 
 template <class Kernel, class... Args>
-int launch_routing(Kernel kernel, const DashRoutingArgs& a, bool pbar_in_smem, cudaStream_t stream, Args... args) {
+int launch_routing(Kernel kernel, const DashRoutingArgs& a, cudaStream_t stream, Args... args) {
   if (const cudaError_t e =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBudget));
       e != cudaSuccess)
     return e;
-  const RoutingLaunch l(a, pbar_in_smem);
+  const RoutingLaunch l(a);
   kernel<<<l.blocks, 32 * l.warps, l.smem, stream>>>(a, dash_routings(a), args...);
   return cudaGetLastError();
 }
@@ -665,7 +648,7 @@ template <int kPerLane>
 struct BiasLaunch {
   static int run(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
                  cudaStream_t stream) {
-    return launch_routing(routing_bias_kernel<kPerLane>, a, kPerLane == 0, stream, pbar, shift, thresholds, counts);
+    return launch_routing(routing_bias_kernel<kPerLane>, a, stream, pbar, shift, thresholds, counts);
   }
 };
 
