@@ -83,6 +83,10 @@ double time_ms(const std::function<void()>& fn, int reps) {
   return ts[ts.size() / 2];
 }
 
+void clear_grads(std::initializer_list<at::Tensor> leaves) {
+  for (at::Tensor t : leaves) t.mutable_grad().reset();
+}
+
 namespace {
 
 // LibTorch SDPA restricted to its flash backend while alive (the baseline's backend; the
@@ -123,9 +127,12 @@ Sdpa time_sdpa(const Tensor& q, const Tensor& dout, int reps) {
     s.fwd_ms = time_ms([&] { at::scaled_dot_product_attention(q, k, v, {}, 0.0, true); }, reps);
   }
   Tensor qg = q.detach().requires_grad_(true), kg = k.requires_grad_(true), vg = v.requires_grad_(true);
-  s.fwd_bwd_ms = time_ms([&] {
-    at::scaled_dot_product_attention(qg, kg, vg, {}, 0.0, true).backward(dout);
-  }, reps);
+  s.fwd_bwd_ms = time_ms(
+      [&] {
+        clear_grads({qg, kg, vg});
+        at::scaled_dot_product_attention(qg, kg, vg, {}, 0.0, true).backward(dout);
+      },
+      reps);
   const double pairs = static_cast<double>(Hq) * T * (T + 1) / 2;
   s.fwd_tflops = 4.0 * d * pairs / s.fwd_ms / 1e9;
   s.bwd_tflops = 10.0 * d * pairs / (s.fwd_bwd_ms - s.fwd_ms) / 1e9;

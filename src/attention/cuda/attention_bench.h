@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,10 @@ void run_attention_bench(const AttentionBenchConfig& cfg);
 
 // Median of reps timed runs of fn after one warm-up, in ms (CUDA events, current stream).
 double time_ms(const std::function<void()>& fn, int reps);
+
+// Drops the .grad of the leaves a timed backward reaches, so that each run's backward writes
+// its gradients instead of adding them to the previous run's (a full-size add each).
+void clear_grads(std::initializer_list<at::Tensor> leaves);
 
 // Dense causal SDPA (its flash backend alone) at q's shape, K/V at Hq heads (GQA expanded: same FLOPs).
 struct Sdpa {
