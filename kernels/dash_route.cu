@@ -278,15 +278,14 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   if (rt.lane == 0) sc.count[g] = static_cast<int32_t>(routed);
 }
 
-// kRows: the routing's entmax rows G R rounded up to 16, 32 or 64 (one warp per 8 rows), so
-// that small groups (G 16, R 1) do not pay for 64.
 // z of bf16 q comes from tensor cores (as the forward's scores do), other q types' from CUDA cores.
 template <typename T>
 constexpr bool kTensorZ = std::is_same_v<T, __nv_bfloat16>;
 
-// kPad: the q and kbar rows' padding in floats. 4 spreads the CUDA-core z's 16-byte reads of 8
-// rows over the banks; 8 does so for the MMA fragments' reads (8 rows x 4 columns, or 4 rows x 8
-// columns of float2).
+// kRows: the routing's entmax rows G R rounded up to 16, 32 or 64 (one warp per 8 rows), so
+// that small groups (G 16, R 1) do not pay for 64. kPad: the q and kbar rows' padding in
+// floats; 4 spreads the CUDA-core z's 16-byte reads of 8 rows over the banks, 8 the MMA
+// fragments' reads (4 rows x 8 columns, and 8 rows x 4 columns of float2).
 template <int D, int kRows, int kPad>
 struct GradSmem {
   static constexpr int kLd = D + kPad;      // q and kbar row stride in floats
@@ -316,6 +315,14 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// x summed over the kLanes lanes (a power of two) that share lane / kLanes, in every one of them.
+template <int kLanes>
+__device__ __forceinline__ float lane_group_sum(float x) {
+#pragma unroll
+  for (int o = kLanes / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
 }
 
 // at[0], at[1] = x, y in T, one store (at: aligned to two T).
@@ -416,7 +423,8 @@ __global__ void __launch_bounds__(4 * kRows)
   }
 
   // Pass 1: z of batch i's entries, s = sqrt p of each, and each row's sums of s and s . dp.
-  // take(i, dp, k, j, z): batch i's entry j (d p in dp[j]) for entmax row k; sums into the thread's s_sum / s_dot.
+  // take(i, dp, k, j, z): batch i's entry j (d p in dp[j]) for entmax row k, summed into the
+  // thread's s_sum / s_dot.
   auto take = [&](int i, const float* dp, int k, int j, float z, float& s_sum, float& s_dot) {
     const int64_t at = int64_t(i) * kBatch + j;
     const bool valid = k < K && at < count;
@@ -470,11 +478,8 @@ __global__ void __launch_bounds__(4 * kRows)
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-#pragma unroll
-      for (int o = 2; o > 0; o >>= 1) {
-        s_sum[h] += __shfl_xor_sync(0xffffffffu, s_sum[h], o);
-        s_dot[h] += __shfl_xor_sync(0xffffffffu, s_dot[h], o);
-      }
+      s_sum[h] = lane_group_sum<4>(s_sum[h]);
+      s_dot[h] = lane_group_sum<4>(s_dot[h]);
       if (c4 == 0) {  // two warps add into each row: 0 + a + b, the same bits either way
         atomicAdd(&sm.s_sum[row0 + g + 8 * h], s_sum[h]);
         atomicAdd(&sm.s_dot[row0 + g + 8 * h], s_dot[h]);
@@ -512,11 +517,8 @@ __global__ void __launch_bounds__(4 * kRows)
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-#pragma unroll
-      for (int o = 8; o > 0; o >>= 1) {
-        s_sum[r] += __shfl_xor_sync(0xffffffffu, s_sum[r], o);
-        s_dot[r] += __shfl_xor_sync(0xffffffffu, s_dot[r], o);
-      }
+      s_sum[r] = lane_group_sum<16>(s_sum[r]);
+      s_dot[r] = lane_group_sum<16>(s_dot[r]);
       if (eg == 0) sm.s_sum[4 * rg + r] = s_sum[r], sm.s_dot[4 * rg + r] = s_dot[r];
     }
   }
