@@ -3,8 +3,8 @@
 // score GEMM and the same entmax threshold code (kernels/entmax15.cuh): the same lists, the
 // same bias entries up to fp32 rounding, the same gradients into q and the chunk summaries up
 // to TF32 rounding (the kernels' backward recomputes z on the listed chunks only; fp16 q too). With bf16 q the kernels'
-// path scores on tensor cores: checked against fp64, and its routing against the fp32 GEMM's. Skips without a GPU (and
-// the tensor-core tests without an sm_90 one).
+// path scores on tensor cores, in the forward and in the backward's z: checked against fp64, and its routing against
+// the fp32 GEMM's. Skips without a GPU (and the tensor-core tests without an sm_90 one).
 #ifdef SPARSETRAIN_CUDA
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -76,6 +76,7 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
       {2, 1, 4, 3001, 64, 64, 16.0, 1.0, "normalized", 1, 1, 0, 16},        // per 16, ragged
       {1, 1, 3, 2000, 64, 32, 5.0, 1.0, "unnormalized", 0, 2, 500, 2},
       {1, 1, 2, 98304, 64, 16, 4.0, 1.0, "normalized", 1, 1, 0},  // 6143 chunks: fewer warps per block
+      {1, 1, 8, 3001, 128, 64, 24.0, 1.0, "unnormalized", 0, 1, 1000, 4},  // 32 entmax rows per routing
   };
   torch::manual_seed(11);
   int index = 0;
@@ -185,6 +186,8 @@ TEST(GpuDashRouting, TensorCoreScoresRouteLikeTheFp32Gemm) {
       {1, 2, 4, 4099, 64, 32, 6.0, 1.0, "unnormalized", 1, 1, 1000, 2},
       {1, 2, 3, 3001, 128, 64, 8.0, 1.0, "unnormalized", 0, 0, 0},
       {1, 1, 16, 4096, 128, 64, 24.0, 1.0, "unnormalized", 0, 0, 1000, 4},
+      {1, 1, 8, 4096, 128, 64, 24.0, 1.0, "unnormalized", 0, 0, 1000, 4},  // 32 entmax rows per routing
+      {1, 1, 16, 4096, 64, 64, 24.0, 1.0, "unnormalized", 0, 0, 1000, 4},
   };
   torch::manual_seed(7);
   for (const Case& c : cases) {
