@@ -73,17 +73,12 @@ struct RowZ {
     const int c = rt.lane + 32 * j;
     return c >= lo && c < hi;
   }
-  // The row's z as entmax15_threshold_of's each: registers (their -inf entries too, adding
-  // zeros, so each one's i / 32 parity is j's) or memory.
+  // The registers as entmax15_threshold_of's each (or entmax15_tau_of's each_x): their -inf
+  // entries too, adding zeros, so each one's i / 32 parity is j's.
   template <class F>
-  __device__ void each_z(const F& f) const {
-    if constexpr (kPerLane > 0) {
+  __device__ void each_register(const F& f) const {
 #pragma unroll
-      for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
-    } else {
-      for (int64_t c = rt.lane; c < hi; c += 32)
-        if (c >= lo) f(((c >> 5) & 1) != 0, rt.z(row, c));
-    }
+    for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
   }
   __device__ Entmax15Threshold threshold() {
     if constexpr (kHoldsX) {
@@ -94,12 +89,13 @@ struct RowZ {
       if (mx == -INFINITY) return {mx, -1.f};
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) v[j] = 0.5f * (v[j] - mx);
-      return {mx, entmax15_tau_of([&](const auto& f) {
-#pragma unroll
-                for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
-              })};
+      return {mx, entmax15_tau_of([&](const auto& f) { each_register(f); })};
     } else {
-      const Entmax15Threshold t = entmax15_threshold_of([&](const auto& f) { each_z(f); });
+      Entmax15Threshold t;
+      if constexpr (kPerLane > 0)
+        t = entmax15_threshold_of([&](const auto& f) { each_register(f); });
+      else
+        t = entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, lo, hi);
       mx = t.max;
       return t;
     }

@@ -19,9 +19,10 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
-// p = [x - tau]_+^2 for x = (z - max z) / 2.
+// sqrt(p) = [x - tau]_+ and p for x = (z - max z) / 2.
+__device__ __forceinline__ float entmax15_sqrt_p(float x, float tau) { return fmaxf(x - tau, 0.f); }
 __device__ __forceinline__ float entmax15_p(float x, float tau) {
-  const float d = fmaxf(x - tau, 0.f);
+  const float d = entmax15_sqrt_p(x, tau);
   return d * d;
 }
 
@@ -31,7 +32,7 @@ struct Entmax15Threshold {
   __device__ float prob(float z) const { return entmax15_p(0.5f * (z - max), tau); }
   // sqrt(p_i) = [x - tau]_+, the same bits as sqrtf(prob(z)): in binary floating point with
   // round-to-nearest sqrt(d * d) = d (checked over every float in [1, 4)), unless d * d underflows.
-  __device__ float sqrt_prob(float z) const { return fmaxf(0.5f * (z - max) - tau, 0.f); }
+  __device__ float sqrt_prob(float z) const { return entmax15_sqrt_p(0.5f * (z - max), tau); }
 };
 
 // tau of one row, by one whole warp, from x = (z - max z) / 2 (<= 0; -inf entries may be left
@@ -48,7 +49,7 @@ __device__ float entmax15_tau_of(const EachX& each_x) {
   for (int it = 0; it < 64; ++it) {
     float s1[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};  // [odd]
     each_x([&](bool odd, float x) {
-      const float d = fmaxf(x - tau, 0.f);
+      const float d = entmax15_sqrt_p(x, tau);
       if (odd) {
         s1[1] += d;
         s2[1] += d * d;

@@ -28,8 +28,7 @@ DashAttention::DashAttention(const ModelConfig& cfg)
 
 Tensor DashAttention::chunk_summaries(const Tensor& k_in) const {
 #ifdef SPARSETRAIN_CUDA
-  if (impl_ != "reference" && cuda::dash_pooling_runs(k_in) && k_in.stride(3) == 1)
-    return cuda::pool_chunks(k_in, pool_query, cfg_.chunk);
+  if (impl_ != "reference" && cuda::dash_pooling_runs(k_in)) return cuda::pool_chunks(k_in, pool_query, cfg_.chunk);
 #endif
   const Tensor k = k_in.to(reference_dtype(k_in));
   const int64_t B = k.size(0), H = k.size(1), d = k.size(3), C = cfg_.chunk, n = k.size(2) / C;

@@ -14,7 +14,7 @@ class DashAttention : public AttentionVariant {
 
   // kbar [B, Hkv, T / C, d]: per complete chunk, the keys pooled by softmax(pool_query . k / sqrt(d)),
   // in fp32 (fp64 for fp64 k). On the fused kernels (attention/cuda/dash_pooling.h) unless impl
-  // is reference or they cannot (CPU, fp64, d other than 64 or 128): then in ATen.
+  // is reference or they cannot (CPU, fp64, d other than 64 or 128, k strided over d): then in ATen.
   torch::Tensor chunk_summaries(const torch::Tensor& k) const;
   // The per-(query, chunk) bias of the final softmax, [B, Hkv, T, ceil(T / C)], shared by a
   // KV group: the normalised (or raw) log prior / sigma on routed chunks, 0 on the diagonal

@@ -73,11 +73,11 @@ struct PoolChunksFunction : torch::autograd::Function<PoolChunksFunction> {
 bool dash_pooling_runs(const Tensor& k) {
   const auto t = k.scalar_type();
   return k.is_cuda() && k.dim() == 4 && (t == torch::kBFloat16 || t == torch::kHalf || t == torch::kFloat32) &&
-         (k.size(3) == 64 || k.size(3) == 128);
+         (k.size(3) == 64 || k.size(3) == 128) && k.stride(3) == 1;
 }
 
 Tensor pool_chunks(const Tensor& k, const Tensor& pool_query, int64_t chunk) {
-  TORCH_CHECK(dash_pooling_runs(k) && k.stride(3) == 1,
+  TORCH_CHECK(dash_pooling_runs(k),
               "dash chunk pooling: k must be CUDA [B, H, T, d] in bf16, fp16 or fp32, d 64 or 128, unit stride over d");
   TORCH_CHECK(pool_query.dim() == 2 && pool_query.size(0) == k.size(1) && pool_query.size(1) == k.size(3) &&
                   pool_query.device() == k.device(),

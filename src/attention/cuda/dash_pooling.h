@@ -6,7 +6,8 @@
 
 namespace st::cuda {
 
-// Whether pool_chunks takes these keys [B, H, T, d]: CUDA, bf16, fp16 or fp32, d 64 or 128.
+// Whether pool_chunks takes these keys [B, H, T, d]: CUDA, bf16, fp16 or fp32, d 64 or 128,
+// unit stride over d.
 bool dash_pooling_runs(const torch::Tensor& k);
 
 // k [B, H, T, d] (unit stride over d) and pool_query [H, d] -> kbar [B, H, T / chunk, d] fp32:

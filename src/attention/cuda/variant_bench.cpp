@@ -175,6 +175,11 @@ Row measure(const VariantBenchConfig& b, const std::string& variant, double targ
   auto m = make_attention(cfg);
   m->to(torch::kCUDA);
   r.measured = measured_sparsity(*m, in.plain);
+  // Before each timed backward: no .grad left from the last run for it to add into.
+  auto clear_all_grads = [&] {
+    clear_grads({in.grad.q, in.grad.k, in.grad.v});
+    m->zero_grad();
+  };
   // The selection stage alone, forward; with its backward where it has one (Dash).
   std::function<void()> sel_f, sel_fb;
   if (auto* dash = dynamic_cast<DashAttention*>(m.get())) {
@@ -183,8 +188,7 @@ Row measure(const VariantBenchConfig& b, const std::string& variant, double targ
       dash->routing(in.plain.q, dash->chunk_summaries(in.plain.k));
     };
     sel_fb = [&, dash] {
-      clear_grads({in.grad.q, in.grad.k});
-      dash->zero_grad();
+      clear_all_grads();
       auto rows = dash->routing(in.grad.q, dash->chunk_summaries(in.grad.k));
       rows.bias.backward(torch::ones_like(rows.bias));
     };
@@ -198,8 +202,7 @@ Row measure(const VariantBenchConfig& b, const std::string& variant, double targ
     m->forward(in.plain);
   }, reps);
   auto forward_backward = [&] {
-    clear_grads({in.grad.q, in.grad.k, in.grad.v});
-    m->zero_grad();
+    clear_all_grads();
     m->forward(in.grad).backward(in.dout);
   };
   r.fb = time_ms(forward_backward, reps);
