@@ -52,61 +52,99 @@ struct Routing {
 // Entmax row k on this lane's chunks c = lane + 32 j, for the passes over the row (the
 // threshold's max and Newton passes, then p): with kPerLane > 0 read once into registers
 // (kPerLane * 32 >= n_seen; -inf off the candidates), with 0 read from memory at every pass.
-// Rows of up to 1024 chunks turn their registers into x = (z - max) / 2 once the max is known,
-// which saves an instruction per entry and pass (the kernel is bound by issued instructions,
-// ncu); at 64 per lane that ran routing_bias 2x slower at 128K (H200, cause not found), so
-// those keep z. Candidates are tested in 32-bit (n_seen <= kDashMaxSeen).
+// Candidates are tested in 32-bit (n_seen <= kDashMaxSeen).
+//
+// Register rows pass over all their registers twice (the max, then a test) and Newton's passes
+// and p only over the few entries with x = (z - max) / 2 > -1: Newton climbs from tau = -1, so
+// every other entry adds exact zeros to its sums and has p = 0. A lane keeps its first kKept
+// such entries of each i / 32 parity in registers, in order (they are rare: the chunks within 2
+// of the row's max z, a handful per row at the bench's temperatures); a row where some lane
+// finds more passes over all its registers instead. Either way each chain adds the same nonzero
+// terms in the same order as entmax15_threshold_of: the same bits. The kernel is bound by issued
+// instructions (ncu), and the passes over all registers were most of them.
 template <int kPerLane>
 struct RowZ {
-  static constexpr bool kHoldsX = kPerLane > 0 && kPerLane <= 32;
+  static constexpr int kKept = 4;  // per lane and parity
   const Routing& rt;
   const float* row;
   int lo, hi;                            // the candidates [lo, hi)
   float mx = -INFINITY;                  // the row's max z, once threshold() ran
-  float v[kPerLane > 0 ? kPerLane : 1];  // z (with kHoldsX: x, once threshold() ran)
+  float v[kPerLane > 0 ? kPerLane : 1];  // z
+  // After threshold(): the kept entries' x by parity, newest first (-inf in unused slots), their
+  // j a byte each (newest in the low byte), and whether every lane's fit (warp-uniform).
+  float kept_x[2][kKept];
+  uint32_t kept_j[2] = {0u, 0u};
+  bool all_kept = true;
   __device__ RowZ(const Routing& routing, int64_t k)
       : rt(routing), row(routing.scores(k)), lo(static_cast<int>(routing.lo)), hi(static_cast<int>(routing.hi)) {
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) v[j] = candidate(j) ? rt.z(row, rt.lane + 32 * j) : -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
   }
   __device__ bool candidate(int j) const {
     const int c = rt.lane + 32 * j;
     return c >= lo && c < hi;
   }
-  // The registers as entmax15_threshold_of's each (or entmax15_tau_of's each_x): their -inf
-  // entries too, adding zeros, so each one's i / 32 parity is j's.
+  __device__ float x(int j) const { return 0.5f * (v[j] - mx); }
+  // As entmax15_tau_of's each_x: every register (-inf entries add zeros), or the kept entries,
+  // oldest first after the unused slots' zeros.
   template <class F>
-  __device__ void each_register(const F& f) const {
+  __device__ void each_x(const F& f) const {
+    if (all_kept) {
 #pragma unroll
-    for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, v[j]);
+      for (int odd = 0; odd < 2; ++odd)
+#pragma unroll
+        for (int i = kKept - 1; i >= 0; --i) f(odd != 0, kept_x[odd][i]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, x(j));
+    }
+  }
+  __device__ void keep(int odd, int j, float x_j, int& count) {
+#pragma unroll
+    for (int i = kKept - 1; i > 0; --i) kept_x[odd][i] = kept_x[odd][i - 1];
+    kept_x[odd][0] = x_j;
+    kept_j[odd] = kept_j[odd] << 8 | static_cast<uint32_t>(j);
+    ++count;
   }
   __device__ Entmax15Threshold threshold() {
-    if constexpr (kHoldsX) {
+    if constexpr (kPerLane > 0) {
       float m[2] = {-INFINITY, -INFINITY};  // two chains; fmaxf is exact in any order
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) m[j & 1] = fmaxf(m[j & 1], v[j]);
       mx = warp_max(fmaxf(m[0], m[1]));
       if (mx == -INFINITY) return {mx, -1.f};
+      int count[2] = {0, 0};
 #pragma unroll
-      for (int j = 0; j < kPerLane; ++j) v[j] = 0.5f * (v[j] - mx);
-      return {mx, entmax15_tau_of([&](const auto& f) { each_register(f); })};
+      for (int j = 0; j < kPerLane; ++j) {
+        const float t = v[j] - mx;  // x > -1 exactly when t > -2 (x = t / 2 is exact)
+        if (__any_sync(0xffffffffu, t > -2.f) && t > -2.f) keep(j & 1, j, 0.5f * t, count[j & 1]);
+      }
+      all_kept = !__any_sync(0xffffffffu, count[0] > kKept || count[1] > kKept);
+      return {mx, entmax15_tau_of([&](const auto& f) { each_x(f); })};
     } else {
-      Entmax15Threshold t;
-      if constexpr (kPerLane > 0)
-        t = entmax15_threshold_of([&](const auto& f) { each_register(f); });
-      else
-        t = entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, lo, hi);
+      const Entmax15Threshold t = entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, lo, hi);
       mx = t.max;
       return t;
     }
   }
-  // After threshold(): f(c, p_c) over the lane's candidates, ascending, p = [x - tau]_+^2.
+  // After threshold(): f(c, p_c) over the lane's candidates that may have p > 0 (all of those
+  // with it), p = [x - tau]_+^2.
   template <class F>
   __device__ void each_prob(float tau, const F& f) const {
     if constexpr (kPerLane > 0) {
+      if (all_kept) {
 #pragma unroll
-      for (int j = 0; j < kPerLane; ++j)
-        if (candidate(j)) f(rt.lane + 32 * j, entmax15_p(kHoldsX ? v[j] : 0.5f * (v[j] - mx), tau));
+        for (int odd = 0; odd < 2; ++odd)
+#pragma unroll
+          for (int i = 0; i < kKept; ++i)
+            f(rt.lane + 32 * static_cast<int>(kept_j[odd] >> 8 * i & 0xffu), entmax15_p(kept_x[odd][i], tau));
+      } else {
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j)
+          if (candidate(j)) f(rt.lane + 32 * j, entmax15_p(x(j), tau));
+      }
     } else {
       for (int64_t c = rt.lane; c < hi; c += 32)
         if (c >= lo) f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
