@@ -49,10 +49,10 @@ struct Routing {
   __device__ int64_t threshold_index(int64_t k) const { return 2 * ((k % a.G) * a.n + r0 + k / a.G); }
 };
 
-// Entmax row k on this lane's chunks c = lane + 32 j, for the passes over the row (the
-// threshold's max and Newton passes, then p): with kPerLane > 0 read once into registers
-// (kPerLane * 32 >= n_seen; -inf off the candidates), with 0 read from memory at every pass.
-// Candidates are tested in 32-bit (n_seen <= kDashMaxSeen).
+// A routing's entmax rows, one at a time, on this lane's chunks c = lane + 32 j, for the passes
+// over a row (the threshold's max and Newton passes, then p): with kPerLane > 0 read once into
+// registers (kPerLane * 32 >= n_seen; -inf off the candidates), with 0 read from memory at
+// every pass. Candidates are tested in 32-bit (n_seen <= kDashMaxSeen).
 //
 // Register rows pass over all their registers twice (the max, then a test) and Newton's passes
 // and p only over the few entries with x = (z - max) / 2 > -1: Newton climbs from tau = -1, so
@@ -60,35 +60,65 @@ struct Routing {
 // such entries of each i / 32 parity in registers, in order (they are rare: the chunks within 2
 // of the row's max z, a handful per row at the bench's temperatures); a row where some lane
 // finds more passes over all its registers instead. Either way each chain adds the same nonzero
-// terms in the same order as entmax15_threshold_of: the same bits. The kernel is bound by issued
-// instructions (ncu), and the passes over all registers were most of them.
+// terms in the same order as entmax15_threshold_of: the same bits. Once a row's entries are
+// kept, its registers are free, and the next row's reads overlap its Newton passes: the kernel
+// waits on those reads between rows otherwise.
 template <int kPerLane>
 struct RowZ {
   static constexpr int kKept = 4;  // per lane and parity
   const Routing& rt;
-  const float* row;
+  const float* row = nullptr;            // the row load() took
   int lo, hi;                            // the candidates [lo, hi)
-  float mx = -INFINITY;                  // the row's max z, once threshold() ran
+  float mx = -INFINITY;                  // the row's max z, once scan() (or, reading memory, threshold()) ran
   float v[kPerLane > 0 ? kPerLane : 1];  // z
-  // After threshold(): the kept entries' x by parity, newest first (-inf in unused slots), their
-  // j a byte each (newest in the low byte), and whether every lane's fit (warp-uniform).
+  // After scan(): the kept entries' x by parity, newest first (-inf in unused slots), their j a
+  // byte each (newest in the low byte), and whether every lane's fit (warp-uniform).
   float kept_x[2][kKept];
-  uint32_t kept_j[2] = {0u, 0u};
-  bool all_kept = true;
-  __device__ RowZ(const Routing& routing, int64_t k)
-      : rt(routing), row(routing.scores(k)), lo(static_cast<int>(routing.lo)), hi(static_cast<int>(routing.hi)) {
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) v[j] = candidate(j) ? rt.z(row, rt.lane + 32 * j) : -INFINITY;
-#pragma unroll
-    for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
-  }
+  uint32_t kept_j[2];
+  bool all_kept = false;
+  __device__ explicit RowZ(const Routing& routing)
+      : rt(routing), lo(static_cast<int>(routing.lo)), hi(static_cast<int>(routing.hi)) {}
   __device__ bool candidate(int j) const {
     const int c = rt.lane + 32 * j;
     return c >= lo && c < hi;
   }
   __device__ float x(int j) const { return 0.5f * (v[j] - mx); }
-  // As entmax15_tau_of's each_x: every register (-inf entries add zeros), or the kept entries,
-  // oldest first after the unused slots' zeros.
+  // The registers (or, reading memory, the row pointer) of entmax row k.
+  __device__ void load(int64_t k) {
+    row = rt.scores(k);
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) v[j] = candidate(j) ? rt.z(row, rt.lane + 32 * j) : -INFINITY;
+  }
+  // Whether the next row may load before this one's threshold() and each_prob().
+  __device__ bool registers_free() const { return kPerLane > 0 && all_kept; }
+  __device__ void keep(int odd, int j, float x_j, int& count) {
+#pragma unroll
+    for (int i = kKept - 1; i > 0; --i) kept_x[odd][i] = kept_x[odd][i - 1];
+    kept_x[odd][0] = x_j;
+    kept_j[odd] = kept_j[odd] << 8 | static_cast<uint32_t>(j);
+    ++count;
+  }
+  // Register rows: the max, and the entries with x > -1.
+  __device__ void scan() {
+    if constexpr (kPerLane > 0) {
+#pragma unroll
+      for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
+      kept_j[0] = kept_j[1] = 0u;
+      float m[2] = {-INFINITY, -INFINITY};  // two chains; fmaxf is exact in any order
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) m[j & 1] = fmaxf(m[j & 1], v[j]);
+      mx = warp_max(fmaxf(m[0], m[1]));
+      int count[2] = {0, 0};
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const float t = v[j] - mx;  // x > -1 exactly when t > -2 (x = t / 2 is exact); NaN when mx is -inf
+        if (__any_sync(0xffffffffu, t > -2.f) && t > -2.f) keep(j & 1, j, 0.5f * t, count[j & 1]);
+      }
+      all_kept = !__any_sync(0xffffffffu, count[0] > kKept || count[1] > kKept);
+    }
+  }
+  // As entmax15_tau_of's each_x: the kept entries, oldest first after the unused slots' zeros,
+  // or every register (-inf entries add zeros).
   template <class F>
   __device__ void each_x(const F& f) const {
     if (all_kept) {
@@ -101,27 +131,10 @@ struct RowZ {
       for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, x(j));
     }
   }
-  __device__ void keep(int odd, int j, float x_j, int& count) {
-#pragma unroll
-    for (int i = kKept - 1; i > 0; --i) kept_x[odd][i] = kept_x[odd][i - 1];
-    kept_x[odd][0] = x_j;
-    kept_j[odd] = kept_j[odd] << 8 | static_cast<uint32_t>(j);
-    ++count;
-  }
+  // After scan().
   __device__ Entmax15Threshold threshold() {
     if constexpr (kPerLane > 0) {
-      float m[2] = {-INFINITY, -INFINITY};  // two chains; fmaxf is exact in any order
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) m[j & 1] = fmaxf(m[j & 1], v[j]);
-      mx = warp_max(fmaxf(m[0], m[1]));
       if (mx == -INFINITY) return {mx, -1.f};
-      int count[2] = {0, 0};
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const float t = v[j] - mx;  // x > -1 exactly when t > -2 (x = t / 2 is exact)
-        if (__any_sync(0xffffffffu, t > -2.f) && t > -2.f) keep(j & 1, j, 0.5f * t, count[j & 1]);
-      }
-      all_kept = !__any_sync(0xffffffffu, count[0] > kKept || count[1] > kKept);
       return {mx, entmax15_tau_of([&](const auto& f) { each_x(f); })};
     } else {
       const Entmax15Threshold t = entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, lo, hi);
@@ -180,8 +193,12 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   const Routing rt(a, g);
   // pbar[c] = the mean over the routing's entmax rows of p_k(c), each lane its own chunks.
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
+  RowZ<kPerLane> row(rt);
+  row.load(0);
   for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
-    RowZ<kPerLane> row(rt, k);
+    row.scan();
+    const bool next = k + 1 < rt.entmax_rows(), early = row.registers_free();
+    if (next && early) row.load(k + 1);
     const Entmax15Threshold t = row.threshold();
     if (rt.lane == 0) {
       thresholds[rt.threshold_index(k)] = t.max;
@@ -190,6 +207,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
     row.each_prob(t.tau, [&](int64_t c, float pc) {
       if (pc > 0.f) pbar[c] += pc;
     });
+    if (next && !early) row.load(k + 1);
   }
   const float inv_count = 1.f / float(rt.entmax_rows());
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar_out[g * a.n_seen + c] = pbar[c] *= inv_count;
