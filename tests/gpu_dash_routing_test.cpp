@@ -80,6 +80,7 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
       // z within 2 of the row's max nearly everywhere: more such chunks per lane than the prior
       // kernel keeps (dash_route.cu's RowZ), so its rows pass over all their registers.
       {1, 2, 1, 40000, 64, 64, 0.3, 1.0, "unnormalized", 0, 0, 0},
+      {1, 1, 2, 30000, 64, 16, 4.0, 1.0, "unnormalized", 0, 0, 0},  // 1875 chunks: 64 registers per lane
   };
   torch::manual_seed(11);
   int index = 0;
