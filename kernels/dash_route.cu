@@ -183,7 +183,7 @@ __device__ int64_t warp_compact(int64_t n, const Keep& keep, const Put& put) {
 }
 
 template <int kPerLane>
-__global__ void __launch_bounds__(32 * kMaxWarps, kPerLane > 0 && kPerLane <= 32 ? 3 : 1)
+__global__ void __launch_bounds__(32 * kMaxWarps)
     routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* pbar_out, float* shift_out, float* thresholds,
                         int64_t* counts) {
   extern __shared__ float smem[];
