@@ -673,9 +673,9 @@ struct RoutingLaunch {
 };
 
 // Runs kernel<kPerLane> with the smallest register row cache that holds n_seen chunks (none
-// past 2048: the registers would cost more occupancy than the re-reads). Every pass over a row
-// goes over all kPerLane registers, so the sizes step finely: a routing tile's n_seen grows
-// with its position.
+// past 2048: the registers would cost more occupancy than the re-reads). A row's load, max and
+// test go over all kPerLane registers (and every pass does, where a lane keeps too many), so the
+// sizes step finely: a routing tile's n_seen grows with its position.
 template <template <int> class Launch, class... Args>
 int with_row_cache(const DashRoutingArgs& a, Args&&... args) {
   if (a.n_seen <= 8 * 32) return Launch<8>::run(a, args...);
