@@ -28,17 +28,21 @@ struct Routing {
   const DashRoutingArgs& a;
   int lane;
   int64_t r0, rows, own, lo, hi;  // rows r0 .. r0 + rows, their own chunk, candidates [lo, hi)
+  int64_t first_tile, end_tile;   // the tiles of kDashTile chunks that hold candidates
   __device__ Routing(const DashRoutingArgs& args, int64_t g) : a(args), lane(threadIdx.x & 31) {
     r0 = g * a.route_positions;
     rows = a.n - r0 < a.route_positions ? a.n - r0 : a.route_positions;
     own = (a.t0 + r0) / a.chunk;  // the same for all R rows: R divides chunk and t0
     lo = a.sink_chunks;
-    hi = own - a.local_chunks;
-    if (hi < lo) hi = lo;
+    hi = dash_candidates_end(a.t0 + r0, a.chunk, a.sink_chunks, a.local_chunks);
+    first_tile = lo / kDashTile;
+    end_tile = hi > lo ? (hi + kDashTile - 1) / kDashTile : first_tile;
   }
   __device__ int64_t entmax_rows() const { return a.G * rows; }
-  // Entmax row k: head k % G of row r0 + k / G.
-  __device__ const float* scores(int64_t k) const { return a.scores + ((k % a.G) * a.n + r0 + k / a.G) * a.scores_ld; }
+  // Entmax row k is head k % G of row r0 + k / G: score row (k % G) n + r0 + k / G.
+  __device__ int64_t score_row(int64_t k) const { return (k % a.G) * a.n + r0 + k / a.G; }
+  __device__ const float* scores(int64_t k) const { return a.scores + score_row(k) * a.scores_ld; }
+  __device__ const float* tile_max(int64_t k) const { return a.tile_max + score_row(k) * a.tile_max_ld; }
   __device__ float z(const float* row, int64_t c) const { return __fmul_rn(a.scale, row[c]); }
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
   // Whether chunk c < own, with the routing's pbar p there, is in the rows' lists: forced
@@ -46,121 +50,102 @@ struct Routing {
   __device__ bool listed(int64_t c, float p) const { return !candidate(c) || p > 0.f; }
 
   // Entmax row k's threshold in global memory: [G, n, 2] like the scores' rows.
-  __device__ int64_t threshold_index(int64_t k) const { return 2 * ((k % a.G) * a.n + r0 + k / a.G); }
+  __device__ int64_t threshold_index(int64_t k) const { return 2 * score_row(k); }
 };
 
-// A routing's entmax rows, one at a time, on this lane's chunks c = lane + 32 j, for the passes
-// over a row (the threshold's max and Newton passes, then p): with kPerLane > 0 read once into
-// registers (kPerLane * 32 >= n_seen; -inf off the candidates), with 0 read from memory at
-// every pass. Candidates are tested in 32-bit (n_seen <= kDashMaxSeen).
-//
-// Register rows pass over all their registers twice (the max, then a test) and Newton's passes
-// and p only over the few entries with x = (z - max) / 2 > -1: Newton climbs from tau = -1, so
-// every other entry adds exact zeros to its sums and has p = 0. A lane keeps its first kKept
-// such entries of each i / 32 parity in registers, in order (they are rare: the chunks within 2
-// of the row's max z, a handful per row at the bench's temperatures); a row where some lane
-// finds more passes over all its registers instead. Either way each chain adds the same nonzero
-// terms in the same order as entmax15_threshold_of: the same bits. Once a row's entries are
-// kept, its registers are free, and the next row's reads overlap its Newton passes: the kernel
-// waits on those reads between rows otherwise.
-template <int kPerLane>
-struct RowZ {
-  static constexpr int kKept = 4;  // per lane and parity
+// One entmax row of a routing, for the passes over it (the threshold's max and Newton passes,
+// then p) on this lane's chunks c = lane + 32 j. Newton climbs from tau = -1, so an entry with
+// x = (z - max) / 2 <= -1 adds exact zeros to every pass's sums and has p = 0: only the entries
+// within 2 of the row's max z matter, a handful per row at the bench's temperatures. scan()
+// takes the row's max from its tile maxima (scale > 0 and rounding is monotonic, so scale times
+// a tile's max score is its max z) and reads only the tiles whose max comes within 2 of it;
+// each lane keeps its first kKept entries with x > -1 of each i / 32 parity in registers, in
+// order. A row where some lane finds more reads the whole row from memory at every pass
+// instead. Either way each chain adds the same nonzero terms in the same order as
+// entmax15_threshold_of over the whole row: the same bits.
+struct RowEntries {
+  static constexpr int kKept = 4;   // per lane and parity
+  static constexpr int kLoads = 4;  // tiles read at once
   const Routing& rt;
-  const float* row = nullptr;            // the row load() took
-  int lo, hi;                            // the candidates [lo, hi)
-  float mx = -INFINITY;                  // the row's max z, once scan() (or, reading memory, threshold()) ran
-  float v[kPerLane > 0 ? kPerLane : 1];  // z
-  // After scan(): the kept entries' x by parity, newest first (-inf in unused slots), their j a
-  // byte each (newest in the low byte), and whether every lane's fit (warp-uniform).
+  const float* row = nullptr;
+  float mx = -INFINITY;  // the row's max z
+  // The kept entries' x by parity, newest first (-inf in unused slots), their j a byte each
+  // (newest in the low byte; j < 256 as n_seen <= kDashMaxSeen), and whether every lane's fit.
   float kept_x[2][kKept];
   uint32_t kept_j[2];
-  bool all_kept = false;
-  __device__ explicit RowZ(const Routing& routing)
-      : rt(routing), lo(static_cast<int>(routing.lo)), hi(static_cast<int>(routing.hi)) {}
-  __device__ bool candidate(int j) const {
-    const int c = rt.lane + 32 * j;
-    return c >= lo && c < hi;
-  }
-  __device__ float x(int j) const { return 0.5f * (v[j] - mx); }
-  // The registers (or, reading memory, the row pointer) of entmax row k.
-  __device__ void load(int64_t k) {
-    row = rt.scores(k);
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) v[j] = candidate(j) ? rt.z(row, rt.lane + 32 * j) : -INFINITY;
-  }
-  // Whether the next row may load before this one's threshold() and each_prob().
-  __device__ bool registers_free() const { return kPerLane > 0 && all_kept; }
-  __device__ void keep(int odd, int j, float x_j, int& count) {
+  bool all_kept = true;
+  __device__ explicit RowEntries(const Routing& routing) : rt(routing) {}
+
+  // Keeps chunk c = lane + 32 j (j of parity odd) if t = z - max > -2, i.e. x = t / 2 > -1.
+  __device__ void keep(int odd, int64_t c, float t, int& count) {
+    if (!(t > -2.f)) return;
 #pragma unroll
     for (int i = kKept - 1; i > 0; --i) kept_x[odd][i] = kept_x[odd][i - 1];
-    kept_x[odd][0] = x_j;
-    kept_j[odd] = kept_j[odd] << 8 | static_cast<uint32_t>(j);
+    kept_x[odd][0] = 0.5f * t;
+    kept_j[odd] = kept_j[odd] << 8 | static_cast<uint32_t>(c >> 5);
     ++count;
   }
-  // Register rows: the max, and the entries with x > -1.
-  __device__ void scan() {
-    if constexpr (kPerLane > 0) {
+  // Entmax row k: its max and kept entries.
+  __device__ void scan(int64_t k) {
+    row = rt.scores(k);
+    const float* maxima = rt.tile_max(k);
 #pragma unroll
-      for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
-      kept_j[0] = kept_j[1] = 0u;
-      float m[2] = {-INFINITY, -INFINITY};  // two chains; fmaxf is exact in any order
+    for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
+    kept_j[0] = kept_j[1] = 0u;
+    float m = -INFINITY;
+    for (int64_t u = rt.first_tile + rt.lane; u < rt.end_tile; u += 32) m = fmaxf(m, rt.z(maxima, u));
+    mx = warp_max(m);
+    int count[2] = {0, 0};
+    for (int64_t u0 = rt.first_tile; u0 < rt.end_tile && mx != -INFINITY; u0 += 32) {
+      const int64_t u = u0 + rt.lane;
+      unsigned near = __ballot_sync(0xffffffffu, u < rt.end_tile && rt.z(maxima, u) - mx > -2.f);
+      while (near) {  // kLoads tiles' reads in flight at once
+        int64_t c0[kLoads];
+        float z[kLoads][2];
 #pragma unroll
-      for (int j = 0; j < kPerLane; ++j) m[j & 1] = fmaxf(m[j & 1], v[j]);
-      mx = warp_max(fmaxf(m[0], m[1]));
-      int count[2] = {0, 0};
+        for (int l = 0; l < kLoads; ++l) {
+          c0[l] = -1;
+          if (near == 0u) continue;
+          c0[l] = (u0 + __ffs(near) - 1) * kDashTile + rt.lane;
+          near &= near - 1;
 #pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const float t = v[j] - mx;  // x > -1 exactly when t > -2 (x = t / 2 is exact); NaN when mx is -inf
-        if (__any_sync(0xffffffffu, t > -2.f) && t > -2.f) keep(j & 1, j, 0.5f * t, count[j & 1]);
+          for (int odd = 0; odd < 2; ++odd)
+            z[l][odd] = rt.candidate(c0[l] + 32 * odd) ? rt.z(row, c0[l] + 32 * odd) : -INFINITY;
+        }
+#pragma unroll
+        for (int l = 0; l < kLoads; ++l)
+          if (c0[l] >= 0)
+#pragma unroll
+            for (int odd = 0; odd < 2; ++odd) keep(odd, c0[l] + 32 * odd, z[l][odd] - mx, count[odd]);
       }
-      all_kept = !__any_sync(0xffffffffu, count[0] > kKept || count[1] > kKept);
     }
-  }
-  // As entmax15_tau_of's each_x: the kept entries, oldest first after the unused slots' zeros,
-  // or every register (-inf entries add zeros).
-  template <class F>
-  __device__ void each_x(const F& f) const {
-    if (all_kept) {
-#pragma unroll
-      for (int odd = 0; odd < 2; ++odd)
-#pragma unroll
-        for (int i = kKept - 1; i >= 0; --i) f(odd != 0, kept_x[odd][i]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) f((j & 1) != 0, x(j));
-    }
+    all_kept = !__any_sync(0xffffffffu, count[0] > kKept || count[1] > kKept);
   }
   // After scan().
-  __device__ Entmax15Threshold threshold() {
-    if constexpr (kPerLane > 0) {
-      if (mx == -INFINITY) return {mx, -1.f};
-      return {mx, entmax15_tau_of([&](const auto& f) { each_x(f); })};
-    } else {
-      const Entmax15Threshold t = entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, lo, hi);
-      mx = t.max;
-      return t;
-    }
+  __device__ Entmax15Threshold threshold() const {
+    if (mx == -INFINITY) return {mx, -1.f};
+    if (!all_kept) return entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, rt.lo, rt.hi);
+    // As entmax15_tau_of's each_x: the kept entries, oldest first after the unused slots' zeros.
+    return {mx, entmax15_tau_of([&](const auto& f) {
+#pragma unroll
+              for (int odd = 0; odd < 2; ++odd)
+#pragma unroll
+                for (int i = kKept - 1; i >= 0; --i) f(odd != 0, kept_x[odd][i]);
+            })};
   }
   // After threshold(): f(c, p_c) over the lane's candidates that may have p > 0 (all of those
   // with it), p = [x - tau]_+^2.
   template <class F>
   __device__ void each_prob(float tau, const F& f) const {
-    if constexpr (kPerLane > 0) {
-      if (all_kept) {
+    if (all_kept) {
 #pragma unroll
-        for (int odd = 0; odd < 2; ++odd)
+      for (int odd = 0; odd < 2; ++odd)
 #pragma unroll
-          for (int i = 0; i < kKept; ++i)
-            f(rt.lane + 32 * static_cast<int>(kept_j[odd] >> 8 * i & 0xffu), entmax15_p(kept_x[odd][i], tau));
-      } else {
-#pragma unroll
-        for (int j = 0; j < kPerLane; ++j)
-          if (candidate(j)) f(rt.lane + 32 * j, entmax15_p(x(j), tau));
-      }
+        for (int i = 0; i < kKept; ++i)
+          f(rt.lane + 32 * static_cast<int>(kept_j[odd] >> 8 * i & 0xffu), entmax15_p(kept_x[odd][i], tau));
     } else {
-      for (int64_t c = rt.lane; c < hi; c += 32)
-        if (c >= lo) f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
+      for (int64_t c = rt.lane; c < rt.hi; c += 32)
+        if (c >= rt.lo) f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
     }
   }
 };
@@ -182,7 +167,6 @@ __device__ int64_t warp_compact(int64_t n, const Keep& keep, const Put& put) {
   return kept;
 }
 
-template <int kPerLane>
 __global__ void __launch_bounds__(32 * kMaxWarps)
     routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* pbar_out, float* shift_out, float* thresholds,
                         int64_t* counts) {
@@ -193,12 +177,9 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   const Routing rt(a, g);
   // pbar[c] = the mean over the routing's entmax rows of p_k(c), each lane its own chunks.
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
-  RowZ<kPerLane> row(rt);
-  row.load(0);
+  RowEntries row(rt);
   for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
-    row.scan();
-    const bool next = k + 1 < rt.entmax_rows(), early = row.registers_free();
-    if (next && early) row.load(k + 1);
+    row.scan(k);
     const Entmax15Threshold t = row.threshold();
     if (rt.lane == 0) {
       thresholds[rt.threshold_index(k)] = t.max;
@@ -207,7 +188,6 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
     row.each_prob(t.tau, [&](int64_t c, float pc) {
       if (pc > 0.f) pbar[c] += pc;
     });
-    if (next && !early) row.load(k + 1);
   }
   const float inv_count = 1.f / float(rt.entmax_rows());
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar_out[g * a.n_seen + c] = pbar[c] *= inv_count;
@@ -230,6 +210,24 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
     listed += __popc(__ballot_sync(0xffffffffu, c < rt.own && rt.listed(c, pbar[c])));
   }
   if (rt.lane < rt.rows) counts[rt.r0 + rt.lane] = listed;
+}
+
+// dash_routing_tile_max: one warp per routing, its rows' tile maxima one tile at a time.
+__global__ void __launch_bounds__(32 * kMaxWarps)
+    routing_tile_max_kernel(DashRoutingArgs a, int64_t n_routings, float* tile_max) {
+  const int64_t g = blockIdx.x * int64_t(kMaxWarps) + (threadIdx.x >> 5);
+  if (g >= n_routings) return;
+  const Routing rt(a, g);
+  for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
+    const float* row = rt.scores(k);
+    for (int64_t u = rt.first_tile; u < rt.end_tile; ++u) {
+      float m = -INFINITY;
+      for (int64_t c = u * kDashTile + rt.lane; c < (u + 1) * kDashTile; c += 32)
+        if (rt.candidate(c)) m = fmaxf(m, row[c]);
+      m = warp_max(m);
+      if (rt.lane == 0) tile_max[rt.score_row(k) * a.tile_max_ld + u] = m;
+    }
+  }
 }
 
 // One warp per row: its routing's entries before the own chunk, in order, by ballot, with
@@ -653,9 +651,13 @@ __global__ void __launch_bounds__(4 * kRows)
 }
 
 bool shape_ok(const DashRoutingArgs& a) {
-  return a.G >= 1 && a.route_positions >= 1 && a.G * a.route_positions <= kDashMaxRows && a.chunk > 0 &&
-         a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 &&
+  return a.G >= 1 && a.route_positions >= 1 && a.scale > 0.f && a.G * a.route_positions <= kDashMaxRows &&
+         a.chunk > 0 && a.chunk % a.route_positions == 0 && a.t0 % a.route_positions == 0 && a.n_seen >= 0 &&
          (a.t0 + a.n - 1) / a.chunk <= a.n_seen && a.n_seen <= kDashMaxSeen && dash_routings(a) < (int64_t(1) << 31);
+}
+
+bool tiles_ok(const DashRoutingArgs& a) {
+  return a.scores_ld >= a.n_seen && a.tile_max_ld >= (a.n_seen + kDashTile - 1) / kDashTile;
 }
 
 // Warps per block for the routing kernels: as many [n_seen] arrays as kSmemBudget holds (8 at
@@ -672,21 +674,6 @@ struct RoutingLaunch {
   }
 };
 
-// Runs kernel<kPerLane> with the smallest register row cache that holds n_seen chunks (none
-// past 2048: the registers would cost more occupancy than the re-reads). A row's load, max and
-// test go over all kPerLane registers (and every pass does, where a lane keeps too many), so the
-// sizes step finely: a routing tile's n_seen grows with its position.
-template <template <int> class Launch, class... Args>
-int with_row_cache(const DashRoutingArgs& a, Args&&... args) {
-  if (a.n_seen <= 8 * 32) return Launch<8>::run(a, args...);
-  if (a.n_seen <= 16 * 32) return Launch<16>::run(a, args...);
-  if (a.n_seen <= 24 * 32) return Launch<24>::run(a, args...);
-  if (a.n_seen <= 32 * 32) return Launch<32>::run(a, args...);
-  if (a.n_seen <= 48 * 32) return Launch<48>::run(a, args...);
-  if (a.n_seen <= 64 * 32) return Launch<64>::run(a, args...);
-  return Launch<0>::run(a, args...);
-}
-
 template <class Kernel, class... Args>
 int launch_routing(Kernel kernel, const DashRoutingArgs& a, cudaStream_t stream, Args... args) {
   if (const cudaError_t e =
@@ -697,14 +684,6 @@ int launch_routing(Kernel kernel, const DashRoutingArgs& a, cudaStream_t stream,
   kernel<<<l.blocks, 32 * l.warps, l.smem, stream>>>(a, dash_routings(a), args...);
   return cudaGetLastError();
 }
-
-template <int kPerLane>
-struct BiasLaunch {
-  static int run(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
-                 cudaStream_t stream) {
-    return launch_routing(routing_bias_kernel<kPerLane>, a, stream, pbar, shift, thresholds, counts);
-  }
-};
 
 template <typename T, int D, int kRows>
 int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds, const int64_t* row_ptr,
@@ -744,11 +723,19 @@ bool rows_aligned(const DashRoutingGrad& gr) {
 
 }  // namespace
 
+int dash_routing_tile_max(const DashRoutingArgs& a, float* tile_max, cudaStream_t stream) {
+  if (!shape_ok(a) || !tiles_ok(a)) return kBsaBadShape;
+  if (a.n == 0) return 0;
+  routing_tile_max_kernel<<<static_cast<unsigned>((dash_routings(a) + kMaxWarps - 1) / kMaxWarps), 32 * kMaxWarps, 0,
+                            stream>>>(a, dash_routings(a), tile_max);
+  return cudaGetLastError();
+}
+
 int dash_routing_prior(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
                        cudaStream_t stream) {
-  if (!shape_ok(a) || a.scores_ld < a.n_seen) return kBsaBadShape;
+  if (!shape_ok(a) || !tiles_ok(a)) return kBsaBadShape;
   if (a.n == 0) return 0;
-  return with_row_cache<BiasLaunch>(a, pbar, shift, thresholds, counts, stream);
+  return launch_routing(routing_bias_kernel, a, stream, pbar, shift, thresholds, counts);
 }
 
 int dash_routing_lists(const DashRoutingArgs& a, const float* pbar, const float* shift, const int64_t* row_ptr,

@@ -8,8 +8,10 @@
 // threshold, 8 bytes, and each list entry's pbar), so it neither runs Newton's method again
 // nor sums the group's probabilities, and reads only the listed chunks: entmax's Jacobian is
 // zero off the support, so no dense scores or score gradient exist in the backward. In the
-// forward each row's z sits in registers while a warp passes over it. Plain C++ launchers (raw device
-// pointers, a stream); src/attention/cuda/dash_routing.h wraps them for LibTorch.
+// forward a warp reads of each row only the 64-chunk tiles whose max comes within 2 of the row's
+// (the scores kernel writes those maxima, or dash_routing_tile_max): the rest add exact zeros to
+// entmax's sums. Plain C++ launchers (raw device pointers, a stream);
+// src/attention/cuda/dash_routing.h wraps them for LibTorch.
 #pragma once
 #include <cstdint>
 
@@ -21,24 +23,39 @@ namespace st::kernels {
 
 constexpr int kDashMaxRows = 64;   // entmax rows per routing: group heads x route_positions
 constexpr int64_t kDashMaxSeen = 6144;  // chunks a row may route among (T <= 384K at chunk 64)
+constexpr int kDashTile = 64;           // chunks per tile of the scores' row maxima
+
+// The routing candidates of query position t: chunks sink <= c < dash_candidates_end(t, ..).
+__host__ __device__ inline int64_t dash_candidates_end(int64_t t, int64_t chunk, int64_t sink, int64_t local) {
+  const int64_t end = t / chunk - local;
+  return end < sink ? sink : end;
+}
 
 struct DashRoutingArgs {
   // [G, n, n_seen] fp32: q . kbar for query positions t0 .. t0 + n - 1 of the G heads of one KV
   // group against chunks 0 .. n_seen - 1 (n_seen covers every row's past complete chunks).
   const float* scores;
   int64_t scores_ld;  // the row stride of scores, >= n_seen
+  // [G, n, tile_max_ld] fp32: each score row's max over its candidates in chunks 64 u .. 64 u + 63
+  // (-inf where it has none), for the tiles u that hold candidates; tile_max_ld >= ceil(n_seen / 64).
+  const float* tile_max;
+  int64_t tile_max_ld;
   int64_t G, n, n_seen, t0;
   int64_t chunk, sink_chunks, local_chunks;  // row t routes among chunks sink <= c < t / chunk - local
   int64_t route_positions;                   // R: rows t0 + R i .. share one pbar (R divides chunk and t0)
-  float scale;                               // entmax's input z = scale * scores
+  float scale;                               // entmax's input z = scale * scores; > 0
   float sigma;                               // bias = prior / sigma
   bool normalized;                           // prior = log pbar - mean of the row's routed log pbar
 };
 
-// pbar [ceil(n / R), n_seen]: each routing's mean probabilities. shift [ceil(n / R)]: the
-// normalized prior's mean routed log pbar (0 otherwise). thresholds [G, n, 2]: each entmax
-// row's max and tau, for the backward. counts [n]: each row's list length, the chunks before
-// its own that it reads (forced sink/local ones, routed ones with pbar > 0).
+// The score rows' tile maxima (DashRoutingArgs::tile_max, rows a.tile_max_ld apart) from
+// a.scores, for scores that did not come from kernels/dash_scores.h (it writes them itself).
+int dash_routing_tile_max(const DashRoutingArgs& a, float* tile_max, cudaStream_t stream);
+
+// From the scores and their tile maxima: pbar [ceil(n / R), n_seen]: each routing's mean probabilities. shift [ceil(n /
+// R)]: the normalized prior's mean routed log pbar (0 otherwise). thresholds [G, n, 2]: each entmax row's max and tau,
+// for the backward. counts [n]: each row's list length, the chunks before its own that it reads (forced sink/local
+// ones, routed ones with pbar > 0).
 int dash_routing_prior(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
                        cudaStream_t stream);
 

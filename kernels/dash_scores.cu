@@ -5,6 +5,7 @@
 
 #include "bsa_pipeline.cuh"  // mbarrier, TMA
 #include "bsa_tile.cuh"      // make_tile_map
+#include "dash_route.h"      // dash_candidates_end, kDashTile
 
 namespace st::kernels {
 namespace {
@@ -18,7 +19,8 @@ struct ScoreParams {
   const __nv_bfloat16* q;
   int64_t head_stride, row_stride;
   float* scores;
-  int64_t n, n_seen, ld, t0, chunk;  // ld: the scores' row stride
+  float* tile_max;
+  int64_t n, n_seen, ld, tile_max_ld, t0, chunk, sink, local;  // ld: the scores' row stride
   int G, P;  // P = 64 / G positions per query tile
 };
 
@@ -32,8 +34,9 @@ constexpr int smem_bytes() {
 // registers once; each column tile's kbar parts come by TMA (one thread; parts_map is the
 // [3, parts_rows, D] parts as [1, 3, parts_rows, D], 64-row boxes, zeros past parts_rows), then 3 x D / 16
 // wgmma with Q from registers, and the fp32 result goes straight to global memory while the
-// next parts load. One stage only: 49 KB of shared memory lets 4 CTAs share an SM, and ncu
-// showed the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per scheduler).
+// next parts load, with each row's max over its routing candidates in the tile. One stage only: 49 KB of shared memory
+// lets 4 CTAs share an SM, and ncu showed the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per
+// scheduler).
 template <int D>
 __global__ void __launch_bounds__(128, 4)
     dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
@@ -100,9 +103,22 @@ __global__ void __launch_bounds__(128, 4)
     const int64_t c0 = static_cast<int64_t>(first_tile + u) * 64;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int r = warp * 16 + g4 + 8 * half;
+      const int r = warp * 16 + g4 + 8 * half;  // a quad's four lanes hold its 64 columns
+      const int64_t score_row = (r % p.G) * p.n + i0 + r / p.G;
+      const int64_t hi = row_valid(r) ? dash_candidates_end(p.t0 + i0 + r / p.G, p.chunk, p.sink, p.local) : 0;
+      float m = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t col = c0 + nt * 8 + 2 * c + e;
+          if (col >= p.sink && col < hi) m = fmaxf(m, s[nt][2 * half + e]);
+        }
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       if (!row_valid(r)) continue;
-      float* out = p.scores + ((r % p.G) * p.n + i0 + r / p.G) * p.ld;
+      if (c == 0) p.tile_max[score_row * p.tile_max_ld + first_tile + u] = m;
+      float* out = p.scores + score_row * p.ld;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         const int64_t col = c0 + nt * 8 + 2 * c;
@@ -138,8 +154,8 @@ bool dash_scores_runs_here() { return wgmma_runs_here(dash_scores_kernel<128>); 
 
 int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.parts_rows < a.n_seen ||
-      a.scores_ld < a.n_seen || a.t0 < 0 || a.chunk <= 0 || (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX ||
-      (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
+      a.scores_ld < a.n_seen || a.tile_max_ld < (a.n_seen + kDashTile - 1) / kDashTile || a.t0 < 0 || a.chunk <= 0 ||
+      (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX || (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
     return kBsaBadShape;
   if (a.n == 0 || a.n_seen == 0) return 0;
   ScoreParams p{};
@@ -147,6 +163,10 @@ int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   p.head_stride = a.head_stride;
   p.row_stride = a.row_stride;
   p.scores = a.scores;
+  p.tile_max = a.tile_max;
+  p.tile_max_ld = a.tile_max_ld;
+  p.sink = a.sink_chunks;
+  p.local = a.local_chunks;
   p.n = a.n;
   p.n_seen = a.n_seen;
   p.ld = a.scores_ld;

@@ -20,7 +20,11 @@ struct DashScoreArgs {
   const void* kbar_parts;  // [3, parts_rows, d] bf16: hi, mid, lo with kbar = hi + mid + lo
   int64_t parts_rows;      // >= n_seen: the parts may hold later chunks too (a whole sequence's)
   float* scores;           // out: [G, n, n_seen], rows scores_ld >= n_seen floats apart
-  int64_t G, n, n_seen, scores_ld, t0, chunk, d;
+  // out: [G, n, tiles] (rows tile_max_ld >= ceil(n_seen / 64) apart): each row's max over its
+  // routing candidates (dash_route.h: chunks sink_chunks <= c < dash_candidates_end) in each
+  // tile of 64 chunks, -inf where it has none: dash_route.h's DashRoutingArgs::tile_max.
+  float* tile_max;
+  int64_t G, n, n_seen, scores_ld, tile_max_ld, t0, chunk, sink_chunks, local_chunks, d;
 };
 
 // Whether this device and build run dash_scores (an sm_90 GPU, sm_90a code in the build).
@@ -28,7 +32,8 @@ bool dash_scores_runs_here();
 
 // scores[h, i, c] = q_h(t0 + i) . kbar_c for every chunk c before the own chunk of the last row
 // of i's query tile (64 / G consecutive rows, as the attention kernels pack them): every
-// routing candidate of row i. Other entries are left unwritten. d 64 or 128, G <= 64. Returns 0,
+// routing candidate of row i; with the tile maxima of every tile that holds a candidate of row
+// i. Other entries are left unwritten. d 64 or 128, G <= 64. Returns 0,
 // a cudaError_t, or kBsaBadShape.
 int dash_scores(const DashScoreArgs& a, cudaStream_t stream);
 

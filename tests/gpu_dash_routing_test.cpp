@@ -9,8 +9,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdio>
 #include <functional>
+#include <vector>
 
 #include "attention/block_sparse_dispatch.h"
 #include "attention/cuda/dash_routing.h"
@@ -78,9 +80,9 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
       {1, 1, 2, 98304, 64, 16, 4.0, 1.0, "normalized", 1, 1, 0},           // 6143 chunks: fewer warps per block
       {1, 1, 8, 3001, 128, 64, 24.0, 1.0, "unnormalized", 0, 1, 1000, 4},  // 32 entmax rows per routing
       // z within 2 of the row's max nearly everywhere: more such chunks per lane than the prior
-      // kernel keeps (dash_route.cu's RowZ), so its rows pass over all their registers.
+      // kernel keeps (dash_route.cu's RowEntries), so its rows read the whole row at every pass.
       {1, 2, 1, 40000, 64, 64, 0.3, 1.0, "unnormalized", 0, 0, 0},
-      {1, 1, 2, 30000, 64, 16, 4.0, 1.0, "unnormalized", 0, 0, 0},  // 1875 chunks: 64 registers per lane
+      {1, 1, 2, 30000, 64, 16, 4.0, 1.0, "unnormalized", 0, 0, 0},  // 1875 chunks
   };
   torch::manual_seed(11);
   int index = 0;
@@ -129,15 +131,19 @@ TEST(GpuDashRouting, FusedKernelsMatchAten) {
 // The tensor-core scores kernel (bf16 q, kbar in three bf16 parts) against fp64, next to the
 // fp32 GEMM it replaces: as accurate, on every entry a routing reads (chunks before the own
 // chunk of the last row of each 64 / G-row query tile), for strided views of q, G 1-16, odd
-// chunk counts and tiles that start and end off chunk edges.
+// chunk counts and tiles that start and end off chunk edges. Its tile maxima are each row's
+// max over its candidates in each 64 chunks (ATen's, on its scores), and the prior kernel,
+// which reads only the tiles whose max comes near the row's, routes from them as from
+// dash_routing_tile_max's: the same bits.
 TEST(GpuDashRouting, TensorCoreScoresAreFp32Accurate) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   struct ScoreCase {
-    int64_t Hkv, G, T, d, chunk, t0, n;
+    int64_t Hkv, G, T, d, chunk, t0, n, sink, local;
   };
   const ScoreCase cases[] = {
-      {1, 1, 1000, 64, 64, 0, 1000},      {2, 3, 3001, 64, 32, 257, 2744},  {2, 4, 2048, 128, 64, 64, 1984},
-      {1, 16, 5000, 128, 64, 1024, 3000}, {2, 8, 4100, 128, 16, 4000, 100},
+      {1, 1, 1000, 64, 64, 0, 1000, 0, 0},     {2, 3, 3001, 64, 32, 257, 2744, 1, 2},
+      {2, 4, 2048, 128, 64, 64, 1984, 0, 1},   {1, 16, 5000, 128, 64, 1024, 3000, 3, 0},
+      {2, 8, 4100, 128, 16, 4000, 100, 70, 5},  // candidates from the second tile on
   };
   torch::manual_seed(5);
   for (const ScoreCase& c : cases) {
@@ -149,8 +155,13 @@ TEST(GpuDashRouting, TensorCoreScoresAreFp32Accurate) {
     const auto kbar_all = torch::randn({n_seen + 70, c.d}, f32) * 3, kbar = kbar_all.narrow(0, 0, n_seen);
     const auto q_rows = q.narrow(1, (c.Hkv - 1) * c.G, c.G).narrow(2, c.t0, c.n);  // the last group: strided
     if (!cuda::dash_scores_run(q_rows)) GTEST_SKIP() << "no sm_90 device";
+    DashConfig cfg;
+    cfg.chunk = c.chunk;
+    cfg.sink_chunks = c.sink;
+    cfg.local_chunks = c.local;
     const auto parts = cuda::dash_score_parts(kbar_all);
-    const auto got = cuda::dash_scores(q_rows, parts, n_seen, c.t0, c.chunk).to(torch::kFloat64);
+    const cuda::RoutingScores scores = cuda::dash_scores(q_rows, parts, cfg, n_seen, c.t0);
+    const auto got = scores.scores.to(torch::kFloat64);
     const auto q64 = q_rows[0].to(torch::kFloat64), k64 = kbar.to(torch::kFloat64);
     const auto exact = torch::matmul(q64, k64.t());
     const auto scale = torch::matmul(q64.abs(), k64.abs().t());  // sum |q_i kbar_i| per entry
@@ -160,7 +171,8 @@ TEST(GpuDashRouting, TensorCoreScoresAreFp32Accurate) {
     const auto i = torch::arange(c.n, f32.dtype(torch::kInt64));
     const auto last = torch::minimum(torch::div(i, P, "floor") * P + P - 1, torch::full_like(i, c.n - 1));
     const auto cols = torch::clamp_max(torch::div(last + c.t0, c.chunk, "floor"), n_seen);
-    const auto read = (torch::arange(n_seen, i.options()).view({1, n_seen}) < cols.view({c.n, 1})).unsqueeze(0);
+    const auto chunks = torch::arange(n_seen, i.options()).view({1, n_seen});
+    const auto read = (chunks < cols.view({c.n, 1})).unsqueeze(0);
     ASSERT_GT(read.sum().item<int64_t>(), 0);
     auto worst = [&](const torch::Tensor& x) {
       return torch::where(read, (x - exact).abs() / scale, torch::zeros_like(scale)).max().item<double>();
@@ -170,6 +182,24 @@ TEST(GpuDashRouting, TensorCoreScoresAreFp32Accurate) {
                 long(c.d), tc, gemm);
     EXPECT_LT(tc, 2e-6);
     EXPECT_LT(tc, 4 * gemm + 1e-7);
+
+    // Row i's candidates: sink <= c < max(sink, (t0 + i) / chunk - local); its tiles, those holding one.
+    const int64_t tiles = (n_seen + 63) / 64;
+    const auto end = torch::clamp_min(torch::div(i + c.t0, c.chunk, "floor") - c.local, c.sink).view({c.n, 1});
+    const auto candidate = torch::constant_pad_nd((chunks >= c.sink) & (chunks < end), {0, tiles * 64 - n_seen}, 0)
+                               .view({1, c.n, tiles, 64});
+    const auto padded = torch::constant_pad_nd(scores.scores, {0, tiles * 64 - n_seen}, 0).view({c.G, c.n, tiles, 64});
+    const auto want = std::get<0>(torch::where(candidate, padded, torch::full({}, -INFINITY, f32)).max(-1));
+    const auto has = candidate.any(-1).expand({c.G, c.n, tiles});
+    ASSERT_GT(has.sum().item<int64_t>(), 0);
+    EXPECT_TRUE(torch::equal(scores.tile_max.masked_select(has), want.masked_select(has)));
+    auto prior = [&](const cuda::RoutingScores& s) {
+      auto thresholds = torch::empty({c.G * c.n * 2}, f32), counts = torch::empty({c.n}, f32.dtype(torch::kInt64));
+      const cuda::RoutingPrior r = cuda::dash_routing_prior(s, cfg, 0.3, c.t0, thresholds, counts);
+      return std::vector<torch::Tensor>{r.pbar, r.shift, thresholds, counts};
+    };
+    const auto from_kernel = prior(scores), from_scores = prior({scores.scores, {}});
+    for (size_t k = 0; k < from_kernel.size(); ++k) EXPECT_TRUE(torch::equal(from_kernel[k], from_scores[k])) << k;
   }
 }
 

@@ -21,6 +21,11 @@ Tensor padded_rows(int64_t G, int64_t n, int64_t n_seen, const torch::TensorOpti
   return torch::empty({G, n, (n_seen + 3) / 4 * 4}, options.dtype(torch::kFloat32)).narrow(2, 0, n_seen);
 }
 
+// [G, n, ceil(n_seen / 64)] fp32: the scores' tile maxima.
+Tensor tile_maxima(int64_t G, int64_t n, int64_t n_seen, const torch::TensorOptions& options) {
+  return torch::empty({G, n, (n_seen + kn::kDashTile - 1) / kn::kDashTile}, options.dtype(torch::kFloat32));
+}
+
 kn::DashRoutingArgs args(const DashConfig& cfg, int64_t G, int64_t n, int64_t n_seen, double scale, int64_t t0) {
   kn::DashRoutingArgs a{};
   a.G = G;
@@ -65,7 +70,8 @@ Tensor dash_score_parts(const Tensor& kbar) {
   return rounding_parts(kbar, torch::kBFloat16, 3).movedim(0, -3).contiguous();
 }
 
-Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, int64_t n_seen, int64_t t0, int64_t chunk) {
+RoutingScores dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, const DashConfig& cfg, int64_t n_seen,
+                          int64_t t0) {
   TORCH_CHECK(
       q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && q_rows.scalar_type() == torch::kBFloat16,
       "dash scores: q rows must be bf16 [1, G, n, d] with unit stride over d");
@@ -75,27 +81,32 @@ Tensor dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, int64_t n_see
               "dash scores: kbar parts must be contiguous bf16 [3, rows >= n_seen, d] (dash_score_parts)");
   const c10::cuda::CUDAGuard guard(q_rows.device());
   const int64_t G = q_rows.size(1), n = q_rows.size(2);
-  auto scores = padded_rows(G, n, n_seen, q_rows.options());
+  RoutingScores s{padded_rows(G, n, n_seen, q_rows.options()), tile_maxima(G, n, n_seen, q_rows.options())};
   kn::DashScoreArgs a{};
   a.q = q_rows.data_ptr();
   a.head_stride = q_rows.stride(1);
   a.row_stride = q_rows.stride(2);
   a.kbar_parts = kbar_parts.data_ptr();
   a.parts_rows = kbar_parts.size(1);
-  a.scores = scores.data_ptr<float>();
+  a.scores = s.scores.data_ptr<float>();
+  a.tile_max = s.tile_max.data_ptr<float>();
   a.G = G;
   a.n = n;
   a.n_seen = n_seen;
-  a.scores_ld = scores.stride(1);
+  a.scores_ld = s.scores.stride(1);
+  a.tile_max_ld = s.tile_max.stride(1);
   a.t0 = t0;
-  a.chunk = chunk;
+  a.chunk = cfg.chunk;
+  a.sink_chunks = cfg.sink_chunks;
+  a.local_chunks = cfg.local_chunks;
   a.d = q_rows.size(3);
   check_launch(kn::dash_scores(a, current_stream()), "dash scores");
-  return scores;
+  return s;
 }
 
-RoutingPrior dash_routing_prior(const Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
+RoutingPrior dash_routing_prior(const RoutingScores& s, const DashConfig& cfg, double scale, int64_t t0,
                                 const Tensor& thresholds, const Tensor& counts) {
+  const Tensor& scores = s.scores;
   const c10::cuda::CUDAGuard guard(scores.device());
   const int64_t G = scores.size(0), n = scores.size(1), routings = (n + cfg.route_positions - 1) / cfg.route_positions;
   TORCH_CHECK(scores.is_cuda() && scores.scalar_type() == torch::kFloat32 && scores.dim() == 3 &&
@@ -109,6 +120,14 @@ RoutingPrior dash_routing_prior(const Tensor& scores, const DashConfig& cfg, dou
   kn::DashRoutingArgs a = args(cfg, G, n, scores.size(2), scale, t0);
   a.scores = scores.data_ptr<float>();
   a.scores_ld = scores.stride(1);
+  const Tensor tile_max = s.tile_max.defined() ? s.tile_max : tile_maxima(G, n, a.n_seen, scores.options());
+  TORCH_CHECK(tile_max.scalar_type() == torch::kFloat32 && tile_max.is_contiguous() &&
+                  tile_max.sizes() == torch::IntArrayRef({G, n, (a.n_seen + kn::kDashTile - 1) / kn::kDashTile}),
+              "dash routing: tile maxima must be contiguous fp32 [G, n, ceil(n_seen / 64)]");
+  a.tile_max = tile_max.data_ptr<float>();
+  a.tile_max_ld = tile_max.stride(1);
+  if (!s.tile_max.defined())
+    check_launch(kn::dash_routing_tile_max(a, tile_max.data_ptr<float>(), current_stream()), "dash tile maxima");
   const auto f32 = scores.options();
   RoutingPrior r{torch::empty({routings, a.n_seen}, f32), torch::empty({routings}, f32), G, n, t0, scale};
   check_launch(kn::dash_routing_prior(a, r.pbar.data_ptr<float>(), r.shift.data_ptr<float>(),

@@ -24,25 +24,33 @@ bool dash_scores_run(const torch::Tensor& q_rows);
 // rounding_parts.h), made once per forward for all of a sequence's tiles.
 torch::Tensor dash_score_parts(const torch::Tensor& kbar);
 
+// A routing tile's scores [G, n, n_seen] fp32 (q . kbar, before the temperature) and their
+// tile maxima [G, n, ceil(n_seen / 64)]: each row's max over its routing candidates in each 64
+// chunks (kernels/dash_route.h's DashRoutingArgs::tile_max), undefined where the scores did not
+// come from dash_scores (dash_routing_prior then finds them).
+struct RoutingScores {
+  torch::Tensor scores, tile_max;
+};
+
 // q_rows [1, G, n, d] bf16 (rows t0 .. t0 + n of one KV group, a view with unit stride over d)
 // and kbar_parts [3, rows, d] (dash_score_parts of the group's chunk summaries, rows >= n_seen)
-// -> scores [G, n, n_seen] = q . kbar in fp32 accuracy on tensor cores (kernels/dash_scores.h);
-// entries past a query tile's last own chunk are unspecified (no routing reads them).
-torch::Tensor dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar_parts, int64_t n_seen, int64_t t0,
-                          int64_t chunk);
+// -> scores = q . kbar in fp32 accuracy on tensor cores (kernels/dash_scores.h) with their tile
+// maxima; entries past a query tile's last own chunk are unspecified (no routing reads them).
+RoutingScores dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar_parts, const DashConfig& cfg,
+                          int64_t n_seen, int64_t t0);
 
-// A routing tile's entmax and prior, the first of the fused routing's two kernels: scores
-// [G, n, n_seen] fp32 (q . kbar, before the temperature; n_seen as DashAttention's tile
-// routing; t0 a multiple of route_positions) -> each routing's mean probabilities and prior
-// shift (kept for dash_routing_lists), with each entmax row's threshold (for the backward)
-// written into thresholds [G, n, 2] fp32 and each row's list length into counts [n] int64.
+// A routing tile's entmax and prior, the first of the fused routing's two kernels: its scores
+// (n_seen as DashAttention's tile routing; t0 a multiple of route_positions; scale > 0) -> each
+// routing's mean probabilities and prior shift (kept for dash_routing_lists), with each entmax
+// row's threshold (for the backward) written into thresholds [G, n, 2] fp32 and each row's list
+// length into counts [n] int64.
 // The lists' sizes stay on the device: the caller sums many tiles' before one host round trip.
 struct RoutingPrior {
   torch::Tensor pbar, shift;
   int64_t G, n, t0;
   double scale;  // z = scale * scores
 };
-RoutingPrior dash_routing_prior(const torch::Tensor& scores, const DashConfig& cfg, double scale, int64_t t0,
+RoutingPrior dash_routing_prior(const RoutingScores& scores, const DashConfig& cfg, double scale, int64_t t0,
                                 const torch::Tensor& thresholds, const torch::Tensor& counts);
 
 // The second: the tile's lists (block_sparse_dispatch.h's BlockRows for its n rows) from its
