@@ -105,14 +105,17 @@ __global__ void __launch_bounds__(128, 4)
     for (int half = 0; half < 2; ++half) {
       const int r = warp * 16 + g4 + 8 * half;  // a quad's four lanes hold its 64 columns
       const int64_t score_row = (r % p.G) * p.n + i0 + r / p.G;
-      const int64_t hi = row_valid(r) ? dash_candidates_end(p.t0 + i0 + r / p.G, p.chunk, p.sink, p.local) : 0;
+      // The row's candidates in this tile: columns [lo, hi) counted from c0.
+      const int64_t end = row_valid(r) ? dash_candidates_end(p.t0 + i0 + r / p.G, p.chunk, p.sink, p.local) : 0;
+      const int lo = static_cast<int>(max(min(p.sink - c0, int64_t(64)), int64_t(0)));
+      const int hi = static_cast<int>(max(min(end - c0, int64_t(64)), int64_t(0)));
       float m = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int64_t col = c0 + nt * 8 + 2 * c + e;
-          if (col >= p.sink && col < hi) m = fmaxf(m, s[nt][2 * half + e]);
+          const int col = nt * 8 + 2 * c + e;
+          if (col >= lo && col < hi) m = fmaxf(m, s[nt][2 * half + e]);
         }
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
