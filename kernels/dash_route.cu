@@ -16,7 +16,7 @@ namespace {
 using namespace dev;
 
 constexpr int kMaxWarps = 8;               // routings per block, one warp each
-constexpr size_t kSmemBudget = 96 * 1024;  // per block: WarpArrays per warp
+constexpr size_t kSmemBudget = 96 * 1024;  // per block: a [n_seen] float array per warp
 
 // One routing's rows (the R positions of routing g, fewer at the tile's end). In the forward
 // one warp takes it, with a [n_seen] float array (pbar) of its own in shared memory; lane l
@@ -43,7 +43,8 @@ struct Routing {
   __device__ int64_t score_row(int64_t k) const { return (k % a.G) * a.n + r0 + k / a.G; }
   __device__ const float* scores(int64_t k) const { return a.scores + score_row(k) * a.scores_ld; }
   __device__ const float* tile_max(int64_t k) const { return a.tile_max + score_row(k) * a.tile_max_ld; }
-  __device__ float z(const float* row, int64_t c) const { return __fmul_rn(a.scale, row[c]); }
+  __device__ float z(float score) const { return __fmul_rn(a.scale, score); }
+  __device__ float z(const float* row, int64_t c) const { return z(row[c]); }
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
   // Whether chunk c < own, with the routing's pbar p there, is in the rows' lists: forced
   // (sink/local) chunks always, candidates where entmax gave them mass.
@@ -53,105 +54,142 @@ struct Routing {
   __device__ int64_t threshold_index(int64_t k) const { return 2 * score_row(k); }
 };
 
-// A warp's part of routing_bias_kernel's shared memory: its routing's pbar [n_seen], and the
-// current entmax row's kept entries, lane l's m-th of parity odd at [odd][m][l]: their x (fp32)
-// and j (a byte: c = l + 32 j < kDashMaxSeen). A lane has at most ceil(n_seen / 64) chunks of
-// each parity, so every row's entries fit.
-struct WarpArrays {
-  float* pbar;
-  float* x;
-  uint8_t* j;
-  int per_lane;
-  __host__ __device__ static int per_lane_of(int64_t n_seen) {
-    return static_cast<int>((n_seen + 2 * 32 - 1) / (2 * 32));
-  }
-  __host__ __device__ static size_t bytes(int64_t n_seen) {
-    return (sizeof(float) * n_seen + (sizeof(float) + 1) * 2 * 32 * per_lane_of(n_seen) + 15) / 16 * 16;
-  }
-  __device__ WarpArrays(unsigned char* smem, int64_t n_seen) : per_lane(per_lane_of(n_seen)) {
-    pbar = reinterpret_cast<float*>(smem);
-    x = pbar + n_seen;
-    j = reinterpret_cast<uint8_t*>(x + 2 * 32 * per_lane);
-  }
-  __device__ int at(int odd, int m, int lane) const { return (odd * per_lane + m) * 32 + lane; }
-};
+// The prior kernel reads of each entmax row only what can matter. Newton's method for the
+// threshold climbs from tau = -1, so an entry with x = (z - max) / 2 <= -1 adds exact zeros to
+// every pass's sums and has p = 0: only the entries within 2 of the row's max z count, a
+// handful per row at route_positions 4's temperatures (tens at 1's). The row's max comes from
+// its tile maxima (scale > 0 and rounding is monotonic, so scale times a tile's max score is
+// its max z), and only the tiles whose max comes within 2 of it are read. Each lane keeps its
+// first kKept entries with x > -1 of each i / 32 parity in registers, in order; a row where
+// some lane finds more reads its whole row from memory at every pass instead. Either way each
+// chain adds the same nonzero terms in the same order as entmax15_threshold_of over the whole
+// row: the same bits.
+//
+// A warp's rows go through a pipeline, so that their reads wait behind the previous row's
+// Newton passes: row k + 2's tile maxima and row k + 1's first kLoads near tiles are read
+// while row k's passes run.
+constexpr int kLoads = 8;  // near tiles of a row read at once
 
-// One entmax row of a routing, for the passes over it (the threshold's max and Newton passes,
-// then p) on this lane's chunks c = lane + 32 j. Newton climbs from tau = -1, so an entry with
-// x = (z - max) / 2 <= -1 adds exact zeros to every pass's sums and has p = 0: only the entries
-// within 2 of the row's max z matter, a handful per row at the bench's temperatures (more at
-// route_positions 1, whose temperatures are lower). scan() takes the row's max from its tile
-// maxima (scale > 0 and rounding is monotonic, so scale times a tile's max score is its max z),
-// reads only the tiles whose max comes within 2 of it, and keeps each lane's entries with
-// x > -1 in shared memory, by i / 32 parity, in order; the passes go over those. Each chain adds
-// the same nonzero terms in the same order as entmax15_threshold_of over the whole row: the
-// same bits.
-struct RowEntries {
-  static constexpr int kLoads = 8;  // tiles read at once
-  const Routing& rt;
-  const WarpArrays& w;
-  float mx = -INFINITY;  // the row's max z
-  int count[2] = {0, 0};  // this lane's kept entries by parity
-  __device__ RowEntries(const Routing& routing, const WarpArrays& arrays) : rt(routing), w(arrays) {}
+// An entmax row's reads in flight: its tile maxima (this lane's of the first 32 tiles), then
+// its max and its first kLoads near tiles.
+struct RowReads {
+  const float* row;
+  const float* maxima;
+  float first_max;  // the max score of tile first_tile + lane (-inf past the row's tiles)
+  float mx;         // the row's max z, from start_tiles on
+  unsigned near;    // the first 32 tiles' near ones not yet read
+  int c0[kLoads];   // the tiles read: this lane's first chunk in each (-1: none)
+  float z[kLoads][2];
 
-  // Keeps chunk c = lane + 32 j (j of parity odd) if t = z - max > -2, i.e. x = t / 2 > -1.
-  __device__ void keep(int odd, int c, float t) {
-    if (!(t > -2.f)) return;
-    const int at = w.at(odd, count[odd]++, rt.lane);
-    w.x[at] = 0.5f * t;
-    w.j[at] = static_cast<uint8_t>(c >> 5);
+  // Row k's maxima.
+  __device__ void start_maxima(const Routing& rt, int64_t k) {
+    row = rt.scores(k);
+    maxima = rt.tile_max(k);
+    first_max = rt.first_tile + rt.lane < rt.end_tile ? maxima[rt.first_tile + rt.lane] : -INFINITY;
   }
-  // Entmax row k: its max and kept entries.
-  __device__ void scan(int64_t k) {
-    const float* row = rt.scores(k);
-    const float* maxima = rt.tile_max(k);
-    count[0] = count[1] = 0;
-    float m = -INFINITY;
-    for (int64_t u = rt.first_tile + rt.lane; u < rt.end_tile; u += 32) m = fmaxf(m, rt.z(maxima, u));
+  // After start_maxima: the row's max z, and the reads of its first kLoads near tiles.
+  __device__ void start_tiles(const Routing& rt) {
+    float m = rt.z(first_max);
+    for (int64_t u = rt.first_tile + 32 + rt.lane; u < rt.end_tile; u += 32) m = fmaxf(m, rt.z(maxima, u));
     mx = warp_max(m);
-    for (int64_t u0 = rt.first_tile; u0 < rt.end_tile && mx != -INFINITY; u0 += 32) {
-      const int64_t u = u0 + rt.lane;
-      unsigned near = __ballot_sync(0xffffffffu, u < rt.end_tile && rt.z(maxima, u) - mx > -2.f);
-      while (near) {  // kLoads tiles' reads in flight at once
-        int c0[kLoads];  // the tile's first chunk of this lane (n_seen <= kDashMaxSeen)
-        float z[kLoads][2];
+    near = mx == -INFINITY ? 0u : __ballot_sync(0xffffffffu, rt.z(first_max) - mx > -2.f);
+    read_tiles(rt, rt.first_tile);
+  }
+  // The next (up to) kLoads of `near`, tiles u0 + bit.
+  __device__ void read_tiles(const Routing& rt, int64_t u0) {
 #pragma unroll
-        for (int l = 0; l < kLoads; ++l) {
-          c0[l] = -1;
-          if (near == 0u) continue;
-          c0[l] = static_cast<int>(u0 + __ffs(near) - 1) * kDashTile + rt.lane;
-          near &= near - 1;
+    for (int l = 0; l < kLoads; ++l) {
+      c0[l] = -1;
+      if (near == 0u) continue;
+      c0[l] = static_cast<int>(u0 + __ffs(near) - 1) * kDashTile + rt.lane;  // n_seen <= kDashMaxSeen
+      near &= near - 1;
 #pragma unroll
-          for (int odd = 0; odd < 2; ++odd)
-            z[l][odd] = rt.candidate(c0[l] + 32 * odd) ? rt.z(row, c0[l] + 32 * odd) : -INFINITY;
-        }
-#pragma unroll
-        for (int l = 0; l < kLoads; ++l)
-          if (c0[l] >= 0)
-#pragma unroll
-            for (int odd = 0; odd < 2; ++odd) keep(odd, c0[l] + 32 * odd, z[l][odd] - mx);
-      }
+      for (int odd = 0; odd < 2; ++odd)
+        z[l][odd] = rt.candidate(c0[l] + 32 * odd) ? rt.z(row, c0[l] + 32 * odd) : -INFINITY;
     }
   }
-  // After scan().
+};
+
+// One entmax row's max and kept entries, for the passes over it (the threshold's Newton passes,
+// then p) on this lane's chunks c = lane + 32 j.
+struct RowEntries {
+  static constexpr int kKept = 4;  // per lane and parity
+  const Routing& rt;
+  const float* row = nullptr;
+  float mx = -INFINITY;
+  // The kept entries' x by parity, newest first (-inf in unused slots), their j a byte each
+  // (newest in the low byte; j < 256 as n_seen <= kDashMaxSeen), and whether every lane's fit.
+  float kept_x[2][kKept];
+  uint32_t kept_j[2];
+  bool all_kept = true;
+  __device__ explicit RowEntries(const Routing& routing) : rt(routing) {}
+
+  // The row of r (after r.start_tiles): its entries with x > -1 from the tiles r read and every
+  // other near tile.
+  __device__ void take(RowReads& r) {
+    row = r.row;
+    mx = r.mx;
+#pragma unroll
+    for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
+    kept_j[0] = kept_j[1] = 0u;
+    int count[2] = {0, 0};
+    keep_tiles(r, count);
+    while (r.near) {
+      r.read_tiles(rt, rt.first_tile);
+      keep_tiles(r, count);
+    }
+    for (int64_t u0 = rt.first_tile + 32; u0 < rt.end_tile && mx != -INFINITY; u0 += 32) {
+      const int64_t u = u0 + rt.lane;
+      r.near = __ballot_sync(0xffffffffu, u < rt.end_tile && rt.z(r.maxima, u) - mx > -2.f);
+      while (r.near) {
+        r.read_tiles(rt, u0);
+        keep_tiles(r, count);
+      }
+    }
+    all_kept = !__any_sync(0xffffffffu, count[0] > kKept || count[1] > kKept);
+  }
+  __device__ void keep_tiles(const RowReads& r, int count[2]) {
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l)
+      if (r.c0[l] >= 0)
+#pragma unroll
+        for (int odd = 0; odd < 2; ++odd) keep(odd, r.c0[l] + 32 * odd, r.z[l][odd] - mx, count[odd]);
+  }
+  // Keeps chunk c = lane + 32 j (j of parity odd) if t = z - max > -2, i.e. x = t / 2 > -1.
+  __device__ void keep(int odd, int c, float t, int& count) {
+    if (!(t > -2.f)) return;
+#pragma unroll
+    for (int i = kKept - 1; i > 0; --i) kept_x[odd][i] = kept_x[odd][i - 1];
+    kept_x[odd][0] = 0.5f * t;
+    kept_j[odd] = kept_j[odd] << 8 | static_cast<uint32_t>(c >> 5);
+    ++count;
+  }
+  // After take().
   __device__ Entmax15Threshold threshold() const {
     if (mx == -INFINITY) return {mx, -1.f};
+    if (!all_kept) return entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, rt.lo, rt.hi);
+    // As entmax15_tau_of's each_x: the kept entries, oldest first after the unused slots' zeros.
     return {mx, entmax15_tau_of([&](const auto& f) {
 #pragma unroll
               for (int odd = 0; odd < 2; ++odd)
-                for (int i = 0; i < count[odd]; ++i) f(odd != 0, w.x[w.at(odd, i, rt.lane)]);
+#pragma unroll
+                for (int i = kKept - 1; i >= 0; --i) f(odd != 0, kept_x[odd][i]);
             })};
   }
-  // After threshold(): f(c, p_c) over the lane's kept entries (all with p > 0 among them),
-  // p = [x - tau]_+^2.
+  // After threshold(): f(c, p_c) over the lane's candidates that may have p > 0 (all of those
+  // with it), p = [x - tau]_+^2.
   template <class F>
   __device__ void each_prob(float tau, const F& f) const {
+    if (all_kept) {
 #pragma unroll
-    for (int odd = 0; odd < 2; ++odd)
-      for (int i = 0; i < count[odd]; ++i) {
-        const int at = w.at(odd, i, rt.lane);
-        f(rt.lane + 32 * static_cast<int64_t>(w.j[at]), entmax15_p(w.x[at], tau));
-      }
+      for (int odd = 0; odd < 2; ++odd)
+#pragma unroll
+        for (int i = 0; i < kKept; ++i)
+          f(rt.lane + 32 * static_cast<int>(kept_j[odd] >> 8 * i & 0xffu), entmax15_p(kept_x[odd][i], tau));
+    } else {
+      for (int64_t c = rt.lane; c < rt.hi; c += 32)
+        if (c >= rt.lo) f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
+    }
   }
 };
 
@@ -175,17 +213,26 @@ __device__ int64_t warp_compact(int64_t n, const Keep& keep, const Put& put) {
 __global__ void __launch_bounds__(32 * kMaxWarps)
     routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* pbar_out, float* shift_out, float* thresholds,
                         int64_t* counts) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ float smem[];
   const int64_t g = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
   if (g >= n_routings) return;
-  const WarpArrays w(smem + (threadIdx.x >> 5) * WarpArrays::bytes(a.n_seen), a.n_seen);
-  float* pbar = w.pbar;
+  float* pbar = smem + (threadIdx.x >> 5) * a.n_seen;
   const Routing rt(a, g);
   // pbar[c] = the mean over the routing's entmax rows of p_k(c), each lane its own chunks.
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
-  RowEntries row(rt, w);
-  for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
-    row.scan(k);
+  const int64_t rows = rt.entmax_rows();
+  RowReads next, after;  // rows k + 1 and k + 2 at row k's passes
+  next.start_maxima(rt, 0);
+  next.start_tiles(rt);
+  if (rows > 1) after.start_maxima(rt, 1);
+  RowEntries row(rt);
+  for (int64_t k = 0; k < rows; ++k) {
+    row.take(next);
+    if (k + 1 < rows) {
+      next = after;
+      next.start_tiles(rt);
+    }
+    if (k + 2 < rows) after.start_maxima(rt, k + 2);
     const Entmax15Threshold t = row.threshold();
     if (rt.lane == 0) {
       thresholds[rt.threshold_index(k)] = t.max;
@@ -666,14 +713,14 @@ bool tiles_ok(const DashRoutingArgs& a) {
   return a.scores_ld >= a.n_seen && a.tile_max_ld >= (a.n_seen + kDashTile - 1) / kDashTile;
 }
 
-// Warps per block for the prior kernel: as many WarpArrays as kSmemBudget holds (8 at 64K
-// tokens, 1 at kDashMaxSeen).
+// Warps per block for the prior kernel: as many [n_seen] arrays as kSmemBudget holds (8 at
+// 64K tokens, 4 at kDashMaxSeen).
 struct RoutingLaunch {
   int warps;
   size_t smem;
   unsigned blocks;
   explicit RoutingLaunch(const DashRoutingArgs& a) {
-    const size_t per_warp = WarpArrays::bytes(a.n_seen > 0 ? a.n_seen : 1);
+    const size_t per_warp = (a.n_seen > 0 ? a.n_seen : 1) * sizeof(float);
     warps = static_cast<int>(per_warp * kMaxWarps <= kSmemBudget ? kMaxWarps : kSmemBudget / per_warp);
     smem = warps * per_warp;
     blocks = static_cast<unsigned>((dash_routings(a) + warps - 1) / warps);

@@ -13,7 +13,9 @@ namespace {
 using namespace dev;
 
 constexpr int kParts = 3;        // kbar = hi + mid + lo, each bf16
-constexpr int kTilesPerCta = 4;  // column tiles of 64 chunks per CTA; the Q tile stays in registers
+// Column tiles of 64 chunks per CTA; the Q tile stays in registers. 8: a row's tile maxima
+// from one CTA fill a 32-byte sector (half-written sectors cost ~0.4 ms at 64K).
+constexpr int kTilesPerCta = 8;
 
 struct ScoreParams {
   const __nv_bfloat16* q;
@@ -42,6 +44,7 @@ __global__ void __launch_bounds__(128, 4)
     dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t s_full;  // the column tile's parts landed
+  __shared__ float s_max[64][kTilesPerCta];  // the rows' tile maxima, written at the end
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
   const uint32_t parts_s = smem_addr(smem);
@@ -120,7 +123,7 @@ __global__ void __launch_bounds__(128, 4)
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       if (!row_valid(r)) continue;
-      if (c == 0) p.tile_max[score_row * p.tile_max_ld + first_tile + u] = m;
+      if (c == 0) s_max[r][u] = m;
       float* out = p.scores + score_row * p.ld;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -134,6 +137,12 @@ __global__ void __launch_bounds__(128, 4)
         }
       }
     }
+  }
+  __syncthreads();
+  for (int i = tid; i < 64 * kTilesPerCta; i += 128) {
+    const int r = i / kTilesPerCta, u = i % kTilesPerCta;
+    if (row_valid(r) && u < n_tiles)
+      p.tile_max[((r % p.G) * p.n + i0 + r / p.G) * p.tile_max_ld + first_tile + u] = s_max[r][u];
   }
 }
 
