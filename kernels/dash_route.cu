@@ -210,7 +210,7 @@ __device__ int64_t warp_compact(int64_t n, const Keep& keep, const Put& put) {
   return kept;
 }
 
-__global__ void __launch_bounds__(32 * kMaxWarps)
+__global__ void __launch_bounds__(32 * kMaxWarps, 3)
     routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* pbar_out, float* shift_out, float* thresholds,
                         int64_t* counts) {
   extern __shared__ float smem[];
