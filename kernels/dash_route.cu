@@ -43,8 +43,7 @@ struct Routing {
   __device__ int64_t score_row(int64_t k) const { return (k % a.G) * a.n + r0 + k / a.G; }
   __device__ const float* scores(int64_t k) const { return a.scores + score_row(k) * a.scores_ld; }
   __device__ const float* tile_max(int64_t k) const { return a.tile_max + score_row(k) * a.tile_max_ld; }
-  __device__ float z(float score) const { return __fmul_rn(a.scale, score); }
-  __device__ float z(const float* row, int64_t c) const { return z(row[c]); }
+  __device__ float z(const float* row, int64_t c) const { return __fmul_rn(a.scale, row[c]); }
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
   // Whether chunk c < own, with the routing's pbar p there, is in the rows' lists: forced
   // (sink/local) chunks always, candidates where entmax gave them mass.
@@ -54,69 +53,22 @@ struct Routing {
   __device__ int64_t threshold_index(int64_t k) const { return 2 * score_row(k); }
 };
 
-// The prior kernel reads of each entmax row only what can matter. Newton's method for the
-// threshold climbs from tau = -1, so an entry with x = (z - max) / 2 <= -1 adds exact zeros to
-// every pass's sums and has p = 0: only the entries within 2 of the row's max z count, a
-// handful per row at route_positions 4's temperatures (tens at 1's). The row's max comes from
-// its tile maxima (scale > 0 and rounding is monotonic, so scale times a tile's max score is
-// its max z), and only the tiles whose max comes within 2 of it are read. Each lane keeps its
-// first kKept entries with x > -1 of each i / 32 parity in registers, in order; a row where
-// some lane finds more reads its whole row from memory at every pass instead. Either way each
-// chain adds the same nonzero terms in the same order as entmax15_threshold_of over the whole
-// row: the same bits.
-//
-// A warp's rows go through a pipeline, so that their reads wait behind the previous row's
-// Newton passes: row k + 2's tile maxima and row k + 1's first kLoads near tiles are read
-// while row k's passes run.
-constexpr int kLoads = 8;  // near tiles of a row read at once
-
-// An entmax row's reads in flight: its tile maxima (this lane's of the first 32 tiles), then
-// its max and its first kLoads near tiles.
-struct RowReads {
-  const float* row;
-  const float* maxima;
-  float first_max;  // the max score of tile first_tile + lane (-inf past the row's tiles)
-  float mx;         // the row's max z, from start_tiles on
-  unsigned near;    // the first 32 tiles' near ones not yet read
-  int c0[kLoads];   // the tiles read: this lane's first chunk in each (-1: none)
-  float z[kLoads][2];
-
-  // Row k's maxima.
-  __device__ void start_maxima(const Routing& rt, int64_t k) {
-    row = rt.scores(k);
-    maxima = rt.tile_max(k);
-    first_max = rt.first_tile + rt.lane < rt.end_tile ? maxima[rt.first_tile + rt.lane] : -INFINITY;
-  }
-  // After start_maxima: the row's max z, and the reads of its first kLoads near tiles.
-  __device__ void start_tiles(const Routing& rt) {
-    float m = rt.z(first_max);
-    for (int64_t u = rt.first_tile + 32 + rt.lane; u < rt.end_tile; u += 32) m = fmaxf(m, rt.z(maxima, u));
-    mx = warp_max(m);
-    near = mx == -INFINITY ? 0u : __ballot_sync(0xffffffffu, rt.z(first_max) - mx > -2.f);
-    read_tiles(rt, rt.first_tile);
-  }
-  // The next (up to) kLoads of `near`, tiles u0 + bit.
-  __device__ void read_tiles(const Routing& rt, int64_t u0) {
-#pragma unroll
-    for (int l = 0; l < kLoads; ++l) {
-      c0[l] = -1;
-      if (near == 0u) continue;
-      c0[l] = static_cast<int>(u0 + __ffs(near) - 1) * kDashTile + rt.lane;  // n_seen <= kDashMaxSeen
-      near &= near - 1;
-#pragma unroll
-      for (int odd = 0; odd < 2; ++odd)
-        z[l][odd] = rt.candidate(c0[l] + 32 * odd) ? rt.z(row, c0[l] + 32 * odd) : -INFINITY;
-    }
-  }
-};
-
-// One entmax row's max and kept entries, for the passes over it (the threshold's Newton passes,
-// then p) on this lane's chunks c = lane + 32 j.
+// One entmax row of a routing, for the passes over it (the threshold's max and Newton passes,
+// then p) on this lane's chunks c = lane + 32 j. Newton climbs from tau = -1, so an entry with
+// x = (z - max) / 2 <= -1 adds exact zeros to every pass's sums and has p = 0: only the entries
+// within 2 of the row's max z matter, a handful per row at the bench's temperatures. scan()
+// takes the row's max from its tile maxima (scale > 0 and rounding is monotonic, so scale times
+// a tile's max score is its max z) and reads only the tiles whose max comes within 2 of it;
+// each lane keeps its first kKept entries with x > -1 of each i / 32 parity in registers, in
+// order. A row where some lane finds more reads the whole row from memory at every pass
+// instead. Either way each chain adds the same nonzero terms in the same order as
+// entmax15_threshold_of over the whole row: the same bits.
 struct RowEntries {
-  static constexpr int kKept = 4;  // per lane and parity
+  static constexpr int kKept = 4;   // per lane and parity
+  static constexpr int kLoads = 4;  // tiles read at once
   const Routing& rt;
   const float* row = nullptr;
-  float mx = -INFINITY;
+  float mx = -INFINITY;  // the row's max z
   // The kept entries' x by parity, newest first (-inf in unused slots), their j a byte each
   // (newest in the low byte; j < 256 as n_seen <= kDashMaxSeen), and whether every lane's fit.
   float kept_x[2][kKept];
@@ -124,39 +76,8 @@ struct RowEntries {
   bool all_kept = true;
   __device__ explicit RowEntries(const Routing& routing) : rt(routing) {}
 
-  // The row of r (after r.start_tiles): its entries with x > -1 from the tiles r read and every
-  // other near tile.
-  __device__ void take(RowReads& r) {
-    row = r.row;
-    mx = r.mx;
-#pragma unroll
-    for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
-    kept_j[0] = kept_j[1] = 0u;
-    int count[2] = {0, 0};
-    keep_tiles(r, count);
-    while (r.near) {
-      r.read_tiles(rt, rt.first_tile);
-      keep_tiles(r, count);
-    }
-    for (int64_t u0 = rt.first_tile + 32; u0 < rt.end_tile && mx != -INFINITY; u0 += 32) {
-      const int64_t u = u0 + rt.lane;
-      r.near = __ballot_sync(0xffffffffu, u < rt.end_tile && rt.z(r.maxima, u) - mx > -2.f);
-      while (r.near) {
-        r.read_tiles(rt, u0);
-        keep_tiles(r, count);
-      }
-    }
-    all_kept = !__any_sync(0xffffffffu, count[0] > kKept || count[1] > kKept);
-  }
-  __device__ void keep_tiles(const RowReads& r, int count[2]) {
-#pragma unroll
-    for (int l = 0; l < kLoads; ++l)
-      if (r.c0[l] >= 0)
-#pragma unroll
-        for (int odd = 0; odd < 2; ++odd) keep(odd, r.c0[l] + 32 * odd, r.z[l][odd] - mx, count[odd]);
-  }
   // Keeps chunk c = lane + 32 j (j of parity odd) if t = z - max > -2, i.e. x = t / 2 > -1.
-  __device__ void keep(int odd, int c, float t, int& count) {
+  __device__ void keep(int odd, int64_t c, float t, int& count) {
     if (!(t > -2.f)) return;
 #pragma unroll
     for (int i = kKept - 1; i > 0; --i) kept_x[odd][i] = kept_x[odd][i - 1];
@@ -164,7 +85,43 @@ struct RowEntries {
     kept_j[odd] = kept_j[odd] << 8 | static_cast<uint32_t>(c >> 5);
     ++count;
   }
-  // After take().
+  // Entmax row k: its max and kept entries.
+  __device__ void scan(int64_t k) {
+    row = rt.scores(k);
+    const float* maxima = rt.tile_max(k);
+#pragma unroll
+    for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
+    kept_j[0] = kept_j[1] = 0u;
+    float m = -INFINITY;
+    for (int64_t u = rt.first_tile + rt.lane; u < rt.end_tile; u += 32) m = fmaxf(m, rt.z(maxima, u));
+    mx = warp_max(m);
+    int count[2] = {0, 0};
+    for (int64_t u0 = rt.first_tile; u0 < rt.end_tile && mx != -INFINITY; u0 += 32) {
+      const int64_t u = u0 + rt.lane;
+      unsigned near = __ballot_sync(0xffffffffu, u < rt.end_tile && rt.z(maxima, u) - mx > -2.f);
+      while (near) {  // kLoads tiles' reads in flight at once
+        int64_t c0[kLoads];
+        float z[kLoads][2];
+#pragma unroll
+        for (int l = 0; l < kLoads; ++l) {
+          c0[l] = -1;
+          if (near == 0u) continue;
+          c0[l] = (u0 + __ffs(near) - 1) * kDashTile + rt.lane;
+          near &= near - 1;
+#pragma unroll
+          for (int odd = 0; odd < 2; ++odd)
+            z[l][odd] = rt.candidate(c0[l] + 32 * odd) ? rt.z(row, c0[l] + 32 * odd) : -INFINITY;
+        }
+#pragma unroll
+        for (int l = 0; l < kLoads; ++l)
+          if (c0[l] >= 0)
+#pragma unroll
+            for (int odd = 0; odd < 2; ++odd) keep(odd, c0[l] + 32 * odd, z[l][odd] - mx, count[odd]);
+      }
+    }
+    all_kept = !__any_sync(0xffffffffu, count[0] > kKept || count[1] > kKept);
+  }
+  // After scan().
   __device__ Entmax15Threshold threshold() const {
     if (mx == -INFINITY) return {mx, -1.f};
     if (!all_kept) return entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, rt.lo, rt.hi);
@@ -210,7 +167,7 @@ __device__ int64_t warp_compact(int64_t n, const Keep& keep, const Put& put) {
   return kept;
 }
 
-__global__ void __launch_bounds__(32 * kMaxWarps, 3)
+__global__ void __launch_bounds__(32 * kMaxWarps)
     routing_bias_kernel(DashRoutingArgs a, int64_t n_routings, float* pbar_out, float* shift_out, float* thresholds,
                         int64_t* counts) {
   extern __shared__ float smem[];
@@ -220,19 +177,9 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 3)
   const Routing rt(a, g);
   // pbar[c] = the mean over the routing's entmax rows of p_k(c), each lane its own chunks.
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
-  const int64_t rows = rt.entmax_rows();
-  RowReads next, after;  // rows k + 1 and k + 2 at row k's passes
-  next.start_maxima(rt, 0);
-  next.start_tiles(rt);
-  if (rows > 1) after.start_maxima(rt, 1);
   RowEntries row(rt);
-  for (int64_t k = 0; k < rows; ++k) {
-    row.take(next);
-    if (k + 1 < rows) {
-      next = after;
-      next.start_tiles(rt);
-    }
-    if (k + 2 < rows) after.start_maxima(rt, k + 2);
+  for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
+    row.scan(k);
     const Entmax15Threshold t = row.threshold();
     if (rt.lane == 0) {
       thresholds[rt.threshold_index(k)] = t.max;
@@ -713,7 +660,7 @@ bool tiles_ok(const DashRoutingArgs& a) {
   return a.scores_ld >= a.n_seen && a.tile_max_ld >= (a.n_seen + kDashTile - 1) / kDashTile;
 }
 
-// Warps per block for the prior kernel: as many [n_seen] arrays as kSmemBudget holds (8 at
+// Warps per block for the routing kernels: as many [n_seen] arrays as kSmemBudget holds (8 at
 // 64K tokens, 4 at kDashMaxSeen).
 struct RoutingLaunch {
   int warps;
