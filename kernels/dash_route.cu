@@ -39,11 +39,16 @@ struct Routing {
     end_tile = hi > lo ? (hi + kDashTile - 1) / kDashTile : first_tile;
   }
   __device__ int64_t entmax_rows() const { return a.G * rows; }
-  // Entmax row k is head k % G of row r0 + k / G: score row (k % G) n + r0 + k / G.
-  __device__ int64_t score_row(int64_t k) const { return (k % a.G) * a.n + r0 + k / a.G; }
+  // Entmax row k is head k % G of row r0 + k / G: score row (k % G) n + r0 + k / G (in 32 bits:
+  // k < kDashMaxRows; a 64-bit division costs ~100 instructions, a row's passes few hundred).
+  __device__ int64_t score_row(int64_t k) const {
+    const int kk = static_cast<int>(k), G = static_cast<int>(a.G);
+    return (kk % G) * a.n + r0 + kk / G;
+  }
   __device__ const float* scores(int64_t k) const { return a.scores + score_row(k) * a.scores_ld; }
   __device__ const float* tile_max(int64_t k) const { return a.tile_max + score_row(k) * a.tile_max_ld; }
-  __device__ float z(const float* row, int64_t c) const { return __fmul_rn(a.scale, row[c]); }
+  __device__ float z(float score) const { return __fmul_rn(a.scale, score); }
+  __device__ float z(const float* row, int64_t c) const { return z(row[c]); }
   __device__ bool candidate(int64_t c) const { return c >= lo && c < hi; }
   // Whether chunk c < own, with the routing's pbar p there, is in the rows' lists: forced
   // (sink/local) chunks always, candidates where entmax gave them mass.
@@ -67,6 +72,7 @@ struct RowEntries {
   static constexpr int kKept = 4;   // per lane and parity
   static constexpr int kLoads = 4;  // tiles read at once
   const Routing& rt;
+  int lo, hi, first_tile, end_tile;  // rt's, in 32 bits (n_seen <= kDashMaxSeen)
   const float* row = nullptr;
   float mx = -INFINITY;  // the row's max z
   // The kept entries' x by parity, newest first (-inf in unused slots), their j a byte each
@@ -74,10 +80,16 @@ struct RowEntries {
   float kept_x[2][kKept];
   uint32_t kept_j[2];
   bool all_kept = true;
-  __device__ explicit RowEntries(const Routing& routing) : rt(routing) {}
+  __device__ explicit RowEntries(const Routing& routing)
+      : rt(routing),
+        lo(static_cast<int>(routing.lo)),
+        hi(static_cast<int>(routing.hi)),
+        first_tile(static_cast<int>(routing.first_tile)),
+        end_tile(static_cast<int>(routing.end_tile)) {}
+  __device__ bool candidate(int c) const { return c >= lo && c < hi; }
 
   // Keeps chunk c = lane + 32 j (j of parity odd) if t = z - max > -2, i.e. x = t / 2 > -1.
-  __device__ void keep(int odd, int64_t c, float t, int& count) {
+  __device__ void keep(int odd, int c, float t, int& count) {
     if (!(t > -2.f)) return;
 #pragma unroll
     for (int i = kKept - 1; i > 0; --i) kept_x[odd][i] = kept_x[odd][i - 1];
@@ -85,22 +97,28 @@ struct RowEntries {
     kept_j[odd] = kept_j[odd] << 8 | static_cast<uint32_t>(c >> 5);
     ++count;
   }
-  // Entmax row k: its max and kept entries.
-  __device__ void scan(int64_t k) {
+  // Entmax row k's max score in tile first_tile + lane (-inf past its tiles): read a row ahead,
+  // so that it arrives during the passes over the row before.
+  __device__ float first_max(int64_t k) const {
+    return first_tile + rt.lane < end_tile ? rt.tile_max(k)[first_tile + rt.lane] : -INFINITY;
+  }
+  // Entmax row k, given its first_max: its max and kept entries.
+  __device__ void scan(int64_t k, float first) {
     row = rt.scores(k);
     const float* maxima = rt.tile_max(k);
 #pragma unroll
     for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
     kept_j[0] = kept_j[1] = 0u;
-    float m = -INFINITY;
-    for (int64_t u = rt.first_tile + rt.lane; u < rt.end_tile; u += 32) m = fmaxf(m, rt.z(maxima, u));
+    float m = rt.z(first);
+    for (int u = first_tile + 32 + rt.lane; u < end_tile; u += 32) m = fmaxf(m, rt.z(maxima, u));
     mx = warp_max(m);
     int count[2] = {0, 0};
-    for (int64_t u0 = rt.first_tile; u0 < rt.end_tile && mx != -INFINITY; u0 += 32) {
-      const int64_t u = u0 + rt.lane;
-      unsigned near = __ballot_sync(0xffffffffu, u < rt.end_tile && rt.z(maxima, u) - mx > -2.f);
+    for (int u0 = first_tile; u0 < end_tile && mx != -INFINITY; u0 += 32) {
+      const int u = u0 + rt.lane;
+      const float zu = u0 == first_tile ? rt.z(first) : u < end_tile ? rt.z(maxima, u) : -INFINITY;
+      unsigned near = __ballot_sync(0xffffffffu, zu - mx > -2.f);
       while (near) {  // kLoads tiles' reads in flight at once
-        int64_t c0[kLoads];
+        int c0[kLoads];
         float z[kLoads][2];
 #pragma unroll
         for (int l = 0; l < kLoads; ++l) {
@@ -110,7 +128,7 @@ struct RowEntries {
           near &= near - 1;
 #pragma unroll
           for (int odd = 0; odd < 2; ++odd)
-            z[l][odd] = rt.candidate(c0[l] + 32 * odd) ? rt.z(row, c0[l] + 32 * odd) : -INFINITY;
+            z[l][odd] = candidate(c0[l] + 32 * odd) ? rt.z(row, c0[l] + 32 * odd) : -INFINITY;
         }
 #pragma unroll
         for (int l = 0; l < kLoads; ++l)
@@ -178,8 +196,10 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   // pbar[c] = the mean over the routing's entmax rows of p_k(c), each lane its own chunks.
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
   RowEntries row(rt);
+  float first = row.first_max(0);
   for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
-    row.scan(k);
+    row.scan(k, first);
+    if (k + 1 < rt.entmax_rows()) first = row.first_max(k + 1);
     const Entmax15Threshold t = row.threshold();
     if (rt.lane == 0) {
       thresholds[rt.threshold_index(k)] = t.max;
