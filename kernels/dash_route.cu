@@ -70,7 +70,7 @@ struct Routing {
 // entmax15_threshold_of over the whole row: the same bits.
 struct RowEntries {
   static constexpr int kKept = 4;   // per lane and parity
-  static constexpr int kLoads = 4;  // tiles read at once
+  static constexpr int kLoads = 8;  // tiles read at once
   const Routing& rt;
   int lo, hi, first_tile, end_tile;  // rt's, in 32 bits (n_seen <= kDashMaxSeen)
   const float* row = nullptr;

@@ -112,14 +112,20 @@ __global__ void __launch_bounds__(128, 4)
       const int64_t end = row_valid(r) ? dash_candidates_end(p.t0 + i0 + r / p.G, p.chunk, p.sink, p.local) : 0;
       const int lo = static_cast<int>(max(min(p.sink - c0, int64_t(64)), int64_t(0)));
       const int hi = static_cast<int>(max(min(end - c0, int64_t(64)), int64_t(0)));
-      float m = -INFINITY;
+      float mm[2] = {-INFINITY, -INFINITY};  // two chains
+      if (lo == 0 && hi == 64) {             // the whole tile (most tiles of most rows)
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+        for (int nt = 0; nt < 8; ++nt) mm[nt & 1] = fmaxf(mm[nt & 1], fmaxf(s[nt][2 * half], s[nt][2 * half + 1]));
+      } else {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int col = nt * 8 + 2 * c + e;
-          if (col >= lo && col < hi) m = fmaxf(m, s[nt][2 * half + e]);
-        }
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int col = nt * 8 + 2 * c + e;
+            if (col >= lo && col < hi) mm[nt & 1] = fmaxf(mm[nt & 1], s[nt][2 * half + e]);
+          }
+      }
+      float m = fmaxf(mm[0], mm[1]);
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       if (!row_valid(r)) continue;
