@@ -61,16 +61,18 @@ struct Routing {
 // One entmax row of a routing, for the passes over it (the threshold's max and Newton passes,
 // then p) on this lane's chunks c = lane + 32 j. Newton climbs from tau = -1, so an entry with
 // x = (z - max) / 2 <= -1 adds exact zeros to every pass's sums and has p = 0: only the entries
-// within 2 of the row's max z matter, a handful per row at the bench's temperatures. scan()
-// takes the row's max from its tile maxima (scale > 0 and rounding is monotonic, so scale times
-// a tile's max score is its max z) and reads only the tiles whose max comes within 2 of it;
-// each lane keeps its first kKept entries with x > -1 of each i / 32 parity in registers, in
-// order. A row where some lane finds more reads the whole row from memory at every pass
-// instead. Either way each chain adds the same nonzero terms in the same order as
-// entmax15_threshold_of over the whole row: the same bits.
+// within 2 of the row's max z matter, a handful per row at route_positions 4's temperatures
+// (tens at 1's, whose temperatures are lower). scan() takes the row's max from its tile maxima
+// (scale > 0 and rounding is monotonic, so scale times a tile's max score is its max z) and
+// reads only the tiles whose max comes within 2 of it, kLoads at once; each lane keeps its
+// first kKept entries with x > -1 of each i / 32 parity in registers, in order. A row where
+// some lane finds more reads the whole row from memory at every pass instead. Either way each
+// chain adds the same nonzero terms in the same order as entmax15_threshold_of over the whole
+// row: the same bits. The kernel is latency-bound: occupancy decides (64 registers, four 8-warp
+// blocks per SM; 8 tiles at once, 80 registers, ran 1.6 -> 2.5 ms at 64K / route_positions 4).
 struct RowEntries {
   static constexpr int kKept = 4;   // per lane and parity
-  static constexpr int kLoads = 8;  // tiles read at once
+  static constexpr int kLoads = 4;  // tiles read at once
   const Routing& rt;
   int lo, hi, first_tile, end_tile;  // rt's, in 32 bits (n_seen <= kDashMaxSeen)
   const float* row = nullptr;
@@ -142,7 +144,7 @@ struct RowEntries {
   // After scan().
   __device__ Entmax15Threshold threshold() const {
     if (mx == -INFINITY) return {mx, -1.f};
-    if (!all_kept) return entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, rt.lo, rt.hi);
+    if (!all_kept) return entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, lo, hi);
     // As entmax15_tau_of's each_x: the kept entries, oldest first after the unused slots' zeros.
     return {mx, entmax15_tau_of([&](const auto& f) {
 #pragma unroll
@@ -162,8 +164,8 @@ struct RowEntries {
         for (int i = 0; i < kKept; ++i)
           f(rt.lane + 32 * static_cast<int>(kept_j[odd] >> 8 * i & 0xffu), entmax15_p(kept_x[odd][i], tau));
     } else {
-      for (int64_t c = rt.lane; c < rt.hi; c += 32)
-        if (c >= rt.lo) f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
+      for (int c = rt.lane; c < hi; c += 32)
+        if (c >= lo) f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
     }
   }
 };
@@ -197,15 +199,16 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   for (int64_t c = rt.lane; c < a.n_seen; c += 32) pbar[c] = 0.f;
   RowEntries row(rt);
   float first = row.first_max(0);
-  for (int64_t k = 0; k < rt.entmax_rows(); ++k) {
+  const int rows = static_cast<int>(rt.entmax_rows());  // <= kDashMaxRows
+  for (int k = 0; k < rows; ++k) {
     row.scan(k, first);
-    if (k + 1 < rt.entmax_rows()) first = row.first_max(k + 1);
+    if (k + 1 < rows) first = row.first_max(k + 1);
     const Entmax15Threshold t = row.threshold();
     if (rt.lane == 0) {
       thresholds[rt.threshold_index(k)] = t.max;
       thresholds[rt.threshold_index(k) + 1] = t.tau;
     }
-    row.each_prob(t.tau, [&](int64_t c, float pc) {
+    row.each_prob(t.tau, [&](int c, float pc) {
       if (pc > 0.f) pbar[c] += pc;
     });
   }

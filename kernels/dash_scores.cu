@@ -14,7 +14,8 @@ using namespace dev;
 
 constexpr int kParts = 3;        // kbar = hi + mid + lo, each bf16
 // Column tiles of 64 chunks per CTA; the Q tile stays in registers. 8: a row's tile maxima
-// from one CTA fill a 32-byte sector (half-written sectors cost ~0.4 ms at 64K).
+// from one CTA fill a 32-byte sector, written at once at the CTA's end (4 tiles with a store
+// per tile: 2.8 ms at 64K / 87.5% / route_positions 4; this 2.6; the scores alone 2.4).
 constexpr int kTilesPerCta = 8;
 
 struct ScoreParams {
@@ -36,9 +37,10 @@ constexpr int smem_bytes() {
 // registers once; each column tile's kbar parts come by TMA (one thread; parts_map is the
 // [3, parts_rows, D] parts as [1, 3, parts_rows, D], 64-row boxes, zeros past parts_rows), then 3 x D / 16
 // wgmma with Q from registers, and the fp32 result goes straight to global memory while the
-// next parts load, with each row's max over its routing candidates in the tile. One stage only: 49 KB of shared memory
-// lets 4 CTAs share an SM, and ncu showed the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per
-// scheduler).
+// next parts load; each row's max over its routing candidates in the tile goes to shared
+// memory, and all of the CTA's to global memory at its end. One stage only: 49 KB of shared
+// memory lets 4 CTAs share an SM, and ncu showed the two-stage form (2 CTAs) latency-bound
+// (0.39 eligible warps per scheduler).
 template <int D>
 __global__ void __launch_bounds__(128, 4)
     dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
