@@ -52,10 +52,11 @@ struct DashRoutingArgs {
 // a.scores, for scores that did not come from kernels/dash_scores.h (it writes them itself).
 int dash_routing_tile_max(const DashRoutingArgs& a, float* tile_max, cudaStream_t stream);
 
-// From the scores and their tile maxima: pbar [ceil(n / R), n_seen]: each routing's mean probabilities. shift [ceil(n /
-// R)]: the normalized prior's mean routed log pbar (0 otherwise). thresholds [G, n, 2]: each entmax row's max and tau,
-// for the backward. counts [n]: each row's list length, the chunks before its own that it reads (forced sink/local
-// ones, routed ones with pbar > 0).
+// From the scores and their tile maxima: pbar [ceil(n / R), n_seen]: each routing's mean
+// probabilities. shift [ceil(n / R)]: the normalized prior's mean routed log pbar (0 otherwise).
+// thresholds [G, n, 2]: each entmax row's max and tau, for the backward. counts [n]: each row's
+// list length, the chunks before its own that it reads (forced sink/local ones, routed ones with
+// pbar > 0).
 int dash_routing_prior(const DashRoutingArgs& a, float* pbar, float* shift, float* thresholds, int64_t* counts,
                        cudaStream_t stream);
 

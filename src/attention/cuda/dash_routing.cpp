@@ -121,9 +121,10 @@ RoutingPrior dash_routing_prior(const RoutingScores& s, const DashConfig& cfg, d
   a.scores = scores.data_ptr<float>();
   a.scores_ld = scores.stride(1);
   const Tensor tile_max = s.tile_max.defined() ? s.tile_max : tile_maxima(G, n, a.n_seen, scores.options());
-  TORCH_CHECK(tile_max.scalar_type() == torch::kFloat32 && tile_max.is_contiguous() &&
+  TORCH_CHECK(tile_max.device() == scores.device() && tile_max.scalar_type() == torch::kFloat32 &&
+                  tile_max.is_contiguous() &&
                   tile_max.sizes() == torch::IntArrayRef({G, n, (a.n_seen + kn::kDashTile - 1) / kn::kDashTile}),
-              "dash routing: tile maxima must be contiguous fp32 [G, n, ceil(n_seen / 64)]");
+              "dash routing: tile maxima must be contiguous fp32 [G, n, ceil(n_seen / 64)] on the scores' device");
   a.tile_max = tile_max.data_ptr<float>();
   a.tile_max_ld = tile_max.stride(1);
   if (!s.tile_max.defined())
