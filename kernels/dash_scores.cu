@@ -61,7 +61,6 @@ __global__ void __launch_bounds__(128, 4)
   const int n_tiles = static_cast<int>(min(static_cast<int64_t>(kTilesPerCta), (n_cols + 63) / 64 - first_tile));
   if (n_tiles <= 0) return;
   auto row_valid = [&](int r) { return r < p.P * p.G && r / p.G < n_pos; };
-  auto score_row = [&](int r) { return (r % p.G) * p.n + i0 + r / p.G; };  // of tile row r: head r % G
 
   load_tile_async<D>(
       part_tile(0),
@@ -110,6 +109,7 @@ __global__ void __launch_bounds__(128, 4)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = warp * 16 + g4 + 8 * half;  // a quad's four lanes hold its 64 columns
+      const int64_t score_row = (r % p.G) * p.n + i0 + r / p.G;
       // The row's candidates in this tile: columns [lo, hi) counted from c0.
       const int64_t end = row_valid(r) ? dash_candidates_end(p.t0 + i0 + r / p.G, p.chunk, p.sink, p.local) : 0;
       const int lo = static_cast<int>(max(min(p.sink - c0, int64_t(64)), int64_t(0)));
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(128, 4)
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       if (!row_valid(r)) continue;
       if (c == 0) s_max[r][u] = m;
-      float* out = p.scores + score_row(r) * p.ld;
+      float* out = p.scores + score_row * p.ld;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         const int64_t col = c0 + nt * 8 + 2 * c;
@@ -149,7 +149,8 @@ __global__ void __launch_bounds__(128, 4)
   __syncthreads();
   for (int i = tid; i < 64 * kTilesPerCta; i += 128) {
     const int r = i / kTilesPerCta, u = i % kTilesPerCta;
-    if (row_valid(r) && u < n_tiles) p.tile_max[score_row(r) * p.tile_max_ld + first_tile + u] = s_max[r][u];
+    if (row_valid(r) && u < n_tiles)
+      p.tile_max[((r % p.G) * p.n + i0 + r / p.G) * p.tile_max_ld + first_tile + u] = s_max[r][u];
   }
 }
 
