@@ -108,14 +108,13 @@ struct RowEntries {
   // near tiles, ascending (odd: j's parity). The other tiles' entries add exact zeros.
   template <class F>
   __device__ void each_near(const F& f) const {
-    for (int u0 = first_tile; u0 < end_tile; u0 += 32)
-      for (unsigned near = __ballot_sync(0xffffffffu, u0 + rt.lane < end_tile && near_tile(rt.z(maxima, u0 + rt.lane)));
-           near; near &= near - 1)
-#pragma unroll
-        for (int odd = 0; odd < 2; ++odd) {
-          const int c = (u0 + __ffs(near) - 1) * kDashTile + 32 * odd + rt.lane;
-          if (candidate(c)) f(odd != 0, c);
-        }
+    for (int u0 = first_tile; u0 < end_tile; u0 += 32) {
+      const unsigned near =
+          __ballot_sync(0xffffffffu, u0 + rt.lane < end_tile && near_tile(rt.z(maxima, u0 + rt.lane)));
+      const int end = min(hi, (u0 + 32) * kDashTile);
+      for (int c = u0 * kDashTile + rt.lane; c < end; c += 32)
+        if ((near >> (c / kDashTile - u0) & 1u) && c >= lo) f(((c >> 5) & 1) != 0, c);
+    }
   }
   // Entmax row k's max score in tile first_tile + lane (-inf past its tiles): read a row ahead,
   // so that it arrives during the passes over the row before.
