@@ -66,20 +66,17 @@ struct Routing {
 // (scale > 0 and rounding is monotonic, so scale times a tile's max score is its max z) and
 // reads only the tiles whose max comes within 2 of it, kLoads at once; each lane keeps its
 // first kKept entries with x > -1 of each i / 32 parity in registers, in order. A row where
-// some lane finds more reads its near tiles from memory at every pass instead (the scores
-// kernel may have left the others unwritten). Either way each chain adds the same nonzero terms
-// in the same order as entmax15_threshold_of over the whole row: the same bits. The kernel is
-// latency-bound: occupancy decides (64 registers, four 8-warp blocks per SM; 8 tiles at once,
-// 80 registers, ran 1.6 -> 2.5 ms at 64K / route_positions 4; the fallback's near-tile test per
-// chunk, not per 32 tiles, also took 80).
+// some lane finds more reads the whole row from memory at every pass instead. Either way each
+// chain adds the same nonzero terms in the same order as entmax15_threshold_of over the whole
+// row: the same bits. The kernel is latency-bound: occupancy decides (64 registers, four 8-warp
+// blocks per SM; 8 tiles at once, 80 registers, ran 1.6 -> 2.5 ms at 64K / route_positions 4).
 struct RowEntries {
   static constexpr int kKept = 4;   // per lane and parity
   static constexpr int kLoads = 4;  // tiles read at once
   const Routing& rt;
   int lo, hi, first_tile, end_tile;  // rt's, in 32 bits (n_seen <= kDashMaxSeen)
   const float* row = nullptr;
-  const float* maxima = nullptr;  // the row's tile maxima
-  float mx = -INFINITY;           // the row's max z
+  float mx = -INFINITY;  // the row's max z
   // The kept entries' x by parity, newest first (-inf in unused slots), their j a byte each
   // (newest in the low byte; j < 256 as n_seen <= kDashMaxSeen), and whether every lane's fit.
   float kept_x[2][kKept];
@@ -102,20 +99,6 @@ struct RowEntries {
     kept_j[odd] = kept_j[odd] << 8 | static_cast<uint32_t>(c >> 5);
     ++count;
   }
-  // Whether a tile with max z zu holds entries within 2 of the row's max.
-  __device__ bool near_tile(float zu) const { return zu - mx > -2.f; }
-  // The fallback's pass over the row: f(odd, c) for this lane's candidates c = lane + 32 j in the
-  // near tiles, ascending (odd: j's parity). The other tiles' entries add exact zeros.
-  template <class F>
-  __device__ void each_near(const F& f) const {
-    for (int u0 = first_tile; u0 < end_tile; u0 += 32) {
-      const unsigned near =
-          __ballot_sync(0xffffffffu, u0 + rt.lane < end_tile && near_tile(rt.z(maxima, u0 + rt.lane)));
-      const int end = min(hi, (u0 + 32) * kDashTile);
-      for (int c = u0 * kDashTile + rt.lane; c < end; c += 32)
-        if ((near >> (c / kDashTile - u0) & 1u) && c >= lo) f(((c >> 5) & 1) != 0, c);
-    }
-  }
   // Entmax row k's max score in tile first_tile + lane (-inf past its tiles): read a row ahead,
   // so that it arrives during the passes over the row before.
   __device__ float first_max(int64_t k) const {
@@ -124,7 +107,7 @@ struct RowEntries {
   // Entmax row k, given its first_max: its max and kept entries.
   __device__ void scan(int64_t k, float first) {
     row = rt.scores(k);
-    maxima = rt.tile_max(k);
+    const float* maxima = rt.tile_max(k);
 #pragma unroll
     for (int i = 0; i < kKept; ++i) kept_x[0][i] = kept_x[1][i] = -INFINITY;
     kept_j[0] = kept_j[1] = 0u;
@@ -135,7 +118,7 @@ struct RowEntries {
     for (int u0 = first_tile; u0 < end_tile && mx != -INFINITY; u0 += 32) {
       const int u = u0 + rt.lane;
       const float zu = u0 == first_tile ? rt.z(first) : u < end_tile ? rt.z(maxima, u) : -INFINITY;
-      unsigned near = __ballot_sync(0xffffffffu, near_tile(zu));
+      unsigned near = __ballot_sync(0xffffffffu, zu - mx > -2.f);
       while (near) {  // kLoads tiles' reads in flight at once
         int c0[kLoads];
         float z[kLoads][2];
@@ -161,9 +144,7 @@ struct RowEntries {
   // After scan().
   __device__ Entmax15Threshold threshold() const {
     if (mx == -INFINITY) return {mx, -1.f};
-    if (!all_kept)
-      return {mx, entmax15_tau_of(
-                      [&](const auto& f) { each_near([&](bool odd, int c) { f(odd, 0.5f * (rt.z(row, c) - mx)); }); })};
+    if (!all_kept) return entmax15_threshold([&](int64_t c) { return rt.z(row, c); }, lo, hi);
     // As entmax15_tau_of's each_x: the kept entries, oldest first after the unused slots' zeros.
     return {mx, entmax15_tau_of([&](const auto& f) {
 #pragma unroll
@@ -183,7 +164,8 @@ struct RowEntries {
         for (int i = 0; i < kKept; ++i)
           f(rt.lane + 32 * static_cast<int>(kept_j[odd] >> 8 * i & 0xffu), entmax15_p(kept_x[odd][i], tau));
     } else {
-      each_near([&](bool, int c) { f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau)); });
+      for (int c = rt.lane; c < hi; c += 32)
+        if (c >= lo) f(c, entmax15_p(0.5f * (rt.z(row, c) - mx), tau));
     }
   }
 };

@@ -24,8 +24,7 @@ struct ScoreParams {
   float* scores;
   float* tile_max;
   int64_t n, n_seen, ld, tile_max_ld, t0, chunk, sink, local;  // ld: the scores' row stride
-  float scale;  // > 0: entmax's z = scale * score, tiles far below the row's max left unwritten
-  int G, P;     // P = 64 / G positions per query tile
+  int G, P;  // P = 64 / G positions per query tile
 };
 
 template <int D>
@@ -39,11 +38,9 @@ constexpr int smem_bytes() {
 // [3, parts_rows, D] parts as [1, 3, parts_rows, D], 64-row boxes, zeros past parts_rows), then 3 x D / 16
 // wgmma with Q from registers, and the fp32 result goes straight to global memory while the
 // next parts load; each row's max over its routing candidates in the tile goes to shared
-// memory, and all of the CTA's to global memory at its end. With a scale, a tile whose max z
-// comes 2 or more below the row's max z over the CTA's tiles so far is not stored (its maximum
-// becomes -inf): entmax gives all of it p = 0, and the prior kernel never reads it
-// (dash_route.cu). One stage only: 49 KB of shared memory lets 4 CTAs share an SM, and ncu
-// showed the two-stage form (2 CTAs) latency-bound (0.39 eligible warps per scheduler).
+// memory, and all of the CTA's to global memory at its end. One stage only: 49 KB of shared
+// memory lets 4 CTAs share an SM, and ncu showed the two-stage form (2 CTAs) latency-bound
+// (0.39 eligible warps per scheduler).
 template <int D>
 __global__ void __launch_bounds__(128, 4)
     dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
@@ -91,7 +88,6 @@ __global__ void __launch_bounds__(128, 4)
                     0);
   };
   load_parts(0);
-  float row_max_z[2] = {-INFINITY, -INFINITY};  // [half]: over the CTA's tiles so far
   for (int u = 0; u < n_tiles; ++u) {
     mbar_wait(full, u & 1);  // column tile u's parts landed
     float s[8][4] = {};
@@ -135,13 +131,7 @@ __global__ void __launch_bounds__(128, 4)
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       if (!row_valid(r)) continue;
-      // z - max z as the prior kernel's near-tile test forms it; max z here is at most the
-      // row's, so this tile is at least as far below the row's max in that test.
-      const float z = __fmul_rn(p.scale, m);
-      row_max_z[half] = fmaxf(row_max_z[half], z);
-      const bool far = p.scale > 0.f && z - row_max_z[half] <= -2.f;
-      if (c == 0) s_max[r][u] = far ? -INFINITY : m;
-      if (far) continue;
+      if (c == 0) s_max[r][u] = m;
       float* out = p.scores + score_row * p.ld;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -185,8 +175,7 @@ bool dash_scores_runs_here() { return wgmma_runs_here(dash_scores_kernel<128>); 
 int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.parts_rows < a.n_seen ||
       a.scores_ld < a.n_seen || a.tile_max_ld < (a.n_seen + kDashTile - 1) / kDashTile || a.t0 < 0 || a.chunk <= 0 ||
-      !(a.scale >= 0.f) || (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX ||
-      (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
+      (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX || (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
     return kBsaBadShape;
   if (a.n == 0 || a.n_seen == 0) return 0;
   ScoreParams p{};
@@ -203,7 +192,6 @@ int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   p.ld = a.scores_ld;
   p.t0 = a.t0;
   p.chunk = a.chunk;
-  p.scale = a.scale;
   p.G = static_cast<int>(a.G);
   p.P = 64 / p.G;
   return a.d == 64 ? launch<64>(p, a.kbar_parts, a.parts_rows, stream)

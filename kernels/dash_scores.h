@@ -25,21 +25,16 @@ struct DashScoreArgs {
   // tile of 64 chunks, -inf where it has none: dash_route.h's DashRoutingArgs::tile_max.
   float* tile_max;
   int64_t G, n, n_seen, scores_ld, tile_max_ld, t0, chunk, sink_chunks, local_chunks, d;
-  // > 0: entmax's z = scale * scores (DashRoutingArgs::scale). A tile whose max z comes 2 or
-  // more below another of the row's tiles' may then be left unwritten, its tile max -inf:
-  // entmax gives all of its entries p = 0, and dash_routing_prior reads no tile with max -inf.
-  // 0: every tile written.
-  float scale;
 };
 
 // Whether this device and build run dash_scores (an sm_90 GPU, sm_90a code in the build).
 bool dash_scores_runs_here();
 
 // scores[h, i, c] = q_h(t0 + i) . kbar_c for every chunk c before the own chunk of the last row
-// of i's query tile (64 / G consecutive rows, as the attention kernels pack them), so every
-// routing candidate of row i, outside the far tiles that a.scale lets it skip; and the tile
-// maxima of every tile that holds a candidate of row i. Other entries are left unwritten. d 64
-// or 128, G <= 64. Returns 0, a cudaError_t, or kBsaBadShape.
+// of i's query tile (64 / G consecutive rows, as the attention kernels pack them): every
+// routing candidate of row i; with the tile maxima of every tile that holds a candidate of row
+// i. Other entries are left unwritten. d 64 or 128, G <= 64. Returns 0,
+// a cudaError_t, or kBsaBadShape.
 int dash_scores(const DashScoreArgs& a, cudaStream_t stream);
 
 }  // namespace st::kernels

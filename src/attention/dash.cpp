@@ -280,7 +280,7 @@ RoutingLists fused_routing(const DashConfig& cfg, const Tensor& q, const Tensor&
     const int64_t n_seen = seen_chunks(cfg, t.t0, t.n, T), first = t.first_row(Hkv, T);
     const Tensor q_rows = t.q_rows(q, G);
     const cuda::RoutingScores scores =
-        tensor_cores ? cuda::dash_scores(q_rows, parts[t.b][t.hkv], cfg, n_seen, t.t0, scale)
+        tensor_cores ? cuda::dash_scores(q_rows, parts[t.b][t.hkv], cfg, n_seen, t.t0)
                      : cuda::RoutingScores{
                            tile_scores(cfg, q_rows, t.kbar_rows(kbar), t.t0, T).scores.reshape({G, t.n, n_seen}), {}};
     priors.push_back(cuda::dash_routing_prior(

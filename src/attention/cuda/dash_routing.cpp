@@ -71,8 +71,7 @@ Tensor dash_score_parts(const Tensor& kbar) {
 }
 
 RoutingScores dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, const DashConfig& cfg, int64_t n_seen,
-                          int64_t t0, double scale) {
-  TORCH_CHECK(scale >= 0, "dash scores: scale must be >= 0, got ", scale);
+                          int64_t t0) {
   TORCH_CHECK(
       q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && q_rows.scalar_type() == torch::kBFloat16,
       "dash scores: q rows must be bf16 [1, G, n, d] with unit stride over d");
@@ -101,7 +100,6 @@ RoutingScores dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, const 
   a.sink_chunks = cfg.sink_chunks;
   a.local_chunks = cfg.local_chunks;
   a.d = q_rows.size(3);
-  a.scale = static_cast<float>(scale);
   check_launch(kn::dash_scores(a, current_stream()), "dash scores");
   return s;
 }

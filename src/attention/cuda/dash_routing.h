@@ -36,10 +36,8 @@ struct RoutingScores {
 // and kbar_parts [3, rows, d] (dash_score_parts of the group's chunk summaries, rows >= n_seen)
 // -> scores = q . kbar in fp32 accuracy on tensor cores (kernels/dash_scores.h) with their tile
 // maxima; entries past a query tile's last own chunk are unspecified (no routing reads them).
-// scale > 0, entmax's z = scale * scores: tiles that entmax gives p = 0 may be left unwritten
-// (their tile max -inf; dash_routing_prior reads no such tile); 0: every tile written.
 RoutingScores dash_scores(const torch::Tensor& q_rows, const torch::Tensor& kbar_parts, const DashConfig& cfg,
-                          int64_t n_seen, int64_t t0, double scale);
+                          int64_t n_seen, int64_t t0);
 
 // A routing tile's entmax and prior, the first of the fused routing's two kernels: its scores
 // (n_seen as DashAttention's tile routing; t0 a multiple of route_positions; scale > 0) -> each
