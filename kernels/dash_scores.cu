@@ -21,6 +21,7 @@ constexpr int kTilesPerCta = 8;
 // read from L2 once per 64 rows, 3x the bytes of the scores written (~13 GB at 64K).
 constexpr int kQueryTiles = 2;
 constexpr int kThreads = 128 * kQueryTiles;
+constexpr int kStages = 2;  // column tiles' parts in flight: tile u + 1's lands during u's math
 
 struct ScoreParams {
   const __nv_bfloat16* q;
@@ -33,7 +34,7 @@ struct ScoreParams {
 
 template <int D>
 constexpr int smem_bytes() {
-  return kParts * 64 * D * 2 + 1024;  // one column tile's parts, alignment slack
+  return kStages * kParts * 64 * D * 2 + 1024;  // kStages column tiles' parts, alignment slack
 }
 
 // One CTA per (kQueryTiles query tiles, kTilesPerCta column tiles), a warpgroup per query
@@ -43,19 +44,18 @@ constexpr int smem_bytes() {
 // boxes, zeros past parts_rows), then each warpgroup's 3 x D / 16 wgmma with its Q from
 // registers, and the fp32 result goes straight to global memory while the next parts load;
 // each row's max over its routing candidates in the tile goes to shared memory, and all of the
-// CTA's to global memory at its end. One stage only: 49 KB of shared memory; two 8-warp CTAs
-// share an SM (with one query tile per CTA, ncu showed a two-stage form with 2 CTAs per SM
-// latency-bound: 0.39 eligible warps per scheduler).
+// CTA's to global memory at its end. Two stages (97 KB of shared memory at D 128): two 8-warp
+// CTAs share an SM.
 template <int D>
 __global__ void __launch_bounds__(kThreads, 4 / kQueryTiles)
     dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t s_full;  // the column tile's parts landed
+  __shared__ __align__(8) uint64_t s_full[kStages];        // a stage's column tile parts landed
   __shared__ float s_max[kQueryTiles * 64][kTilesPerCta];  // the rows' tile maxima, written at the end
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
   const uint32_t parts_s = smem_addr(smem);
-  auto part_tile = [&](int part) { return parts_s + part * kTile; };
+  auto part_tile = [&](int stage, int part) { return parts_s + (stage * kParts + part) * kTile; };
 
   const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127, warp = wtid >> 5, lane = tid & 31, g4 = lane >> 2,
             c = lane & 3;
@@ -73,33 +73,36 @@ __global__ void __launch_bounds__(kThreads, 4 / kQueryTiles)
   auto row_valid = [&](int r) { return r < p.P * p.G && r / p.G < n_pos; };
 
   load_tile_async<D>(
-      part_tile(wg),
+      part_tile(0, wg),
       [&](int r) { return row_valid(r) ? p.q + (r % p.G) * p.head_stride + (i0 + r / p.G) * p.row_stride : nullptr; },
       p.q, wtid);
   cp_async_commit();
-  const uint32_t full = smem_addr(&s_full);
-  if (tid == 0) mbar_init(full, 1);
+  auto full = [&](int stage) { return smem_addr(&s_full[stage]); };
+  if (tid == 0)
+    for (int stage = 0; stage < kStages; ++stage) mbar_init(full(stage), 1);
   cp_async_wait_all();
   __syncthreads();
   uint32_t qa[D / 16][4];
 #pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(wg), warp * 16, ks * 16, lane);
+  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(0, wg), warp * 16, ks * 16, lane);
   fence_proxy_async();  // the reads of Q before TMA writes over them
   __syncthreads();      // every warp holds its Q fragments before the parts overwrite them
 
   // Columns past n_cols (up to the tile's end) multiply too; their results are not stored.
   auto load_parts = [&](int tile) {
-    if (tid != 0) return;
-    mbar_arrive_expect_bytes(full, kParts * kTile);
+    if (tid != 0 || tile >= n_tiles) return;
+    const int stage = tile % kStages;
+    mbar_arrive_expect_bytes(full(stage), kParts * kTile);
     for (int part = 0; part < kParts; ++part)
 #pragma unroll
       for (int slab = 0; slab < D / 64; ++slab)
-        tma_load_4d(part_tile(part) + slab * kSlabBytes, &parts_map, full, slab * 64, (first_tile + tile) * 64, part,
-                    0);
+        tma_load_4d(part_tile(stage, part) + slab * kSlabBytes, &parts_map, full(stage), slab * 64,
+                    (first_tile + tile) * 64, part, 0);
   };
-  load_parts(0);
+  for (int tile = 0; tile < kStages; ++tile) load_parts(tile);
   for (int u = 0; u < n_tiles; ++u) {
-    mbar_wait(full, u & 1);  // column tile u's parts landed
+    const int stage = u % kStages;
+    mbar_wait(full(stage), (u / kStages) & 1);  // column tile u's parts landed
     float s[8][4] = {};
     fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
     wgmma_fence();
@@ -107,13 +110,13 @@ __global__ void __launch_bounds__(kThreads, 4 / kQueryTiles)
     for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
       for (int part = 0; part < kParts; ++part)
-        wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(part), ks));
+        wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(stage, part), ks));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
     fence_operands(qa);
-    __syncthreads();  // every warp's matmuls have read the parts
-    if (u + 1 < n_tiles) load_parts(u + 1);
+    __syncthreads();  // every warp's matmuls have read the stage's parts
+    load_parts(u + kStages);
 
     const int64_t c0 = static_cast<int64_t>(first_tile + u) * 64;
 #pragma unroll
