@@ -17,11 +17,6 @@ constexpr int kParts = 3;        // kbar = hi + mid + lo, each bf16
 // from one CTA fill a 32-byte sector, written at once at the CTA's end (4 tiles with a store
 // per tile: 2.8 ms at 64K / 87.5% / route_positions 4; this 2.6; the scores alone 2.4).
 constexpr int kTilesPerCta = 8;
-// Query tiles per CTA, a warpgroup each, sharing every kbar tile the TMA brings: the parts were
-// read from L2 once per 64 rows, 3x the bytes of the scores written (~13 GB at 64K).
-constexpr int kQueryTiles = 2;
-constexpr int kThreads = 128 * kQueryTiles;
-constexpr int kStages = 2;  // column tiles' parts in flight: tile u + 1's lands during u's math
 
 struct ScoreParams {
   const __nv_bfloat16* q;
@@ -34,75 +29,67 @@ struct ScoreParams {
 
 template <int D>
 constexpr int smem_bytes() {
-  return kStages * kParts * 64 * D * 2 + 1024;  // kStages column tiles' parts, alignment slack
+  return kParts * 64 * D * 2 + 1024;  // one column tile's parts, alignment slack
 }
 
-// One CTA per (kQueryTiles query tiles, kTilesPerCta column tiles), a warpgroup per query
-// tile: 64 MMA rows = the G heads of P positions (row r: head r % G, position r / G). The Q
-// tiles pass through shared memory into registers once; each column tile's kbar parts come by
-// TMA (one thread; parts_map is the [3, parts_rows, D] parts as [1, 3, parts_rows, D], 64-row
-// boxes, zeros past parts_rows), then each warpgroup's 3 x D / 16 wgmma with its Q from
-// registers, and the fp32 result goes straight to global memory while the next parts load;
-// each row's max over its routing candidates in the tile goes to shared memory, and all of the
-// CTA's to global memory at its end. Two stages (97 KB of shared memory at D 128): two 8-warp
-// CTAs share an SM.
+// One CTA per (query tile, kTilesPerCta column tiles): 64 MMA rows = the G heads of P
+// positions (row r: head r % G, position r / G). The Q tile passes through shared memory into
+// registers once; each column tile's kbar parts come by TMA (one thread; parts_map is the
+// [3, parts_rows, D] parts as [1, 3, parts_rows, D], 64-row boxes, zeros past parts_rows), then 3 x D / 16
+// wgmma with Q from registers, and the fp32 result goes straight to global memory while the
+// next parts load; each row's max over its routing candidates in the tile goes to shared
+// memory, and all of the CTA's to global memory at its end. One stage only: 49 KB of shared
+// memory lets 4 CTAs share an SM, and ncu showed the two-stage form (2 CTAs) latency-bound
+// (0.39 eligible warps per scheduler).
 template <int D>
-__global__ void __launch_bounds__(kThreads, 4 / kQueryTiles)
+__global__ void __launch_bounds__(128, 4)
     dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t s_full[kStages];        // a stage's column tile parts landed
-  __shared__ float s_max[kQueryTiles * 64][kTilesPerCta];  // the rows' tile maxima, written at the end
+  __shared__ __align__(8) uint64_t s_full;  // the column tile's parts landed
+  __shared__ float s_max[64][kTilesPerCta];  // the rows' tile maxima, written at the end
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
   const uint32_t parts_s = smem_addr(smem);
-  auto part_tile = [&](int stage, int part) { return parts_s + (stage * kParts + part) * kTile; };
+  auto part_tile = [&](int part) { return parts_s + part * kTile; };
 
-  const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127, warp = wtid >> 5, lane = tid & 31, g4 = lane >> 2,
-            c = lane & 3;
-  // The warpgroup's query tile: rows i0 .. i0 + n_pos - 1 (from t0), none past n.
-  const int64_t i0 = (static_cast<int64_t>(blockIdx.x) * kQueryTiles + wg) * p.P;
-  const int n_pos = static_cast<int>(max(min(static_cast<int64_t>(p.P), p.n - i0), int64_t(0)));
-  // Candidates of a query tile's rows are chunks before its last row's own; the CTA's last
-  // query tile has the most.
-  auto cols_before = [&](int64_t last_row) { return min(p.n_seen, (p.t0 + last_row) / p.chunk); };
-  const int64_t n_cols = n_pos > 0 ? cols_before(i0 + n_pos - 1) : 0;
-  const int64_t cta_cols = cols_before(min((static_cast<int64_t>(blockIdx.x) + 1) * kQueryTiles * p.P, p.n) - 1);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * p.P;  // first row of the tile, from t0
+  const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.n - i0));
+  // Candidates of the tile's rows are chunks before the last row's own.
+  const int64_t n_cols = min(p.n_seen, (p.t0 + i0 + n_pos - 1) / p.chunk);
   const int first_tile = blockIdx.y * kTilesPerCta;
-  const int n_tiles = static_cast<int>(min(static_cast<int64_t>(kTilesPerCta), (cta_cols + 63) / 64 - first_tile));
+  const int n_tiles = static_cast<int>(min(static_cast<int64_t>(kTilesPerCta), (n_cols + 63) / 64 - first_tile));
   if (n_tiles <= 0) return;
   auto row_valid = [&](int r) { return r < p.P * p.G && r / p.G < n_pos; };
 
   load_tile_async<D>(
-      part_tile(0, wg),
+      part_tile(0),
       [&](int r) { return row_valid(r) ? p.q + (r % p.G) * p.head_stride + (i0 + r / p.G) * p.row_stride : nullptr; },
-      p.q, wtid);
+      p.q, tid);
   cp_async_commit();
-  auto full = [&](int stage) { return smem_addr(&s_full[stage]); };
-  if (tid == 0)
-    for (int stage = 0; stage < kStages; ++stage) mbar_init(full(stage), 1);
+  const uint32_t full = smem_addr(&s_full);
+  if (tid == 0) mbar_init(full, 1);
   cp_async_wait_all();
   __syncthreads();
   uint32_t qa[D / 16][4];
 #pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(0, wg), warp * 16, ks * 16, lane);
+  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(0), warp * 16, ks * 16, lane);
   fence_proxy_async();  // the reads of Q before TMA writes over them
   __syncthreads();      // every warp holds its Q fragments before the parts overwrite them
 
   // Columns past n_cols (up to the tile's end) multiply too; their results are not stored.
   auto load_parts = [&](int tile) {
-    if (tid != 0 || tile >= n_tiles) return;
-    const int stage = tile % kStages;
-    mbar_arrive_expect_bytes(full(stage), kParts * kTile);
+    if (tid != 0) return;
+    mbar_arrive_expect_bytes(full, kParts * kTile);
     for (int part = 0; part < kParts; ++part)
 #pragma unroll
       for (int slab = 0; slab < D / 64; ++slab)
-        tma_load_4d(part_tile(stage, part) + slab * kSlabBytes, &parts_map, full(stage), slab * 64,
-                    (first_tile + tile) * 64, part, 0);
+        tma_load_4d(part_tile(part) + slab * kSlabBytes, &parts_map, full, slab * 64, (first_tile + tile) * 64, part,
+                    0);
   };
-  for (int tile = 0; tile < kStages; ++tile) load_parts(tile);
+  load_parts(0);
   for (int u = 0; u < n_tiles; ++u) {
-    const int stage = u % kStages;
-    mbar_wait(full(stage), (u / kStages) & 1);  // column tile u's parts landed
+    mbar_wait(full, u & 1);  // column tile u's parts landed
     float s[8][4] = {};
     fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
     wgmma_fence();
@@ -110,13 +97,13 @@ __global__ void __launch_bounds__(kThreads, 4 / kQueryTiles)
     for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
       for (int part = 0; part < kParts; ++part)
-        wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(stage, part), ks));
+        wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(part), ks));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
     fence_operands(qa);
-    __syncthreads();  // every warp's matmuls have read the stage's parts
-    load_parts(u + kStages);
+    __syncthreads();  // every warp's matmuls have read the parts
+    if (u + 1 < n_tiles) load_parts(u + 1);
 
     const int64_t c0 = static_cast<int64_t>(first_tile + u) * 64;
 #pragma unroll
@@ -144,7 +131,7 @@ __global__ void __launch_bounds__(kThreads, 4 / kQueryTiles)
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       if (!row_valid(r)) continue;
-      if (c == 0) s_max[64 * wg + r][u] = m;
+      if (c == 0) s_max[r][u] = m;
       float* out = p.scores + score_row * p.ld;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -160,11 +147,10 @@ __global__ void __launch_bounds__(kThreads, 4 / kQueryTiles)
     }
   }
   __syncthreads();
-  const int my_tiles = static_cast<int>(min(static_cast<int64_t>(n_tiles), (n_cols + 63) / 64 - first_tile));
-  for (int i = wtid; i < 64 * kTilesPerCta; i += 128) {
+  for (int i = tid; i < 64 * kTilesPerCta; i += 128) {
     const int r = i / kTilesPerCta, u = i % kTilesPerCta;
-    if (row_valid(r) && u < my_tiles)
-      p.tile_max[((r % p.G) * p.n + i0 + r / p.G) * p.tile_max_ld + first_tile + u] = s_max[64 * wg + r][u];
+    if (row_valid(r) && u < n_tiles)
+      p.tile_max[((r % p.G) * p.n + i0 + r / p.G) * p.tile_max_ld + first_tile + u] = s_max[r][u];
   }
 }
 
@@ -176,10 +162,9 @@ int launch(const ScoreParams& p, const void* kbar_parts, int64_t parts_rows, cud
   cudaError_t e = cudaFuncSetAttribute(dash_scores_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   const int64_t col_tiles = (p.n_seen + 63) / 64;
-  const int64_t query_tiles = (p.n + p.P - 1) / p.P;
-  const dim3 grid(static_cast<unsigned>((query_tiles + kQueryTiles - 1) / kQueryTiles),
+  const dim3 grid(static_cast<unsigned>((p.n + p.P - 1) / p.P),
                   static_cast<unsigned>((col_tiles + kTilesPerCta - 1) / kTilesPerCta));
-  dash_scores_kernel<D><<<grid, kThreads, kSmem, stream>>>(p, parts_map);
+  dash_scores_kernel<D><<<grid, 128, kSmem, stream>>>(p, parts_map);
   return cudaGetLastError();
 }
 
