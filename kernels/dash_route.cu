@@ -357,14 +357,18 @@ constexpr bool kTensorZ = std::is_same_v<T, __nv_bfloat16>;
 
 // kRows: the routing's entmax rows G R rounded up to 16, 32 or 64 (one warp per 8 rows), so
 // that small groups (G 16, R 1) do not pay for 64. kPad: the q and kbar rows' padding in
-// floats; 4 spreads the CUDA-core z's 16-byte reads of 8 rows over the banks, 8 the MMA
-// fragments' reads (4 rows x 8 columns, and 8 rows x 4 columns of float2).
-template <int D, int kRows, int kPad>
+// elements; 4 spreads the CUDA-core z's 16-byte reads of 8 rows over the banks, 8 the MMA
+// fragments' reads (4 rows x 8 columns, and 8 rows x 4 columns of float2; of the bf16 parts,
+// 8 rows x 4 columns of pairs). kParts: kbar's bf16 parts that pass 1 reads (0: it reads kbar).
+template <int D, int kRows, int kPad, int kParts>
 struct GradSmem {
-  static constexpr int kLd = D + kPad;      // q and kbar row stride in floats
+  static constexpr int kLd = D + kPad;      // q and kbar row stride in floats, the parts' in bf16
   static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
+  static constexpr int kStep = kBatch * (kParts * kLd / 2 > kLd ? kParts * kLd / 2 : kLd);  // floats
   float q[kRows * kLd];                     // the entmax rows' q in fp32, zero past G R
-  float kbar[2][kBatch * kLd];              // step i's chunk summaries in kbar[i % 2], zero past the routed
+  // Step i's chunk summaries in kbar[i % 2], zero past the routed: in pass 1 their kParts parts
+  // ([part][entry][kLd] bf16) where kParts > 0, else (and in pass 2) [entry][kLd] fp32.
+  float kbar[2][kStep];
   float dz[kRows * kDzLd];                  // [row][entry]
   float dp[kStages][kBatch];                // step i's d loss / d p in [i % kStages], zero past the routed
   int chunk[kStages][kBatch];               // and their chunks
@@ -372,7 +376,7 @@ struct GradSmem {
   float s_sum[kRows], s_dot[kRows];  // pass 1's sums over the entries, by atomics
 };
 template <typename T, int D, int kRows>
-using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4>;
+using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4, kTensorZ<T> ? 3 : 0>;
 
 // x rounded to TF32 (10 mantissa bits), kept as an fp32; the MMA takes its bits as they are.
 __device__ __forceinline__ float tf32_round(float x) {
@@ -446,6 +450,18 @@ __global__ void __launch_bounds__(4 * kRows)
   auto fetch_kbar = [&](int i) {  // step i's chunk summaries; its chunks have landed
     if (i >= steps) return;
     const int b = i % batches;
+    if (kTensorZ<T> && i < batches) {  // pass 1: kbar's bf16 parts
+      const auto* parts = static_cast<const __nv_bfloat16*>(gr.kbar_parts);
+      auto* dst = reinterpret_cast<__nv_bfloat16*>(sm.kbar[i % 2]);
+      for (int v = tid; v < 3 * kBatch * D / 8; v += kThreads) {
+        const int part = v / (kBatch * D / 8), e = v / (D / 8) % kBatch, col = v % (D / 8) * 8;
+        const bool valid = b * kBatch + e < count;
+        const __nv_bfloat16* src =
+            valid ? parts + (part * gr.parts_rows + sm.chunk[i % kStages][e]) * int64_t(D) + col : parts;
+        cp_async_16(smem_addr(&dst[(part * kBatch + e) * kLd + col]), src, valid ? 16 : 0);
+      }
+      return;
+    }
     for (int v = tid; v < kBatch * D / 4; v += kThreads) {
       const int e = v / (D / 4), col = v % (D / 4) * 4;
       const bool valid = b * kBatch + e < count;
@@ -507,9 +523,10 @@ __global__ void __launch_bounds__(4 * kRows)
     if (valid) s_routing[k * count + at] = s;
   };
   if constexpr (kTensorZ<T>) {
-    // bf16 q: z as the forward's scores kernel forms it, q times kbar's three bf16 parts
-    // (rounding_parts.h) on tensor cores, k-step by k-step, parts in order. Warp w: rows 16 (w /
-    // 2) .. + 15 (q fragments in registers), entries 16 (w % 2) .. + 15 of each batch.
+    // bf16 q: z as the forward's scores kernel forms it, q times kbar's three bf16 parts on
+    // tensor cores, k-step by k-step, parts in order. Warp w: rows 16 (w / 2) .. + 15 (q
+    // fragments in registers), entries 16 (w % 2) .. + 15 of each batch. (The parts come from
+    // memory: split here per fragment, each split was repeated by every warp of the entries.)
     __syncthreads();  // q widened
     const int row0 = 16 * (warp >> 1), entry0 = 16 * (warp & 1);
     uint32_t qa[D / 16][4];
@@ -527,21 +544,16 @@ __global__ void __launch_bounds__(4 * kRows)
     for (int i = 0; i < batches; ++i) {
       begin_step(i);
       float z[2][4] = {};
+      const auto* parts = reinterpret_cast<const __nv_bfloat16*>(sm.kbar[i % 2]);
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const float* at = &sm.kbar[i % 2][(entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4];
-          float2 lo = *reinterpret_cast<const float2*>(at), hi = *reinterpret_cast<const float2*>(at + 8);
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-          for (int part = 0; part < 3; ++part) {  // each part the rounding of what the earlier leave
-            const uint32_t b0 = Elem<T>::pack(lo.x, lo.y), b1 = Elem<T>::pack(hi.x, hi.y);
-            mma<T>(z[nt], qa[ks], b0, b1);
-            const float2 r0 = Elem<T>::unpack(b0), r1 = Elem<T>::unpack(b1);
-            lo = make_float2(lo.x - r0.x, lo.y - r0.y);
-            hi = make_float2(hi.x - r1.x, hi.y - r1.y);
+          for (int part = 0; part < 3; ++part) {
+            const __nv_bfloat16* at = &parts[(part * kBatch + entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4];
+            mma<T>(z[nt], qa[ks], *reinterpret_cast<const uint32_t*>(at), *reinterpret_cast<const uint32_t*>(at + 8));
           }
-        }
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -736,12 +748,13 @@ int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float
                     : launch_grad<T, 128>(a, gr, thresholds, row_ptr, sc, stream);
 }
 
-// cp.async copies q and kbar rows 16 bytes at a time; d kbar takes 16-byte atomics, d q pairs.
+// cp.async copies q, kbar and parts rows 16 bytes at a time; d kbar takes 16-byte atomics, d q pairs.
 bool rows_aligned(const DashRoutingGrad& gr) {
   const int64_t bytes = gr.dtype == DashQType::kF32 ? 4 : 2;
   return reinterpret_cast<uintptr_t>(gr.q) % 16 == 0 && gr.head_stride * bytes % 16 == 0 &&
          gr.row_stride * bytes % 16 == 0 && reinterpret_cast<uintptr_t>(gr.kbar) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(gr.dkbar) % 16 == 0 && reinterpret_cast<uintptr_t>(gr.dq) % 16 == 0;
+         reinterpret_cast<uintptr_t>(gr.dkbar) % 16 == 0 && reinterpret_cast<uintptr_t>(gr.dq) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(gr.kbar_parts) % 16 == 0;
 }
 
 }  // namespace
@@ -773,7 +786,9 @@ int dash_routing_lists(const DashRoutingArgs& a, const float* pbar, const float*
 int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds,
                           const int64_t* row_ptr, const int32_t* blocks, const float* entry_pbar,
                           const float* d_entries, int64_t entries, float* scratch, cudaStream_t stream) {
-  if (!shape_ok(a) || (gr.d != 64 && gr.d != 128) || !rows_aligned(gr)) return kBsaBadShape;
+  if (!shape_ok(a) || (gr.d != 64 && gr.d != 128) || !rows_aligned(gr) ||
+      (gr.dtype == DashQType::kBf16 && (gr.kbar_parts == nullptr || gr.parts_rows < a.n_seen)))
+    return kBsaBadShape;
   if (a.n == 0) return 0;
   const GradScratch sc(a, entries, scratch);
   routing_grad_inputs_kernel<<<static_cast<unsigned>((dash_routings(a) + kMaxWarps - 1) / kMaxWarps), 32 * kMaxWarps, 0,

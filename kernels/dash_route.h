@@ -70,7 +70,9 @@ int dash_routing_lists(const DashRoutingArgs& a, const float* pbar, const float*
 enum class DashQType { kBf16, kF16, kF32 };
 
 // The backward's tensors besides the lists: q in, d q out (both [G, n, d] at the same strides),
-// the chunk summaries and their gradient (fp32 [n_seen, d], contiguous).
+// the chunk summaries and their gradient (fp32 [n_seen, d], contiguous), and for bf16 q the
+// summaries' three bf16 parts as the forward's scores kernel takes them (dash_scores.h:
+// [3, parts_rows >= n_seen, d], kbar = hi + mid + lo), on which the backward recomputes z.
 struct DashRoutingGrad {
   const void* q;
   void* dq;  // written, every element of the n rows
@@ -78,6 +80,8 @@ struct DashRoutingGrad {
   DashQType dtype;
   const float* kbar;
   float* dkbar;  // added to (atomics)
+  const void* kbar_parts;  // bf16 q only
+  int64_t parts_rows;
 };
 
 // The backward from the gradient of the rows' list entries (d_entries, laid out as
@@ -85,7 +89,7 @@ struct DashRoutingGrad {
 // mean and entmax's Jacobian to z = scale q . kbar, and on to d q (written) and d kbar (added),
 // with the forward's thresholds and entry_pbar. a.scores is not read: z is recomputed on the
 // listed chunks alone. entries: the tile's list entries (row_ptr[n] - row_ptr[0]); scratch:
-// dash_routing_backward_scratch(a, entries) floats. q and its strides 16-byte aligned. All three
+// dash_routing_backward_scratch(a, entries) floats. q, its strides and the parts 16-byte aligned. All three
 // return 0, a cudaError_t, or kBsaBadShape beyond kDashMaxRows / kDashMaxSeen (d 64 or 128 here).
 int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds,
                           const int64_t* row_ptr, const int32_t* blocks, const float* entry_pbar,

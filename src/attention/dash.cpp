@@ -213,12 +213,14 @@ struct RoutingLists {
   std::vector<int64_t> offsets;  // each tile's first entry, then m
   Tensor thresholds;             // [B Hkv T G 2]: each entmax row's threshold
   Tensor entry_pbar;             // [m]: each entry's pbar
+  Tensor kbar_parts;             // [B, Hkv, 3, n_full, d] bf16 for bf16 q: kbar's parts (dash_score_parts)
 };
 
 // A tile's backward: its lists as saved (row_ptr [n + 1] indexes the whole routing's entries;
-// blocks, entry_pbar and d_entries are the tile's, from row_ptr[0] on), and the thresholds.
+// blocks, entry_pbar and d_entries are the tile's, from row_ptr[0] on), the thresholds, and
+// its KV group's kbar parts [3, n_full, d] (where saved).
 struct TileGrad {
-  Tensor row_ptr, blocks, entry_pbar, thresholds, d_entries;
+  Tensor row_ptr, blocks, entry_pbar, thresholds, d_entries, kbar_parts;
 };
 
 RoutingLists aten_routing(const DashConfig& cfg, const Tensor& q, const Tensor& kbar,
@@ -269,10 +271,11 @@ RoutingLists fused_routing(const DashConfig& cfg, const Tensor& q, const Tensor&
   const int64_t B = q.size(0), Hkv = kbar.size(1), G = q.size(1) / Hkv, T = q.size(2), d = q.size(3);
   const double scale = score_scale(cfg, d);
   const bool tensor_cores = cuda::dash_scores_run(q);
-  const Tensor parts = tensor_cores ? cuda::dash_score_parts(kbar) : Tensor();  // [B, Hkv, 3, n_full, d]
   const auto options = q.options().dtype(torch::kFloat32);
   auto counts = torch::empty({B * Hkv * T}, options.dtype(torch::kInt64));
   RoutingLists r;
+  // bf16 q: the scores kernel's operand, and the backward's, which recomputes z on it.
+  if (q.scalar_type() == torch::kBFloat16) r.kbar_parts = cuda::dash_score_parts(kbar);
   r.thresholds = torch::empty({B * Hkv * T * G * 2}, options);
   std::vector<cuda::RoutingPrior> priors;
   std::vector<int64_t> first_rows;
@@ -280,7 +283,7 @@ RoutingLists fused_routing(const DashConfig& cfg, const Tensor& q, const Tensor&
     const int64_t n_seen = seen_chunks(cfg, t.t0, t.n, T), first = t.first_row(Hkv, T);
     const Tensor q_rows = t.q_rows(q, G);
     const cuda::RoutingScores scores =
-        tensor_cores ? cuda::dash_scores(q_rows, parts[t.b][t.hkv], cfg, n_seen, t.t0)
+        tensor_cores ? cuda::dash_scores(q_rows, r.kbar_parts[t.b][t.hkv], cfg, n_seen, t.t0)
                      : cuda::RoutingScores{
                            tile_scores(cfg, q_rows, t.kbar_rows(kbar), t.t0, T).scores.reshape({G, t.n, n_seen}), {}};
     priors.push_back(cuda::dash_routing_prior(
@@ -307,8 +310,8 @@ RoutingLists fused_routing(const DashConfig& cfg, const Tensor& q, const Tensor&
 void fused_routing_backward(const DashConfig& cfg, const Tensor& q_rows, const Tensor& kbar, int64_t t0, int64_t T,
                             const TileGrad& g, Tensor dq_rows, Tensor dkbar_rows) {
   const int64_t d = q_rows.size(3), n_seen = seen_chunks(cfg, t0, q_rows.size(2), T);
-  cuda::dash_routing_backward(q_rows, kbar.view({kbar.size(2), d}).narrow(0, 0, n_seen), g.thresholds, g.row_ptr,
-                              g.blocks, g.entry_pbar, g.d_entries, cfg, score_scale(cfg, d), t0, dq_rows,
+  cuda::dash_routing_backward(q_rows, kbar.view({kbar.size(2), d}).narrow(0, 0, n_seen), g.kbar_parts, g.thresholds,
+                              g.row_ptr, g.blocks, g.entry_pbar, g.d_entries, cfg, score_scale(cfg, d), t0, dq_rows,
                               dkbar_rows.view({dkbar_rows.size(2), d}).narrow(0, 0, n_seen));
 }
 #endif
@@ -352,7 +355,8 @@ DashConfig saved_config(AutogradContext* ctx) {
 }
 
 // Inputs q [B, Hq, T, d] and kbar [B, Hkv, n_full, d]; outputs the entries' bias
-// (differentiable), row_ptr and blocks. Only q, kbar and the lists are saved; the backward
+// (differentiable), row_ptr and blocks. Only q, kbar and the lists are saved (and what the
+// kernels' backward keeps: thresholds, entry pbar, kbar's bf16 parts); the backward
 // recomputes each tile's entmax and derives through it by hand (routing_bias_backward).
 // Scores in fp32 with autocast off, in forward and backward alike: the support's edge and
 // log(pbar) near it are where bf16 scores would move the routing.
@@ -362,7 +366,7 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
     const int64_t T = q.size(2);
     const AutocastOff autocast_off;
     RoutingLists r = routing_path(fused).route(cfg, q, kbar, routing_tiles(q.size(0), kbar.size(1), T, tile_rows));
-    ctx->save_for_backward({q, kbar, r.row_ptr, r.blocks, r.thresholds, r.entry_pbar});
+    ctx->save_for_backward({q, kbar, r.row_ptr, r.blocks, r.thresholds, r.entry_pbar, r.kbar_parts});
     save_config(ctx, cfg);
     ctx->saved_data["tile_rows"] = tile_rows;
     ctx->saved_data["fused"] = fused;
@@ -374,7 +378,7 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &q = saved[0], &kbar = saved[1], &row_ptr = saved[2], &block_ids = saved[3], &thresholds = saved[4],
-                 &entry_pbar = saved[5];
+                 &entry_pbar = saved[5], &kbar_parts = saved[6];
     const DashConfig cfg = saved_config(ctx);
     const auto offsets = ctx->saved_data["offsets"].toIntVector();
     const int64_t Hkv = kbar.size(1), G = q.size(1) / Hkv, T = q.size(2);
@@ -396,9 +400,12 @@ struct DashRoutingFunction : torch::autograd::Function<DashRoutingFunction> {
         continue;
       }
       // The tiles cover the rows in order, G x 2 thresholds per row.
-      const TileGrad g{row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1), block_ids.narrow(0, offsets[i], m),
-                       part(entry_pbar, offsets[i], m), part(thresholds, G * 2 * t.first_row(Hkv, T), G * 2 * t.n),
-                       grads[0].narrow(0, offsets[i], m).to(reference_dtype(q))};
+      const TileGrad g{row_ptr.narrow(0, t.first_row(Hkv, T), t.n + 1),
+                       block_ids.narrow(0, offsets[i], m),
+                       part(entry_pbar, offsets[i], m),
+                       part(thresholds, G * 2 * t.first_row(Hkv, T), G * 2 * t.n),
+                       grads[0].narrow(0, offsets[i], m).to(reference_dtype(q)),
+                       kbar_parts.defined() ? kbar_parts[t.b][t.hkv] : Tensor()};
       path.backward(cfg, t.q_rows(q, G), t.kbar_rows(kbar), t.t0, T, g, t.q_rows(dq, G), t.kbar_rows(dkbar));
     }
     return {dq, dkbar, Tensor(), Tensor(), Tensor()};

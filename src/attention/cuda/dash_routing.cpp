@@ -153,10 +153,10 @@ void dash_routing_lists(const RoutingPrior& prior, const DashConfig& cfg, const 
                "dash routing lists");
 }
 
-void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tensor& thresholds, const Tensor& row_ptr,
-                           const Tensor& blocks, const Tensor& entry_pbar, const Tensor& d_entries,
-                           const DashConfig& cfg, double scale, int64_t t0, const Tensor& dq_rows,
-                           const Tensor& dkbar) {
+void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tensor& kbar_parts, const Tensor& thresholds,
+                           const Tensor& row_ptr, const Tensor& blocks, const Tensor& entry_pbar,
+                           const Tensor& d_entries, const DashConfig& cfg, double scale, int64_t t0,
+                           const Tensor& dq_rows, const Tensor& dkbar) {
   const int64_t G = q_rows.size(1), n = q_rows.size(2), d = q_rows.size(3);
   TORCH_CHECK(q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && dq_rows.sizes() == q_rows.sizes() &&
                   dq_rows.stride(3) == 1 && dq_rows.scalar_type() == q_rows.scalar_type() && q_rows.is_cuda(),
@@ -180,6 +180,13 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
                   reinterpret_cast<uintptr_t>(dq_rows.data_ptr()) % 16 == 0,
               "dash routing backward: q rows (data, head and row strides), their gradient, kbar and d kbar must be "
               "16-byte aligned");
+  const bool bf16 = q_rows.scalar_type() == torch::kBFloat16;
+  TORCH_CHECK(
+      !bf16 || (kbar_parts.dim() == 3 && kbar_parts.size(0) == 3 && kbar_parts.size(1) >= kbar.size(0) &&
+                kbar_parts.size(2) == d && kbar_parts.scalar_type() == torch::kBFloat16 && kbar_parts.is_contiguous() &&
+                kbar_parts.device() == q_rows.device() && reinterpret_cast<uintptr_t>(kbar_parts.data_ptr()) % 16 == 0),
+      "dash routing backward: bf16 q needs kbar's parts, contiguous bf16 [3, rows >= n_seen, d] on q's device "
+      "(dash_score_parts)");
   const c10::cuda::CUDAGuard guard(q_rows.device());
   const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
                g = d_entries.to(torch::kFloat32).contiguous();
@@ -193,6 +200,10 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
   gr.dtype = dash_q_type(q_rows, "dash routing: q");
   gr.kbar = kbar.data_ptr<float>();
   gr.dkbar = dkbar.data_ptr<float>();
+  if (bf16) {
+    gr.kbar_parts = kbar_parts.data_ptr();
+    gr.parts_rows = kbar_parts.size(1);
+  }
   // The routings' routed entries with their d p, and each entmax row's s = sqrt p on them.
   auto scratch = torch::empty({kn::dash_routing_backward_scratch(a, ids.numel())}, g.options());
   check_launch(kn::dash_routing_backward(a, gr, thresholds.data_ptr<float>(), starts.data_ptr<int64_t>(),

@@ -67,10 +67,11 @@ void dash_routing_lists(const RoutingPrior& prior, const DashConfig& cfg, const 
 // summaries that the tile's rows may route to, as in the forward), with the forward's
 // thresholds and entry_pbar. row_ptr [n + 1]: where each row's entries start in the lists these
 // rows are part of; blocks, entry_pbar and d_entries: this tile's entries (from row_ptr[0] on).
-void dash_routing_backward(const torch::Tensor& q_rows, const torch::Tensor& kbar, const torch::Tensor& thresholds,
-                           const torch::Tensor& row_ptr, const torch::Tensor& blocks, const torch::Tensor& entry_pbar,
-                           const torch::Tensor& d_entries, const DashConfig& cfg, double scale, int64_t t0,
-                           const torch::Tensor& dq_rows, const torch::Tensor& dkbar);
+// kbar_parts: for bf16 q, dash_score_parts of the group's summaries ([3, rows >= n_seen, d]).
+void dash_routing_backward(const torch::Tensor& q_rows, const torch::Tensor& kbar, const torch::Tensor& kbar_parts,
+                           const torch::Tensor& thresholds, const torch::Tensor& row_ptr, const torch::Tensor& blocks,
+                           const torch::Tensor& entry_pbar, const torch::Tensor& d_entries, const DashConfig& cfg,
+                           double scale, int64_t t0, const torch::Tensor& dq_rows, const torch::Tensor& dkbar);
 
 }  // namespace st::cuda
 #endif  // SPARSETRAIN_CUDA
