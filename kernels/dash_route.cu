@@ -360,8 +360,9 @@ constexpr bool kTensorZ = std::is_same_v<T, __nv_bfloat16>;
 // elements; 4 spreads the CUDA-core z's 16-byte reads of 8 rows over the banks, 8 the MMA
 // fragments' reads (4 rows x 8 columns, and 8 rows x 4 columns of float2; of the bf16 parts,
 // 8 rows x 4 columns of pairs). kParts: kbar's bf16 parts that pass 1 reads (0: it reads kbar).
-template <int D, int kRows, int kPad, int kParts>
+template <int D, int kRows, int kPad, int Parts>
 struct GradSmem {
+  static constexpr int kParts = Parts;
   static constexpr int kLd = D + kPad;      // q and kbar row stride in floats, the parts' in bf16
   static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
   static constexpr int kStep = kBatch * (kParts * kLd / 2 > kLd ? kParts * kLd / 2 : kLd);  // floats
@@ -376,7 +377,7 @@ struct GradSmem {
   float s_sum[kRows], s_dot[kRows];  // pass 1's sums over the entries, by atomics
 };
 template <typename T, int D, int kRows>
-using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4, kTensorZ<T> ? 3 : 0>;
+using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4, kTensorZ<T> && kRows >= 32 ? 3 : 0>;
 
 // x rounded to TF32 (10 mantissa bits), kept as an fp32; the MMA takes its bits as they are.
 __device__ __forceinline__ float tf32_round(float x) {
@@ -428,6 +429,7 @@ __global__ void __launch_bounds__(4 * kRows)
   extern __shared__ float4 smem_raw[];
   using Smem = GradSmemOf<T, D, kRows>;
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
+  constexpr bool kPartsIn = Smem::kParts > 0;  // pass 1 gathers kbar's parts
   constexpr int kLd = Smem::kLd, kDzLd = Smem::kDzLd, kThreads = 4 * kRows;
   static_assert(kRows * D * sizeof(T) <= sizeof(sm.kbar[1]) || sizeof(T) == 4, "the raw q rows fit kbar[1]");
   const Routing rt(a, blockIdx.x);
@@ -450,10 +452,10 @@ __global__ void __launch_bounds__(4 * kRows)
   auto fetch_kbar = [&](int i) {  // step i's chunk summaries; its chunks have landed
     if (i >= steps) return;
     const int b = i % batches;
-    if (kTensorZ<T> && i < batches) {  // pass 1: kbar's bf16 parts
+    if (kPartsIn && i < batches) {  // pass 1: kbar's bf16 parts
       const auto* parts = static_cast<const __nv_bfloat16*>(gr.kbar_parts);
       auto* dst = reinterpret_cast<__nv_bfloat16*>(sm.kbar[i % 2]);
-      for (int v = tid; v < 3 * kBatch * D / 8; v += kThreads) {
+      for (int v = tid; v < Smem::kParts * kBatch * D / 8; v += kThreads) {
         const int part = v / (kBatch * D / 8), e = v / (D / 8) % kBatch, col = v % (D / 8) * 8;
         const bool valid = b * kBatch + e < count;
         const __nv_bfloat16* src =
@@ -525,8 +527,11 @@ __global__ void __launch_bounds__(4 * kRows)
   if constexpr (kTensorZ<T>) {
     // bf16 q: z as the forward's scores kernel forms it, q times kbar's three bf16 parts on
     // tensor cores, k-step by k-step, parts in order. Warp w: rows 16 (w / 2) .. + 15 (q
-    // fragments in registers), entries 16 (w % 2) .. + 15 of each batch. (The parts come from
-    // memory: split here per fragment, each split was repeated by every warp of the entries.)
+    // fragments in registers), entries 16 (w % 2) .. + 15 of each batch. With 32 or 64 rows
+    // the parts come from memory (split here, every row block's warp would repeat the split:
+    // <64> 3.29 -> 3.14 ms at 64K / route_positions 4); with 16 the two warps split fp32 kbar
+    // per fragment, each entry once (the parts' 17 KB more of shared memory cost a CTA per SM:
+    // 9.3 -> 11.9 ms at route_positions 1).
     __syncthreads();  // q widened
     const int row0 = 16 * (warp >> 1), entry0 = 16 * (warp & 1);
     uint32_t qa[D / 16][4];
@@ -544,16 +549,31 @@ __global__ void __launch_bounds__(4 * kRows)
     for (int i = 0; i < batches; ++i) {
       begin_step(i);
       float z[2][4] = {};
-      const auto* parts = reinterpret_cast<const __nv_bfloat16*>(sm.kbar[i % 2]);
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < 2; ++nt) {
+          const int at = (entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4;  // the fragment's pair (b0; b1 at + 8)
+          if constexpr (kPartsIn) {
 #pragma unroll
-          for (int part = 0; part < 3; ++part) {
-            const __nv_bfloat16* at = &parts[(part * kBatch + entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4];
-            mma<T>(z[nt], qa[ks], *reinterpret_cast<const uint32_t*>(at), *reinterpret_cast<const uint32_t*>(at + 8));
+            for (int part = 0; part < 3; ++part) {
+              const __nv_bfloat16* p =
+                  reinterpret_cast<const __nv_bfloat16*>(sm.kbar[i % 2]) + part * kBatch * kLd + at;
+              mma<T>(z[nt], qa[ks], *reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8));
+            }
+          } else {
+            float2 lo = *reinterpret_cast<const float2*>(&sm.kbar[i % 2][at]),
+                   hi = *reinterpret_cast<const float2*>(&sm.kbar[i % 2][at + 8]);
+#pragma unroll
+            for (int part = 0; part < 3; ++part) {  // each part the rounding of what the earlier leave
+              const uint32_t b0 = Elem<T>::pack(lo.x, lo.y), b1 = Elem<T>::pack(hi.x, hi.y);
+              mma<T>(z[nt], qa[ks], b0, b1);
+              const float2 r0 = Elem<T>::unpack(b0), r1 = Elem<T>::unpack(b1);
+              lo = make_float2(lo.x - r0.x, lo.y - r0.y);
+              hi = make_float2(hi.x - r1.x, hi.y - r1.y);
+            }
           }
+        }
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
