@@ -768,7 +768,8 @@ int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float
                     : launch_grad<T, 128>(a, gr, thresholds, row_ptr, sc, stream);
 }
 
-// cp.async copies q, kbar and parts rows 16 bytes at a time; d kbar takes 16-byte atomics, d q pairs.
+// cp.async copies q, kbar and parts rows 16 bytes at a time; d kbar takes 16-byte atomics, d q
+// pairs.
 bool rows_aligned(const DashRoutingGrad& gr) {
   const int64_t bytes = gr.dtype == DashQType::kF32 ? 4 : 2;
   return reinterpret_cast<uintptr_t>(gr.q) % 16 == 0 && gr.head_stride * bytes % 16 == 0 &&

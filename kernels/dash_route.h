@@ -89,8 +89,9 @@ struct DashRoutingGrad {
 // mean and entmax's Jacobian to z = scale q . kbar, and on to d q (written) and d kbar (added),
 // with the forward's thresholds and entry_pbar. a.scores is not read: z is recomputed on the
 // listed chunks alone. entries: the tile's list entries (row_ptr[n] - row_ptr[0]); scratch:
-// dash_routing_backward_scratch(a, entries) floats. q, its strides and the parts 16-byte aligned. All three
-// return 0, a cudaError_t, or kBsaBadShape beyond kDashMaxRows / kDashMaxSeen (d 64 or 128 here).
+// dash_routing_backward_scratch(a, entries) floats. q, its strides and the parts 16-byte
+// aligned. All three return 0, a cudaError_t, or kBsaBadShape beyond kDashMaxRows /
+// kDashMaxSeen (d 64 or 128 here).
 int dash_routing_backward(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float* thresholds,
                           const int64_t* row_ptr, const int32_t* blocks, const float* entry_pbar,
                           const float* d_entries, int64_t entries, float* scratch, cudaStream_t stream);
