@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "bsa_device.cuh"  // cp.async
+#include "dash_scores.h"   // kDashScoreParts
 #include "entmax15.cuh"
 
 namespace st::kernels {
@@ -377,7 +378,7 @@ struct GradSmem {
   float s_sum[kRows], s_dot[kRows];  // pass 1's sums over the entries, by atomics
 };
 template <typename T, int D, int kRows>
-using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4, kTensorZ<T> && kRows >= 32 ? 3 : 0>;
+using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4, kTensorZ<T> && kRows >= 32 ? kDashScoreParts : 0>;
 
 // x rounded to TF32 (10 mantissa bits), kept as an fp32; the MMA takes its bits as they are.
 __device__ __forceinline__ float tf32_round(float x) {
@@ -556,7 +557,7 @@ __global__ void __launch_bounds__(4 * kRows)
           const int at = (entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4;  // the fragment's pair (b0; b1 at + 8)
           if constexpr (kPartsIn) {
 #pragma unroll
-            for (int part = 0; part < 3; ++part) {
+            for (int part = 0; part < kDashScoreParts; ++part) {
               const __nv_bfloat16* p =
                   reinterpret_cast<const __nv_bfloat16*>(sm.kbar[i % 2]) + part * kBatch * kLd + at;
               mma<T>(z[nt], qa[ks], *reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8));
@@ -565,7 +566,7 @@ __global__ void __launch_bounds__(4 * kRows)
             float2 lo = *reinterpret_cast<const float2*>(&sm.kbar[i % 2][at]),
                    hi = *reinterpret_cast<const float2*>(&sm.kbar[i % 2][at + 8]);
 #pragma unroll
-            for (int part = 0; part < 3; ++part) {  // each part the rounding of what the earlier leave
+            for (int part = 0; part < kDashScoreParts; ++part) {  // each the rounding of what the earlier leave
               const uint32_t b0 = Elem<T>::pack(lo.x, lo.y), b1 = Elem<T>::pack(hi.x, hi.y);
               mma<T>(z[nt], qa[ks], b0, b1);
               const float2 r0 = Elem<T>::unpack(b0), r1 = Elem<T>::unpack(b1);

@@ -12,7 +12,6 @@ namespace {
 
 using namespace dev;
 
-constexpr int kParts = 3;        // kbar = hi + mid + lo, each bf16
 // Column tiles of 64 chunks per CTA; the Q tile stays in registers. 8: a row's tile maxima
 // from one CTA fill a 32-byte sector, written at once at the CTA's end (4 tiles with a store
 // per tile: 2.8 ms at 64K / 87.5% / route_positions 4; this 2.6; the scores alone 2.4).
@@ -29,7 +28,7 @@ struct ScoreParams {
 
 template <int D>
 constexpr int smem_bytes() {
-  return kParts * 64 * D * 2 + 1024;  // one column tile's parts, alignment slack
+  return kDashScoreParts * 64 * D * 2 + 1024;  // one column tile's parts, alignment slack
 }
 
 // One CTA per (query tile, kTilesPerCta column tiles): 64 MMA rows = the G heads of P
@@ -80,8 +79,8 @@ __global__ void __launch_bounds__(128, 4)
   // Columns past n_cols (up to the tile's end) multiply too; their results are not stored.
   auto load_parts = [&](int tile) {
     if (tid != 0) return;
-    mbar_arrive_expect_bytes(full, kParts * kTile);
-    for (int part = 0; part < kParts; ++part)
+    mbar_arrive_expect_bytes(full, kDashScoreParts * kTile);
+    for (int part = 0; part < kDashScoreParts; ++part)
 #pragma unroll
       for (int slab = 0; slab < D / 64; ++slab)
         tma_load_4d(part_tile(part) + slab * kSlabBytes, &parts_map, full, slab * 64, (first_tile + tile) * 64, part,
@@ -96,7 +95,7 @@ __global__ void __launch_bounds__(128, 4)
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
-      for (int part = 0; part < kParts; ++part)
+      for (int part = 0; part < kDashScoreParts; ++part)
         wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(part), ks));
     wgmma_commit();
     wgmma_wait<0>();
@@ -127,9 +126,7 @@ __global__ void __launch_bounds__(128, 4)
             if (col >= lo && col < hi) mm[nt & 1] = fmaxf(mm[nt & 1], s[nt][2 * half + e]);
           }
       }
-      float m = fmaxf(mm[0], mm[1]);
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      const float m = quad_max(fmaxf(mm[0], mm[1]));
       if (!row_valid(r)) continue;
       if (c == 0) s_max[r][u] = m;
       float* out = p.scores + score_row * p.ld;
@@ -158,7 +155,8 @@ template <int D>
 int launch(const ScoreParams& p, const void* kbar_parts, int64_t parts_rows, cudaStream_t stream) {
   constexpr int kSmem = smem_bytes<D>();
   CUtensorMap parts_map{};
-  if (const int rc = make_tile_map(&parts_map, kbar_parts, /*bf16=*/true, 1, kParts, parts_rows, D, 64, 1)) return rc;
+  if (const int rc = make_tile_map(&parts_map, kbar_parts, /*bf16=*/true, 1, kDashScoreParts, parts_rows, D, 64, 1))
+    return rc;
   cudaError_t e = cudaFuncSetAttribute(dash_scores_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
   const int64_t col_tiles = (p.n_seen + 63) / 64;

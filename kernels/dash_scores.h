@@ -12,6 +12,8 @@
 
 namespace st::kernels {
 
+constexpr int kDashScoreParts = 3;  // kbar's bf16 parts: hi, mid, lo (24 mantissa bits)
+
 struct DashScoreArgs {
   // Query rows t0 .. t0 + n of one KV group's G heads (bf16): row i of head h at
   // q + h * head_stride + i * row_stride, d contiguous elements.

@@ -67,7 +67,7 @@ bool dash_scores_run(const Tensor& q_rows) {
 
 Tensor dash_score_parts(const Tensor& kbar) {
   TORCH_CHECK(kbar.dim() >= 2 && kbar.scalar_type() == torch::kFloat32, "dash scores: kbar must be fp32 [..., n, d]");
-  return rounding_parts(kbar, torch::kBFloat16, 3).movedim(0, -3).contiguous();
+  return rounding_parts(kbar, torch::kBFloat16, kn::kDashScoreParts).movedim(0, -3).contiguous();
 }
 
 RoutingScores dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, const DashConfig& cfg, int64_t n_seen,
@@ -75,7 +75,7 @@ RoutingScores dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, const 
   TORCH_CHECK(
       q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && q_rows.scalar_type() == torch::kBFloat16,
       "dash scores: q rows must be bf16 [1, G, n, d] with unit stride over d");
-  TORCH_CHECK(kbar_parts.dim() == 3 && kbar_parts.size(0) == 3 && kbar_parts.size(1) >= n_seen &&
+  TORCH_CHECK(kbar_parts.dim() == 3 && kbar_parts.size(0) == kn::kDashScoreParts && kbar_parts.size(1) >= n_seen &&
                   kbar_parts.size(2) == q_rows.size(3) && kbar_parts.scalar_type() == torch::kBFloat16 &&
                   kbar_parts.is_contiguous(),
               "dash scores: kbar parts must be contiguous bf16 [3, rows >= n_seen, d] (dash_score_parts)");
@@ -182,9 +182,10 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
               "16-byte aligned");
   const bool bf16 = q_rows.scalar_type() == torch::kBFloat16;
   TORCH_CHECK(
-      !bf16 || (kbar_parts.dim() == 3 && kbar_parts.size(0) == 3 && kbar_parts.size(1) >= kbar.size(0) &&
-                kbar_parts.size(2) == d && kbar_parts.scalar_type() == torch::kBFloat16 && kbar_parts.is_contiguous() &&
-                kbar_parts.device() == q_rows.device() && reinterpret_cast<uintptr_t>(kbar_parts.data_ptr()) % 16 == 0),
+      !bf16 ||
+          (kbar_parts.dim() == 3 && kbar_parts.size(0) == kn::kDashScoreParts && kbar_parts.size(1) >= kbar.size(0) &&
+           kbar_parts.size(2) == d && kbar_parts.scalar_type() == torch::kBFloat16 && kbar_parts.is_contiguous() &&
+           kbar_parts.device() == q_rows.device() && reinterpret_cast<uintptr_t>(kbar_parts.data_ptr()) % 16 == 0),
       "dash routing backward: bf16 q needs kbar's parts, contiguous bf16 [3, rows >= n_seen, d] on q's device "
       "(dash_score_parts)");
   const c10::cuda::CUDAGuard guard(q_rows.device());
