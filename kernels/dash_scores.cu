@@ -46,6 +46,11 @@ __global__ void __launch_bounds__(128, 4)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t s_full;  // the column tile's parts landed
   __shared__ float s_max[64][kTilesPerCta];  // the rows' tile maxima, written at the end
+  // Per MMA row, once per CTA (the divisions by G and chunk kept out of the loops): its Q row's
+  // offset and its score row (-1 past the query tile), and its candidates' end counted from the
+  // CTA's first column.
+  __shared__ int64_t s_q_row[64], s_score_row[64];
+  __shared__ int s_end[64];
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
   const uint32_t parts_s = smem_addr(smem);
@@ -59,12 +64,19 @@ __global__ void __launch_bounds__(128, 4)
   const int first_tile = blockIdx.y * kTilesPerCta;
   const int n_tiles = static_cast<int>(min(static_cast<int64_t>(kTilesPerCta), (n_cols + 63) / 64 - first_tile));
   if (n_tiles <= 0) return;
-  auto row_valid = [&](int r) { return r < p.P * p.G && r / p.G < n_pos; };
+  const int64_t first_col = static_cast<int64_t>(first_tile) * 64;
+  constexpr int kCtaCols = 64 * kTilesPerCta;
+  auto cta_col = [&](int64_t col) { return static_cast<int>(min(max(col - first_col, int64_t(0)), int64_t(kCtaCols))); };
+  if (tid < 64) {
+    const int head = tid % p.G, pos = tid / p.G;
+    const bool valid = tid < p.P * p.G && pos < n_pos;
+    s_q_row[tid] = valid ? head * p.head_stride + (i0 + pos) * p.row_stride : -1;
+    s_score_row[tid] = valid ? head * p.n + i0 + pos : -1;
+    s_end[tid] = valid ? cta_col(dash_candidates_end(p.t0 + i0 + pos, p.chunk, p.sink, p.local)) : 0;
+  }
+  __syncthreads();
 
-  load_tile_async<D>(
-      part_tile(0),
-      [&](int r) { return row_valid(r) ? p.q + (r % p.G) * p.head_stride + (i0 + r / p.G) * p.row_stride : nullptr; },
-      p.q, tid);
+  load_tile_async<D>(part_tile(0), [&](int r) { return s_q_row[r] < 0 ? nullptr : p.q + s_q_row[r]; }, p.q, tid);
   cp_async_commit();
   const uint32_t full = smem_addr(&s_full);
   if (tid == 0) mbar_init(full, 1);
@@ -87,6 +99,15 @@ __global__ void __launch_bounds__(128, 4)
                     0);
   };
   load_parts(0);
+  const int sink = cta_col(p.sink), cols = cta_col(n_cols);
+  float* out[2];
+  int end[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {  // a quad's four lanes hold row r's 64 columns
+    const int r = warp * 16 + g4 + 8 * half;
+    out[half] = s_score_row[r] < 0 ? nullptr : p.scores + s_score_row[r] * p.ld + first_col + 2 * c;
+    end[half] = s_end[r];
+  }
   for (int u = 0; u < n_tiles; ++u) {
     mbar_wait(full, u & 1);  // column tile u's parts landed
     float s[8][4] = {};
@@ -104,15 +125,12 @@ __global__ void __launch_bounds__(128, 4)
     __syncthreads();  // every warp's matmuls have read the parts
     if (u + 1 < n_tiles) load_parts(u + 1);
 
-    const int64_t c0 = static_cast<int64_t>(first_tile + u) * 64;
+    const int c0 = u * 64;  // from the CTA's first column
+    const bool whole_tile = c0 + 64 <= cols && (p.ld & 1) == 0;  // every column stored as pairs
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int r = warp * 16 + g4 + 8 * half;  // a quad's four lanes hold its 64 columns
-      const int64_t score_row = (r % p.G) * p.n + i0 + r / p.G;
       // The row's candidates in this tile: columns [lo, hi) counted from c0.
-      const int64_t end = row_valid(r) ? dash_candidates_end(p.t0 + i0 + r / p.G, p.chunk, p.sink, p.local) : 0;
-      const int lo = static_cast<int>(max(min(p.sink - c0, int64_t(64)), int64_t(0)));
-      const int hi = static_cast<int>(max(min(end - c0, int64_t(64)), int64_t(0)));
+      const int lo = min(max(sink - c0, 0), 64), hi = min(max(end[half] - c0, 0), 64);
       float mm[2] = {-INFINITY, -INFINITY};  // two chains
       if (lo == 0 && hi == 64) {             // the whole tile (most tiles of most rows)
 #pragma unroll
@@ -127,18 +145,18 @@ __global__ void __launch_bounds__(128, 4)
           }
       }
       const float m = quad_max(fmaxf(mm[0], mm[1]));
-      if (!row_valid(r)) continue;
-      if (c == 0) s_max[r][u] = m;
-      float* out = p.scores + score_row * p.ld;
+      if (out[half] == nullptr) continue;
+      if (c == 0) s_max[warp * 16 + g4 + 8 * half][u] = m;
+      float* o = out[half] + c0;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
-        const int64_t col = c0 + nt * 8 + 2 * c;
         const float x = s[nt][2 * half], y = s[nt][2 * half + 1];
-        if (col + 1 < n_cols && (p.ld & 1) == 0) {
-          *reinterpret_cast<float2*>(out + col) = make_float2(x, y);
+        if (whole_tile) {
+          *reinterpret_cast<float2*>(o + nt * 8) = make_float2(x, y);
         } else {
-          if (col < n_cols) out[col] = x;
-          if (col + 1 < n_cols) out[col + 1] = y;
+          const int col = c0 + nt * 8 + 2 * c;
+          if (col < cols) o[nt * 8] = x;
+          if (col + 1 < cols) o[nt * 8 + 1] = y;
         }
       }
     }
@@ -146,8 +164,7 @@ __global__ void __launch_bounds__(128, 4)
   __syncthreads();
   for (int i = tid; i < 64 * kTilesPerCta; i += 128) {
     const int r = i / kTilesPerCta, u = i % kTilesPerCta;
-    if (row_valid(r) && u < n_tiles)
-      p.tile_max[((r % p.G) * p.n + i0 + r / p.G) * p.tile_max_ld + first_tile + u] = s_max[r][u];
+    if (s_score_row[r] >= 0 && u < n_tiles) p.tile_max[s_score_row[r] * p.tile_max_ld + first_tile + u] = s_max[r][u];
   }
 }
 
