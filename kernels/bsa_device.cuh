@@ -83,12 +83,9 @@ __device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, int sr
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-// Waits until at most kPending of this thread's committed groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
-__device__ __forceinline__ void cp_async_wait_all() { cp_async_wait<0>(); }
 
 // ---- swizzled tile: 64 rows x D halves in 64-column slabs ------------------------------
 // Each slab holds 64 rows x 128 bytes; a row's 16-byte chunks are XOR-ed with (row % 8). An 8x8

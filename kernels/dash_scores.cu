@@ -12,10 +12,10 @@ namespace {
 
 using namespace dev;
 
-// Query tiles per CTA: the CTA's one TMA load of its column tile's kbar parts (48 KB at d 128)
-// serves this many 16 KB Q tiles.
-constexpr int kQueryTilesPerCta = 16;
-constexpr int kStages = 2;  // Q tiles in shared memory: the one in use and the next
+// Column tiles of 64 chunks per CTA; the Q tile stays in registers. 8: a row's tile maxima
+// from one CTA fill a 32-byte sector, written at once at the CTA's end (4 tiles with a store
+// per tile: 2.8 ms at 64K / 87.5% / route_positions 4; this 2.6; the scores alone 2.4).
+constexpr int kTilesPerCta = 8;
 
 struct ScoreParams {
   const __nv_bfloat16* q;
@@ -28,93 +28,88 @@ struct ScoreParams {
 
 template <int D>
 constexpr int smem_bytes() {
-  return (kDashScoreParts + kStages) * 64 * D * 2 + 1024;  // parts, Q stages, alignment slack
+  return kDashScoreParts * 64 * D * 2 + 1024;  // one column tile's parts, alignment slack
 }
 
-// One CTA per (column tile of 64 chunks, kQueryTilesPerCta query tiles). A query tile is 64
-// MMA rows: the G heads of P positions (row r: head r % G, position r / G). The column tile's
-// kbar parts come once by TMA (one thread; parts_map is the [3, parts_rows, D] parts as [1, 3,
-// parts_rows, D], 64-row boxes, zeros past parts_rows) and stay; the query tiles that have
-// candidates in it stream through kStages Q buffers by cp.async, each 3 x D / 16 wgmma with
-// both operands in shared memory. The fp32 result and each row's max over its candidates in the
-// tile go straight to global memory while the next Q tile loads. Two CTAs share an SM (81 KB of
-// shared memory each), so one's epilogue runs under the other's MMAs. The transposed order (a
-// CTA keeping its Q tile in registers and streaming 8 column tiles' parts) read 3x the bytes
-// from L2 for the same MMAs and ran 2.3 ms at 64K / 87.5% / route_positions 4.
+// One CTA per (query tile, kTilesPerCta column tiles): 64 MMA rows = the G heads of P
+// positions (row r: head r % G, position r / G). The Q tile passes through shared memory into
+// registers once; each column tile's kbar parts come by TMA (one thread; parts_map is the
+// [3, parts_rows, D] parts as [1, 3, parts_rows, D], 64-row boxes, zeros past parts_rows), then 3 x D / 16
+// wgmma with Q from registers, and the fp32 result goes straight to global memory while the
+// next parts load; each row's max over its routing candidates in the tile goes to shared
+// memory, and all of the CTA's to global memory at its end. One stage only: 49 KB of shared
+// memory lets 4 CTAs share an SM, and ncu showed the two-stage form (2 CTAs) latency-bound
+// (0.39 eligible warps per scheduler).
 template <int D>
-__global__ void __launch_bounds__(128, 2)
+__global__ void __launch_bounds__(128, 4)
     dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t s_full;  // the column tile's parts landed
-  // Row r's Q offset from its query tile's first position's row (-1 past P G rows) and its
-  // position in the tile: computed once (divisions by G).
-  __shared__ int64_t s_q_row[64];
-  __shared__ int s_pos[64];
+  __shared__ float s_max[64][kTilesPerCta];  // the rows' tile maxima, written at the end
+  // Per MMA row, once per CTA (the divisions by G and chunk kept out of the loops): its Q row's
+  // offset and its score row (-1 past the query tile), and its candidates' end counted from the
+  // CTA's first column.
+  __shared__ int64_t s_q_row[64], s_score_row[64];
+  __shared__ int s_end[64];
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   constexpr int kTile = 64 * D * 2;
-  const uint32_t parts_s = smem_addr(smem), q_s = parts_s + kDashScoreParts * kTile;
+  const uint32_t parts_s = smem_addr(smem);
   auto part_tile = [&](int part) { return parts_s + part * kTile; };
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * 64;  // the column tile's first chunk
-  // Query tile q has candidates here iff its last row's chunk t / chunk > c0; every q from
-  // floor(first / P) on may (a full tile's last row is q P + P - 1).
-  const int64_t first = (c0 + 1) * p.chunk - p.t0 - p.P + 1;
-  const int64_t q_begin = max(static_cast<int64_t>(blockIdx.y) * kQueryTilesPerCta, first > 0 ? first / p.P : 0);
-  const int64_t q_end = min(static_cast<int64_t>(blockIdx.y + 1) * kQueryTilesPerCta, (p.n + p.P - 1) / p.P);
-  if (q_begin >= q_end) return;
-  const int n_q = static_cast<int>(q_end - q_begin);
-
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * p.P;  // first row of the tile, from t0
+  const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.n - i0));
+  // Candidates of the tile's rows are chunks before the last row's own.
+  const int64_t n_cols = min(p.n_seen, (p.t0 + i0 + n_pos - 1) / p.chunk);
+  const int first_tile = blockIdx.y * kTilesPerCta;
+  const int n_tiles = static_cast<int>(min(static_cast<int64_t>(kTilesPerCta), (n_cols + 63) / 64 - first_tile));
+  if (n_tiles <= 0) return;
+  const int64_t first_col = static_cast<int64_t>(first_tile) * 64;
+  constexpr int kCtaCols = 64 * kTilesPerCta;
+  auto cta_col = [&](int64_t col) { return static_cast<int>(min(max(col - first_col, int64_t(0)), int64_t(kCtaCols))); };
   if (tid < 64) {
-    const bool real = tid < p.P * p.G;
-    s_q_row[tid] = real ? (tid % p.G) * p.head_stride + (tid / p.G) * p.row_stride : -1;
-    s_pos[tid] = real ? tid / p.G : INT_MAX;
+    const int head = tid % p.G, pos = tid / p.G;
+    const bool valid = tid < p.P * p.G && pos < n_pos;
+    s_q_row[tid] = valid ? head * p.head_stride + (i0 + pos) * p.row_stride : -1;
+    s_score_row[tid] = valid ? head * p.n + i0 + pos : -1;
+    s_end[tid] = valid ? cta_col(dash_candidates_end(p.t0 + i0 + pos, p.chunk, p.sink, p.local)) : 0;
   }
+  __syncthreads();
+
+  load_tile_async<D>(part_tile(0), [&](int r) { return s_q_row[r] < 0 ? nullptr : p.q + s_q_row[r]; }, p.q, tid);
+  cp_async_commit();
   const uint32_t full = smem_addr(&s_full);
   if (tid == 0) mbar_init(full, 1);
+  cp_async_wait_all();
   __syncthreads();
-  if (tid == 0) {
+  uint32_t qa[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(0), warp * 16, ks * 16, lane);
+  fence_proxy_async();  // the reads of Q before TMA writes over them
+  __syncthreads();      // every warp holds its Q fragments before the parts overwrite them
+
+  // Columns past n_cols (up to the tile's end) multiply too; their results are not stored.
+  auto load_parts = [&](int tile) {
+    if (tid != 0) return;
     mbar_arrive_expect_bytes(full, kDashScoreParts * kTile);
     for (int part = 0; part < kDashScoreParts; ++part)
 #pragma unroll
       for (int slab = 0; slab < D / 64; ++slab)
-        tma_load_4d(part_tile(part) + slab * kSlabBytes, &parts_map, full, slab * 64, static_cast<int>(c0), part, 0);
-  }
-  // Query tile q_begin + j into stage j % kStages (rows past n zeros); a group per j even past
-  // n_q, so that the wait below counts alike on every step.
-  auto load_q = [&](int j) {
-    if (j < n_q) {
-      const int64_t i0 = (q_begin + j) * p.P, left = p.n - i0;
-      const __nv_bfloat16* q0 = p.q + i0 * p.row_stride;
-      load_tile_async<D>(
-          q_s + (j % kStages) * kTile, [&](int r) { return s_pos[r] < left ? q0 + s_q_row[r] : nullptr; }, p.q, tid);
-    }
-    cp_async_commit();
+        tma_load_4d(part_tile(part) + slab * kSlabBytes, &parts_map, full, slab * 64, (first_tile + tile) * 64, part,
+                    0);
   };
+  load_parts(0);
+  const int sink = cta_col(p.sink), cols = cta_col(n_cols);
+  float* out[2];
+  int end[2];
 #pragma unroll
-  for (int j = 0; j < kStages; ++j) load_q(j);
-
-  // This thread's two rows (a quad's four lanes hold a row's 64 columns): head and position.
-  int head[2], pos[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
+  for (int half = 0; half < 2; ++half) {  // a quad's four lanes hold row r's 64 columns
     const int r = warp * 16 + g4 + 8 * half;
-    head[half] = r % p.G;
-    pos[half] = r < p.P * p.G ? r / p.G : INT_MAX;
+    out[half] = s_score_row[r] < 0 ? nullptr : p.scores + s_score_row[r] * p.ld + first_col + 2 * c;
+    end[half] = s_end[r];
   }
-  const int chunk = static_cast<int>(p.chunk);
-  const int lo = static_cast<int>(min(max(p.sink - c0, int64_t(0)), int64_t(64)));  // candidates from c0 + lo
-  // The first row's chunk as base + rem / chunk, 0 <= rem < chunk, advanced by P per query tile.
-  const int64_t t_begin = p.t0 + q_begin * p.P;
-  int64_t base = t_begin / p.chunk;
-  int rem = static_cast<int>(t_begin - base * p.chunk);
-  mbar_wait(full, 0);
-
-  for (int j = 0; j < n_q; ++j, rem += p.P) {
-    cp_async_wait<kStages - 1>();  // this thread's rows of query tile j landed
-    fence_proxy_async();           // ... visible to the tensor cores
-    __syncthreads();               // ... and every thread's
-    const uint32_t q_tile = q_s + (j % kStages) * kTile;
+  for (int u = 0; u < n_tiles; ++u) {
+    mbar_wait(full, u & 1);  // column tile u's parts landed
     float s[8][4] = {};
     fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
     wgmma_fence();
@@ -122,28 +117,20 @@ __global__ void __launch_bounds__(128, 2)
     for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
       for (int part = 0; part < kDashScoreParts; ++part)
-        wgmma_ss<__nv_bfloat16>(s, desc_k_major(q_tile, ks), desc_k_major(part_tile(part), ks));
+        wgmma_rs<__nv_bfloat16, 64, 0>(s, qa[ks], desc_k_major(part_tile(part), ks));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
-    __syncthreads();  // every warp's matmuls have read the stage
-    load_q(j + kStages);
+    fence_operands(qa);
+    __syncthreads();  // every warp's matmuls have read the parts
+    if (u + 1 < n_tiles) load_parts(u + 1);
 
-    for (; rem >= chunk; rem -= chunk) ++base;
-    const int64_t i0 = (q_begin + j) * p.P;
-    const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.n - i0));
-    // Candidates of the tile's rows are chunks before the last row's own.
-    const int64_t n_cols = min(p.n_seen, base + (rem + n_pos - 1) / chunk);
-    if (n_cols <= c0) continue;  // none here (the first tile or so after q_begin)
-    const int cols = static_cast<int>(min(n_cols - c0, int64_t(64)));
-    const bool whole_tile = cols == 64 && (p.ld & 1) == 0;  // every column stored as pairs
+    const int c0 = u * 64;  // from the CTA's first column
+    const bool whole_tile = c0 + 64 <= cols && (p.ld & 1) == 0;  // every column stored as pairs
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const bool valid = pos[half] < n_pos;
-      // The row's candidates in this tile: columns [lo, hi) (dash_candidates_end of t, with
-      // t / chunk = base + (rem + pos) / chunk).
-      const int64_t end = valid ? max(base + (rem + pos[half]) / chunk - p.local, p.sink) : 0;
-      const int hi = static_cast<int>(min(max(end - c0, int64_t(0)), int64_t(64)));
+      // The row's candidates in this tile: columns [lo, hi) counted from c0.
+      const int lo = min(max(sink - c0, 0), 64), hi = min(max(end[half] - c0, 0), 64);
       float mm[2] = {-INFINITY, -INFINITY};  // two chains
       if (lo == 0 && hi == 64) {             // the whole tile (most tiles of most rows)
 #pragma unroll
@@ -158,22 +145,26 @@ __global__ void __launch_bounds__(128, 2)
           }
       }
       const float m = quad_max(fmaxf(mm[0], mm[1]));
-      if (!valid) continue;
-      const int64_t score_row = head[half] * p.n + i0 + pos[half];
-      if (c == 0) p.tile_max[score_row * p.tile_max_ld + blockIdx.x] = m;
-      float* out = p.scores + score_row * p.ld + c0 + 2 * c;
+      if (out[half] == nullptr) continue;
+      if (c == 0) s_max[warp * 16 + g4 + 8 * half][u] = m;
+      float* o = out[half] + c0;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         const float x = s[nt][2 * half], y = s[nt][2 * half + 1];
         if (whole_tile) {
-          *reinterpret_cast<float2*>(out + nt * 8) = make_float2(x, y);
+          *reinterpret_cast<float2*>(o + nt * 8) = make_float2(x, y);
         } else {
-          const int col = nt * 8 + 2 * c;
-          if (col < cols) out[nt * 8] = x;
-          if (col + 1 < cols) out[nt * 8 + 1] = y;
+          const int col = c0 + nt * 8 + 2 * c;
+          if (col < cols) o[nt * 8] = x;
+          if (col + 1 < cols) o[nt * 8 + 1] = y;
         }
       }
     }
+  }
+  __syncthreads();
+  for (int i = tid; i < 64 * kTilesPerCta; i += 128) {
+    const int r = i / kTilesPerCta, u = i % kTilesPerCta;
+    if (s_score_row[r] >= 0 && u < n_tiles) p.tile_max[s_score_row[r] * p.tile_max_ld + first_tile + u] = s_max[r][u];
   }
 }
 
@@ -185,9 +176,9 @@ int launch(const ScoreParams& p, const void* kbar_parts, int64_t parts_rows, cud
     return rc;
   cudaError_t e = cudaFuncSetAttribute(dash_scores_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (e != cudaSuccess) return e;
-  const int64_t query_tiles = (p.n + p.P - 1) / p.P;
-  const dim3 grid(static_cast<unsigned>((p.n_seen + 63) / 64),
-                  static_cast<unsigned>((query_tiles + kQueryTilesPerCta - 1) / kQueryTilesPerCta));
+  const int64_t col_tiles = (p.n_seen + 63) / 64;
+  const dim3 grid(static_cast<unsigned>((p.n + p.P - 1) / p.P),
+                  static_cast<unsigned>((col_tiles + kTilesPerCta - 1) / kTilesPerCta));
   dash_scores_kernel<D><<<grid, 128, kSmem, stream>>>(p, parts_map);
   return cudaGetLastError();
 }
@@ -199,8 +190,7 @@ bool dash_scores_runs_here() { return wgmma_runs_here(dash_scores_kernel<128>); 
 int dash_scores(const DashScoreArgs& a, cudaStream_t stream) {
   if (a.G < 1 || a.G > 64 || (a.d != 64 && a.d != 128) || a.n < 0 || a.n_seen < 0 || a.parts_rows < a.n_seen ||
       a.scores_ld < a.n_seen || a.tile_max_ld < (a.n_seen + kDashTile - 1) / kDashTile || a.t0 < 0 || a.chunk <= 0 ||
-      a.chunk > INT32_MAX / 2 ||
-      (a.n + 64 / a.G - 1) / (64 / a.G) > 65535 * int64_t(kQueryTilesPerCta) || (a.n_seen + 63) / 64 > INT32_MAX)
+      (a.n + 64 / a.G - 1) / (64 / a.G) > INT32_MAX || (a.n_seen + 64 * kTilesPerCta - 1) / (64 * kTilesPerCta) > 65535)
     return kBsaBadShape;
   if (a.n == 0 || a.n_seen == 0) return 0;
   ScoreParams p{};
