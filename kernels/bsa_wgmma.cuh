@@ -44,14 +44,11 @@ __device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr, uint32_t lbo, uint
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | static_cast<uint64_t>(lbo >> 4) << 16 |
          static_cast<uint64_t>(sbo >> 4) << 32 | 1ull << 62;  // 62: 128-byte swizzle
 }
-// A tile's descriptor at k-step kk is the tile's own plus the step's offset >> 4: shared
-// addresses stay below 2^18, so the start-address field (addr >> 4, 14 bits) never carries
-// over, and one base descriptor serves every step (the MMA loops' descriptors cost an add each).
 __device__ __forceinline__ uint64_t desc_k_major(uint32_t tile, int kk) {
-  return wgmma_desc(tile, 16, 1024) + (((kk >> 2) * kSlabBytes + (kk & 3) * 32) >> 4);
+  return wgmma_desc(tile + (kk >> 2) * kSlabBytes + (kk & 3) * 32, 16, 1024);
 }
 __device__ __forceinline__ uint64_t desc_mn_major(uint32_t tile, int kk) {
-  return wgmma_desc(tile, kSlabBytes, 1024) + kk * (2048 >> 4);
+  return wgmma_desc(tile + kk * 2048, kSlabBytes, 1024);
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)

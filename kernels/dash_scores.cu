@@ -74,34 +74,31 @@ __global__ void __launch_bounds__(128, 4)
     s_score_row[tid] = valid ? head * p.n + i0 + pos : -1;
     s_end[tid] = valid ? cta_col(dash_candidates_end(p.t0 + i0 + pos, p.chunk, p.sink, p.local)) : 0;
   }
-  const uint32_t full = smem_addr(&s_full);
-  if (tid == 0) mbar_init(full, 1);
   __syncthreads();
 
+  load_tile_async<D>(part_tile(0), [&](int r) { return s_q_row[r] < 0 ? nullptr : p.q + s_q_row[r]; }, p.q, tid);
+  cp_async_commit();
+  const uint32_t full = smem_addr(&s_full);
+  if (tid == 0) mbar_init(full, 1);
+  cp_async_wait_all();
+  __syncthreads();
+  uint32_t qa[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(0), warp * 16, ks * 16, lane);
+  fence_proxy_async();  // the reads of Q before TMA writes over them
+  __syncthreads();      // every warp holds its Q fragments before the parts overwrite them
+
   // Columns past n_cols (up to the tile's end) multiply too; their results are not stored.
-  // Parts [from, to) of column tile `tile` (one thread; the first call of a tile arms the barrier).
-  auto load_parts = [&](int tile, int from, int to) {
-    if (from == 0) mbar_arrive_expect_bytes(full, kDashScoreParts * kTile);
-    for (int part = from; part < to; ++part)
+  auto load_parts = [&](int tile) {
+    if (tid != 0) return;
+    mbar_arrive_expect_bytes(full, kDashScoreParts * kTile);
+    for (int part = 0; part < kDashScoreParts; ++part)
 #pragma unroll
       for (int slab = 0; slab < D / 64; ++slab)
         tma_load_4d(part_tile(part) + slab * kSlabBytes, &parts_map, full, slab * 64, (first_tile + tile) * 64, part,
                     0);
   };
-  // Q passes through the last part's buffer into registers while the other parts of tile 0
-  // load (their TMA under Q's cp.async: one memory round trip at the CTA's start, not two).
-  constexpr int kQPart = kDashScoreParts - 1;
-  if (tid == 0) load_parts(0, 0, kQPart);
-  load_tile_async<D>(part_tile(kQPart), [&](int r) { return s_q_row[r] < 0 ? nullptr : p.q + s_q_row[r]; }, p.q, tid);
-  cp_async_commit();
-  cp_async_wait_all();
-  __syncthreads();
-  uint32_t qa[D / 16][4];
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], part_tile(kQPart), warp * 16, ks * 16, lane);
-  fence_proxy_async();  // the reads of Q before TMA writes over them
-  __syncthreads();      // every warp holds its Q fragments before the last part overwrites them
-  if (tid == 0) load_parts(0, kQPart, kDashScoreParts);
+  load_parts(0);
   const int sink = cta_col(p.sink), cols = cta_col(n_cols);
   float* out[2];
   int end[2];
@@ -126,7 +123,7 @@ __global__ void __launch_bounds__(128, 4)
     fence_operands(s);
     fence_operands(qa);
     __syncthreads();  // every warp's matmuls have read the parts
-    if (tid == 0 && u + 1 < n_tiles) load_parts(u + 1, 0, kDashScoreParts);
+    if (u + 1 < n_tiles) load_parts(u + 1);
 
     const int c0 = u * 64;  // from the CTA's first column
     const bool whole_tile = c0 + 64 <= cols && (p.ld & 1) == 0;  // every column stored as pairs
