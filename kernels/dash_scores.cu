@@ -14,7 +14,8 @@ using namespace dev;
 
 // Column tiles of 64 chunks per CTA; the Q tile stays in registers. 8: a row's tile maxima
 // from one CTA fill a 32-byte sector, written at once at the CTA's end (4 tiles with a store
-// per tile: 2.8 ms at 64K / 87.5% / route_positions 4; this 2.6; the scores alone 2.4).
+// per tile: 2.8 ms at 64K / 87.5% / route_positions 4; this 2.6 before its per-row divisions
+// left the loops, 2.3 since).
 constexpr int kTilesPerCta = 8;
 
 struct ScoreParams {
@@ -39,7 +40,10 @@ constexpr int smem_bytes() {
 // next parts load; each row's max over its routing candidates in the tile goes to shared
 // memory, and all of the CTA's to global memory at its end. One stage only: 49 KB of shared
 // memory lets 4 CTAs share an SM, and ncu showed the two-stage form (2 CTAs) latency-bound
-// (0.39 eligible warps per scheduler).
+// (0.39 eligible warps per scheduler). Now ncu at 64K reads L2 73% busy (the parts' reads, the
+// scores' stores), DRAM 47% and issue slots 19%; neither half the reads (two query tiles per
+// CTA) nor a third (the transposed order: a CTA keeping one column tile's parts and streaming
+// 16 query tiles, 2 CTAs per SM, 1.5x as long) made it faster (tools/kernel_dev/NOTES.md).
 template <int D>
 __global__ void __launch_bounds__(128, 4)
     dash_scores_kernel(const ScoreParams p, const __grid_constant__ CUtensorMap parts_map) {
