@@ -135,7 +135,7 @@ struct RowEntries {
         }
         // Scaled only here: with z = scale * score taken at each load, the compiler placed each
         // tile's multiply before the next tile's load, so every load waited for the one before
-        // (ncu: 9% of the kernel's stall samples on the second to fourth tiles' multiplies);
+        // (ncu: 10% of the kernel's stall samples on the second to fourth tiles' multiplies);
         // loads first, 4.9 -> 4.3 ms at route_positions 1 / 75%, 1.61 -> 1.56 at 4 / 87.5%.
 #pragma unroll
         for (int l = 0; l < kLoads; ++l)
