@@ -70,7 +70,9 @@ __global__ void __launch_bounds__(128, 4)
   if (n_tiles <= 0) return;
   const int64_t first_col = static_cast<int64_t>(first_tile) * 64;
   constexpr int kCtaCols = 64 * kTilesPerCta;
-  auto cta_col = [&](int64_t col) { return static_cast<int>(min(max(col - first_col, int64_t(0)), int64_t(kCtaCols))); };
+  auto cta_col = [&](int64_t col) {
+    return static_cast<int>(min(max(col - first_col, int64_t(0)), int64_t(kCtaCols)));
+  };
   if (tid < 64) {
     const int head = tid % p.G, pos = tid / p.G;
     const bool valid = tid < p.P * p.G && pos < n_pos;
@@ -80,7 +82,8 @@ __global__ void __launch_bounds__(128, 4)
   }
   __syncthreads();
 
-  load_tile_async<D>(part_tile(0), [&](int r) { return s_q_row[r] < 0 ? nullptr : p.q + s_q_row[r]; }, p.q, tid);
+  load_tile_async<D>(
+      part_tile(0), [&](int r) { return s_q_row[r] < 0 ? nullptr : p.q + s_q_row[r]; }, p.q, tid);
   cp_async_commit();
   const uint32_t full = smem_addr(&s_full);
   if (tid == 0) mbar_init(full, 1);
@@ -129,7 +132,7 @@ __global__ void __launch_bounds__(128, 4)
     __syncthreads();  // every warp's matmuls have read the parts
     if (u + 1 < n_tiles) load_parts(u + 1);
 
-    const int c0 = u * 64;  // from the CTA's first column
+    const int c0 = u * 64;                                       // from the CTA's first column
     const bool whole_tile = c0 + 64 <= cols && (p.ld & 1) == 0;  // every column stored as pairs
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
