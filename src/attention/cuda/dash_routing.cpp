@@ -40,6 +40,13 @@ kn::DashRoutingArgs args(const DashConfig& cfg, int64_t G, int64_t n, int64_t n_
   return a;
 }
 
+// Whether parts can be dash_score_parts of >= rows chunk summaries of width d: contiguous bf16
+// [3, >= rows, d], as the scores kernel and the routing backward both read it.
+bool is_score_parts(const Tensor& parts, int64_t rows, int64_t d) {
+  return parts.dim() == 3 && parts.size(0) == kn::kDashScoreParts && parts.size(1) >= rows && parts.size(2) == d &&
+         parts.scalar_type() == torch::kBFloat16 && parts.is_contiguous();
+}
+
 }  // namespace
 
 kn::DashQType dash_q_type(const Tensor& t, const char* what) {
@@ -75,9 +82,7 @@ RoutingScores dash_scores(const Tensor& q_rows, const Tensor& kbar_parts, const 
   TORCH_CHECK(
       q_rows.dim() == 4 && q_rows.size(0) == 1 && q_rows.stride(3) == 1 && q_rows.scalar_type() == torch::kBFloat16,
       "dash scores: q rows must be bf16 [1, G, n, d] with unit stride over d");
-  TORCH_CHECK(kbar_parts.dim() == 3 && kbar_parts.size(0) == kn::kDashScoreParts && kbar_parts.size(1) >= n_seen &&
-                  kbar_parts.size(2) == q_rows.size(3) && kbar_parts.scalar_type() == torch::kBFloat16 &&
-                  kbar_parts.is_contiguous(),
+  TORCH_CHECK(is_score_parts(kbar_parts, n_seen, q_rows.size(3)),
               "dash scores: kbar parts must be contiguous bf16 [3, rows >= n_seen, d] (dash_score_parts)");
   const c10::cuda::CUDAGuard guard(q_rows.device());
   const int64_t G = q_rows.size(1), n = q_rows.size(2);
@@ -181,13 +186,10 @@ void dash_routing_backward(const Tensor& q_rows, const Tensor& kbar, const Tenso
               "dash routing backward: q rows (data, head and row strides), their gradient, kbar and d kbar must be "
               "16-byte aligned");
   const bool bf16 = q_rows.scalar_type() == torch::kBFloat16;
-  TORCH_CHECK(
-      !bf16 ||
-          (kbar_parts.dim() == 3 && kbar_parts.size(0) == kn::kDashScoreParts && kbar_parts.size(1) >= kbar.size(0) &&
-           kbar_parts.size(2) == d && kbar_parts.scalar_type() == torch::kBFloat16 && kbar_parts.is_contiguous() &&
-           kbar_parts.device() == q_rows.device() && reinterpret_cast<uintptr_t>(kbar_parts.data_ptr()) % 16 == 0),
-      "dash routing backward: bf16 q needs kbar's parts, contiguous bf16 [3, rows >= n_seen, d] on q's device "
-      "(dash_score_parts)");
+  TORCH_CHECK(!bf16 || (is_score_parts(kbar_parts, kbar.size(0), d) && kbar_parts.device() == q_rows.device() &&
+                        reinterpret_cast<uintptr_t>(kbar_parts.data_ptr()) % 16 == 0),
+              "dash routing backward: bf16 q needs kbar's parts, contiguous bf16 [3, rows >= n_seen, d] on q's device "
+              "(dash_score_parts)");
   const c10::cuda::CUDAGuard guard(q_rows.device());
   const Tensor starts = row_ptr.contiguous(), ids = blocks.contiguous(), pbar = entry_pbar.contiguous(),
                g = d_entries.to(torch::kFloat32).contiguous();
