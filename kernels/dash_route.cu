@@ -361,28 +361,48 @@ template <typename T>
 constexpr bool kTensorZ = std::is_same_v<T, __nv_bfloat16>;
 
 // kRows: the routing's entmax rows G R rounded up to 16, 32 or 64 (one warp per 8 rows), so
-// that small groups (G 16, R 1) do not pay for 64. kPad: the q and kbar rows' padding in
-// elements; 4 spreads the CUDA-core z's 16-byte reads of 8 rows over the banks, 8 the MMA
-// fragments' reads (4 rows x 8 columns, and 8 rows x 4 columns of float2; of the bf16 parts,
-// 8 rows x 4 columns of pairs). kParts: kbar's bf16 parts that pass 1 reads (0: it reads kbar).
-template <int D, int kRows, int kPad, int Parts>
+// that small groups (G 16, R 1) do not pay for 64. Q: the q rows' type in shared memory, bf16
+// as given where z comes from tensor cores (its bits are TF32 already), else fp32. kPad: the q
+// and kbar rows' padding in elements; 4 spreads the CUDA-core z's 16-byte reads of 8 rows over
+// the banks, 8 the MMA fragments' reads (4 rows x 8 columns, and 8 rows x 4 columns of float2;
+// of the bf16 parts and q, 8 rows x 4 columns of pairs). kParts: kbar's bf16 parts that pass 1
+// reads (0: it reads kbar).
+template <typename Q, int D, int kRows, int kPad, int Parts>
 struct GradSmem {
   static constexpr int kParts = Parts;
-  static constexpr int kLd = D + kPad;      // q and kbar row stride in floats, the parts' in bf16
-  static constexpr int kDzLd = kBatch + 4;  // d z row stride: the MMA fragment reads hit 32 banks
-  static constexpr int kStep = kBatch * (kParts * kLd / 2 > kLd ? kParts * kLd / 2 : kLd);  // floats
-  float q[kRows * kLd];                     // the entmax rows' q in fp32, zero past G R
+  static constexpr int kLd = D + kPad;  // q and kbar row stride in elements (parts: bf16)
+  static constexpr int kRowsFloats = kBatch * kLd, kDzFloats = kRows * kBatch;
+  static constexpr int kPartsFloats = kParts * kBatch * kLd / 2;
+  static constexpr int kStep = kPartsFloats > kRowsFloats + kDzFloats ? kPartsFloats : kRowsFloats + kDzFloats;
+  Q q[kRows * kLd];  // the entmax rows' q, zero past G R
   // Step i's chunk summaries in kbar[i % 2], zero past the routed: in pass 1 their kParts parts
-  // ([part][entry][kLd] bf16) where kParts > 0, else (and in pass 2) [entry][kLd] fp32.
+  // ([part][entry][kLd] bf16) where kParts > 0, else (and in pass 2) [entry][kLd] fp32, followed
+  // in pass 2 by d z [row][entry] (dz_at): it fits in what the parts leave free.
   float kbar[2][kStep];
-  float dz[kRows * kDzLd];                  // [row][entry]
-  float dp[kStages][kBatch];                // step i's d loss / d p in [i % kStages], zero past the routed
-  int chunk[kStages][kBatch];               // and their chunks
+  float dp[kStages][kBatch];  // step i's d loss / d p in [i % kStages], zero past the routed
+  int chunk[kStages][kBatch];  // and their chunks
   float max[kRows], tau[kRows], mean[kRows];
   float s_sum[kRows], s_dot[kRows];  // pass 1's sums over the entries, by atomics
 };
 template <typename T, int D, int kRows>
-using GradSmemOf = GradSmem<D, kRows, kTensorZ<T> ? 8 : 4, kTensorZ<T> && kRows >= 32 ? kDashScoreParts : 0>;
+using GradSmemOf = GradSmem<std::conditional_t<kTensorZ<T>, T, float>, D, kRows, kTensorZ<T> ? 8 : 4,
+                            kTensorZ<T> && kRows >= 32 ? kDashScoreParts : 0>;
+
+// d z's (row k, entry e) in a step's kbar buffer past its rows: 32 floats a row, entries XOR-ed
+// so that both MMAs' fragment reads (rows g, entries 4 apart; rows c, entries g) hit 32 banks.
+__device__ __forceinline__ int dz_at(int k, int e) { return k * kBatch + (e ^ (8 * (k & 3) + 4 * ((k >> 2) & 1))); }
+
+// CTAs per SM that routing_grad_kernel's registers must leave room for. The bf16 kernel at 64
+// rows (G 16 at route_positions 4) fits three in shared memory (70 KB each) but took 128
+// registers, two CTAs; at three it has 80.
+template <typename T, int D, int kRows>
+constexpr int kGradMinCtas = (228 * 1024) / (sizeof(GradSmemOf<T, D, kRows>) + 1024) < 3 ? (228 * 1024) / (sizeof(GradSmemOf<T, D, kRows>) + 1024) : 3;
+static_assert(kGradMinCtas<__nv_bfloat16, 128, 64> * (sizeof(GradSmemOf<__nv_bfloat16, 128, 64>) + 1024) <= 228 * 1024,
+              "three CTAs' shared memory fits an SM");
+
+// A q element as TF32 bits: bf16 widened (exact), fp32 rounded already.
+__device__ __forceinline__ uint32_t tf32_bits(float x) { return __float_as_uint(x); }
+__device__ __forceinline__ uint32_t tf32_bits(__nv_bfloat16 x) { return uint32_t(__bfloat16_as_ushort(x)) << 16; }
 
 // x rounded to TF32 (10 mantissa bits), kept as an fp32; the MMA takes its bits as they are.
 __device__ __forceinline__ float tf32_round(float x) {
@@ -428,15 +448,16 @@ __device__ __forceinline__ void add_float4(float* at, float4 v) {
 
 // Steps 0 .. batches - 1 are pass 1 over the batches, the next batches steps pass 2.
 template <typename T, int D, int kRows>
-__global__ void __launch_bounds__(4 * kRows)
+__global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
     routing_grad_kernel(DashRoutingArgs a, DashRoutingGrad gr, const float* thresholds, const int64_t* row_ptr,
                         GradScratch sc) {
   extern __shared__ float4 smem_raw[];
   using Smem = GradSmemOf<T, D, kRows>;
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
   constexpr bool kPartsIn = Smem::kParts > 0;  // pass 1 gathers kbar's parts
-  constexpr int kLd = Smem::kLd, kDzLd = Smem::kDzLd, kThreads = 4 * kRows;
-  static_assert(kRows * D * sizeof(T) <= sizeof(sm.kbar[1]) || sizeof(T) == 4, "the raw q rows fit kbar[1]");
+  constexpr int kLd = Smem::kLd, kThreads = 4 * kRows;
+  constexpr bool kWiden = sizeof(T) != sizeof(sm.q[0]);  // q comes as 16 bits, kept as fp32
+  static_assert(!kWiden || kRows * D * sizeof(T) <= sizeof(sm.kbar[1]), "the raw q rows fit kbar[1]");
   const Routing rt(a, blockIdx.x);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
   const int K = static_cast<int>(rt.entmax_rows());
@@ -486,13 +507,13 @@ __global__ void __launch_bounds__(4 * kRows)
     cp_async_commit();
   };
 
-  // q rows: fp32 straight into sm.q, 16-bit types raw into kbar[1] (free until step 1's copy)
-  // and widened there while step 0's kbar is on its way.
+  // q rows: kept as given straight into sm.q, widened ones raw into kbar[1] (free until step 1's
+  // copy) and widened from there while step 0's kbar is on its way.
   const T* q = static_cast<const T*>(gr.q);
   constexpr int kPerRow = D * sizeof(T) / 16;  // 16-byte copies per q row
   for (int v = tid; v < kRows * kPerRow; v += kThreads) {
     const int k = v / kPerRow, col = v % kPerRow * (16 / sizeof(T));
-    const uint32_t dst = sizeof(T) == 4 ? smem_addr(&sm.q[k * kLd + col]) : smem_addr(sm.kbar[1]) + 16 * v;
+    const uint32_t dst = kWiden ? smem_addr(sm.kbar[1]) + 16 * v : smem_addr(&sm.q[k * kLd + col]);
     cp_async_16(dst, k < K ? q + q_row(k) + col : q, k < K ? 16 : 0);
   }
   fetch_chunks(0);
@@ -502,7 +523,7 @@ __global__ void __launch_bounds__(4 * kRows)
   fetch_kbar(0);
   fetch_chunks(1);
   cp_async_commit();
-  if constexpr (sizeof(T) != 4) {
+  if constexpr (kWiden) {
     for (int v = tid; v < kRows * kPerRow; v += kThreads) {  // 8 entries of a row each
       const uint4 raw = reinterpret_cast<const uint4*>(sm.kbar[1])[v];
       const float2 x0 = Elem<T>::unpack(raw.x), x1 = Elem<T>::unpack(raw.y), x2 = Elem<T>::unpack(raw.z),
@@ -537,25 +558,16 @@ __global__ void __launch_bounds__(4 * kRows)
     // <64> 3.29 -> 3.14 ms at 64K / route_positions 4); with 16 the two warps split fp32 kbar
     // per fragment, each entry once (the parts' 17 KB more of shared memory cost a CTA per SM:
     // 9.3 -> 11.9 ms at route_positions 1).
-    __syncthreads();  // q widened
     const int row0 = 16 * (warp >> 1), entry0 = 16 * (warp & 1);
-    uint32_t qa[D / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      const float* at = &sm.q[(row0 + g) * kLd + ks * 16 + 2 * c4];
-      const float2 v0 = *reinterpret_cast<const float2*>(at), v1 = *reinterpret_cast<const float2*>(at + 8 * kLd);
-      const float2 v2 = *reinterpret_cast<const float2*>(at + 8), v3 = *reinterpret_cast<const float2*>(at + 8 * kLd + 8);
-      qa[ks][0] = Elem<T>::pack(v0.x, v0.y);
-      qa[ks][1] = Elem<T>::pack(v1.x, v1.y);
-      qa[ks][2] = Elem<T>::pack(v2.x, v2.y);
-      qa[ks][3] = Elem<T>::pack(v3.x, v3.y);
-    }
+    const uint32_t q_frag = smem_addr(&sm.q[(row0 + (lane & 15)) * kLd + (lane >> 4) * 8]);  // ldmatrix rows
     float s_sum[2] = {}, s_dot[2] = {};
     for (int i = 0; i < batches; ++i) {
       begin_step(i);
       float z[2][4] = {};
 #pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks)
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t qa[4];
+        ldmatrix_x4(qa, q_frag + ks * 16 * sizeof(T));
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
           const int at = (entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4;  // the fragment's pair (b0; b1 at + 8)
@@ -564,7 +576,7 @@ __global__ void __launch_bounds__(4 * kRows)
             for (int part = 0; part < kDashScoreParts; ++part) {
               const __nv_bfloat16* p =
                   reinterpret_cast<const __nv_bfloat16*>(sm.kbar[i % 2]) + part * kBatch * kLd + at;
-              mma<T>(z[nt], qa[ks], *reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8));
+              mma<T>(z[nt], qa, *reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8));
             }
           } else {
             float2 lo = *reinterpret_cast<const float2*>(&sm.kbar[i % 2][at]),
@@ -572,13 +584,14 @@ __global__ void __launch_bounds__(4 * kRows)
 #pragma unroll
             for (int part = 0; part < kDashScoreParts; ++part) {  // each the rounding of what the earlier leave
               const uint32_t b0 = Elem<T>::pack(lo.x, lo.y), b1 = Elem<T>::pack(hi.x, hi.y);
-              mma<T>(z[nt], qa[ks], b0, b1);
+              mma<T>(z[nt], qa, b0, b1);
               const float2 r0 = Elem<T>::unpack(b0), r1 = Elem<T>::unpack(b1);
               lo = make_float2(lo.x - r0.x, lo.y - r0.y);
               hi = make_float2(hi.x - r1.x, hi.y - r1.y);
             }
           }
         }
+      }
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -634,7 +647,7 @@ __global__ void __launch_bounds__(4 * kRows)
   }
   __syncthreads();
   if (tid < kRows) sm.mean[tid] = sm.s_sum[tid] > 0.f ? sm.s_dot[tid] / sm.s_sum[tid] : 0.f;
-  if constexpr (sizeof(T) == 4)  // 16-bit q is TF32 already
+  if constexpr (sizeof(T) == 4)  // 16-bit q is TF32 already (widened or not)
     for (int i = tid; i < kRows * D; i += kThreads) sm.q[i / D * kLd + i % D] = tf32_round(sm.q[i / D * kLd + i % D]);
 
   // Pass 2: d z into shared memory, then on tensor cores d q (warp: 16 rows x D / 2 columns, kept
@@ -649,14 +662,15 @@ __global__ void __launch_bounds__(4 * kRows)
   for (int i = batches; i < steps; ++i) {
     begin_step(i);  // its barrier also orders pass 1's means and s before their reads
     float* kbar = sm.kbar[i % 2];
+    float* dz = kbar + Smem::kRowsFloats;
     const float* dp = sm.dp[i % kStages];
     const int* chunk = sm.chunk[i % kStages];
     const int64_t j0 = int64_t(i - batches) * kBatch;
     static_assert(kBatch == 32, "a warp takes one row's batch of d z");
     for (int k = warp; k < kRows; k += kThreads / 32) {
       const int64_t j = j0 + lane;
-      const float dz = k < K && j < count ? s_routing[k * count + j] * (dp[lane] - sm.mean[k]) * a.scale : 0.f;
-      sm.dz[k * kDzLd + lane] = tf32_round(dz);
+      const float value = k < K && j < count ? s_routing[k * count + j] * (dp[lane] - sm.mean[k]) * a.scale : 0.f;
+      dz[dz_at(k, lane)] = tf32_round(value);
     }
     for (int v = tid; v < kBatch * D / 4; v += kThreads) {
       float4& x = *reinterpret_cast<float4*>(&kbar[v / (D / 4) * kLd + v % (D / 4) * 4]);
@@ -666,8 +680,8 @@ __global__ void __launch_bounds__(4 * kRows)
 #pragma unroll
     for (int kk = 0; kk < kBatch; kk += 8) {  // d q += d z [rows x entries] kbar [entries x D]
       const uint32_t af[4] = {
-          bits(sm.dz[(dq_row0 + g) * kDzLd + kk + c4]), bits(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4]),
-          bits(sm.dz[(dq_row0 + g) * kDzLd + kk + c4 + 4]), bits(sm.dz[(dq_row0 + g + 8) * kDzLd + kk + c4 + 4])};
+          bits(dz[dz_at(dq_row0 + g, kk + c4)]), bits(dz[dz_at(dq_row0 + g + 8, kk + c4)]),
+          bits(dz[dz_at(dq_row0 + g, kk + c4 + 4)]), bits(dz[dz_at(dq_row0 + g + 8, kk + c4 + 4)])};
 #pragma unroll
       for (int nt = 0; nt < kDqTiles; ++nt) {
         const int col = dq_col0 + nt * 8 + g;
@@ -678,12 +692,12 @@ __global__ void __launch_bounds__(4 * kRows)
 #pragma unroll
     for (int kk = 0; kk < kRows; kk += 8) {  // d kbar = d z^T [entries x rows] q [rows x D]
       const uint32_t af[4] = {
-          bits(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g]), bits(sm.dz[(kk + c4) * kDzLd + dk_entry0 + g + 8]),
-          bits(sm.dz[(kk + c4 + 4) * kDzLd + dk_entry0 + g]), bits(sm.dz[(kk + c4 + 4) * kDzLd + dk_entry0 + g + 8])};
+          bits(dz[dz_at(kk + c4, dk_entry0 + g)]), bits(dz[dz_at(kk + c4, dk_entry0 + g + 8)]),
+          bits(dz[dz_at(kk + c4 + 4, dk_entry0 + g)]), bits(dz[dz_at(kk + c4 + 4, dk_entry0 + g + 8)])};
 #pragma unroll
       for (int nt = 0; nt < kDkTiles; ++nt) {
         const int col = dk_col0 + nt * 8 + g;
-        mma_tf32(dk[nt], af, bits(sm.q[(kk + c4) * kLd + col]), bits(sm.q[(kk + c4 + 4) * kLd + col]));
+        mma_tf32(dk[nt], af, tf32_bits(sm.q[(kk + c4) * kLd + col]), tf32_bits(sm.q[(kk + c4 + 4) * kLd + col]));
       }
     }
     // Lanes c4 and c4 ^ 1 trade halves: the even one adds entry g's 4 columns from 2 c4 on, the
