@@ -389,8 +389,9 @@ using GradSmemOf = GradSmem<std::conditional_t<kTensorZ<T>, T, float>, D, kRows,
                             kTensorZ<T> && kRows >= 32 ? kDashScoreParts : 0>;
 
 // d z's (row k, entry e) in a step's kbar buffer past its rows: 32 floats a row, entries XOR-ed
-// so that both MMAs' fragment reads (rows g, entries 4 apart; rows c, entries g) hit 32 banks.
-__device__ __forceinline__ int dz_at(int k, int e) { return k * kBatch + (e ^ (8 * (k & 3) + 4 * ((k >> 2) & 1))); }
+// so that both MMAs' fragment reads hit 32 banks: d q's rows g and entries c (8 rows of distinct
+// k % 8: bits 2-4 of the XOR differ), d kbar's rows 2 c (+ 1) and entries g (bits 3-4 differ).
+__device__ __forceinline__ int dz_at(int k, int e) { return k * kBatch + (e ^ (8 * ((k >> 1) & 3) + 4 * (k & 1))); }
 
 // CTAs per SM that routing_grad_kernel's registers must leave room for. The bf16 kernel at 64
 // rows (G 16 at route_positions 4) fits three in shared memory (70 KB each) but took 128
@@ -399,10 +400,6 @@ template <typename T, int D, int kRows>
 constexpr int kGradMinCtas = (228 * 1024) / (sizeof(GradSmemOf<T, D, kRows>) + 1024) < 3 ? (228 * 1024) / (sizeof(GradSmemOf<T, D, kRows>) + 1024) : 3;
 static_assert(kGradMinCtas<__nv_bfloat16, 128, 64> * (sizeof(GradSmemOf<__nv_bfloat16, 128, 64>) + 1024) <= 228 * 1024,
               "three CTAs' shared memory fits an SM");
-
-// A q element as TF32 bits: bf16 widened (exact), fp32 rounded already.
-__device__ __forceinline__ uint32_t tf32_bits(float x) { return __float_as_uint(x); }
-__device__ __forceinline__ uint32_t tf32_bits(__nv_bfloat16 x) { return uint32_t(__bfloat16_as_ushort(x)) << 16; }
 
 // x rounded to TF32 (10 mantissa bits), kept as an fp32; the MMA takes its bits as they are.
 __device__ __forceinline__ float tf32_round(float x) {
@@ -552,14 +549,16 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
   };
   if constexpr (kTensorZ<T>) {
     // bf16 q: z as the forward's scores kernel forms it, q times kbar's three bf16 parts on
-    // tensor cores, k-step by k-step, parts in order. Warp w: rows 16 (w / 2) .. + 15 (q
-    // fragments in registers), entries 16 (w % 2) .. + 15 of each batch. With 32 or 64 rows
+    // tensor cores, k-step by k-step, parts in order. Warp w: rows 16 (w / 2) .. + 15, entries
+    // 16 (w % 2) .. + 15 of each batch, fragments by ldmatrix where bf16. With 32 or 64 rows
     // the parts come from memory (split here, every row block's warp would repeat the split:
     // <64> 3.29 -> 3.14 ms at 64K / route_positions 4); with 16 the two warps split fp32 kbar
     // per fragment, each entry once (the parts' 17 KB more of shared memory cost a CTA per SM:
     // 9.3 -> 11.9 ms at route_positions 1).
     const int row0 = 16 * (warp >> 1), entry0 = 16 * (warp & 1);
-    const uint32_t q_frag = smem_addr(&sm.q[(row0 + (lane & 15)) * kLd + (lane >> 4) * 8]);  // ldmatrix rows
+    // The lane's ldmatrix rows: of q (a0 .. a3), of a part's entries (b0, b1 of both n tiles).
+    const uint32_t q_frag = smem_addr(&sm.q[(row0 + (lane & 15)) * kLd + (lane >> 4) * 8]);
+    const int parts_frag = ((entry0 + (lane & 7) + (lane >> 4) * 8) * kLd + ((lane >> 3) & 1) * 8) * 2;  // bytes
     float s_sum[2] = {}, s_dot[2] = {};
     for (int i = 0; i < batches; ++i) {
       begin_step(i);
@@ -568,17 +567,18 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
       for (int ks = 0; ks < D / 16; ++ks) {
         uint32_t qa[4];
         ldmatrix_x4(qa, q_frag + ks * 16 * sizeof(T));
+        if constexpr (kPartsIn) {
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const int at = (entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4;  // the fragment's pair (b0; b1 at + 8)
-          if constexpr (kPartsIn) {
+          for (int part = 0; part < kDashScoreParts; ++part) {
+            uint32_t b[4];
+            ldmatrix_x4(b, smem_addr(sm.kbar[i % 2]) + parts_frag + (part * kBatch * kLd + ks * 16) * 2);
+            mma<T>(z[0], qa, b[0], b[1]);
+            mma<T>(z[1], qa, b[2], b[3]);
+          }
+        } else {
 #pragma unroll
-            for (int part = 0; part < kDashScoreParts; ++part) {
-              const __nv_bfloat16* p =
-                  reinterpret_cast<const __nv_bfloat16*>(sm.kbar[i % 2]) + part * kBatch * kLd + at;
-              mma<T>(z[nt], qa, *reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8));
-            }
-          } else {
+          for (int nt = 0; nt < 2; ++nt) {
+            const int at = (entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4;  // the fragment's pair (b0; b1 at + 8)
             float2 lo = *reinterpret_cast<const float2*>(&sm.kbar[i % 2][at]),
                    hi = *reinterpret_cast<const float2*>(&sm.kbar[i % 2][at + 8]);
 #pragma unroll
@@ -688,16 +688,37 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
         mma_tf32(dq[nt], af, bits(kbar[(kk + c4) * kLd + col]), bits(kbar[(kk + c4 + 4) * kLd + col]));
       }
     }
+    // d kbar = d z^T [entries x rows] q [rows x D]. The MMA's k slots c and c + 4 take rows 2 c
+    // and 2 c + 1 of each 8 (the sum's order is free), so that one ldmatrix .trans register holds
+    // both of a lane's bf16 q elements; each ldmatrix covers two k steps and two n tiles.
     float dk[kDkTiles][4] = {};
 #pragma unroll
-    for (int kk = 0; kk < kRows; kk += 8) {  // d kbar = d z^T [entries x rows] q [rows x D]
-      const uint32_t af[4] = {
-          bits(dz[dz_at(kk + c4, dk_entry0 + g)]), bits(dz[dz_at(kk + c4, dk_entry0 + g + 8)]),
-          bits(dz[dz_at(kk + c4 + 4, dk_entry0 + g)]), bits(dz[dz_at(kk + c4 + 4, dk_entry0 + g + 8)])};
+    for (int kk = 0; kk < kRows; kk += 16) {
+      uint32_t af[2][4];
 #pragma unroll
-      for (int nt = 0; nt < kDkTiles; ++nt) {
-        const int col = dk_col0 + nt * 8 + g;
-        mma_tf32(dk[nt], af, tf32_bits(sm.q[(kk + c4) * kLd + col]), tf32_bits(sm.q[(kk + c4 + 4) * kLd + col]));
+      for (int h = 0; h < 2; ++h) {
+        const int r = kk + 8 * h + 2 * c4;
+        af[h][0] = bits(dz[dz_at(r, dk_entry0 + g)]), af[h][1] = bits(dz[dz_at(r, dk_entry0 + g + 8)]);
+        af[h][2] = bits(dz[dz_at(r + 1, dk_entry0 + g)]), af[h][3] = bits(dz[dz_at(r + 1, dk_entry0 + g + 8)]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < kDkTiles; nt += 2) {
+        uint32_t b[2][2][2];  // [k step h][n tile nt + t][b0, b1]
+        if constexpr (sizeof(sm.q[0]) == 2) {
+          uint32_t r[4];  // matrix 2 h + t: rows kk + 8 h .., columns of tile nt + t
+          ldmatrix_x4_trans(
+              r, smem_addr(&sm.q[(kk + (lane >> 4) * 8 + (lane & 7)) * kLd + dk_col0 + (nt + ((lane >> 3) & 1)) * 8]));
+#pragma unroll
+          for (int m = 0; m < 4; ++m) b[m >> 1][m & 1][0] = r[m] << 16, b[m >> 1][m & 1][1] = r[m] & 0xffff0000u;
+        } else {
+#pragma unroll
+          for (int m = 0; m < 4; ++m) {
+            const float* at = &sm.q[(kk + 8 * (m >> 1) + 2 * c4) * kLd + dk_col0 + (nt + (m & 1)) * 8 + g];
+            b[m >> 1][m & 1][0] = bits(at[0]), b[m >> 1][m & 1][1] = bits(at[kLd]);
+          }
+        }
+#pragma unroll
+        for (int m = 0; m < 4; ++m) mma_tf32(dk[nt + (m & 1)], af[m >> 1], b[m >> 1][m & 1][0], b[m >> 1][m & 1][1]);
       }
     }
     // Lanes c4 and c4 ^ 1 trade halves: the even one adds entry g's 4 columns from 2 c4 on, the
