@@ -690,35 +690,35 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
     }
     // d kbar = d z^T [entries x rows] q [rows x D]. The MMA's k slots c and c + 4 take rows 2 c
     // and 2 c + 1 of each 8 (the sum's order is free), so that one ldmatrix .trans register holds
-    // both of a lane's bf16 q elements; each ldmatrix covers two k steps and two n tiles.
+    // both of a lane's bf16 q elements: one ldmatrix per k step and 4 (or 2) n tiles.
+    constexpr int kTrans = kDkTiles % 4 == 0 ? 4 : 2;
     float dk[kDkTiles][4] = {};
 #pragma unroll
-    for (int kk = 0; kk < kRows; kk += 16) {
-      uint32_t af[2][4];
+    for (int kk = 0; kk < kRows; kk += 8) {
+      const int r = kk + 2 * c4;
+      const uint32_t af[4] = {bits(dz[dz_at(r, dk_entry0 + g)]), bits(dz[dz_at(r, dk_entry0 + g + 8)]),
+                              bits(dz[dz_at(r + 1, dk_entry0 + g)]), bits(dz[dz_at(r + 1, dk_entry0 + g + 8)])};
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = kk + 8 * h + 2 * c4;
-        af[h][0] = bits(dz[dz_at(r, dk_entry0 + g)]), af[h][1] = bits(dz[dz_at(r, dk_entry0 + g + 8)]);
-        af[h][2] = bits(dz[dz_at(r + 1, dk_entry0 + g)]), af[h][3] = bits(dz[dz_at(r + 1, dk_entry0 + g + 8)]);
-      }
-#pragma unroll
-      for (int nt = 0; nt < kDkTiles; nt += 2) {
-        uint32_t b[2][2][2];  // [k step h][n tile nt + t][b0, b1]
+      for (int nt = 0; nt < kDkTiles; nt += kTrans) {
+        uint32_t b[kTrans][2];
         if constexpr (sizeof(sm.q[0]) == 2) {
-          uint32_t r[4];  // matrix 2 h + t: rows kk + 8 h .., columns of tile nt + t
-          ldmatrix_x4_trans(
-              r, smem_addr(&sm.q[(kk + (lane >> 4) * 8 + (lane & 7)) * kLd + dk_col0 + (nt + ((lane >> 3) & 1)) * 8]));
+          uint32_t pairs[kTrans];  // tile nt + t: rows r, r + 1 of column g
+          const uint32_t at = smem_addr(&sm.q[(kk + (lane & 7)) * kLd + dk_col0 + (nt + (lane >> 3) % kTrans) * 8]);
+          if constexpr (kTrans == 4)
+            ldmatrix_x4_trans(pairs, at);
+          else
+            ldmatrix_x2_trans(pairs, at);
 #pragma unroll
-          for (int m = 0; m < 4; ++m) b[m >> 1][m & 1][0] = r[m] << 16, b[m >> 1][m & 1][1] = r[m] & 0xffff0000u;
+          for (int t = 0; t < kTrans; ++t) b[t][0] = pairs[t] << 16, b[t][1] = pairs[t] & 0xffff0000u;
         } else {
 #pragma unroll
-          for (int m = 0; m < 4; ++m) {
-            const float* at = &sm.q[(kk + 8 * (m >> 1) + 2 * c4) * kLd + dk_col0 + (nt + (m & 1)) * 8 + g];
-            b[m >> 1][m & 1][0] = bits(at[0]), b[m >> 1][m & 1][1] = bits(at[kLd]);
+          for (int t = 0; t < kTrans; ++t) {
+            const float* at = &sm.q[r * kLd + dk_col0 + (nt + t) * 8 + g];
+            b[t][0] = bits(at[0]), b[t][1] = bits(at[kLd]);
           }
         }
 #pragma unroll
-        for (int m = 0; m < 4; ++m) mma_tf32(dk[nt + (m & 1)], af[m >> 1], b[m >> 1][m & 1][0], b[m >> 1][m & 1][1]);
+        for (int t = 0; t < kTrans; ++t) mma_tf32(dk[nt + t], af, b[t][0], b[t][1]);
       }
     }
     // Lanes c4 and c4 ^ 1 trade halves: the even one adds entry g's 4 columns from 2 c4 on, the
