@@ -295,9 +295,9 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 // relative, as the ATen GEMMs these replace ran them; the gradients join the core's, whose
 // products round to bf16). d q rows are this CTA's alone (plain stores); d kbar rows are
 // shared with other routings (fp32 atomics). The q rows and each batch's inputs come by
-// cp.async ahead of their use (a batch's kbar rows and pass 2's s one step, its chunks and d p
-// two), so the gathers overlap the math; the q rows (with batch 0's chunks) are the one wait of
-// the CTA on them. The thresholds stay plain loads.
+// cp.async ahead of their use (a batch's kbar rows one step, its chunks and d p two), so the
+// gathers overlap the math; the q rows (with batch 0's chunks) are the one wait of the CTA on
+// them. Pass 2's s and the thresholds stay plain loads.
 //
 // z is recomputed, not the forward's bit for bit: p near the support's edge moves with z's
 // last bits, which a gradient of O(1) per entry divided by pbar ~ 0 there would amplify
@@ -494,24 +494,12 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
       cp_async_16(smem_addr(&sm.kbar[i % 2][e * kLd + col]), src, valid ? 16 : 0);
     }
   };
-  // Pass 2's step i: its batch's s (pass 1 stored them) into the d z slots of kbar[i % 2], where
-  // they become d z in place.
-  auto fetch_s = [&](int i) {
-    if (i >= steps) return;
-    const int64_t j0 = int64_t(i - batches) * kBatch;
-    float* dz = sm.kbar[i % 2] + Smem::kRowsFloats;
-    for (int k = warp; k < kRows; k += kThreads / 32) {  // entry lane of rows warp, warp + 8, ...
-      const bool valid = k < K && j0 + lane < count;
-      cp_async_4(smem_addr(&dz[dz_at(k, lane)]), valid ? s_routing + k * count + j0 + lane : s_routing, valid ? 4 : 0);
-    }
-  };
   // Each step begins with the data it reads landed for all threads and the last step's
   // readers done, then sets off the next step's copies.
   auto begin_step = [&](int i) {
     cp_async_wait_all();
     __syncthreads();
     fetch_kbar(i + 1);
-    if (i >= batches) fetch_s(i + 1);
     fetch_chunks(i + 2);
     cp_async_commit();
   };
@@ -657,9 +645,7 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
       if (eg == 0) sm.s_sum[4 * rg + r] = s_sum[r], sm.s_dot[4 * rg + r] = s_dot[r];
     }
   }
-  __syncthreads();  // pass 1's s stored
-  fetch_s(batches);
-  cp_async_commit();
+  __syncthreads();
   if (tid < kRows) sm.mean[tid] = sm.s_sum[tid] > 0.f ? sm.s_dot[tid] / sm.s_sum[tid] : 0.f;
   if constexpr (sizeof(T) == 4)  // 16-bit q is TF32 already (widened or not)
     for (int i = tid; i < kRows * D; i += kThreads) sm.q[i / D * kLd + i % D] = tf32_round(sm.q[i / D * kLd + i % D]);
@@ -681,9 +667,10 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
     const int* chunk = sm.chunk[i % kStages];
     const int64_t j0 = int64_t(i - batches) * kBatch;
     static_assert(kBatch == 32, "a warp takes one row's batch of d z");
-    for (int k = warp; k < kRows; k += kThreads / 32) {  // s (zero past G R and the routed) to d z
-      float& x = dz[dz_at(k, lane)];
-      x = tf32_round(x * (dp[lane] - sm.mean[k]) * a.scale);
+    for (int k = warp; k < kRows; k += kThreads / 32) {
+      const int64_t j = j0 + lane;
+      const float value = k < K && j < count ? s_routing[k * count + j] * (dp[lane] - sm.mean[k]) * a.scale : 0.f;
+      dz[dz_at(k, lane)] = tf32_round(value);
     }
     for (int v = tid; v < kBatch * D / 4; v += kThreads) {
       float4& x = *reinterpret_cast<float4*>(&kbar[v / (D / 4) * kLd + v % (D / 4) * 4]);
