@@ -393,13 +393,15 @@ using GradSmemOf = GradSmem<std::conditional_t<kTensorZ<T>, T, float>, D, kRows,
 // k % 8: bits 2-4 of the XOR differ), d kbar's rows 2 c (+ 1) and entries g (bits 3-4 differ).
 __device__ __forceinline__ int dz_at(int k, int e) { return k * kBatch + (e ^ (8 * ((k >> 1) & 3) + 4 * (k & 1))); }
 
-// CTAs per SM that routing_grad_kernel's registers must leave room for. The bf16 kernel at 64
-// rows (G 16 at route_positions 4) fits three in shared memory (70 KB each) but took 128
-// registers, two CTAs; at three it has 80.
+// CTAs of routing_grad_kernel per SM: as many as shared memory holds (228 KB an SM, 1 KB of it
+// reserved per CTA), and as many, up to three, that its registers must leave room for (more
+// held the d 64 kernels to 64 registers, spilling). The bf16 kernel at 64 rows (G 16 at
+// route_positions 4) took 128 registers, two CTAs per SM; at 80 (a few spilled) it runs three.
 template <typename T, int D, int kRows>
-constexpr int kGradMinCtas = (228 * 1024) / (sizeof(GradSmemOf<T, D, kRows>) + 1024) < 3 ? (228 * 1024) / (sizeof(GradSmemOf<T, D, kRows>) + 1024) : 3;
-static_assert(kGradMinCtas<__nv_bfloat16, 128, 64> * (sizeof(GradSmemOf<__nv_bfloat16, 128, 64>) + 1024) <= 228 * 1024,
-              "three CTAs' shared memory fits an SM");
+constexpr int kGradSmemCtas = (228 * 1024) / (sizeof(GradSmemOf<T, D, kRows>) + 1024);
+template <typename T, int D, int kRows>
+constexpr int kGradMinCtas = kGradSmemCtas<T, D, kRows> < 3 ? kGradSmemCtas<T, D, kRows> : 3;
+static_assert(kGradSmemCtas<__nv_bfloat16, 128, 64> >= 3, "three 64-row bf16 CTAs fit an SM");
 
 // x rounded to TF32 (10 mantissa bits), kept as an fp32; the MMA takes its bits as they are.
 __device__ __forceinline__ float tf32_round(float x) {
@@ -701,7 +703,7 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
 #pragma unroll
       for (int nt = 0; nt < kDkTiles; nt += kTrans) {
         uint32_t b[kTrans][2];
-        if constexpr (sizeof(sm.q[0]) == 2) {
+        if constexpr (kTensorZ<T>) {  // q in bf16
           uint32_t pairs[kTrans];  // tile nt + t: rows r, r + 1 of column g
           const uint32_t at = smem_addr(&sm.q[(kk + (lane & 7)) * kLd + dk_col0 + (nt + (lane >> 3) % kTrans) * 8]);
           if constexpr (kTrans == 4)
