@@ -360,16 +360,26 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 template <typename T>
 constexpr bool kTensorZ = std::is_same_v<T, __nv_bfloat16>;
 
-// kRows: the routing's entmax rows G R rounded up to 16, 32 or 64 (one warp per 8 rows), so
-// that small groups (G 16, R 1) do not pay for 64. Q: the q rows' type in shared memory, bf16
+// Warps of routing_grad_kernel: one per 8 entmax rows; with bf16 q at 16 rows four, not two
+// (pass 1's entries and pass 2's columns split further), which halves each warp's accumulators
+// and doubles the warps an SM holds (the CTAs it holds are as many: shared memory limits them).
+template <typename T, int kRows>
+constexpr int kGradWarps = (kTensorZ<T> && kRows == 16) ? 4 : kRows / 8;
+// Warps of a CTA that add a row's sums in pass 1: the bf16 path splits a batch's entries among
+// them, the CUDA-core path gives each row to one.
+template <typename T, int kRows>
+constexpr int kGradSums = kTensorZ<T> ? kGradWarps<T, kRows> / (kRows / 16) : 1;
+
+// kRows: the routing's entmax rows G R rounded up to 16, 32 or 64, so that small groups (G 16,
+// R 1) do not pay for 64. Q: the q rows' type in shared memory, bf16
 // as given where z comes from tensor cores (its bits are TF32 already), else fp32. kPad: the q
 // and kbar rows' padding in elements; 4 spreads the CUDA-core z's 16-byte reads of 8 rows over
 // the banks, 8 the MMA fragments' reads (fp32: 4 rows x 8 columns, and 8 rows x 4 columns of
 // float2; bf16 parts and q: ldmatrix's 8 rows of 16 bytes). kParts: kbar's bf16 parts that
 // pass 1 reads (0: it reads kbar).
-template <typename Q, int D, int kRows, int kPad, int Parts>
+template <typename Q, int D, int kRows, int kPad, int Parts, int Sums>
 struct GradSmem {
-  static constexpr int kParts = Parts;
+  static constexpr int kParts = Parts, kSums = Sums;
   static constexpr int kLd = D + kPad;  // q and kbar row stride in elements (parts: bf16)
   static constexpr int kRowsFloats = kBatch * kLd, kDzFloats = kRows * kBatch;
   static constexpr int kPartsFloats = kParts * kBatch * kLd / 2;
@@ -382,11 +392,11 @@ struct GradSmem {
   float dp[kStages][kBatch];  // step i's d loss / d p in [i % kStages], zero past the routed
   int chunk[kStages][kBatch];  // and their chunks
   float max[kRows], tau[kRows], mean[kRows];
-  float s_sum[kRows], s_dot[kRows];  // pass 1's sums over the entries, by atomics
+  float s_sum[kSums][kRows], s_dot[kSums][kRows];  // pass 1's sums over the entries, per adding warp
 };
 template <typename T, int D, int kRows>
 using GradSmemOf = GradSmem<std::conditional_t<kTensorZ<T>, T, float>, D, kRows, kTensorZ<T> ? 8 : 4,
-                            kTensorZ<T> && kRows >= 32 ? kDashScoreParts : 0>;
+                            kTensorZ<T> && kRows >= 32 ? kDashScoreParts : 0, kGradSums<T, kRows>>;
 
 // d z's (row k, entry e) in a step's kbar buffer past its rows: 32 floats a row, entries XOR-ed
 // so that both MMAs' fragment reads hit 32 banks: d q's rows g and entries c (8 rows of distinct
@@ -394,14 +404,16 @@ using GradSmemOf = GradSmem<std::conditional_t<kTensorZ<T>, T, float>, D, kRows,
 __device__ __forceinline__ int dz_at(int k, int e) { return k * kBatch + (e ^ (8 * ((k >> 1) & 3) + 4 * (k & 1))); }
 
 // CTAs of routing_grad_kernel per SM: as many as shared memory holds (228 KB an SM, 1 KB of it
-// reserved per CTA), and as many, up to three, that its registers must leave room for (more
-// held the d 64 kernels to 64 registers, spilling). The bf16 kernel at 64 rows (G 16 at
+// reserved per CTA), and registers are held to leave room for as many, up to 24 warps an SM
+// (more held the d 64 kernels to 64 registers, spilling). The bf16 kernel at 64 rows (G 16 at
 // route_positions 4) took 128 registers, two CTAs per SM; at 80 (a few spilled) it runs three.
 template <typename T, int D, int kRows>
 constexpr int kGradSmemCtas = (228 * 1024) / (sizeof(GradSmemOf<T, D, kRows>) + 1024);
 template <typename T, int D, int kRows>
-constexpr int kGradMinCtas = kGradSmemCtas<T, D, kRows> < 3 ? kGradSmemCtas<T, D, kRows> : 3;
+constexpr int kGradMinCtas =
+    kGradSmemCtas<T, D, kRows> < 24 / kGradWarps<T, kRows> ? kGradSmemCtas<T, D, kRows> : 24 / kGradWarps<T, kRows>;
 static_assert(kGradSmemCtas<__nv_bfloat16, 128, 64> >= 3, "three 64-row bf16 CTAs fit an SM");
+static_assert(kGradSmemCtas<__nv_bfloat16, 128, 16> >= 5, "five 16-row bf16 CTAs fit an SM");
 
 // x rounded to TF32 (10 mantissa bits), kept as an fp32; the MMA takes its bits as they are.
 __device__ __forceinline__ float tf32_round(float x) {
@@ -447,14 +459,14 @@ __device__ __forceinline__ void add_float4(float* at, float4 v) {
 
 // Steps 0 .. batches - 1 are pass 1 over the batches, the next batches steps pass 2.
 template <typename T, int D, int kRows>
-__global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
+__global__ void __launch_bounds__(32 * kGradWarps<T, kRows>, (kGradMinCtas<T, D, kRows>))
     routing_grad_kernel(DashRoutingArgs a, DashRoutingGrad gr, const float* thresholds, const int64_t* row_ptr,
                         GradScratch sc) {
   extern __shared__ float4 smem_raw[];
   using Smem = GradSmemOf<T, D, kRows>;
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
   constexpr bool kPartsIn = Smem::kParts > 0;  // pass 1 gathers kbar's parts
-  constexpr int kLd = Smem::kLd, kThreads = 4 * kRows;
+  constexpr int kLd = Smem::kLd, kWarps = kGradWarps<T, kRows>, kThreads = 32 * kWarps;
   constexpr bool kWiden = sizeof(T) != sizeof(sm.q[0]);  // q comes as 16 bits, kept as fp32
   static_assert(!kWiden || kRows * D * sizeof(T) <= sizeof(sm.kbar[1]), "the raw q rows fit kbar[1]");
   const Routing rt(a, blockIdx.x);
@@ -535,7 +547,6 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
   if (tid < kRows) {
     sm.max[tid] = tid < K ? thresholds[rt.threshold_index(tid)] : 0.f;
     sm.tau[tid] = tid < K ? thresholds[rt.threshold_index(tid) + 1] : 0.f;
-    sm.s_sum[tid] = sm.s_dot[tid] = 0.f;
   }
 
   // Pass 1: z of batch i's entries, s = sqrt p of each, and each row's sums of s and s . dp.
@@ -551,20 +562,23 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
   };
   if constexpr (kTensorZ<T>) {
     // bf16 q: z as the forward's scores kernel forms it, q times kbar's three bf16 parts on
-    // tensor cores, k-step by k-step, parts in order. Warp w: rows 16 (w / 2) .. + 15, entries
-    // 16 (w % 2) .. + 15 of each batch, fragments by ldmatrix where bf16. With 32 or 64 rows
+    // tensor cores, k-step by k-step, parts in order. Warp w: rows 16 (w / kSplits) .. + 15,
+    // entries kEntries (w % kSplits) .. of each batch (16 or, at 16 rows, 8), fragments by
+    // ldmatrix. With 32 or 64 rows
     // the parts come from memory (split here, every row block's warp would repeat the split:
-    // <64> 3.29 -> 3.14 ms at 64K / route_positions 4); with 16 the two warps split fp32 kbar
-    // per fragment, each entry once (the parts' 17 KB more of shared memory cost a CTA per SM:
+    // <64> 3.29 -> 3.14 ms at 64K / route_positions 4); with 16 the warps split fp32 kbar per
+    // fragment, each entry once (the parts' 17 KB more of shared memory cost a CTA per SM:
     // 9.3 -> 11.9 ms at route_positions 1).
-    const int row0 = 16 * (warp >> 1), entry0 = 16 * (warp & 1);
+    constexpr int kSplits = Smem::kSums, kEntries = kBatch / kSplits, kTiles = kEntries / 8;
+    static_assert(!kPartsIn || kTiles == 2, "a part's ldmatrix takes two n tiles");
+    const int split = warp % kSplits, row0 = 16 * (warp / kSplits), entry0 = kEntries * split;
     // The lane's ldmatrix rows: of q (a0 .. a3), of a part's entries (b0, b1 of both n tiles).
     const uint32_t q_frag = smem_addr(&sm.q[(row0 + (lane & 15)) * kLd + (lane >> 4) * 8]);
     const int parts_frag = ((entry0 + (lane & 7) + (lane >> 4) * 8) * kLd + ((lane >> 3) & 1) * 8) * 2;  // bytes
     float s_sum[2] = {}, s_dot[2] = {};
     for (int i = 0; i < batches; ++i) {
       begin_step(i);
-      float z[2][4] = {};
+      float z[kTiles][4] = {};
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
         uint32_t qa[4];
@@ -579,7 +593,7 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
           }
         } else {
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
+          for (int nt = 0; nt < kTiles; ++nt) {
             const int at = (entry0 + 8 * nt + g) * kLd + ks * 16 + 2 * c4;  // the fragment's pair (b0; b1 at + 8)
             float2 lo = *reinterpret_cast<const float2*>(&sm.kbar[i % 2][at]),
                    hi = *reinterpret_cast<const float2*>(&sm.kbar[i % 2][at + 8]);
@@ -595,7 +609,7 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
         }
       }
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
+      for (int nt = 0; nt < kTiles; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
           take(i, sm.dp[i % kStages], row0 + g + 8 * (e >> 1), entry0 + 8 * nt + 2 * c4 + (e & 1), z[nt][e],
@@ -605,16 +619,14 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
     for (int h = 0; h < 2; ++h) {
       s_sum[h] = lane_group_sum<4>(s_sum[h]);
       s_dot[h] = lane_group_sum<4>(s_dot[h]);
-      if (c4 == 0) {  // two warps add into each row: 0 + a + b, the same bits either way
-        atomicAdd(&sm.s_sum[row0 + g + 8 * h], s_sum[h]);
-        atomicAdd(&sm.s_dot[row0 + g + 8 * h], s_dot[h]);
-      }
+      if (c4 == 0) sm.s_sum[split][row0 + g + 8 * h] = s_sum[h], sm.s_dot[split][row0 + g + 8 * h] = s_dot[h];
     }
   } else {
     // Rows 4 rg .. 4 rg + 3 and entries eg, eg + 16 (a warp's kbar reads: 16 consecutive rows,
     // kLd apart, fill the 32 banks). z is one fma chain over d, as the fp32 GEMM that scores
     // these q types in the forward sums it: close to its bits, which the normalized prior's
     // gradient needs (gpu_dash_routing_test.cpp).
+    static_assert(kThreads == 4 * kRows, "16 threads per 4 rows");
     const int rg = tid >> 4, eg = tid & 15;
     float s_sum[4] = {}, s_dot[4] = {};
     for (int i = 0; i < batches; ++i) {
@@ -644,20 +656,24 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
     for (int r = 0; r < 4; ++r) {
       s_sum[r] = lane_group_sum<16>(s_sum[r]);
       s_dot[r] = lane_group_sum<16>(s_dot[r]);
-      if (eg == 0) sm.s_sum[4 * rg + r] = s_sum[r], sm.s_dot[4 * rg + r] = s_dot[r];
+      if (eg == 0) sm.s_sum[0][4 * rg + r] = s_sum[r], sm.s_dot[0][4 * rg + r] = s_dot[r];
     }
   }
   __syncthreads();
-  if (tid < kRows) sm.mean[tid] = sm.s_sum[tid] > 0.f ? sm.s_dot[tid] / sm.s_sum[tid] : 0.f;
+  if (tid < kRows) {  // the warps' sums in a fixed order: the same bits every run
+    float sum = 0.f, dot = 0.f;
+    for (int w = 0; w < Smem::kSums; ++w) sum += sm.s_sum[w][tid], dot += sm.s_dot[w][tid];
+    sm.mean[tid] = sum > 0.f ? dot / sum : 0.f;
+  }
   if constexpr (sizeof(T) == 4)  // 16-bit q is TF32 already (widened or not)
     for (int i = tid; i < kRows * D; i += kThreads) sm.q[i / D * kLd + i % D] = tf32_round(sm.q[i / D * kLd + i % D]);
 
-  // Pass 2: d z into shared memory, then on tensor cores d q (warp: 16 rows x D / 2 columns, kept
-  // over the batches) and d kbar (warp: 16 entries x D / (kRows / 16) columns, added per batch).
-  // The MMAs' operands are rounded to TF32 once, where they are stored.
-  constexpr int kRowBlocks = kRows / 16, kDkSplits = kRows / 16;
-  constexpr int kDqTiles = D / 16, kDkTiles = D / 8 / kDkSplits;
-  const int dq_row0 = 16 * (warp % kRowBlocks), dq_col0 = (warp / kRowBlocks) * (D / 2);
+  // Pass 2: d z into shared memory, then on tensor cores d q (warp: 16 rows x D / kDqSplits
+  // columns, kept over the batches) and d kbar (warp: 16 entries x D / kDkSplits columns, added
+  // per batch). The MMAs' operands are rounded to TF32 once, where they are stored.
+  constexpr int kRowBlocks = kRows / 16, kDqSplits = kWarps / kRowBlocks, kDkSplits = kWarps / 2;
+  constexpr int kDqTiles = D / 8 / kDqSplits, kDkTiles = D / 8 / kDkSplits;
+  const int dq_row0 = 16 * (warp % kRowBlocks), dq_col0 = (warp / kRowBlocks) * (D / kDqSplits);
   const int dk_entry0 = 16 * (warp & 1), dk_col0 = (warp >> 1) * (D / kDkSplits);
   auto bits = [](float x) { return __float_as_uint(x); };
   float dq[kDqTiles][4] = {};
@@ -669,7 +685,7 @@ __global__ void __launch_bounds__(4 * kRows, (kGradMinCtas<T, D, kRows>))
     const int* chunk = sm.chunk[i % kStages];
     const int64_t j0 = int64_t(i - batches) * kBatch;
     static_assert(kBatch == 32, "a warp takes one row's batch of d z");
-    for (int k = warp; k < kRows; k += kThreads / 32) {
+    for (int k = warp; k < kRows; k += kWarps) {
       const int64_t j = j0 + lane;
       const float value = k < K && j < count ? s_routing[k * count + j] * (dp[lane] - sm.mean[k]) * a.scale : 0.f;
       dz[dz_at(k, lane)] = tf32_round(value);
@@ -790,7 +806,8 @@ int launch_grad(const DashRoutingArgs& a, const DashRoutingGrad& gr, const float
   if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       e != cudaSuccess)
     return e;
-  kernel<<<static_cast<unsigned>(dash_routings(a)), 4 * kRows, kSmem, stream>>>(a, gr, thresholds, row_ptr, sc);
+  kernel<<<static_cast<unsigned>(dash_routings(a)), 32 * kGradWarps<T, kRows>, kSmem, stream>>>(a, gr, thresholds,
+                                                                                                row_ptr, sc);
   return cudaGetLastError();
 }
 
