@@ -371,12 +371,12 @@ template <typename T, int kRows>
 constexpr int kGradSums = kTensorZ<T> ? kGradWarps<T, kRows> / (kRows / 16) : 1;
 
 // kRows: the routing's entmax rows G R rounded up to 16, 32 or 64, so that small groups (G 16,
-// R 1) do not pay for 64. Q: the q rows' type in shared memory, bf16
-// as given where z comes from tensor cores (its bits are TF32 already), else fp32. kPad: the q
-// and kbar rows' padding in elements; 4 spreads the CUDA-core z's 16-byte reads of 8 rows over
-// the banks, 8 the MMA fragments' reads (fp32: 4 rows x 8 columns, and 8 rows x 4 columns of
-// float2; bf16 parts and q: ldmatrix's 8 rows of 16 bytes). kParts: kbar's bf16 parts that
-// pass 1 reads (0: it reads kbar).
+// R 1) do not pay for 64. Q: the q rows' type in shared memory, bf16 as given where z comes from
+// tensor cores (its bits are TF32 already), else fp32. kPad: the q and kbar rows' padding in
+// elements; 4 spreads the CUDA-core z's 16-byte reads of 8 rows over the banks, 8 the MMA
+// fragments' reads (fp32: 4 rows x 8 columns, and 8 rows x 4 columns of float2; bf16 parts and
+// q: ldmatrix's 8 rows of 16 bytes). kParts: kbar's bf16 parts that pass 1 reads (0: it reads
+// kbar). kSums: the warps that add a row's sums in pass 1 (kGradSums).
 template <typename Q, int D, int kRows, int kPad, int Parts, int Sums>
 struct GradSmem {
   static constexpr int kParts = Parts, kSums = Sums;
