@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -383,7 +384,7 @@ struct GradSmem {
   static constexpr int kLd = D + kPad;  // q and kbar row stride in elements (parts: bf16)
   static constexpr int kRowsFloats = kBatch * kLd, kDzFloats = kRows * kBatch;
   static constexpr int kPartsFloats = kParts * kBatch * kLd / 2;
-  static constexpr int kStep = kPartsFloats > kRowsFloats + kDzFloats ? kPartsFloats : kRowsFloats + kDzFloats;
+  static constexpr int kStep = std::max(kPartsFloats, kRowsFloats + kDzFloats);
   Q q[kRows * kLd];  // the entmax rows' q, zero past G R
   // Step i's chunk summaries in kbar[i % 2], zero past the routed: in pass 1 their kParts parts
   // ([part][entry][kLd] bf16) where kParts > 0, else (and in pass 2) [entry][kLd] fp32, followed
@@ -410,8 +411,7 @@ __device__ __forceinline__ int dz_at(int k, int e) { return k * kBatch + (e ^ (8
 template <typename T, int D, int kRows>
 constexpr int kGradSmemCtas = (228 * 1024) / (sizeof(GradSmemOf<T, D, kRows>) + 1024);
 template <typename T, int D, int kRows>
-constexpr int kGradMinCtas =
-    kGradSmemCtas<T, D, kRows> < 24 / kGradWarps<T, kRows> ? kGradSmemCtas<T, D, kRows> : 24 / kGradWarps<T, kRows>;
+constexpr int kGradMinCtas = std::min(kGradSmemCtas<T, D, kRows>, 24 / kGradWarps<T, kRows>);
 static_assert(kGradSmemCtas<__nv_bfloat16, 128, 64> >= 3, "three 64-row bf16 CTAs fit an SM");
 static_assert(kGradSmemCtas<__nv_bfloat16, 128, 16> >= 5, "five 16-row bf16 CTAs fit an SM");
 
@@ -564,11 +564,10 @@ __global__ void __launch_bounds__(32 * kGradWarps<T, kRows>, (kGradMinCtas<T, D,
     // bf16 q: z as the forward's scores kernel forms it, q times kbar's three bf16 parts on
     // tensor cores, k-step by k-step, parts in order. Warp w: rows 16 (w / kSplits) .. + 15,
     // entries kEntries (w % kSplits) .. of each batch (16 or, at 16 rows, 8), fragments by
-    // ldmatrix. With 32 or 64 rows
-    // the parts come from memory (split here, every row block's warp would repeat the split:
-    // <64> 3.29 -> 3.14 ms at 64K / route_positions 4); with 16 the warps split fp32 kbar per
-    // fragment, each entry once (the parts' 17 KB more of shared memory cost a CTA per SM:
-    // 9.3 -> 11.9 ms at route_positions 1).
+    // ldmatrix. With 32 or 64 rows the parts come from memory (split here, every row block's warp
+    // would repeat the split: <64> 3.29 -> 3.14 ms at 64K / route_positions 4); with 16 the warps
+    // split fp32 kbar per fragment, each entry once (the parts' 17 KB more of shared memory cost a
+    // CTA per SM: 9.3 -> 11.9 ms at route_positions 1).
     constexpr int kSplits = Smem::kSums, kEntries = kBatch / kSplits, kTiles = kEntries / 8;
     static_assert(!kPartsIn || kTiles == 2, "a part's ldmatrix takes two n tiles");
     const int split = warp % kSplits, row0 = 16 * (warp / kSplits), entry0 = kEntries * split;
