@@ -25,8 +25,9 @@ def num(x):
 total = sum(num(r[samp]) for r in body)
 out = open(sys.argv[2], 'w')
 print(f'stall samples {total:.0f}, warp instructions executed {sum(num(r[exe]) for r in body) if exe is not None else 0:.0f}', file=out)
-# stall-reason columns: numeric columns named like stall reasons
-reasons = [h for h in head if re.search(r'stall', h, re.I) and h != head[samp] and 'Not-issued' not in h]
+# stall-reason columns (stall_wait, ...), without their "(Not Issued)" twins: those count a subset
+# of the same samples
+reasons = [h for h in head if re.search(r'stall', h, re.I) and h != head[samp] and not re.search(r'not.issued', h, re.I)]
 tot = {h: sum(num(r[col[h]]) for r in body) for h in reasons}
 print('reason totals:', ', '.join(f'{h}={v:.0f}' for h, v in sorted(tot.items(), key=lambda x: -x[1]) if v > 0), file=out)
 print('\ntop 40 instructions by samples (address, % of samples, executed, SASS):', file=out)
