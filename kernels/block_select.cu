@@ -76,9 +76,9 @@ __device__ __forceinline__ int scatter_offset(int levels, int lane) {
 
 // One CTA per query tile: 64 MMA rows = the G heads of the group for P positions (as the core
 // kernels pack them). The logits' matmul: wgmma on sm_90 (kWgmma; Q from registers, K from
-// shared memory by TMA), mma.sync with cp.async elsewhere. Two passes over the compressed
-// blocks the tile can see, the next K tile loading while the current one multiplies: the
-// first pass keeps each row's running max and sum, the second recomputes the logits, sums the
+// shared memory by TMA, the next tile's wgmma running while this tile's logits are used),
+// mma.sync with cp.async elsewhere. Two passes over the compressed blocks the tile can see, the
+// next K tile loading while the current one multiplies: the first pass keeps each row's running max and sum, the second recomputes the logits, sums the
 // probabilities over the group's heads (in registers where G allows) into each position's ring
 // and pools the sums onto selection blocks as soon as all compressed blocks overlapping a
 // selection block are known.
@@ -150,9 +150,14 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], k_tile(1, 0), warp * 16, ks * 16, lane);
   if constexpr (kWgmma) fence_proxy_async();  // the reads of Q before TMA writes that stage
-  if (n_tiles > 0) load_k(0, 0);
+  const int n_steps = 2 * n_tiles;
+  if (n_steps > 0) load_k(0, 0);
+  if (kWgmma && n_steps > 1) {  // TMA runs both stages ahead (cp.async one), the second once Q is read
+    __syncthreads();
+    load_k(1, 1);
+  }
 
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // pass 1: per thread
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};   // pass 1: per thread, log2 units
   float m_row[2], inv_l[2];                                         // pass 2: per row
 
   // Pools the selection blocks that column tile c0 completes from each position's ring, where
@@ -175,44 +180,11 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
     }
   };
 
-  for (int step = 0; step < 2 * n_tiles; ++step) {
-    const int st = step & 1;
+  // What step s does with its logits s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 +
+  // 63 of the tile's rows: pass 1 (s < n_tiles) or pass 2 over column tile c0 / 64.
+  auto consume = [&](int step, float(&s)[8][4]) {
     const bool first_pass = step < n_tiles;
     const int c0 = (first_pass ? step : step - n_tiles) * kCols;
-    if constexpr (kWgmma) {
-      mbar_wait(full + 8 * st, (step >> 1) & 1);
-    } else {
-      cp_async_wait_all();
-    }
-    __syncthreads();  // stage st landed; stage st ^ 1, p_s and the ring's older half are free
-    if (step + 1 < 2 * n_tiles) load_k(step + 1, st ^ 1);
-
-    // s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 + 63 of the tile's rows.
-    float s[8][4] = {};
-    if constexpr (kWgmma) {
-      fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks)
-#pragma unroll
-        for (int lo = 0; lo < 2; ++lo) wgmma_rs<T, 64, 0>(s, qa[ks], desc_k_major(k_tile(st, lo), ks));
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_operands(s);
-      fence_operands(qa);
-    } else {
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks)
-#pragma unroll
-        for (int np = 0; np < 4; ++np)
-#pragma unroll
-          for (int lo = 0; lo < 2; ++lo) {
-            uint32_t b[4];
-            load_b_nk(b, k_tile(st, lo), np * 16, ks * 16, lane);
-            mma<T>(s[2 * np], qa[ks], b[0], b[1]);
-            mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
-          }
-    }
     int lim[2];  // this tile's columns visible to each of the thread's rows
 #pragma unroll
     for (int i = 0; i < 2; ++i) lim[i] = static_cast<int>(max(min(vis[i] - c0, int64_t{kCols}), int64_t{0}));
@@ -220,23 +192,26 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
     if (first_pass) {  // each row's max and sum of exp2 over its visible blocks
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        float mx = m_run[i];
+        float mx = -INFINITY;  // over the unscaled logits: the scale is positive
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float x = nt * 8 + 2 * c + e < lim[i] ? s[nt][2 * i + e] * p.scale_log2 : -INFINITY;
+            const float x = nt * 8 + 2 * c + e < lim[i] ? s[nt][2 * i + e] : -INFINITY;
             s[nt][2 * i + e] = x;
             mx = fmaxf(mx, x);
           }
-        if (mx == -INFINITY) continue;
+        mx = fmaxf(m_run[i], mx * p.scale_log2);
+        const float base = mx == -INFINITY ? 0.f : mx;  // no branch: the next tile's wgmma is in flight
         float sum = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) sum += fast_exp2(s[nt][2 * i] - mx) + fast_exp2(s[nt][2 * i + 1] - mx);
-        l_run[i] = l_run[i] * fast_exp2(m_run[i] - mx) + sum;
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) sum += fast_exp2(fmaf(s[nt][2 * i + e], p.scale_log2, -base));
+        l_run[i] = l_run[i] * fast_exp2(m_run[i] - base) + sum;
         m_run[i] = mx;
       }
-      continue;
+      return;
     }
     if (step == n_tiles) {
 #pragma unroll
@@ -254,7 +229,7 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
 #pragma unroll
         for (int e = 0; e < 2; ++e)
           pr[i][2 * nt + e] =
-              nt * 8 + 2 * c + e < lim[i] ? fast_exp2(s[nt][2 * i + e] * p.scale_log2 - m_row[i]) * inv_l[i] : 0.f;
+              nt * 8 + 2 * c + e < lim[i] ? fast_exp2(fmaf(s[nt][2 * i + e], p.scale_log2, -m_row[i])) * inv_l[i] : 0.f;
     float* ring_tile = ring + (c0 & (kRing - 1));
     if (p.sum_levels >= 0) {
       // Row r = 16 warp + g4 + 8 i is head r % G of position r / G: a position's heads are G
@@ -291,6 +266,66 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
       }
     }
     pool_tile(c0);
+  };
+
+  if constexpr (kWgmma) {
+    // Software-pipelined: step s + 1's wgmma runs while step s's logits are consumed. Its K tiles
+    // landed a step earlier (TMA two stages ahead), and stage s % 2 reloads for step s + 2 once
+    // every warp's wgmma of step s is done. Step n_steps's wgmma is issued too, without waiting for a load: it multiplies stage 0's
+    // stale tile into a result nobody reads, so that every wgmma is issued on the same path and
+    // no branch sits between a wgmma and its wait (ptxas would serialize them).
+    auto issue = [&](int step, float(&s)[8][4]) {
+      const int st = step & 1;
+      if (step < n_steps) mbar_wait(full + 8 * st, (step >> 1) & 1);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+      fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+        for (int lo = 0; lo < 2; ++lo) wgmma_rs<T, 64, 0>(s, qa[ks], desc_k_major(k_tile(st, lo), ks));
+      wgmma_commit();
+    };
+    auto advance = [&](int step, float(&cur)[8][4], float(&next)[8][4]) {
+      wgmma_wait<0>();
+      fence_operands(cur);
+      fence_operands(qa);
+      __syncthreads();  // every warp's wgmma of this step is done (its stage is free), and the last
+                        // step's pooling read the ring
+      if (step + 2 < n_steps) load_k(step + 2, step & 1);
+      issue(step + 1, next);
+      consume(step, cur);
+    };
+    float sa[8][4], sb[8][4];
+    issue(0, sa);
+    for (int step = 0; step < n_steps; step += 2) {  // n_steps is even
+      advance(step, sa, sb);
+      advance(step + 1, sb, sa);
+    }
+    wgmma_wait<0>();  // the extra step's wgmma reads shared memory
+  } else {
+    for (int step = 0; step < n_steps; ++step) {
+      const int st = step & 1;
+      cp_async_wait_all();
+      __syncthreads();  // stage st landed; stage st ^ 1, p_s and the ring's older half are free
+      if (step + 1 < n_steps) load_k(step + 1, st ^ 1);
+      float s[8][4] = {};
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+        for (int np = 0; np < 4; ++np)
+#pragma unroll
+          for (int lo = 0; lo < 2; ++lo) {
+            uint32_t b[4];
+            load_b_nk(b, k_tile(st, lo), np * 16, ks * 16, lane);
+            mma<T>(s[2 * np], qa[ks], b[0], b[1]);
+            mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
+          }
+      consume(step, s);
+    }
   }
   // One column tile past the last visible one (all zero) completes the blocks that overlap it.
   const int c_end = n_tiles * kCols;
