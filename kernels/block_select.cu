@@ -15,6 +15,8 @@ namespace {
 using namespace dev;
 
 constexpr int kCols = 64;            // compressed blocks per column tile
+constexpr int kRows = 128;           // MMA rows per CTA: two warpgroups of 64, sharing each K tile
+constexpr int kThreads = 2 * kRows;  // one thread per row and half
 constexpr int kMaxLead = 16;         // (length - 1) / stride at most
 constexpr int kPStride = kCols + 2;  // floats per row of the probability tile (shared-memory group sums)
 constexpr int kRing = 2 * kCols;     // floats per position of the group sums: two column tiles, as a ring
@@ -46,7 +48,7 @@ template <int D>
 constexpr int kKBytes = 4 * 64 * D * 2;
 template <int D>
 int score_smem_bytes(const ScoreParams& p) {
-  return kKBytes<D> + (p.sum_levels < 0 ? 64 * kPStride * 4 : 0) + p.P * kRing * 4 + 1024;
+  return kKBytes<D> + (p.sum_levels < 0 ? kRows * kPStride * 4 : 0) + p.P * kRing * 4 + 1024;
 }
 
 // One level of scatter_sum: lanes that differ in lane bit `bit` pair up; the lane with the bit
@@ -74,16 +76,17 @@ __device__ __forceinline__ int scatter_offset(int levels, int lane) {
   return off;
 }
 
-// One CTA per query tile: 64 MMA rows = the G heads of the group for P positions (as the core
-// kernels pack them). The logits' matmul: wgmma on sm_90 (kWgmma; Q from registers, K from
-// shared memory by TMA, the next tile's wgmma running while this tile's logits are used),
-// mma.sync with cp.async elsewhere. Two passes over the compressed blocks the tile can see, the
-// next K tile loading while the current one multiplies: the first pass keeps each row's running max and sum, the second recomputes the logits, sums the
+// One CTA per query tile: 128 MMA rows = the G heads of the group for P positions, in two
+// warpgroups of 64 rows that share each K tile (half the K reads from L2 per row, and one
+// warpgroup's MMAs overlap the other's softmax). The logits' matmul: wgmma on sm_90 (kWgmma; Q
+// from registers, K from shared memory by TMA), mma.sync with cp.async elsewhere. Two passes over the compressed
+// blocks the tile can see, the next K tile loading while the current one multiplies: the
+// first pass keeps each row's running max and sum, the second recomputes the logits, sums the
 // probabilities over the group's heads (in registers where G allows) into each position's ring
 // and pools the sums onto selection blocks as soon as all compressed blocks overlapping a
 // selection block are known.
 template <typename T, int D, bool kWgmma>
-__global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, const __grid_constant__ KMaps maps) {
+__global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p, const __grid_constant__ KMaps maps) {
   constexpr int kTile = 64 * D * 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t s_full[2];  // sm_90: per stage, its K tiles landed (TMA)
@@ -91,26 +94,28 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
   const uint32_t k_s = smem_addr(smem);  // stage st: hi at 2 st, lo at 2 st + 1
   auto k_tile = [&](int st, int lo) { return k_s + (2 * st + lo) * kTile; };
   float* p_s = reinterpret_cast<float*>(smem + kKBytes<D>);
-  float* ring = p_s + (p.sum_levels < 0 ? 64 * kPStride : 0);
+  float* ring = p_s + (p.sum_levels < 0 ? kRows * kPStride : 0);
 
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3;
+  // Row r = 16 warp + g4 + 8 i of the CTA is row r % 64 of warpgroup wg = r / 64.
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g4 = lane >> 2, c = lane & 3, wg = warp >> 2;
   const int64_t pos0 = p.t_first + static_cast<int64_t>(blockIdx.x) * p.P;
   const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.t_first + p.n_rows - pos0));
   const T* q = static_cast<const T*>(p.q);
-  load_tile_async<D>(
-      k_tile(1, 0),
+  load_tile_async<D>(  // each warpgroup its 64 rows of Q, as a 64-row tile in stage 1
+      k_tile(1, wg),
       [&](int r) -> const T* {
+        r += wg * 64;
         if (r >= p.P * p.G || r / p.G >= n_pos) return nullptr;
         return q + ((p.q_head0 + r % p.G) * p.T + pos0 + r / p.G) * D;
       },
-      q, tid);
+      q, tid & 127);
   cp_async_commit();
   const uint32_t full = smem_addr(s_full);
   if (kWgmma && tid == 0) {
     mbar_init(full, 1);
     mbar_init(full + 8, 1);
   }
-  for (int x = tid; x < p.P * kRing; x += 128) ring[x] = 0.f;  // before block 0: the pad
+  for (int x = tid; x < p.P * kRing; x += kThreads) ring[x] = 0.f;  // before block 0: the pad
 
   // Compressed blocks wholly at or before position t.
   auto visible = [&](int64_t t) -> int64_t {
@@ -132,13 +137,11 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
         mbar_arrive_expect_bytes(full + 8 * st, 2 * kTile);
         tma_load_tile_pair<D>(k_tile(st, 0), &maps.hi, k_tile(st, 1), &maps.lo, full + 8 * st, c0, 0, 0);
       }
-    } else {
-      for (int lo = 0; lo < 2; ++lo) {
-        const T* src = static_cast<const T*>(lo ? p.k_lo : p.k_hi);
-        load_tile_async<D>(
-            k_tile(st, lo), [&](int r) -> const T* { return c0 + r < n_seen ? src + (c0 + r) * D : nullptr; }, src,
-            tid);
-      }
+    } else {  // warpgroup 0 copies the high part, 1 the low
+      const T* src = static_cast<const T*>(wg ? p.k_lo : p.k_hi);
+      load_tile_async<D>(
+          k_tile(st, wg), [&](int r) -> const T* { return c0 + r < n_seen ? src + (c0 + r) * D : nullptr; }, src,
+          tid & 127);
       cp_async_commit();
     }
   };
@@ -148,16 +151,11 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
   __syncthreads();
   uint32_t qa[D / 16][4];
 #pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], k_tile(1, 0), warp * 16, ks * 16, lane);
+  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], k_tile(1, wg), (warp & 3) * 16, ks * 16, lane);
   if constexpr (kWgmma) fence_proxy_async();  // the reads of Q before TMA writes that stage
-  const int n_steps = 2 * n_tiles;
-  if (n_steps > 0) load_k(0, 0);
-  if (kWgmma && n_steps > 1) {  // TMA runs both stages ahead (cp.async one), the second once Q is read
-    __syncthreads();
-    load_k(1, 1);
-  }
+  if (n_tiles > 0) load_k(0, 0);
 
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};   // pass 1: per thread, log2 units
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};   // pass 1: per thread
   float m_row[2], inv_l[2];                                         // pass 2: per row
 
   // Pools the selection blocks that column tile c0 completes from each position's ring, where
@@ -167,7 +165,7 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
   const int64_t out0 = pos0 - p.t_first;
   auto pool_tile = [&](int c0) {
     __syncthreads();  // the ring holds tile c0
-    for (int x = tid; x < n_pos * per_tile; x += 128) {
+    for (int x = tid; x < n_pos * per_tile; x += kThreads) {
       const int pos = x / per_tile, jb = c0 / p.m + x % per_tile;
       if (jb >= p.n_blocks) continue;
       const float* src = ring + pos * kRing;
@@ -180,11 +178,44 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
     }
   };
 
-  // What step s does with its logits s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 +
-  // 63 of the tile's rows: pass 1 (s < n_tiles) or pass 2 over column tile c0 / 64.
-  auto consume = [&](int step, float(&s)[8][4]) {
+  for (int step = 0; step < 2 * n_tiles; ++step) {
+    const int st = step & 1;
     const bool first_pass = step < n_tiles;
     const int c0 = (first_pass ? step : step - n_tiles) * kCols;
+    if constexpr (kWgmma) {
+      mbar_wait(full + 8 * st, (step >> 1) & 1);
+    } else {
+      cp_async_wait_all();
+    }
+    __syncthreads();  // stage st landed; stage st ^ 1, p_s and the ring's older half are free
+    if (step + 1 < 2 * n_tiles) load_k(step + 1, st ^ 1);
+
+    // s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 + 63 of the tile's rows.
+    float s[8][4] = {};
+    if constexpr (kWgmma) {
+      fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+        for (int lo = 0; lo < 2; ++lo) wgmma_rs<T, 64, 0>(s, qa[ks], desc_k_major(k_tile(st, lo), ks));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(s);
+      fence_operands(qa);
+    } else {
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+        for (int np = 0; np < 4; ++np)
+#pragma unroll
+          for (int lo = 0; lo < 2; ++lo) {
+            uint32_t b[4];
+            load_b_nk(b, k_tile(st, lo), np * 16, ks * 16, lane);
+            mma<T>(s[2 * np], qa[ks], b[0], b[1]);
+            mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
+          }
+    }
     int lim[2];  // this tile's columns visible to each of the thread's rows
 #pragma unroll
     for (int i = 0; i < 2; ++i) lim[i] = static_cast<int>(max(min(vis[i] - c0, int64_t{kCols}), int64_t{0}));
@@ -192,7 +223,7 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
     if (first_pass) {  // each row's max and sum of exp2 over its visible blocks
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        float mx = -INFINITY;  // over the unscaled logits: the scale is positive
+        float mx = -INFINITY;  // over the unscaled logits (the scale is positive)
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -201,17 +232,17 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
             s[nt][2 * i + e] = x;
             mx = fmaxf(mx, x);
           }
+        if (mx == -INFINITY) continue;
         mx = fmaxf(m_run[i], mx * p.scale_log2);
-        const float base = mx == -INFINITY ? 0.f : mx;  // no branch: the next tile's wgmma is in flight
         float sum = 0.f;
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) sum += fast_exp2(fmaf(s[nt][2 * i + e], p.scale_log2, -base));
-        l_run[i] = l_run[i] * fast_exp2(m_run[i] - base) + sum;
+          for (int e = 0; e < 2; ++e) sum += fast_exp2(fmaf(s[nt][2 * i + e], p.scale_log2, -mx));
+        l_run[i] = l_run[i] * fast_exp2(m_run[i] - mx) + sum;
         m_run[i] = mx;
       }
-      return;
+      continue;
     }
     if (step == n_tiles) {
 #pragma unroll
@@ -258,7 +289,7 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
           *reinterpret_cast<float2*>(prow + nt * 8 + 2 * c) = make_float2(pr[i][2 * nt], pr[i][2 * nt + 1]);
       }
       __syncthreads();
-      for (int x = tid; x < n_pos * kCols; x += 128) {
+      for (int x = tid; x < n_pos * kCols; x += kThreads) {
         const int pos = x / kCols, j = x % kCols;
         float sum = 0.f;
         for (int g = 0; g < p.G; ++g) sum += p_s[(pos * p.G + g) * kPStride + j];
@@ -266,76 +297,18 @@ __global__ void __launch_bounds__(128, 3) block_scores_kernel(ScoreParams p, con
       }
     }
     pool_tile(c0);
-  };
-
-  if constexpr (kWgmma) {
-    // Software-pipelined: step s + 1's wgmma runs while step s's logits are consumed. Its K tiles
-    // landed a step earlier (TMA two stages ahead), and stage s % 2 reloads for step s + 2 once
-    // every warp's wgmma of step s is done. Step n_steps's wgmma is issued too, without waiting for a load: it multiplies stage 0's
-    // stale tile into a result nobody reads, so that every wgmma is issued on the same path and
-    // no branch sits between a wgmma and its wait (ptxas would serialize them).
-    auto issue = [&](int step, float(&s)[8][4]) {
-      const int st = step & 1;
-      if (step < n_steps) mbar_wait(full + 8 * st, (step >> 1) & 1);
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
-      fence_operands(s);  // the zeroed accumulators in registers before the fence (bsa_backward.cu)
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks)
-#pragma unroll
-        for (int lo = 0; lo < 2; ++lo) wgmma_rs<T, 64, 0>(s, qa[ks], desc_k_major(k_tile(st, lo), ks));
-      wgmma_commit();
-    };
-    auto advance = [&](int step, float(&cur)[8][4], float(&next)[8][4]) {
-      wgmma_wait<0>();
-      fence_operands(cur);
-      fence_operands(qa);
-      __syncthreads();  // every warp's wgmma of this step is done (its stage is free), and the last
-                        // step's pooling read the ring
-      if (step + 2 < n_steps) load_k(step + 2, step & 1);
-      issue(step + 1, next);
-      consume(step, cur);
-    };
-    float sa[8][4], sb[8][4];
-    issue(0, sa);
-    for (int step = 0; step < n_steps; step += 2) {  // n_steps is even
-      advance(step, sa, sb);
-      advance(step + 1, sb, sa);
-    }
-    wgmma_wait<0>();  // the extra step's wgmma reads shared memory
-  } else {
-    for (int step = 0; step < n_steps; ++step) {
-      const int st = step & 1;
-      cp_async_wait_all();
-      __syncthreads();  // stage st landed; stage st ^ 1, p_s and the ring's older half are free
-      if (step + 1 < n_steps) load_k(step + 1, st ^ 1);
-      float s[8][4] = {};
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks)
-#pragma unroll
-        for (int np = 0; np < 4; ++np)
-#pragma unroll
-          for (int lo = 0; lo < 2; ++lo) {
-            uint32_t b[4];
-            load_b_nk(b, k_tile(st, lo), np * 16, ks * 16, lane);
-            mma<T>(s[2 * np], qa[ks], b[0], b[1]);
-            mma<T>(s[2 * np + 1], qa[ks], b[2], b[3]);
-          }
-      consume(step, s);
-    }
   }
   // One column tile past the last visible one (all zero) completes the blocks that overlap it.
   const int c_end = n_tiles * kCols;
   __syncthreads();  // the last tile's pooling read the ring
-  for (int x = tid; x < n_pos * kCols; x += 128) ring[(x / kCols) * kRing + ((c_end + x % kCols) & (kRing - 1))] = 0.f;
+  for (int x = tid; x < n_pos * kCols; x += kThreads)
+    ring[(x / kCols) * kRing + ((c_end + x % kCols) & (kRing - 1))] = 0.f;
   pool_tile(c_end);
   // Blocks past every visible compressed block score 0, as the reference's zero padding.
   const int64_t first_zero = static_cast<int64_t>(n_tiles + 1) * per_tile;
   const int64_t rest = p.n_blocks > first_zero ? p.n_blocks - first_zero : 0;
-  for (int64_t x = tid; x < n_pos * rest; x += 128) p.scores[(out0 + x / rest) * p.n_blocks + first_zero + x % rest] = 0.f;
+  for (int64_t x = tid; x < n_pos * rest; x += kThreads)
+    p.scores[(out0 + x / rest) * p.n_blocks + first_zero + x % rest] = 0.f;
 }
 
 constexpr int kTopKWarps = 4;
@@ -443,7 +416,7 @@ int launch_scores(const ScoreParams& p, BsaPath path, cudaStream_t stream) {
   // Three CTAs per SM where the group sums stay in registers: ask for the largest carveout.
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
   const unsigned grid = static_cast<unsigned>((p.n_rows + p.P - 1) / p.P);
-  kernel<<<grid, 128, smem, stream>>>(p, maps);
+  kernel<<<grid, kThreads, smem, stream>>>(p, maps);
   return cudaGetLastError();
 }
 
@@ -463,7 +436,7 @@ int block_scores(const BlockScoreArgs& a, cudaStream_t stream) {
   p.scores = a.scores;
   p.T = a.T; p.t_first = a.t_first; p.n_rows = a.n_rows; p.n_cmp = a.n_cmp;
   p.G = static_cast<int>(a.Hq / a.Hkv);
-  p.P = 64 / p.G;
+  p.P = kRows / p.G;
   p.q_head0 = a.b * a.Hq + a.hkv * p.G;
   p.length = a.length; p.stride = a.stride; p.m = a.block / a.stride; p.lead = (a.length - 1) / a.stride;
   p.n_blocks = a.n_blocks;
