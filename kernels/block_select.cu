@@ -40,14 +40,12 @@ struct KMaps {
   CUtensorMap hi, lo;
 };
 
-// Shared memory: kStages stages of K high + low tiles on 1024-byte boundaries (wgmma's swizzle;
-// the Q tiles are staged in the last stage before its first copy), the probability tile when
+// Shared memory: two stages of K high + low tiles on 1024-byte boundaries (wgmma's swizzle;
+// the Q tile is staged in the second stage before its first copy), the probability tile when
 // the group is summed through shared memory, each position's ring of group sums, and the slack
-// that aligns the K tiles. Three stages: each tile's copy has two steps to land (registers
-// already hold a CTA to two per SM, and at d 128 three stages still leave room for two).
-constexpr int kStages = 3;
+// that aligns the K tiles.
 template <int D>
-constexpr int kKBytes = kStages * 2 * 64 * D * 2;
+constexpr int kKBytes = 4 * 64 * D * 2;
 template <int D>
 int score_smem_bytes(const ScoreParams& p) {
   return kKBytes<D> + (p.sum_levels < 0 ? kRows * kPStride * 4 : 0) + p.P * kRing * 4 + 1024;
@@ -80,18 +78,18 @@ __device__ __forceinline__ int scatter_offset(int levels, int lane) {
 
 // One CTA per query tile: 128 MMA rows = the G heads of the group for P positions, in two
 // warpgroups of 64 rows that share each K tile (half the K reads from L2 per row, and one
-// warpgroup's MMAs overlap the other's softmax). The logits' matmul: wgmma on sm_90 (kWgmma;
-// Q from registers, K from shared memory by TMA), mma.sync with cp.async elsewhere. Two passes
-// over the compressed blocks the tile can see, the next two K tiles loading while the current
-// one multiplies: the first pass keeps each row's running max and sum, the second recomputes
-// the logits, sums the probabilities over the group's heads (in registers where G allows) into
-// each position's ring and pools the sums onto selection blocks as soon as all compressed
-// blocks overlapping a selection block are known.
+// warpgroup's MMAs overlap the other's softmax). The logits' matmul: wgmma on sm_90 (kWgmma; Q
+// from registers, K from shared memory by TMA), mma.sync with cp.async elsewhere. Two passes over the compressed
+// blocks the tile can see, the next K tile loading while the current one multiplies: the
+// first pass keeps each row's running max and sum, the second recomputes the logits, sums the
+// probabilities over the group's heads (in registers where G allows) into each position's ring
+// and pools the sums onto selection blocks as soon as all compressed blocks overlapping a
+// selection block are known.
 template <typename T, int D, bool kWgmma>
 __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p, const __grid_constant__ KMaps maps) {
   constexpr int kTile = 64 * D * 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t s_full[kStages];  // sm_90: per stage, its K tiles landed (TMA)
+  __shared__ __align__(8) uint64_t s_full[2];  // sm_90: per stage, its K tiles landed (TMA)
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   const uint32_t k_s = smem_addr(smem);  // stage st: hi at 2 st, lo at 2 st + 1
   auto k_tile = [&](int st, int lo) { return k_s + (2 * st + lo) * kTile; };
@@ -104,7 +102,7 @@ __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p
   const int n_pos = static_cast<int>(min(static_cast<int64_t>(p.P), p.t_first + p.n_rows - pos0));
   const T* q = static_cast<const T*>(p.q);
   load_tile_async<D>(  // each warpgroup its 64 rows of Q, as a 64-row tile in stage 1
-      k_tile(kStages - 1, wg),
+      k_tile(1, wg),
       [&](int r) -> const T* {
         r += wg * 64;
         if (r >= p.P * p.G || r / p.G >= n_pos) return nullptr;
@@ -113,8 +111,10 @@ __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p
       q, tid & 127);
   cp_async_commit();
   const uint32_t full = smem_addr(s_full);
-  if (kWgmma && tid == 0)
-    for (int st = 0; st < kStages; ++st) mbar_init(full + 8 * st, 1);
+  if (kWgmma && tid == 0) {
+    mbar_init(full, 1);
+    mbar_init(full + 8, 1);
+  }
   for (int x = tid; x < p.P * kRing; x += kThreads) ring[x] = 0.f;  // before block 0: the pad
 
   // Compressed blocks wholly at or before position t.
@@ -151,9 +151,9 @@ __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p
   __syncthreads();
   uint32_t qa[D / 16][4];
 #pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], k_tile(kStages - 1, wg), (warp & 3) * 16, ks * 16, lane);
+  for (int ks = 0; ks < D / 16; ++ks) load_a(qa[ks], k_tile(1, wg), (warp & 3) * 16, ks * 16, lane);
   if constexpr (kWgmma) fence_proxy_async();  // the reads of Q before TMA writes that stage
-  for (int step = 0; step < min(kStages - 1, 2 * n_tiles); ++step) load_k(step, step);
+  if (n_tiles > 0) load_k(0, 0);
 
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};   // pass 1: per thread
   float m_row[2], inv_l[2];                                         // pass 2: per row
@@ -179,16 +179,16 @@ __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p
   };
 
   for (int step = 0; step < 2 * n_tiles; ++step) {
-    const int st = step % kStages;
+    const int st = step & 1;
     const bool first_pass = step < n_tiles;
     const int c0 = (first_pass ? step : step - n_tiles) * kCols;
     if constexpr (kWgmma) {
-      mbar_wait(full + 8 * st, (step / kStages) & 1);
+      mbar_wait(full + 8 * st, (step >> 1) & 1);
     } else {
       cp_async_wait_all();
     }
-    __syncthreads();  // stage st landed; the last step's stage, p_s and the ring's older half are free
-    if (step + kStages - 1 < 2 * n_tiles) load_k(step + kStages - 1, (step + kStages - 1) % kStages);
+    __syncthreads();  // stage st landed; stage st ^ 1, p_s and the ring's older half are free
+    if (step + 1 < 2 * n_tiles) load_k(step + 1, st ^ 1);
 
     // s = q . k_cmp (unscaled) for compressed blocks c0 .. c0 + 63 of the tile's rows.
     float s[8][4] = {};
