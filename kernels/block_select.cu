@@ -16,7 +16,7 @@ using namespace dev;
 
 constexpr int kCols = 64;            // compressed blocks per column tile
 constexpr int kRows = 128;           // MMA rows per CTA: two warpgroups of 64, sharing each K tile
-constexpr int kThreads = 2 * kRows;  // one thread per row and half
+constexpr int kThreads = 2 * kRows;  // eight warps of 16 rows
 constexpr int kMaxLead = 16;         // (length - 1) / stride at most
 constexpr int kPStride = kCols + 2;  // floats per row of the probability tile (shared-memory group sums)
 constexpr int kRing = 2 * kCols;     // floats per position of the group sums: two column tiles, as a ring
@@ -78,13 +78,13 @@ __device__ __forceinline__ int scatter_offset(int levels, int lane) {
 
 // One CTA per query tile: 128 MMA rows = the G heads of the group for P positions, in two
 // warpgroups of 64 rows that share each K tile (half the K reads from L2 per row, and one
-// warpgroup's MMAs overlap the other's softmax). The logits' matmul: wgmma on sm_90 (kWgmma; Q
-// from registers, K from shared memory by TMA), mma.sync with cp.async elsewhere. Two passes over the compressed
-// blocks the tile can see, the next K tile loading while the current one multiplies: the
-// first pass keeps each row's running max and sum, the second recomputes the logits, sums the
-// probabilities over the group's heads (in registers where G allows) into each position's ring
-// and pools the sums onto selection blocks as soon as all compressed blocks overlapping a
-// selection block are known.
+// warpgroup's MMAs overlap the other's softmax). The logits' matmul: wgmma on sm_90 (kWgmma;
+// Q from registers, K from shared memory by TMA), mma.sync with cp.async elsewhere. Two passes
+// over the compressed blocks the tile can see, the next K tile loading while the current one
+// multiplies: the first pass keeps each row's running max and sum, the second recomputes the
+// logits, sums the probabilities over the group's heads (in registers where G allows) into
+// each position's ring and pools the sums onto selection blocks as soon as all compressed
+// blocks overlapping a selection block are known.
 template <typename T, int D, bool kWgmma>
 __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p, const __grid_constant__ KMaps maps) {
   constexpr int kTile = 64 * D * 2;
@@ -413,7 +413,7 @@ int launch_scores(const ScoreParams& p, BsaPath path, cudaStream_t stream) {
   const int smem = score_smem_bytes<D>(p);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  // Three CTAs per SM where the group sums stay in registers: ask for the largest carveout.
+  // Two CTAs per SM take ~140 KB of shared memory at d 128: ask for the largest carveout.
   if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100))) return e;
   const unsigned grid = static_cast<unsigned>((p.n_rows + p.P - 1) / p.P);
   kernel<<<grid, kThreads, smem, stream>>>(p, maps);
