@@ -123,14 +123,11 @@ __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p
   };
   const int64_t n_seen = visible(pos0 + n_pos - 1);
   const int n_tiles = static_cast<int>((n_seen + kCols - 1) / kCols);
-  // Compressed blocks visible to this thread's rows g4 and g4 + 8 of its warp. Rows past the
-  // tile's positions (whose sums nobody reads) see what the last position sees, so that they
-  // take the unmasked path wherever it does.
-  int64_t vis[2];
+  int64_t vis[2];  // this thread's rows g4 and g4 + 8 of its warp
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = warp * 16 + g4 + 8 * i;
-    vis[i] = r < p.P * p.G && r / p.G < n_pos ? visible(pos0 + r / p.G) : n_seen;
+    vis[i] = r < p.P * p.G && r / p.G < n_pos ? visible(pos0 + r / p.G) : 0;
   }
   // Step s < n_tiles is pass 1 over column tile s, then pass 2 over tile s - n_tiles.
   auto load_k = [&](int step, int st) {
@@ -163,22 +160,13 @@ __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p
 
   // Pools the selection blocks that column tile c0 completes from each position's ring, where
   // slot u % kRing holds the group sum of compressed block u. Selection block jb overlaps
-  // compressed blocks jb m - lead .. jb m + m - 1 (before block 0: the ring's zeros). Where the
-  // group sums stay in registers, a position's ring is written by the one warp that holds its
-  // rows (16 % G == 0), so that warp pools it after a warp barrier; else the CTA does.
+  // compressed blocks jb m - lead .. jb m + m - 1 (before block 0: the ring's zeros).
   const int per_tile = kCols / p.m;
   const int64_t out0 = pos0 - p.t_first;
-  const bool warp_pools = p.sum_levels >= 0;
-  const int pool_first = warp_pools ? (warp * 16) >> p.sum_levels : 0;  // position
-  const int pool_end = warp_pools ? min(n_pos, ((warp + 1) * 16) >> p.sum_levels) : n_pos;
-  const int pool_lane = warp_pools ? lane : tid, pool_stride = warp_pools ? 32 : kThreads;
   auto pool_tile = [&](int c0) {
-    if (warp_pools)
-      __syncwarp();  // the warp's positions hold tile c0
-    else
-      __syncthreads();  // the ring holds tile c0
-    for (int x = pool_lane; x < (pool_end - pool_first) * per_tile; x += pool_stride) {
-      const int pos = pool_first + x / per_tile, jb = c0 / p.m + x % per_tile;
+    __syncthreads();  // the ring holds tile c0
+    for (int x = tid; x < n_pos * per_tile; x += kThreads) {
+      const int pos = x / per_tile, jb = c0 / p.m + x % per_tile;
       if (jb >= p.n_blocks) continue;
       const float* src = ring + pos * kRing;
       float acc = 0.f;
@@ -232,27 +220,18 @@ __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p
 #pragma unroll
     for (int i = 0; i < 2; ++i) lim[i] = static_cast<int>(max(min(vis[i] - c0, int64_t{kCols}), int64_t{0}));
 
-    // Whether both of the thread's rows see the whole tile (all but a CTA's last tile or two):
-    // then the epilogues below skip the per-element masks.
-    const bool whole = lim[0] == kCols && lim[1] == kCols;
-    auto visible_col = [&](int i, int col, auto masked) { return !decltype(masked)::value || col < lim[i]; };
-
     if (first_pass) {  // each row's max and sum of exp2 over its visible blocks
-      auto mask_max = [&](int i, auto masked) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
         float mx = -INFINITY;  // over the unscaled logits (the scale is positive)
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float x = visible_col(i, nt * 8 + 2 * c + e, masked) ? s[nt][2 * i + e] : -INFINITY;
+            const float x = nt * 8 + 2 * c + e < lim[i] ? s[nt][2 * i + e] : -INFINITY;
             s[nt][2 * i + e] = x;
             mx = fmaxf(mx, x);
           }
-        return mx;
-      };
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float mx = whole ? mask_max(i, std::false_type{}) : mask_max(i, std::true_type{});
         if (mx == -INFINITY) continue;
         mx = fmaxf(m_run[i], mx * p.scale_log2);
         float sum = 0.f;
@@ -274,21 +253,14 @@ __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p
       }
     }
     float pr[2][16];  // the thread's probabilities: row i, column nt * 8 + 2 c + e at pr[i][2 nt + e]
-    auto probabilities = [&](auto masked) {
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-          for (int e = 0; e < 2; ++e)
-            pr[i][2 * nt + e] = visible_col(i, nt * 8 + 2 * c + e, masked)
-                                    ? fast_exp2(fmaf(s[nt][2 * i + e], p.scale_log2, -m_row[i])) * inv_l[i]
-                                    : 0.f;
-    };
-    if (whole)
-      probabilities(std::false_type{});
-    else
-      probabilities(std::true_type{});
+        for (int e = 0; e < 2; ++e)
+          pr[i][2 * nt + e] =
+              nt * 8 + 2 * c + e < lim[i] ? fast_exp2(fmaf(s[nt][2 * i + e], p.scale_log2, -m_row[i])) * inv_l[i] : 0.f;
     float* ring_tile = ring + (c0 & (kRing - 1));
     if (p.sum_levels >= 0) {
       // Row r = 16 warp + g4 + 8 i is head r % G of position r / G: a position's heads are G
@@ -331,7 +303,6 @@ __global__ void __launch_bounds__(kThreads, 2) block_scores_kernel(ScoreParams p
   __syncthreads();  // the last tile's pooling read the ring
   for (int x = tid; x < n_pos * kCols; x += kThreads)
     ring[(x / kCols) * kRing + ((c_end + x % kCols) & (kRing - 1))] = 0.f;
-  __syncthreads();
   pool_tile(c_end);
   // Blocks past every visible compressed block score 0, as the reference's zero padding.
   const int64_t first_zero = static_cast<int64_t>(n_tiles + 1) * per_tile;
