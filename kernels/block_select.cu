@@ -41,9 +41,9 @@ struct KMaps {
 };
 
 // Shared memory: two stages of K high + low tiles on 1024-byte boundaries (wgmma's swizzle;
-// the Q tile is staged in the second stage before its first copy), the probability tile when
-// the group is summed through shared memory, each position's ring of group sums, and the slack
-// that aligns the K tiles.
+// the two warpgroups' Q tiles fill the second stage before its first copy), the probability
+// tile when the group is summed through shared memory, each position's ring of group sums, and
+// the slack that aligns the K tiles.
 template <int D>
 constexpr int kKBytes = 4 * 64 * D * 2;
 template <int D>
